@@ -1,0 +1,502 @@
+//! The configuration: one TOML file, every field documented where it is declared
+//! (those `///` comments are the user documentation), defaults from named
+//! functions, unknown keys refused, and one [`Config::validate`] that reports
+//! every cross-field conflict at once, each naming its keys and the fix.
+//!
+//! `config.toml` at the repository root is the default configuration, embedded
+//! in the binary: `klais run` without `--config` uses it. A test keeps the file
+//! and [`Config::default`] identical.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::handoff::RECORD_HEADER_LEN;
+use crate::wire::{HEADER_LEN, MAX_DATAGRAM};
+
+/// The default configuration file, as shipped (repository root `config.toml`).
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where datagrams come from.
+    #[serde(default)]
+    pub ingest: Ingest,
+    /// Wire protocol checks.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Per-device sequence tracking.
+    #[serde(default)]
+    pub sequence: Sequence,
+    /// Rings between cores.
+    #[serde(default)]
+    pub pipeline: Pipeline,
+    /// Which CPU runs which role.
+    #[serde(default)]
+    pub cores: Cores,
+    /// Where accepted records go.
+    #[serde(default)]
+    pub output: Output,
+    /// Counters and live figures.
+    #[serde(default)]
+    pub telemetry: Telemetry,
+}
+
+/// How datagrams are received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// A UDP socket per shard (SO_REUSEPORT, large receive buffer) driven by
+    /// io_uring through glommio. Works everywhere, needs no XDP.
+    Udp,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingest {
+    /// Receive backend. `"udp"` today; `"af_xdp"` arrives with the kernel data plane.
+    #[serde(default = "default_backend")]
+    pub backend: Backend,
+    /// Address and UDP port devices send to.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Socket receive buffer per shard, bytes (SO_RCVBUF). Above
+    /// `net.core.rmem_max` klais uses SO_RCVBUFFORCE (needs CAP_NET_ADMIN) and
+    /// warns if it still gets less.
+    #[serde(default = "default_recv_buffer_bytes")]
+    pub recv_buffer_bytes: usize,
+}
+
+/// `[protocol]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protocol {
+    /// Longest payload accepted, bytes; longer datagrams are rejected as
+    /// `payload_too_large`. At most 65485 (the largest UDP payload minus the
+    /// 22-byte header).
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Reject payloads that are not valid JSON (`payload_not_json`). Costs a
+    /// JSON parse per message (see README figures).
+    #[serde(default)]
+    pub validate_json: bool,
+}
+
+/// `[sequence]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sequence {
+    /// Devices whose sequence state each shard keeps; beyond this the least
+    /// recently seen device of a full set is forgotten (counted as an eviction).
+    /// Memory: about 48 bytes per device.
+    #[serde(default = "default_max_devices")]
+    pub max_devices: usize,
+    /// A sequence number at or below this value arriving behind the device's
+    /// highest is a restart (`reset`, a reconnection-storm signal), not a
+    /// duplicate.
+    #[serde(default = "default_reset_window")]
+    pub reset_window: u32,
+}
+
+/// `[pipeline]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Capacity of each shard → output ring, bytes. A record takes 40 bytes plus
+    /// its payload; when the ring is full new messages are dropped as `queue_full`.
+    #[serde(default = "default_ring_bytes")]
+    pub ring_bytes: usize,
+}
+
+/// `[cores]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Cores {
+    /// CPU the shard executor is pinned to. Omit to let klais choose: the
+    /// highest online CPU (CPU 0 usually carries housekeeping and IRQs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_cpu: Option<usize>,
+    /// CPU the output (batcher) stage is pinned to. Omit to let klais choose:
+    /// another online CPU than the shard's when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cpu: Option<usize>,
+}
+
+/// Where accepted records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// One JSON object per line on standard output (debug sink).
+    Stdout,
+    /// One JSON object per line appended to `output.path` (debug sink).
+    File,
+    /// Count and discard: measures the ingest path alone (benchmarks, perf).
+    Null,
+}
+
+/// `[output]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// `"stdout"`, `"file"` or `"null"`. The Kafka producer joins these with
+    /// its own issue; the JSON-lines sinks stay as debug sinks.
+    #[serde(default = "default_sink")]
+    pub sink: SinkKind,
+    /// File the `"file"` sink appends to. Only with `sink = "file"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// How often shards publish their counters and `klais run` prints live
+    /// figures (to standard error), milliseconds. 0 disables the live line.
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
+}
+
+fn default_backend() -> Backend {
+    Backend::Udp
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7700))
+}
+fn default_recv_buffer_bytes() -> usize {
+    32 << 20
+}
+fn default_max_payload_bytes() -> usize {
+    1400
+}
+fn default_max_devices() -> usize {
+    1 << 20
+}
+fn default_reset_window() -> u32 {
+    4
+}
+fn default_ring_bytes() -> usize {
+    16 << 20
+}
+fn default_sink() -> SinkKind {
+    SinkKind::Stdout
+}
+fn default_stats_interval_ms() -> u64 {
+    1000
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            listen: default_listen(),
+            recv_buffer_bytes: default_recv_buffer_bytes(),
+        }
+    }
+}
+impl Default for Protocol {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: default_max_payload_bytes(),
+            validate_json: false,
+        }
+    }
+}
+impl Default for Sequence {
+    fn default() -> Self {
+        Self {
+            max_devices: default_max_devices(),
+            reset_window: default_reset_window(),
+        }
+    }
+}
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self {
+            ring_bytes: default_ring_bytes(),
+        }
+    }
+}
+impl Default for Output {
+    fn default() -> Self {
+        Self {
+            sink: default_sink(),
+            path: None,
+        }
+    }
+}
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            stats_interval_ms: default_stats_interval_ms(),
+        }
+    }
+}
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// File path.
+        path: String,
+        /// OS error.
+        reason: String,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type; toml's message
+    /// names the key, line and column.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// File path or "<embedded default>".
+        origin: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value out of range or in conflict with another.
+    #[error("{keys}: {problem}; fix: {fix}")]
+    Invalid {
+        /// The key or keys involved, dotted.
+        keys: String,
+        /// What is wrong, with the numbers.
+        problem: String,
+        /// What to change.
+        fix: String,
+    },
+}
+
+fn invalid(keys: &str, problem: String, fix: &str) -> ConfigError {
+    ConfigError::Invalid {
+        keys: keys.to_string(),
+        problem,
+        fix: fix.to_string(),
+    }
+}
+
+impl Config {
+    /// Parses a configuration from TOML text. `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            vec![ConfigError::Parse {
+                origin: origin.to_string(),
+                message: e.to_string().trim_end().to_string(),
+            }]
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a file; `None` means the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
+        match path {
+            None => Config::from_toml(DEFAULT_CONFIG_TOML, "<embedded default config.toml>"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    vec![ConfigError::Read {
+                        path: p.display().to_string(),
+                        reason: e.to_string(),
+                    }]
+                })?;
+                Config::from_toml(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    /// Every range and cross-field problem, all at once.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let max_payload_limit = MAX_DATAGRAM - HEADER_LEN;
+        let p = &self.protocol;
+        if p.max_payload_bytes > max_payload_limit {
+            errs.push(invalid(
+                "protocol.max_payload_bytes",
+                format!(
+                    "{} exceeds the largest UDP payload after the header ({max_payload_limit})",
+                    p.max_payload_bytes
+                ),
+                "set it to 65485 or less",
+            ));
+        }
+        if self.ingest.listen.port() == 0 {
+            errs.push(invalid(
+                "ingest.listen",
+                "port 0 would bind a random port devices cannot know".to_string(),
+                "give a fixed port, e.g. \"0.0.0.0:7700\"",
+            ));
+        }
+        if self.ingest.recv_buffer_bytes < 64 * 1024 {
+            errs.push(invalid(
+                "ingest.recv_buffer_bytes",
+                format!(
+                    "{} bytes cannot hold even one maximum-size datagram",
+                    self.ingest.recv_buffer_bytes
+                ),
+                "use at least 65536 (the default is 33554432)",
+            ));
+        }
+        let max_record = RECORD_HEADER_LEN + p.max_payload_bytes;
+        if self.pipeline.ring_bytes < 2 * max_record {
+            errs.push(invalid(
+                "pipeline.ring_bytes, protocol.max_payload_bytes",
+                format!(
+                    "a ring of {} bytes cannot hold two records of {max_record} bytes (40-byte header + max_payload_bytes)",
+                    self.pipeline.ring_bytes
+                ),
+                "raise pipeline.ring_bytes or lower protocol.max_payload_bytes",
+            ));
+        }
+        if self.pipeline.ring_bytes > 1 << 32 {
+            errs.push(invalid(
+                "pipeline.ring_bytes",
+                format!("{} bytes is more than 4 GiB", self.pipeline.ring_bytes),
+                "use at most 4294967296",
+            ));
+        }
+        let s = &self.sequence;
+        if s.max_devices < 4 || s.max_devices > 1 << 28 {
+            errs.push(invalid(
+                "sequence.max_devices",
+                format!("{} is outside 4..=268435456", s.max_devices),
+                "pick the number of devices one shard should remember",
+            ));
+        }
+        if s.reset_window > i32::MAX as u32 {
+            errs.push(invalid(
+                "sequence.reset_window",
+                format!("{} would make half the sequence space a reset", s.reset_window),
+                "use a small value such as 4",
+            ));
+        }
+        match (self.output.sink, &self.output.path) {
+            (SinkKind::File, None) => errs.push(invalid(
+                "output.sink, output.path",
+                "sink = \"file\" needs a path".to_string(),
+                "add output.path = \"/var/lib/klais/records.jsonl\" or choose another sink",
+            )),
+            (SinkKind::Stdout | SinkKind::Null, Some(_)) => errs.push(invalid(
+                "output.sink, output.path",
+                format!("output.path is set but sink = \"{}\" does not write a file", self.output.sink.name()),
+                "remove output.path or set sink = \"file\"",
+            )),
+            _ => {}
+        }
+        let t = self.telemetry.stats_interval_ms;
+        if t != 0 && !(10..=60_000).contains(&t) {
+            errs.push(invalid(
+                "telemetry.stats_interval_ms",
+                format!("{t} is outside 10..=60000"),
+                "use 1000 for one line per second, or 0 to disable",
+            ));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The effective configuration as TOML (what `klais config check` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+impl SinkKind {
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Stdout => "stdout",
+            SinkKind::File => "file",
+            SinkKind::Null => "null",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        Config::from_toml(text, "test.toml")
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_config_toml_is_exactly_the_defaults() {
+        let cfg = Config::load(None).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn an_empty_file_means_all_defaults() {
+        assert_eq!(Config::from_toml("", "x").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_printed_effective_config_parses_back_to_itself() {
+        let mut cfg = Config::default();
+        cfg.cores.shard_cpu = Some(1);
+        cfg.output.sink = SinkKind::File;
+        cfg.output.path = Some("/tmp/x.jsonl".into());
+        assert_eq!(Config::from_toml(&cfg.to_toml(), "x").unwrap(), cfg);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let e = errors("[ingest]\nlisten_addr = \"0.0.0.0:1\"\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains("unknown field `listen_addr`"), "{}", e[0]);
+        assert!(e[0].contains("test.toml"), "{}", e[0]);
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_with_its_key() {
+        let e = errors("[protocol]\nmax_payload_bytes = \"big\"\n");
+        assert!(e[0].contains("max_payload_bytes"), "{}", e[0]);
+    }
+
+    #[test]
+    fn every_conflict_is_reported_at_once_with_keys_and_fix() {
+        let e = errors(
+            "[protocol]\nmax_payload_bytes = 70000\n[pipeline]\nring_bytes = 1000\n\
+             [output]\nsink = \"file\"\n[telemetry]\nstats_interval_ms = 5\n",
+        );
+        let all = e.join("\n");
+        for key in [
+            "protocol.max_payload_bytes",
+            "pipeline.ring_bytes",
+            "output.sink, output.path",
+            "telemetry.stats_interval_ms",
+        ] {
+            assert!(all.contains(key), "missing {key} in:\n{all}");
+        }
+        assert!(e.iter().all(|m| m.contains("fix:")), "{all}");
+    }
+
+    #[test]
+    fn a_path_without_the_file_sink_is_a_conflict() {
+        let e = errors("[output]\nsink = \"null\"\npath = \"/tmp/a\"\n");
+        assert!(e[0].starts_with("output.sink, output.path"), "{}", e[0]);
+    }
+
+    #[test]
+    fn port_zero_and_tiny_buffers_are_refused() {
+        let e = errors("[ingest]\nlisten = \"127.0.0.1:0\"\nrecv_buffer_bytes = 1024\n").join("\n");
+        assert!(e.contains("ingest.listen"), "{e}");
+        assert!(e.contains("ingest.recv_buffer_bytes"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_backend_is_refused_with_the_known_ones() {
+        let e = errors("[ingest]\nbackend = \"dpdk\"\n");
+        assert!(e[0].contains("unknown variant `dpdk`"), "{}", e[0]);
+        assert!(e[0].contains("udp"), "{}", e[0]);
+    }
+}

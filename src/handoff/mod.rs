@@ -1,0 +1,316 @@
+//! The hand-off from a shard core to the output (batcher) core: one lock-free
+//! SPSC byte ring (rtrb) per shard carrying variable-length records.
+//!
+//! Records are framed in place as a fixed 40-byte header followed by the payload
+//! bytes exactly as received, so a 200-byte message costs 240 bytes of ring and
+//! nothing is allocated per message: the producer copies into the ring's slots
+//! (across the wrap point when needed) and the consumer copies one record out into
+//! a buffer it reuses. A record is published whole or not at all; a full ring is
+//! reported to the caller, who counts it (never blocks, never retries).
+//!
+//! Header layout (little-endian, it never leaves the machine):
+//! `total_len u32 | sequence u32 | recv_ts_ns u64 | raw_id [16] | shard u16 |
+//!  seq_event u8 | flags u8 | payload_len u32`.
+
+use std::mem::MaybeUninit;
+
+use rtrb::{Consumer, Producer, RingBuffer};
+
+/// Bytes of the record header.
+pub const RECORD_HEADER_LEN: usize = 40;
+
+/// Record flag: the payload was validated as JSON on the shard.
+pub const FLAG_JSON_VALIDATED: u8 = 1;
+
+/// What a shard hands to the output stage about one accepted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Raw 16-byte device id (NUL padding included).
+    pub raw_id: [u8; 16],
+    /// Device sequence number.
+    pub sequence: u32,
+    /// Receive time, ns since the Unix epoch.
+    pub recv_ts_ns: u64,
+    /// Index of the shard that accepted it.
+    pub shard: u16,
+    /// [`crate::shard::SeqEvent::code`] of the message.
+    pub seq_event: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+}
+
+impl RecordMeta {
+    /// The device id as text (padding trimmed); the parser guaranteed UTF-8.
+    pub fn device_id(&self) -> &str {
+        let len = self.raw_id.iter().position(|&b| b == 0).unwrap_or(16);
+        std::str::from_utf8(&self.raw_id[..len]).unwrap_or("")
+    }
+
+    fn encode(&self, payload_len: usize) -> [u8; RECORD_HEADER_LEN] {
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h[0..4].copy_from_slice(&((RECORD_HEADER_LEN + payload_len) as u32).to_le_bytes());
+        h[4..8].copy_from_slice(&self.sequence.to_le_bytes());
+        h[8..16].copy_from_slice(&self.recv_ts_ns.to_le_bytes());
+        h[16..32].copy_from_slice(&self.raw_id);
+        h[32..34].copy_from_slice(&self.shard.to_le_bytes());
+        h[34] = self.seq_event;
+        h[35] = self.flags;
+        h[36..40].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        h
+    }
+
+    fn decode(h: &[u8; RECORD_HEADER_LEN]) -> (Self, usize) {
+        let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let mut raw_id = [0u8; 16];
+        raw_id.copy_from_slice(&h[16..32]);
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&h[8..16]);
+        (
+            RecordMeta {
+                raw_id,
+                sequence: u32_at(4),
+                recv_ts_ns: u64::from_le_bytes(ts),
+                shard: u16::from_le_bytes([h[32], h[33]]),
+                seq_event: h[34],
+                flags: h[35],
+            },
+            u32_at(36) as usize,
+        )
+    }
+}
+
+/// Why a ring could not be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RingError {
+    /// The ring must hold at least two of the largest records.
+    #[error("ring of {bytes} bytes cannot hold two records of {max_record} bytes (pipeline.ring_bytes too small)")]
+    TooSmall {
+        /// Requested capacity.
+        bytes: usize,
+        /// Largest record (header + max payload).
+        max_record: usize,
+    },
+}
+
+/// Creates one shard → output ring of `bytes` capacity for payloads up to
+/// `max_payload` bytes.
+pub fn record_ring(bytes: usize, max_payload: usize) -> Result<(RecordTx, RecordRx), RingError> {
+    let max_record = RECORD_HEADER_LEN + max_payload;
+    if bytes < 2 * max_record {
+        return Err(RingError::TooSmall { bytes, max_record });
+    }
+    let (p, c) = RingBuffer::new(bytes);
+    Ok((
+        RecordTx { ring: p },
+        RecordRx {
+            ring: c,
+            buf: vec![0u8; max_record].into_boxed_slice(),
+        },
+    ))
+}
+
+/// The shard's end of the ring.
+#[derive(Debug)]
+pub struct RecordTx {
+    ring: Producer<u8>,
+}
+
+/// The ring had no room for the record; nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingFull;
+
+impl RecordTx {
+    /// Publishes one record (header + payload) or reports [`RingFull`].
+    #[inline]
+    pub fn push(&mut self, meta: &RecordMeta, payload: &[u8]) -> Result<(), RingFull> {
+        let header = meta.encode(payload.len());
+        let total = RECORD_HEADER_LEN + payload.len();
+        let mut chunk = self.ring.write_chunk_uninit(total).map_err(|_| RingFull)?;
+        let (a, b) = chunk.as_mut_slices();
+        let mut w = SplitWriter { a, b, pos: 0 };
+        w.put(&header);
+        w.put(payload);
+        debug_assert_eq!(w.pos, total);
+        // SAFETY: `SplitWriter::put` wrote `header.len() + payload.len() == total`
+        // bytes, which is exactly the chunk's length (a.len() + b.len()), so every
+        // slot of the chunk is initialized before it is committed.
+        unsafe { chunk.commit_all() };
+        Ok(())
+    }
+
+    /// Free bytes in the ring.
+    pub fn free_bytes(&self) -> usize {
+        self.ring.slots()
+    }
+}
+
+/// Writes a byte stream across the two halves of a wrapped chunk.
+struct SplitWriter<'a> {
+    a: &'a mut [MaybeUninit<u8>],
+    b: &'a mut [MaybeUninit<u8>],
+    pos: usize,
+}
+
+impl SplitWriter<'_> {
+    #[inline]
+    fn put(&mut self, src: &[u8]) {
+        let mut src = src;
+        if self.pos < self.a.len() {
+            let n = src.len().min(self.a.len() - self.pos);
+            for (d, s) in self.a[self.pos..self.pos + n].iter_mut().zip(&src[..n]) {
+                d.write(*s);
+            }
+            self.pos += n;
+            src = &src[n..];
+        }
+        if !src.is_empty() {
+            let off = self.pos - self.a.len();
+            for (d, s) in self.b[off..off + src.len()].iter_mut().zip(src) {
+                d.write(*s);
+            }
+            self.pos += src.len();
+        }
+    }
+}
+
+/// The output stage's end of the ring.
+#[derive(Debug)]
+pub struct RecordRx {
+    ring: Consumer<u8>,
+    buf: Box<[u8]>,
+}
+
+impl RecordRx {
+    /// Takes the next record, if a whole one is there. The payload borrows a
+    /// buffer owned by `self`, valid until the next call.
+    #[inline]
+    pub fn pop(&mut self) -> Option<(RecordMeta, &[u8])> {
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        {
+            let chunk = self.ring.read_chunk(RECORD_HEADER_LEN).ok()?;
+            let (a, b) = chunk.as_slices();
+            header[..a.len()].copy_from_slice(a);
+            header[a.len()..].copy_from_slice(b);
+            // Dropped uncommitted: the header stays in the ring until the whole
+            // record is taken below.
+        }
+        let (meta, payload_len) = RecordMeta::decode(&header);
+        let total = RECORD_HEADER_LEN + payload_len;
+        // The producer commits whole records, so `total` bytes are present; the
+        // record fits `buf` because the producer's payloads were bounded by the
+        // same max_payload the buffer was sized from.
+        let dst = self.buf.get_mut(..total)?;
+        self.ring.pop_entire_slice(dst).ok()?;
+        Some((meta, &self.buf[RECORD_HEADER_LEN..total]))
+    }
+
+    /// True when the shard dropped its end and nothing is left to read.
+    pub fn is_finished(&self) -> bool {
+        self.ring.is_abandoned() && self.ring.is_empty()
+    }
+
+    /// Bytes waiting in the ring (queue depth for metrics).
+    pub fn queued_bytes(&self) -> usize {
+        self.ring.slots()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn meta(seq: u32) -> RecordMeta {
+        let mut raw_id = [0u8; 16];
+        raw_id[..5].copy_from_slice(b"dev-1");
+        RecordMeta {
+            raw_id,
+            sequence: seq,
+            recv_ts_ns: 1_700_000_000_000_000_000 + u64::from(seq),
+            shard: 3,
+            seq_event: 1,
+            flags: FLAG_JSON_VALIDATED,
+        }
+    }
+
+    #[test]
+    fn a_record_crosses_the_ring_unchanged() {
+        let (mut tx, mut rx) = record_ring(1024, 100).unwrap();
+        tx.push(&meta(9), br#"{"a":1}"#).unwrap();
+        let (m, p) = rx.pop().unwrap();
+        assert_eq!(m, meta(9));
+        assert_eq!(m.device_id(), "dev-1");
+        assert_eq!(p, br#"{"a":1}"#);
+        assert!(rx.pop().is_none());
+    }
+
+    #[test]
+    fn records_wrap_around_the_ring_end_intact() {
+        let (mut tx, mut rx) = record_ring(300, 100).unwrap();
+        for i in 0..1000u32 {
+            let payload = vec![(i % 251) as u8; (i % 97) as usize];
+            tx.push(&meta(i), &payload).unwrap();
+            let (m, p) = rx.pop().unwrap();
+            assert_eq!(m.sequence, i);
+            assert_eq!(p, &payload[..]);
+        }
+    }
+
+    #[test]
+    fn a_full_ring_refuses_the_whole_record_and_keeps_earlier_ones() {
+        let (mut tx, mut rx) = record_ring(200, 60).unwrap();
+        tx.push(&meta(1), &[1; 60]).unwrap();
+        tx.push(&meta(2), &[2; 60]).unwrap();
+        assert_eq!(tx.push(&meta(3), &[3; 60]), Err(RingFull));
+        assert_eq!(rx.pop().unwrap().0.sequence, 1);
+        assert_eq!(rx.pop().unwrap().0.sequence, 2);
+        assert!(rx.pop().is_none());
+    }
+
+    #[test]
+    fn a_ring_too_small_for_two_records_is_refused() {
+        assert_eq!(
+            record_ring(100, 60).unwrap_err(),
+            RingError::TooSmall { bytes: 100, max_record: 100 }
+        );
+    }
+
+    #[test]
+    fn the_consumer_sees_the_end_once_drained() {
+        let (mut tx, mut rx) = record_ring(1024, 100).unwrap();
+        tx.push(&meta(1), b"{}").unwrap();
+        drop(tx);
+        assert!(!rx.is_finished());
+        assert!(rx.pop().is_some());
+        assert!(rx.is_finished());
+    }
+
+    proptest! {
+        #[test]
+        fn interleaved_pushes_and_pops_preserve_order_and_bytes(
+            ops in proptest::collection::vec((any::<bool>(), 0usize..80), 1..400),
+        ) {
+            let (mut tx, mut rx) = record_ring(512, 80).unwrap();
+            let mut expected = std::collections::VecDeque::new();
+            let mut seq = 0u32;
+            for (push, len) in ops {
+                if push {
+                    let payload = vec![seq as u8; len];
+                    if tx.push(&meta(seq), &payload).is_ok() {
+                        expected.push_back((seq, payload));
+                    }
+                    seq += 1;
+                } else {
+                    match (rx.pop(), expected.pop_front()) {
+                        (Some((m, p)), Some((s, want))) => {
+                            prop_assert_eq!(m.sequence, s);
+                            prop_assert_eq!(p, &want[..]);
+                        }
+                        (None, None) => {}
+                        (got, want) => prop_assert!(false, "got {:?} want {:?}", got.map(|g| g.0), want),
+                    }
+                }
+            }
+        }
+    }
+}

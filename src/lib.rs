@@ -1,0 +1,33 @@
+//! klais: a line-rate IoT telemetry ingestion appliance.
+//!
+//! Devices send small UDP datagrams (wire protocol v1, [`wire`]); klais receives
+//! them on pinned shard cores ([`ingest`], [`shard`]), hands accepted messages
+//! over lock-free SPSC rings ([`handoff`]) to an output core ([`sink`]), and
+//! reports what it did ([`telemetry`]). [`runtime`] wires the cores together;
+//! [`config`] is the operator's contract; [`gen`] makes device traffic.
+//!
+//! See DESIGN.md (shared) and the README for the full data flow; modules for the
+//! XDP filter, the Dam, the control core and Kafka arrive with their issues.
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod gen;
+pub mod handoff;
+pub mod ingest;
+pub mod runtime;
+pub mod shard;
+pub mod sink;
+pub mod telemetry;
+pub mod wire;
+
+/// Version string: crate version, commit, build profile.
+pub fn version_string() -> String {
+    format!(
+        "klais {} (commit {}, {} build, {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("KLAIS_COMMIT"),
+        env!("KLAIS_PROFILE"),
+        env!("KLAIS_TARGET")
+    )
+}

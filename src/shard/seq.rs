@@ -1,0 +1,405 @@
+//! Per-device sequence tracking: gaps, duplicates, late arrivals and resets.
+//!
+//! Pure logic, owned by one shard. Each device has its highest sequence seen and
+//! a 64-bit window of which of the 64 sequences below it were seen (the IPsec
+//! anti-replay window), so a late packet is told apart from a duplicate.
+//!
+//! Classification of a sequence `s` against the highest seen `h` (32-bit,
+//! wrapping, so `0` after `u32::MAX` is in order):
+//! - `s == h`: [`SeqEvent::Duplicate`].
+//! - `s` ahead of `h`: [`SeqEvent::InOrder`], or [`SeqEvent::Gap`] with the
+//!   number of sequences skipped (upstream loss, or packets still in flight).
+//! - `s` behind `h` and `s <= reset_window`: [`SeqEvent::Reset`]: the device
+//!   restarted its counter (reboot, reconnect), a storm signal. This wins over
+//!   duplicate detection: a device that reboots shortly after a previous boot
+//!   reuses small numbers it already sent, and that is a restart, not a replay.
+//! - `s` behind `h` within the window: [`SeqEvent::Duplicate`] if seen, else
+//!   [`SeqEvent::Late`] (reordered, accepted, fills one gap).
+//! - `s` further behind than the window: [`SeqEvent::Reset`] (the device's
+//!   counter jumped back; its state was lost).
+//!
+//! Memory is bounded: a fixed table of `capacity` slots allocated once, 4-way
+//! set-associative by device hash. When a set is full the least recently seen
+//! device is evicted (counted); an evicted device's next packet is
+//! [`SeqEvent::New`] again. A flood of invented ids therefore costs evictions,
+//! never memory.
+
+/// The outcome of tracking one packet's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqEvent {
+    /// First packet of a device (or first since it was evicted).
+    New,
+    /// The next sequence.
+    InOrder,
+    /// Ahead of the next sequence: `missing` sequences were skipped.
+    Gap {
+        /// How many sequences are missing between the last and this one.
+        missing: u32,
+    },
+    /// Behind the highest seen, inside the window, not seen before.
+    Late,
+    /// Seen before: the packet is a duplicate and is dropped.
+    Duplicate,
+    /// The device restarted its counter.
+    Reset,
+}
+
+impl SeqEvent {
+    /// Compact code carried in records and Kafka headers.
+    pub const fn code(self) -> u8 {
+        match self {
+            SeqEvent::New => 0,
+            SeqEvent::InOrder => 1,
+            SeqEvent::Gap { .. } => 2,
+            SeqEvent::Late => 3,
+            SeqEvent::Duplicate => 4,
+            SeqEvent::Reset => 5,
+        }
+    }
+    /// Name for a code from [`SeqEvent::code`].
+    pub const fn code_name(code: u8) -> &'static str {
+        match code {
+            0 => "new",
+            1 => "in_order",
+            2 => "gap",
+            3 => "late",
+            4 => "duplicate",
+            5 => "reset",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Counters kept by the tracker (plain integers, published per tick).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeqCounters {
+    /// Devices seen for the first time (or again after eviction).
+    pub new_devices: u64,
+    /// Gap events.
+    pub gaps: u64,
+    /// Sum of sequences missing over all gaps.
+    pub missing: u64,
+    /// Late (reordered) packets accepted.
+    pub late: u64,
+    /// Duplicates.
+    pub duplicates: u64,
+    /// Sequence resets.
+    pub resets: u64,
+    /// Devices evicted from a full set.
+    pub evictions: u64,
+}
+
+impl SeqCounters {
+    /// Adds another set (per-shard totals into a summary).
+    pub fn add(&mut self, o: &SeqCounters) {
+        self.new_devices += o.new_devices;
+        self.gaps += o.gaps;
+        self.missing += o.missing;
+        self.late += o.late;
+        self.duplicates += o.duplicates;
+        self.resets += o.resets;
+        self.evictions += o.evictions;
+    }
+}
+
+const WAYS: usize = 4;
+/// Width of the late/duplicate window in sequences.
+pub const WINDOW: u32 = 64;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// 0 marks an empty slot; a real hash of 0 is stored as 1 (a collision
+    /// between two such devices merely shares state, it cannot corrupt memory).
+    hash: u64,
+    /// Full raw id, so two devices with equal hashes never share state.
+    id: [u8; 16],
+    highest: u32,
+    /// Bit i set = sequence `highest - i` seen (bit 0 is `highest`).
+    seen: u64,
+    /// Tracker clock at the last packet, for least-recently-seen eviction.
+    last_tick: u64,
+}
+
+/// A bounded per-device sequence table for one shard.
+#[derive(Debug)]
+pub struct SeqTracker {
+    slots: Box<[Slot]>,
+    set_mask: usize,
+    reset_window: u32,
+    clock: u64,
+    counters: SeqCounters,
+}
+
+impl SeqTracker {
+    /// A table for at least `capacity` devices (rounded up to a power of two,
+    /// at least 4), with restarts recognised at or below `reset_window`.
+    /// Allocates once, here.
+    pub fn new(capacity: usize, reset_window: u32) -> Self {
+        let sets = (capacity.max(WAYS) / WAYS).next_power_of_two();
+        Self {
+            slots: vec![Slot::default(); sets * WAYS].into_boxed_slice(),
+            set_mask: sets - 1,
+            reset_window,
+            clock: 0,
+            counters: SeqCounters::default(),
+        }
+    }
+
+    /// Number of device slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &SeqCounters {
+        &self.counters
+    }
+
+    /// Classifies `seq` for the device (`hash` = FNV-1a 64 of `raw_id`) and
+    /// updates its state. Duplicates leave the state unchanged.
+    #[inline]
+    pub fn track(&mut self, hash: u64, raw_id: &[u8; 16], seq: u32) -> SeqEvent {
+        self.clock += 1;
+        let key = if hash == 0 { 1 } else { hash };
+        let base = (key as usize & self.set_mask) * WAYS;
+        let set = &mut self.slots[base..base + WAYS];
+
+        let mut victim = 0;
+        let mut victim_tick = u64::MAX;
+        for (i, slot) in set.iter_mut().enumerate() {
+            if slot.hash == key && slot.id == *raw_id {
+                slot.last_tick = self.clock;
+                let ev = classify(slot, seq, self.reset_window);
+                count(&mut self.counters, ev);
+                return ev;
+            }
+            // Empty slots have last_tick 0, so they are chosen before any live one.
+            let tick = if slot.hash == 0 { 0 } else { slot.last_tick };
+            if tick < victim_tick {
+                victim_tick = tick;
+                victim = i;
+            }
+        }
+        if set[victim].hash != 0 {
+            self.counters.evictions += 1;
+        }
+        set[victim] = Slot {
+            hash: key,
+            id: *raw_id,
+            highest: seq,
+            seen: 1,
+            last_tick: self.clock,
+        };
+        self.counters.new_devices += 1;
+        SeqEvent::New
+    }
+}
+
+#[inline]
+fn classify(slot: &mut Slot, seq: u32, reset_window: u32) -> SeqEvent {
+    let ahead = seq.wrapping_sub(slot.highest);
+    if ahead == 0 {
+        return SeqEvent::Duplicate;
+    }
+    if ahead <= i32::MAX as u32 {
+        // Forward: shift the window.
+        slot.seen = if ahead >= WINDOW {
+            1
+        } else {
+            (slot.seen << ahead) | 1
+        };
+        slot.highest = seq;
+        return if ahead == 1 {
+            SeqEvent::InOrder
+        } else {
+            SeqEvent::Gap { missing: ahead - 1 }
+        };
+    }
+    let behind = slot.highest.wrapping_sub(seq);
+    if seq <= reset_window || behind >= WINDOW {
+        slot.highest = seq;
+        slot.seen = 1;
+        return SeqEvent::Reset;
+    }
+    let bit = 1u64 << behind;
+    if slot.seen & bit != 0 {
+        SeqEvent::Duplicate
+    } else {
+        slot.seen |= bit;
+        SeqEvent::Late
+    }
+}
+
+#[inline]
+fn count(c: &mut SeqCounters, ev: SeqEvent) {
+    match ev {
+        SeqEvent::New => c.new_devices += 1,
+        SeqEvent::InOrder => {}
+        SeqEvent::Gap { missing } => {
+            c.gaps += 1;
+            c.missing += u64::from(missing);
+        }
+        SeqEvent::Late => c.late += 1,
+        SeqEvent::Duplicate => c.duplicates += 1,
+        SeqEvent::Reset => c.resets += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::device_hash;
+    use proptest::prelude::*;
+
+    fn id(n: u32) -> [u8; 16] {
+        let mut raw = [0u8; 16];
+        let s = format!("dev-{n}");
+        raw[..s.len()].copy_from_slice(s.as_bytes());
+        raw
+    }
+
+    fn t(tr: &mut SeqTracker, dev: u32, seq: u32) -> SeqEvent {
+        let raw = id(dev);
+        tr.track(device_hash(&raw), &raw, seq)
+    }
+
+    #[test]
+    fn first_packet_is_new_then_consecutive_packets_are_in_order() {
+        let mut tr = SeqTracker::new(16, 4);
+        assert_eq!(t(&mut tr, 1, 100), SeqEvent::New);
+        assert_eq!(t(&mut tr, 1, 101), SeqEvent::InOrder);
+        assert_eq!(t(&mut tr, 1, 102), SeqEvent::InOrder);
+        assert_eq!(tr.counters().new_devices, 1);
+    }
+
+    #[test]
+    fn a_skip_forward_reports_how_many_are_missing() {
+        let mut tr = SeqTracker::new(16, 4);
+        t(&mut tr, 1, 10);
+        assert_eq!(t(&mut tr, 1, 15), SeqEvent::Gap { missing: 4 });
+        assert_eq!(tr.counters().gaps, 1);
+        assert_eq!(tr.counters().missing, 4);
+    }
+
+    #[test]
+    fn the_same_sequence_twice_is_a_duplicate() {
+        let mut tr = SeqTracker::new(16, 4);
+        t(&mut tr, 1, 10);
+        assert_eq!(t(&mut tr, 1, 10), SeqEvent::Duplicate);
+        assert_eq!(tr.counters().duplicates, 1);
+    }
+
+    #[test]
+    fn a_reordered_packet_is_late_once_then_a_duplicate() {
+        let mut tr = SeqTracker::new(16, 4);
+        t(&mut tr, 1, 10);
+        t(&mut tr, 1, 13);
+        assert_eq!(t(&mut tr, 1, 11), SeqEvent::Late);
+        assert_eq!(t(&mut tr, 1, 11), SeqEvent::Duplicate);
+        assert_eq!(t(&mut tr, 1, 12), SeqEvent::Late);
+        assert_eq!(t(&mut tr, 1, 10), SeqEvent::Duplicate);
+    }
+
+    #[test]
+    fn restarting_near_zero_is_a_reset_even_shortly_after_boot() {
+        let mut tr = SeqTracker::new(16, 4);
+        t(&mut tr, 1, 0);
+        for s in 1..=30 {
+            t(&mut tr, 1, s);
+        }
+        assert_eq!(t(&mut tr, 1, 0), SeqEvent::Reset);
+        assert_eq!(t(&mut tr, 1, 1), SeqEvent::InOrder);
+        assert_eq!(tr.counters().resets, 1);
+    }
+
+    #[test]
+    fn the_reset_window_is_configurable() {
+        let mut narrow = SeqTracker::new(16, 0);
+        let mut wide = SeqTracker::new(16, 10);
+        for tr in [&mut narrow, &mut wide] {
+            for s in 0..=40 {
+                t(tr, 1, s);
+            }
+        }
+        assert_eq!(t(&mut narrow, 1, 5), SeqEvent::Duplicate);
+        assert_eq!(t(&mut wide, 1, 5), SeqEvent::Reset);
+    }
+
+    #[test]
+    fn a_jump_back_beyond_the_window_is_a_reset() {
+        let mut tr = SeqTracker::new(16, 4);
+        t(&mut tr, 1, 1000);
+        assert_eq!(t(&mut tr, 1, 1000 - WINDOW), SeqEvent::Reset);
+        assert_eq!(t(&mut tr, 1, 1000 - WINDOW + 1), SeqEvent::InOrder);
+    }
+
+    #[test]
+    fn the_sequence_wraps_at_u32_max_in_order() {
+        let mut tr = SeqTracker::new(16, 4);
+        t(&mut tr, 1, u32::MAX - 1);
+        assert_eq!(t(&mut tr, 1, u32::MAX), SeqEvent::InOrder);
+        assert_eq!(t(&mut tr, 1, 0), SeqEvent::InOrder);
+        assert_eq!(t(&mut tr, 1, 2), SeqEvent::Gap { missing: 1 });
+    }
+
+    #[test]
+    fn devices_are_tracked_independently() {
+        let mut tr = SeqTracker::new(64, 4);
+        t(&mut tr, 1, 5);
+        t(&mut tr, 2, 5);
+        assert_eq!(t(&mut tr, 1, 6), SeqEvent::InOrder);
+        assert_eq!(t(&mut tr, 2, 5), SeqEvent::Duplicate);
+    }
+
+    #[test]
+    fn a_flood_of_new_ids_evicts_instead_of_growing() {
+        let mut tr = SeqTracker::new(64, 4);
+        let cap = tr.capacity();
+        for dev in 0..10_000 {
+            assert_eq!(t(&mut tr, dev, 1), SeqEvent::New);
+        }
+        assert_eq!(tr.capacity(), cap);
+        assert_eq!(tr.counters().evictions, 10_000 - cap as u64);
+    }
+
+    #[test]
+    fn recently_seen_devices_survive_eviction() {
+        // Four ways per set: keep one device hot while others churn through its set.
+        let mut tr = SeqTracker::new(4, 4); // one set
+        t(&mut tr, 0, 1);
+        for (i, dev) in (1..100).enumerate() {
+            t(&mut tr, dev, 1);
+            assert_ne!(t(&mut tr, 0, 2 + i as u32), SeqEvent::New, "hot device evicted");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn an_in_order_stream_with_one_retransmission_sees_exactly_one_duplicate(
+            start in any::<u32>(), len in 2u32..500, dup_at in 0u32..500,
+        ) {
+            let dup_at = dup_at % len;
+            let mut tr = SeqTracker::new(16, 0);
+            let mut dups = 0;
+            for i in 0..len {
+                let s = start.wrapping_add(i);
+                if t(&mut tr, 7, s) == SeqEvent::Duplicate { dups += 1; }
+                if i == dup_at && t(&mut tr, 7, s) == SeqEvent::Duplicate { dups += 1; }
+            }
+            prop_assert_eq!(dups, 1);
+        }
+
+        #[test]
+        fn every_sequence_delivered_once_in_any_order_within_the_window_has_no_duplicates(
+            perm in Just((0u32..32).collect::<Vec<_>>()).prop_shuffle(),
+        ) {
+            let mut tr = SeqTracker::new(16, 0);
+            t(&mut tr, 3, 1000);
+            for p in perm {
+                let ev = t(&mut tr, 3, 1001 + p);
+                prop_assert_ne!(ev, SeqEvent::Duplicate);
+                prop_assert_ne!(ev, SeqEvent::Reset);
+            }
+        }
+    }
+}
