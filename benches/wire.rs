@@ -1,1 +1,164 @@
-fn main(){}
+//! Per-message cost on a shard core: parse + FNV-1a device hash + sequence
+//! tracking of a 200-byte message (issue target: < 40 ns median without JSON
+//! validation), the same with JSON validation, the whole shard step including
+//! the record ring, and the JSON validators compared on the same payloads (the
+//! choice in `wire::is_json`).
+//!
+//! Each iteration writes the next device's id and sequence into one receive
+//! buffer, as a receive call would, so the packet is cache-hot as it is on a
+//! shard after recv; 10,000 devices take turns with rising sequences.
+//!
+//! Run: `cargo bench --bench wire`. Figures go in the README.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use klais::handoff::record_ring;
+use klais::shard::{SeqTracker, Shard, ShardSettings};
+use klais::wire::{self, ParseOptions, HEADER_LEN};
+
+const DEVICES: usize = 10_000;
+
+/// The traffic: 10,000 raw ids and one 200-byte datagram (178-byte JSON payload).
+struct Traffic {
+    ids: Vec<[u8; 16]>,
+    buf: Vec<u8>,
+    next: usize,
+    round: u32,
+}
+
+impl Traffic {
+    fn new() -> Self {
+        let ids = (0..DEVICES)
+            .map(|i| wire::raw_device_id(&format!("dev-{i:08}")).unwrap())
+            .collect();
+        let mut payload = String::from(
+            "{\"ts_ns\":1764000000000000000,\"seq\":123456,\"temp\":21.5,\"hum\":40.25,\"bat\":3.71,\"pad\":\"",
+        );
+        while payload.len() < 200 - HEADER_LEN - 2 {
+            payload.push('x');
+        }
+        payload.push_str("\"}");
+        let mut buf = vec![0u8; 200];
+        assert_eq!(wire::encode("dev-0", 0, payload.as_bytes(), &mut buf), Ok(200));
+        Self {
+            ids,
+            buf,
+            next: 0,
+            round: 0,
+        }
+    }
+
+    /// "Receives" the next datagram into the buffer.
+    #[inline]
+    fn recv(&mut self) -> &[u8] {
+        self.buf[2..18].copy_from_slice(&self.ids[self.next]);
+        self.buf[18..22].copy_from_slice(&self.round.to_be_bytes());
+        self.next += 1;
+        if self.next == DEVICES {
+            self.next = 0;
+            self.round += 1;
+        }
+        &self.buf
+    }
+}
+
+fn parse_hash_track(c: &mut Criterion, name: &str, validate_json: bool) {
+    let mut t = Traffic::new();
+    let opts = ParseOptions {
+        max_payload: 1400,
+        validate_json,
+    };
+    // The default shard table (sequence.max_devices = 2^20).
+    let mut tracker = SeqTracker::new(1 << 20, 4);
+    let mut g = c.benchmark_group("shard_per_message");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let d = wire::parse(black_box(t.recv()), &opts).unwrap();
+            black_box(tracker.track(d.device_hash(), d.sequence))
+        })
+    });
+    g.finish();
+}
+
+fn bench_parse_hash_track(c: &mut Criterion) {
+    parse_hash_track(c, "parse_hash_seq_200B", false);
+    parse_hash_track(c, "parse_hash_seq_200B_json_validated", true);
+}
+
+fn bench_parts(c: &mut Criterion) {
+    let mut t = Traffic::new();
+    let opts = ParseOptions {
+        max_payload: 1400,
+        validate_json: false,
+    };
+    let mut g = c.benchmark_group("shard_parts");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_only_200B", |b| {
+        b.iter(|| black_box(wire::parse(black_box(t.recv()), &opts).map(|d| d.sequence)))
+    });
+    g.bench_function("fnv1a64_device_hash", |b| {
+        b.iter(|| {
+            let buf = t.recv();
+            let raw: &[u8; 16] = buf[2..18].try_into().unwrap();
+            black_box(wire::device_hash(black_box(raw)))
+        })
+    });
+    g.finish();
+}
+
+/// The whole shard step, including the copy into the record ring (drained
+/// by the same thread each iteration, so the ring stays warm).
+fn bench_shard_step(c: &mut Criterion) {
+    let mut t = Traffic::new();
+    let (tx, mut rx) = record_ring(1 << 20, 1400).unwrap();
+    let settings = ShardSettings {
+        parse: ParseOptions {
+            max_payload: 1400,
+            validate_json: false,
+        },
+        max_devices: 1 << 20,
+        reset_window: 4,
+    };
+    let mut shard = Shard::new(0, settings, tx);
+    let mut g = c.benchmark_group("shard_per_message");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("shard_step_200B_with_ring_push_pop", |b| {
+        b.iter(|| {
+            let _ = black_box(shard.on_datagram(black_box(t.recv()), 1));
+            black_box(rx.pop().map(|(m, p)| (m.sequence, p.len())))
+        })
+    });
+    g.finish();
+}
+
+fn bench_json_validators(c: &mut Criterion) {
+    let t = Traffic::new();
+    let payload = &t.buf[HEADER_LEN..];
+    let mut g = c.benchmark_group("json_validate_178B");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("serde_json_ignored_any", |b| {
+        b.iter(|| wire::is_json(black_box(payload)))
+    });
+    let mut scratch = vec![0u8; 2048];
+    let mut buffers = simd_json::Buffers::new(2048);
+    g.bench_function("simd_json_tape_reused_buffers", |b| {
+        b.iter(|| {
+            // simd-json parses in place: it needs a mutable copy.
+            let s = &mut scratch[..payload.len()];
+            s.copy_from_slice(black_box(payload));
+            simd_json::to_tape_with_buffers(s, &mut buffers).is_ok()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_parse_hash_track,
+    bench_parts,
+    bench_shard_step,
+    bench_json_validators
+);
+criterion_main!(benches);

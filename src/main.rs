@@ -137,7 +137,10 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCmd::Check { file }) => match Config::load(file.as_deref()) {
             Ok(cfg) => {
-                let origin = file.map_or_else(|| "embedded default".to_string(), |f| f.display().to_string());
+                let origin = file.map_or_else(
+                    || "embedded default".to_string(),
+                    |f| f.display().to_string(),
+                );
                 println!("# {origin}: OK. Effective configuration:");
                 print!("{}", cfg.to_toml());
                 ExitCode::SUCCESS
@@ -206,7 +209,10 @@ fn init_logging(verbose: u8) {
 }
 
 fn config_errors(errs: &[ConfigError]) -> ExitCode {
-    eprintln!("configuration error{}:", if errs.len() > 1 { "s" } else { "" });
+    eprintln!(
+        "configuration error{}:",
+        if errs.len() > 1 { "s" } else { "" }
+    );
     for e in errs {
         eprintln!("  - {e}");
     }
@@ -263,7 +269,10 @@ fn wait_with_live_figures(
         if last.elapsed() >= interval {
             let now = running.snapshot();
             if interval_ms != 0 {
-                eprintln!("{}", runtime::live_line(start.elapsed(), last.elapsed(), &prev, &now));
+                eprintln!(
+                    "{}",
+                    runtime::live_line(start.elapsed(), last.elapsed(), &prev, &now)
+                );
             }
             prev = now;
             last = Instant::now();
@@ -332,7 +341,12 @@ fn demo(args: DemoArgs) -> ExitCode {
             r
         })
     };
-    wait_with_live_figures(&running, cfg.telemetry.stats_interval_ms, None, Some(&gen_done));
+    wait_with_live_figures(
+        &running,
+        cfg.telemetry.stats_interval_ms,
+        None,
+        Some(&gen_done),
+    );
     let sent = match sender.join() {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -364,9 +378,12 @@ fn demo(args: DemoArgs) -> ExitCode {
         total_sent, sent.sent_valid, sent.sent_malformed, sh.received, sh.accepted, sh.rejects.total(),
         summary.sink.records, lost_in_kernel
     );
-    let consistent = sh.accepted == summary.sink.records && sh.accepted + sh.rejects.total() == sh.received;
+    let consistent =
+        sh.accepted == summary.sink.records && sh.accepted + sh.rejects.total() == sh.received;
     if consistent {
-        eprintln!("demo: OK: every received datagram is either written or counted under a reject reason");
+        eprintln!(
+            "demo: OK: every received datagram is either written or counted under a reject reason"
+        );
         ExitCode::SUCCESS
     } else {
         eprintln!("demo: MISMATCH between counters (see above)");

@@ -367,7 +367,10 @@ impl Config {
         if s.reset_window > i32::MAX as u32 {
             errs.push(invalid(
                 "sequence.reset_window",
-                format!("{} would make half the sequence space a reset", s.reset_window),
+                format!(
+                    "{} would make half the sequence space a reset",
+                    s.reset_window
+                ),
                 "use a small value such as 4",
             ));
         }
@@ -379,7 +382,10 @@ impl Config {
             )),
             (SinkKind::Stdout | SinkKind::Null, Some(_)) => errs.push(invalid(
                 "output.sink, output.path",
-                format!("output.path is set but sink = \"{}\" does not write a file", self.output.sink.name()),
+                format!(
+                    "output.path is set but sink = \"{}\" does not write a file",
+                    self.output.sink.name()
+                ),
                 "remove output.path or set sink = \"file\"",
             )),
             _ => {}

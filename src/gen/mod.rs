@@ -79,13 +79,7 @@ pub fn device_name(i: u32, out: &mut [u8; 16]) -> usize {
 }
 
 /// Fills `buf` with datagram number `n` of the stream and returns its length.
-fn build(
-    spec: &GenSpec,
-    seqs: &mut [u32],
-    n: u64,
-    malformed: Option<u8>,
-    buf: &mut [u8],
-) -> usize {
+fn build(spec: &GenSpec, seqs: &mut [u32], n: u64, malformed: Option<u8>, buf: &mut [u8]) -> usize {
     let dev = (n % u64::from(spec.devices)) as u32;
     let mut id = [0u8; 16];
     let id_len = device_name(dev, &mut id);
@@ -129,7 +123,10 @@ fn build(
 /// Sends until `count`, `duration` or `stop`, pacing to `rate_pps` in batches.
 pub fn run(spec: &GenSpec, stop: &AtomicBool) -> io::Result<GenReport> {
     if spec.devices == 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "devices must be at least 1"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "devices must be at least 1",
+        ));
     }
     let bind: SocketAddr = if spec.target.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
@@ -233,6 +230,9 @@ mod tests {
             let len = build(&spec, &mut seqs, 0, Some(k), &mut buf);
             got.push(parse(&buf[..len], &opts).unwrap_err());
         }
-        assert_eq!(got, vec![Reject::TooShort, Reject::BadMagic, Reject::PayloadNotJson]);
+        assert_eq!(
+            got,
+            vec![Reject::TooShort, Reject::BadMagic, Reject::PayloadNotJson]
+        );
     }
 }

@@ -271,7 +271,10 @@ mod tests {
     fn a_ring_too_small_for_two_records_is_refused() {
         assert_eq!(
             record_ring(100, 60).unwrap_err(),
-            RingError::TooSmall { bytes: 100, max_record: 100 }
+            RingError::TooSmall {
+                bytes: 100,
+                max_record: 100
+            }
         );
     }
 

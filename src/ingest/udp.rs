@@ -32,7 +32,9 @@ pub enum UdpError {
         source: io::Error,
     },
     /// bind(2) failed.
-    #[error("cannot bind UDP {addr}: {source} (is another process using the port? see ingest.listen)")]
+    #[error(
+        "cannot bind UDP {addr}: {source} (is another process using the port? see ingest.listen)"
+    )]
     Bind {
         /// Listen address.
         addr: SocketAddr,

@@ -116,7 +116,10 @@ pub fn ensure_memlock() -> Result<(), RunError> {
     if soft == rlimit::INFINITY {
         return Ok(());
     }
-    if Resource::MEMLOCK.set(rlimit::INFINITY, rlimit::INFINITY).is_ok() {
+    if Resource::MEMLOCK
+        .set(rlimit::INFINITY, rlimit::INFINITY)
+        .is_ok()
+    {
         return Ok(());
     }
     if hard >= GLOMMIO_MIN_MEMLOCK && Resource::MEMLOCK.set(hard, hard).is_ok() {
@@ -178,7 +181,12 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
 
     let target = match cfg.output.sink {
         SinkKind::Stdout => SinkTarget::Stdout,
-        SinkKind::File => SinkTarget::File(cfg.output.path.clone().unwrap_or_else(|| PathBuf::from("records.jsonl"))),
+        SinkKind::File => SinkTarget::File(
+            cfg.output
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("records.jsonl")),
+        ),
         SinkKind::Null => SinkTarget::Null,
     };
     let output = {
@@ -351,10 +359,16 @@ pub fn summary_text(s: &RunSummary) -> String {
         s.elapsed.as_secs_f64(),
         s.placement
     ));
-    t.push_str(&format!("  received            {:>12}  ({} bytes)\n", sh.received, sh.received_bytes));
+    t.push_str(&format!(
+        "  received            {:>12}  ({} bytes)\n",
+        sh.received, sh.received_bytes
+    ));
     t.push_str(&format!("  accepted            {:>12}\n", sh.accepted));
     t.push_str(&format!("  written by sink     {:>12}\n", s.sink.records));
-    t.push_str(&format!("  rejected            {:>12}\n", sh.rejects.total()));
+    t.push_str(&format!(
+        "  rejected            {:>12}\n",
+        sh.rejects.total()
+    ));
     for r in Reject::ALL {
         t.push_str(&format!("    {:<18}{:>12}\n", r.name(), sh.rejects.get(r)));
     }

@@ -35,7 +35,11 @@ pub struct Placement {
 
 impl fmt::Display for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "shard 0 on CPU {}, output on CPU {}", self.shard_cpu, self.output_cpu)?;
+        write!(
+            f,
+            "shard 0 on CPU {}, output on CPU {}",
+            self.shard_cpu, self.output_cpu
+        )?;
         if self.shard_cpu == self.output_cpu {
             write!(f, " (sharing one CPU: expect lower throughput)")?;
         }
@@ -50,7 +54,8 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, PlacementError> {
         let bad = || PlacementError::Unreadable(format!("bad CPU list {s:?}"));
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b {
                     return Err(bad());
                 }
@@ -72,7 +77,10 @@ pub fn online_cpus() -> Result<Vec<usize>, PlacementError> {
 }
 
 fn list_string(cpus: &[usize]) -> String {
-    cpus.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    cpus.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Chooses the placement: configured CPUs are checked, omitted ones chosen.
@@ -108,7 +116,11 @@ pub fn plan(
     };
     let output = match output_cpu {
         Some(c) => check("cores.output_cpu", c)?,
-        None => online.iter().copied().find(|&c| c != shard).unwrap_or(shard),
+        None => online
+            .iter()
+            .copied()
+            .find(|&c| c != shard)
+            .unwrap_or(shard),
     };
     Ok(Placement {
         shard_cpu: shard,
@@ -122,7 +134,10 @@ mod tests {
 
     #[test]
     fn kernel_cpu_lists_parse() {
-        assert_eq!(parse_cpu_list("0-3,8,10-11\n").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
         assert_eq!(parse_cpu_list("0").unwrap(), vec![0]);
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("a").is_err());
@@ -132,28 +147,44 @@ mod tests {
     fn on_two_cpus_the_shard_takes_cpu_1_and_the_output_cpu_0() {
         assert_eq!(
             plan(&[0, 1], None, None).unwrap(),
-            Placement { shard_cpu: 1, output_cpu: 0 }
+            Placement {
+                shard_cpu: 1,
+                output_cpu: 0
+            }
         );
     }
 
     #[test]
     fn one_cpu_is_shared_and_said_so() {
         let p = plan(&[0], None, None).unwrap();
-        assert_eq!(p, Placement { shard_cpu: 0, output_cpu: 0 });
+        assert_eq!(
+            p,
+            Placement {
+                shard_cpu: 0,
+                output_cpu: 0
+            }
+        );
         assert!(p.to_string().contains("sharing"));
     }
 
     #[test]
     fn an_offline_cpu_is_refused_naming_the_key() {
         let e = plan(&[0, 1], Some(5), None).unwrap_err();
-        assert!(e.to_string().starts_with("cores.shard_cpu = 5 is not an online CPU (online: 0,1)"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cores.shard_cpu = 5 is not an online CPU (online: 0,1)"),
+            "{e}"
+        );
     }
 
     #[test]
     fn an_explicit_output_cpu_pushes_the_automatic_shard_elsewhere() {
         assert_eq!(
             plan(&[0, 1, 2, 3], None, Some(3)).unwrap(),
-            Placement { shard_cpu: 2, output_cpu: 3 }
+            Placement {
+                shard_cpu: 2,
+                output_cpu: 3
+            }
         );
     }
 }

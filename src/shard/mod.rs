@@ -98,7 +98,7 @@ impl Shard {
     #[inline]
     fn process(&mut self, buf: &[u8], recv_ts_ns: u64) -> Result<SeqEvent, Reject> {
         let d = wire::parse(buf, &self.settings.parse)?;
-        let ev = self.tracker.track(d.device_hash(), d.raw_id, d.sequence);
+        let ev = self.tracker.track(d.device_hash(), d.sequence);
         if ev == SeqEvent::Duplicate {
             return Err(Reject::DuplicateSequence);
         }
@@ -166,12 +166,21 @@ mod tests {
     fn accepted_messages_reach_the_ring_with_their_metadata() {
         let (mut s, mut rx) = shard(true, 1 << 16);
         assert_eq!(s.on_datagram(&dgram("a", 1, b"{}"), 77), Ok(SeqEvent::New));
-        assert_eq!(s.on_datagram(&dgram("a", 2, b"[1]"), 78), Ok(SeqEvent::InOrder));
+        assert_eq!(
+            s.on_datagram(&dgram("a", 2, b"[1]"), 78),
+            Ok(SeqEvent::InOrder)
+        );
         let (m, p) = rx.pop().unwrap();
-        assert_eq!((m.device_id(), m.sequence, m.recv_ts_ns, p), ("a", 1, 77, &b"{}"[..]));
+        assert_eq!(
+            (m.device_id(), m.sequence, m.recv_ts_ns, p),
+            ("a", 1, 77, &b"{}"[..])
+        );
         assert_eq!(m.flags, FLAG_JSON_VALIDATED);
         let (m, p) = rx.pop().unwrap();
-        assert_eq!((m.sequence, m.seq_event, p), (2, SeqEvent::InOrder.code(), &b"[1]"[..]));
+        assert_eq!(
+            (m.sequence, m.seq_event, p),
+            (2, SeqEvent::InOrder.code(), &b"[1]"[..])
+        );
     }
 
     #[test]
@@ -197,7 +206,10 @@ mod tests {
             assert_eq!(s.on_datagram(buf, 0), Err(*want));
         }
         s.on_datagram(&dgram("a", 5, b"{}"), 0).unwrap();
-        assert_eq!(s.on_datagram(&dgram("a", 5, b"{}"), 0), Err(Reject::DuplicateSequence));
+        assert_eq!(
+            s.on_datagram(&dgram("a", 5, b"{}"), 0),
+            Err(Reject::DuplicateSequence)
+        );
 
         let snap = s.snapshot();
         assert_eq!(snap.rejects.get(Reject::TooShort), 2);
@@ -214,7 +226,10 @@ mod tests {
         assert_eq!(snap.received, cases.len() as u64 + 2);
         assert_eq!(snap.accepted, 1);
         assert_eq!(rx.pop().unwrap().0.sequence, 5);
-        assert!(rx.pop().is_none(), "rejected datagrams never reach the ring");
+        assert!(
+            rx.pop().is_none(),
+            "rejected datagrams never reach the ring"
+        );
     }
 
     #[test]

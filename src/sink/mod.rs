@@ -126,7 +126,9 @@ pub fn run(
         for rx in rings.iter_mut() {
             // Bounded batch per ring per round: fairness between shards.
             for _ in 0..1024 {
-                let Some((meta, payload)) = rx.pop() else { break };
+                let Some((meta, payload)) = rx.pop() else {
+                    break;
+                };
                 if write_lines {
                     write_json_line(&mut out, &meta, payload).map_err(|source| {
                         SinkError::Write {

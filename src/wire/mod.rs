@@ -144,9 +144,7 @@ pub fn parse<'a>(buf: &'a [u8], opts: &ParseOptions) -> Result<Datagram<'a>, Rej
     if u16::from_be_bytes([header[0], header[1]]) != MAGIC_V1 {
         return Err(Reject::BadMagic);
     }
-    let raw_id: &[u8; DEVICE_ID_LEN] = header[2..18]
-        .try_into()
-        .map_err(|_| Reject::TooShort)?;
+    let raw_id: &[u8; DEVICE_ID_LEN] = header[2..18].try_into().map_err(|_| Reject::TooShort)?;
     let device_id = device_id_text(raw_id)?;
     let sequence = u32::from_be_bytes([header[18], header[19], header[20], header[21]]);
     if payload.len() > opts.max_payload {
@@ -280,7 +278,11 @@ mod tests {
         assert_eq!(d.payload, br#"{"t":21.5}"#);
         assert_eq!(&d.raw_id[..11], b"sensor-0001");
         assert!(d.raw_id[11..].iter().all(|&b| b == 0));
-        assert_eq!(d.payload.as_ptr(), buf[22..].as_ptr(), "payload is borrowed, not copied");
+        assert_eq!(
+            d.payload.as_ptr(),
+            buf[22..].as_ptr(),
+            "payload is borrowed, not copied"
+        );
     }
 
     #[test]
@@ -372,7 +374,10 @@ mod tests {
             encode("0123456789abcdefg", 0, b"", &mut buf),
             Err(EncodeError::DeviceIdLength { len: 17 })
         );
-        assert_eq!(encode("a\0b", 0, b"", &mut buf), Err(EncodeError::DeviceIdNul));
+        assert_eq!(
+            encode("a\0b", 0, b"", &mut buf),
+            Err(EncodeError::DeviceIdNul)
+        );
         assert_eq!(
             encode("a", 0, &[0; 64], &mut buf),
             Err(EncodeError::BufferTooSmall { need: 86, have: 64 })

@@ -1,0 +1,141 @@
+//! The `klais` binary as an operator uses it: exit codes, configuration errors
+//! that name the key, and `klais run` receiving datagrams and draining on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KLAIS: &str = env!("CARGO_BIN_EXE_klais");
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn version_prints_the_version_and_exits_zero() {
+    let out = Command::new(KLAIS).arg("version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("klais 0."));
+}
+
+#[test]
+fn config_check_of_the_default_prints_the_effective_configuration() {
+    let out = Command::new(KLAIS).args(["config", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"0.0.0.0:7700\""), "{text}");
+}
+
+#[test]
+fn config_check_of_a_broken_file_names_the_key_and_exits_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "bad.toml", "[protocol]\nmax_payload_byte = 10\n");
+    let out = Command::new(KLAIS).args(["config", "check"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `max_payload_byte`"), "{err}");
+    assert!(err.contains("max_payload_bytes"), "suggests the right key: {err}");
+
+    let p = write(&dir, "conflict.toml", "[output]\nsink = \"file\"\n");
+    let out = Command::new(KLAIS).args(["config", "check"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("output.sink, output.path"));
+}
+
+#[test]
+fn a_missing_config_file_is_a_config_error() {
+    let out = Command::new(KLAIS)
+        .args(["run", "--config", "/nonexistent/klais.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/klais.toml"));
+}
+
+#[test]
+fn an_unknown_subcommand_is_a_usage_error() {
+    let out = Command::new(KLAIS).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn run_refuses_a_cpu_that_is_not_online_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "cpu.toml",
+        "[ingest]\nlisten = \"127.0.0.1:47211\"\n[cores]\nshard_cpu = 4095\n",
+    );
+    let out = Command::new(KLAIS).args(["run", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cores.shard_cpu = 4095 is not an online CPU"), "{err}");
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn run_emits_received_datagrams_as_json_lines_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let p = write(
+        &dir,
+        "run.toml",
+        &format!("[ingest]\nlisten = \"127.0.0.1:{port}\"\n[telemetry]\nstats_interval_ms = 100\n"),
+    );
+    let mut child = Command::new(KLAIS)
+        .args(["run", "--config"])
+        .arg(&p)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the "listening" line: the socket is bound before it is printed.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !line.contains("listening") {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 || Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("klais run did not start: {line}");
+        }
+    }
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let n = 500u32;
+    for seq in 0..n {
+        let payload = format!("{{\"n\":{seq}}}");
+        let mut b = vec![0u8; 22 + payload.len()];
+        klais::wire::encode("cli-dev", seq, payload.as_bytes(), &mut b).unwrap();
+        tx.send_to(&b, ("127.0.0.1", port)).unwrap();
+    }
+    tx.send_to(b"junk", ("127.0.0.1", port)).unwrap();
+    // SAFETY: plain kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {rest}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), n as usize, "stderr: {rest}");
+    for (i, l) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["device_id"], "cli-dev");
+        assert_eq!(v["sequence"], i as u64);
+        assert_eq!(v["payload"], format!("{{\"n\":{i}}}"), "unvalidated payloads are strings");
+    }
+    assert!(rest.contains("klais stopped"), "{rest}");
+    let too_short = rest
+        .lines()
+        .find(|l| l.trim_start().starts_with("too_short"))
+        .unwrap_or_else(|| panic!("no too_short line in summary: {rest}"));
+    assert_eq!(too_short.split_whitespace().nth(1), Some("1"), "{rest}");
+}
