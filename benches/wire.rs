@@ -40,7 +40,10 @@ impl Traffic {
         }
         payload.push_str("\"}");
         let mut buf = vec![0u8; 200];
-        assert_eq!(wire::encode("dev-0", 0, payload.as_bytes(), &mut buf), Ok(200));
+        assert_eq!(
+            wire::encode("dev-0", 0, payload.as_bytes(), &mut buf),
+            Ok(200)
+        );
         Self {
             ids,
             buf,
@@ -70,7 +73,7 @@ fn parse_hash_track(c: &mut Criterion, name: &str, validate_json: bool) {
         validate_json,
     };
     // The default shard table (sequence.max_devices = 2^20).
-    let mut tracker = SeqTracker::new(1 << 20, 4);
+    let mut tracker = SeqTracker::new(1 << 20, 4).unwrap();
     let mut g = c.benchmark_group("shard_per_message");
     g.throughput(Throughput::Elements(1));
     g.bench_function(name, |b| {
@@ -121,7 +124,7 @@ fn bench_shard_step(c: &mut Criterion) {
         max_devices: 1 << 20,
         reset_window: 4,
     };
-    let mut shard = Shard::new(0, settings, tx);
+    let mut shard = Shard::new(0, settings, tx).unwrap();
     let mut g = c.benchmark_group("shard_per_message");
     g.throughput(Throughput::Elements(1));
     g.bench_function("shard_step_200B_with_ring_push_pop", |b| {

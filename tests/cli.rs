@@ -23,7 +23,10 @@ fn version_prints_the_version_and_exits_zero() {
 
 #[test]
 fn config_check_of_the_default_prints_the_effective_configuration() {
-    let out = Command::new(KLAIS).args(["config", "check"]).output().unwrap();
+    let out = Command::new(KLAIS)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("listen = \"0.0.0.0:7700\""), "{text}");
@@ -33,14 +36,25 @@ fn config_check_of_the_default_prints_the_effective_configuration() {
 fn config_check_of_a_broken_file_names_the_key_and_exits_two() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(&dir, "bad.toml", "[protocol]\nmax_payload_byte = 10\n");
-    let out = Command::new(KLAIS).args(["config", "check"]).arg(&p).output().unwrap();
+    let out = Command::new(KLAIS)
+        .args(["config", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `max_payload_byte`"), "{err}");
-    assert!(err.contains("max_payload_bytes"), "suggests the right key: {err}");
+    assert!(
+        err.contains("max_payload_bytes"),
+        "suggests the right key: {err}"
+    );
 
     let p = write(&dir, "conflict.toml", "[output]\nsink = \"file\"\n");
-    let out = Command::new(KLAIS).args(["config", "check"]).arg(&p).output().unwrap();
+    let out = Command::new(KLAIS)
+        .args(["config", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("output.sink, output.path"));
 }
@@ -69,14 +83,25 @@ fn run_refuses_a_cpu_that_is_not_online_naming_the_key() {
         "cpu.toml",
         "[ingest]\nlisten = \"127.0.0.1:47211\"\n[cores]\nshard_cpu = 4095\n",
     );
-    let out = Command::new(KLAIS).args(["run", "--config"]).arg(&p).output().unwrap();
+    let out = Command::new(KLAIS)
+        .args(["run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cores.shard_cpu = 4095 is not an online CPU"), "{err}");
+    assert!(
+        err.contains("cores.shard_cpu = 4095 is not an online CPU"),
+        "{err}"
+    );
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -119,7 +144,12 @@ fn run_emits_received_datagrams_as_json_lines_and_drains_on_sigterm() {
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
     let mut stdout = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     let status = child.wait().unwrap();
@@ -130,7 +160,11 @@ fn run_emits_received_datagrams_as_json_lines_and_drains_on_sigterm() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert_eq!(v["device_id"], "cli-dev");
         assert_eq!(v["sequence"], i as u64);
-        assert_eq!(v["payload"], format!("{{\"n\":{i}}}"), "unvalidated payloads are strings");
+        assert_eq!(
+            v["payload"],
+            format!("{{\"n\":{i}}}"),
+            "unvalidated payloads are strings"
+        );
     }
     assert!(rest.contains("klais stopped"), "{rest}");
     let too_short = rest

@@ -91,10 +91,16 @@ fn every_datagram_is_written_or_counted_under_its_reason() {
         assert_eq!(sh.rejects.get(r), n, "{}", r.name());
     }
     assert_eq!(sh.seq.resets, 1, "sensor-2 restarted at 0");
-    assert_eq!(sh.seq.gaps, 1, "sensor-1 skipped 2 (its seq 2 was not JSON)");
+    assert_eq!(
+        sh.seq.gaps, 1,
+        "sensor-1 skipped 2 (its seq 2 was not JSON)"
+    );
 
     let text = std::fs::read_to_string(&out).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let got: Vec<(String, u64, String, serde_json::Value)> = lines
         .iter()
         .map(|v| {
@@ -151,7 +157,11 @@ fn a_burst_from_many_devices_arrives_complete_and_in_per_device_order() {
     for line in std::fs::read_to_string(&out).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let d = v["payload"]["d"].as_u64().unwrap() as usize;
-        assert_eq!(v["sequence"].as_u64().unwrap(), next[d], "device {d} out of order");
+        assert_eq!(
+            v["sequence"].as_u64().unwrap(),
+            next[d],
+            "device {d} out of order"
+        );
         next[d] += 1;
     }
     assert!(next.iter().all(|&n| n == u64::from(per_device)));

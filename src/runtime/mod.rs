@@ -211,8 +211,12 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         LocalExecutorBuilder::new(GlommioPlacement::Fixed(placement.shard_cpu))
             .name("klais-shard-0")
             .spawn(move || async move {
-                let mut shard = Shard::new(0, settings, tx);
-                let r = udp::receive_loop(socket, &mut shard, &stop, &stats, tick).await;
+                let r = match Shard::new(0, settings, tx) {
+                    Ok(mut shard) => {
+                        udp::receive_loop(socket, &mut shard, &stop, &stats, tick).await
+                    }
+                    Err(e) => Err(e),
+                };
                 done.store(true, Ordering::Relaxed);
                 r
                 // `shard` (and its ring end) drops here: the output stage sees

@@ -67,18 +67,19 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A shard with its ring to the output stage. Allocates its device table here.
-    pub fn new(id: u16, settings: ShardSettings, tx: RecordTx) -> Self {
-        Self {
+    /// A shard with its ring to the output stage. Allocates its device table
+    /// here; fails only when the kernel refuses that memory.
+    pub fn new(id: u16, settings: ShardSettings, tx: RecordTx) -> std::io::Result<Self> {
+        Ok(Self {
             id,
             settings,
-            tracker: SeqTracker::new(settings.max_devices, settings.reset_window),
+            tracker: SeqTracker::new(settings.max_devices, settings.reset_window)?,
             tx,
             received: 0,
             received_bytes: 0,
             accepted: 0,
             rejects: RejectCounters::default(),
-        }
+        })
     }
 
     /// Handles one datagram received at `recv_ts_ns`. Returns the reject reason
@@ -153,7 +154,7 @@ mod tests {
             max_devices: 1024,
             reset_window: 4,
         };
-        (Shard::new(0, settings, tx), rx)
+        (Shard::new(0, settings, tx).unwrap(), rx)
     }
 
     fn dgram(id: &str, seq: u32, payload: &[u8]) -> Vec<u8> {

@@ -112,7 +112,8 @@ const WAYS: usize = 4;
 pub const WINDOW: u32 = 32;
 
 /// One set: four ways in recency order (way 0 most recent), one cache line.
-#[derive(Debug, Clone, Copy, Default)]
+/// All-zero is the empty set, so a zeroed mapping is a ready table.
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 struct Set {
     /// Device hash per way; 0 marks an empty way (a real hash of 0 is stored as 1).
@@ -124,9 +125,13 @@ struct Set {
 }
 
 /// A bounded per-device sequence table for one shard.
+///
+/// The table is an anonymous mapping advised for transparent huge pages: with
+/// 2^20 devices it spans 16 MiB, and on 4 KiB pages nearly every lookup of a
+/// large population would also miss the TLB.
 #[derive(Debug)]
 pub struct SeqTracker {
-    sets: Box<[Set]>,
+    table: memmap2::MmapMut,
     set_mask: usize,
     reset_window: u32,
     counters: SeqCounters,
@@ -135,20 +140,24 @@ pub struct SeqTracker {
 impl SeqTracker {
     /// A table for at least `capacity` devices (rounded up to a power of two,
     /// at least 4), with restarts recognised at or below `reset_window`.
-    /// Allocates once, here: 16 bytes per device.
-    pub fn new(capacity: usize, reset_window: u32) -> Self {
+    /// Allocates once, here: 16 bytes per device. Fails only when the
+    /// kernel refuses the mapping (out of memory).
+    pub fn new(capacity: usize, reset_window: u32) -> std::io::Result<Self> {
         let sets = (capacity.max(WAYS) / WAYS).next_power_of_two();
-        Self {
-            sets: vec![Set::default(); sets].into_boxed_slice(),
+        let table = memmap2::MmapMut::map_anon(sets * std::mem::size_of::<Set>())?;
+        // Only advice: without THP the table works on 4 KiB pages.
+        let _ = table.advise(memmap2::Advice::HugePage);
+        Ok(Self {
+            table,
             set_mask: sets - 1,
             reset_window,
             counters: SeqCounters::default(),
-        }
+        })
     }
 
     /// Number of device slots.
     pub fn capacity(&self) -> usize {
-        self.sets.len() * WAYS
+        (self.set_mask + 1) * WAYS
     }
 
     /// The counters so far.
@@ -162,7 +171,11 @@ impl SeqTracker {
     pub fn track(&mut self, hash: u64, seq: u32) -> SeqEvent {
         let key = if hash == 0 { 1 } else { hash };
         // High bits pick the set: FNV's low bits are the least mixed.
-        let set = &mut self.sets[(key.rotate_left(32) as usize) & self.set_mask];
+        let idx = (key.rotate_left(32) as usize) & self.set_mask;
+        // The mapping is page-aligned and sized to whole sets, so the cast
+        // always succeeds; zeroed pages are empty sets.
+        let sets: &mut [Set] = bytemuck::cast_slice_mut(&mut self.table[..]);
+        let set = &mut sets[idx];
         let hit = set.tags.iter().position(|&t| t == key);
         let (way, ev) = match hit {
             Some(w) => {
@@ -264,7 +277,7 @@ mod tests {
 
     #[test]
     fn first_packet_is_new_then_consecutive_packets_are_in_order() {
-        let mut tr = SeqTracker::new(16, 4);
+        let mut tr = SeqTracker::new(16, 4).unwrap();
         assert_eq!(t(&mut tr, 1, 100), SeqEvent::New);
         assert_eq!(t(&mut tr, 1, 101), SeqEvent::InOrder);
         assert_eq!(t(&mut tr, 1, 102), SeqEvent::InOrder);
@@ -273,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_skip_forward_reports_how_many_are_missing() {
-        let mut tr = SeqTracker::new(16, 4);
+        let mut tr = SeqTracker::new(16, 4).unwrap();
         t(&mut tr, 1, 10);
         assert_eq!(t(&mut tr, 1, 15), SeqEvent::Gap { missing: 4 });
         assert_eq!(tr.counters().gaps, 1);
@@ -282,7 +295,7 @@ mod tests {
 
     #[test]
     fn the_same_sequence_twice_is_a_duplicate() {
-        let mut tr = SeqTracker::new(16, 4);
+        let mut tr = SeqTracker::new(16, 4).unwrap();
         t(&mut tr, 1, 10);
         assert_eq!(t(&mut tr, 1, 10), SeqEvent::Duplicate);
         assert_eq!(tr.counters().duplicates, 1);
@@ -290,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_reordered_packet_is_late_once_then_a_duplicate() {
-        let mut tr = SeqTracker::new(16, 4);
+        let mut tr = SeqTracker::new(16, 4).unwrap();
         t(&mut tr, 1, 10);
         t(&mut tr, 1, 13);
         assert_eq!(t(&mut tr, 1, 11), SeqEvent::Late);
@@ -301,7 +314,7 @@ mod tests {
 
     #[test]
     fn restarting_near_zero_is_a_reset_even_shortly_after_boot() {
-        let mut tr = SeqTracker::new(16, 4);
+        let mut tr = SeqTracker::new(16, 4).unwrap();
         t(&mut tr, 1, 0);
         for s in 1..=30 {
             t(&mut tr, 1, s);
@@ -313,8 +326,8 @@ mod tests {
 
     #[test]
     fn the_reset_window_is_configurable() {
-        let mut narrow = SeqTracker::new(16, 0);
-        let mut wide = SeqTracker::new(16, 10);
+        let mut narrow = SeqTracker::new(16, 0).unwrap();
+        let mut wide = SeqTracker::new(16, 10).unwrap();
         for tr in [&mut narrow, &mut wide] {
             for s in 0..=20 {
                 t(tr, 1, s);
@@ -326,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_jump_back_beyond_the_window_is_a_reset() {
-        let mut tr = SeqTracker::new(16, 4);
+        let mut tr = SeqTracker::new(16, 4).unwrap();
         t(&mut tr, 1, 1000);
         assert_eq!(t(&mut tr, 1, 1000 - WINDOW), SeqEvent::Reset);
         assert_eq!(t(&mut tr, 1, 1000 - WINDOW + 1), SeqEvent::InOrder);
@@ -334,7 +347,7 @@ mod tests {
 
     #[test]
     fn the_sequence_wraps_at_u32_max_in_order() {
-        let mut tr = SeqTracker::new(16, 4);
+        let mut tr = SeqTracker::new(16, 4).unwrap();
         t(&mut tr, 1, u32::MAX - 1);
         assert_eq!(t(&mut tr, 1, u32::MAX), SeqEvent::InOrder);
         assert_eq!(t(&mut tr, 1, 0), SeqEvent::InOrder);
@@ -343,7 +356,7 @@ mod tests {
 
     #[test]
     fn devices_are_tracked_independently() {
-        let mut tr = SeqTracker::new(64, 4);
+        let mut tr = SeqTracker::new(64, 4).unwrap();
         t(&mut tr, 1, 5);
         t(&mut tr, 2, 5);
         assert_eq!(t(&mut tr, 1, 6), SeqEvent::InOrder);
@@ -352,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_new_ids_evicts_instead_of_growing() {
-        let mut tr = SeqTracker::new(64, 4);
+        let mut tr = SeqTracker::new(64, 4).unwrap();
         let cap = tr.capacity();
         for dev in 0..10_000 {
             assert_eq!(t(&mut tr, dev, 1), SeqEvent::New);
@@ -364,7 +377,7 @@ mod tests {
     #[test]
     fn recently_seen_devices_survive_eviction() {
         // Four ways per set: keep one device hot while others churn through its set.
-        let mut tr = SeqTracker::new(4, 4); // one set
+        let mut tr = SeqTracker::new(4, 4).unwrap(); // one set
         t(&mut tr, 0, 1);
         for (i, dev) in (1..100).enumerate() {
             t(&mut tr, dev, 1);
@@ -382,7 +395,7 @@ mod tests {
             start in any::<u32>(), len in 2u32..500, dup_at in 0u32..500,
         ) {
             let dup_at = dup_at % len;
-            let mut tr = SeqTracker::new(16, 0);
+            let mut tr = SeqTracker::new(16, 0).unwrap();
             let mut dups = 0;
             for i in 0..len {
                 let s = start.wrapping_add(i);
@@ -396,7 +409,7 @@ mod tests {
         fn every_sequence_delivered_once_in_any_order_within_the_window_has_no_duplicates(
             perm in Just((0u32..32).collect::<Vec<_>>()).prop_shuffle(),
         ) {
-            let mut tr = SeqTracker::new(16, 0);
+            let mut tr = SeqTracker::new(16, 0).unwrap();
             t(&mut tr, 3, 1000);
             for p in perm {
                 let ev = t(&mut tr, 3, 1001 + p);

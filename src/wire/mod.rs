@@ -162,17 +162,37 @@ pub fn parse<'a>(buf: &'a [u8], opts: &ParseOptions) -> Result<Datagram<'a>, Rej
 }
 
 /// The id text: bytes up to the first NUL; everything after it must be NUL too.
+///
+/// Fast path for the common case, an ASCII id: the 16 bytes as one u128, the
+/// non-NUL bytes must form a prefix; no loop, no branch per byte. Non-ASCII
+/// ids take the general path through `str::from_utf8`.
 #[inline]
 fn device_id_text(raw: &[u8; DEVICE_ID_LEN]) -> Result<&str, Reject> {
-    let len = raw.iter().position(|&b| b == 0).unwrap_or(DEVICE_ID_LEN);
-    if len == 0 {
-        return if raw.iter().all(|&b| b == 0) {
-            Err(Reject::DeviceIdEmpty)
-        } else {
-            Err(Reject::DeviceIdNotUtf8)
-        };
+    const LOW7: u128 = 0x7f7f_7f7f_7f7f_7f7f_7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u128 = !LOW7;
+    let v = u128::from_le_bytes(*raw);
+    if v & HIGH == 0 {
+        // Exact per-byte "is non-zero" flags in each byte's high bit (no carries
+        // cross bytes because every byte is below 0x80).
+        let nonzero = (v + LOW7) & HIGH;
+        // Byte i (memory order) is bits 8i..8i+7 on a little-endian load.
+        let len = (!nonzero & HIGH).trailing_zeros() as usize / 8;
+        if len == 0 {
+            return Err(if v == 0 {
+                Reject::DeviceIdEmpty
+            } else {
+                Reject::DeviceIdNotUtf8
+            });
+        }
+        if len < DEVICE_ID_LEN && nonzero >> (8 * len) != 0 {
+            return Err(Reject::DeviceIdNotUtf8);
+        }
+        // SAFETY: every byte of `raw` is below 0x80 (checked: `v & HIGH == 0`),
+        // and ASCII bytes are always valid UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(&raw[..len]) });
     }
-    if raw[len..].iter().any(|&b| b != 0) {
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(DEVICE_ID_LEN);
+    if len == 0 || raw[len..].iter().any(|&b| b != 0) {
         return Err(Reject::DeviceIdNotUtf8);
     }
     std::str::from_utf8(&raw[..len]).map_err(|_| Reject::DeviceIdNotUtf8)
@@ -402,7 +422,33 @@ mod tests {
         })
     }
 
+    /// The obvious definition the fast path must agree with.
+    fn device_id_reference(raw: &[u8; 16]) -> Result<&str, Reject> {
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(16);
+        if raw.iter().all(|&b| b == 0) {
+            return Err(Reject::DeviceIdEmpty);
+        }
+        if len == 0 || raw[len..].iter().any(|&b| b != 0) {
+            return Err(Reject::DeviceIdNotUtf8);
+        }
+        std::str::from_utf8(&raw[..len]).map_err(|_| Reject::DeviceIdNotUtf8)
+    }
+
     proptest! {
+        #[test]
+        fn the_device_id_fast_path_agrees_with_the_definition(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(0u8), 1u8..0x80, any::<u8>()], 16),
+            cut in 0usize..=16,
+        ) {
+            let mut raw = [0u8; 16];
+            raw.copy_from_slice(&bytes);
+            prop_assert_eq!(device_id_text(&raw), device_id_reference(&raw));
+            // Well-formed padding: text then NULs.
+            raw[cut..].fill(0);
+            prop_assert_eq!(device_id_text(&raw), device_id_reference(&raw));
+        }
+
         #[test]
         fn encode_then_parse_round_trips(
             id in device_id_strategy(),

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command (README): sets up the machine, then format check, clippy with
+# warnings as errors, and every test tier available here, plus each benchmark
+# run once in test mode (it must run; its speed is measured by `cargo bench`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test (unit, property, integration, CLI; benches once in test mode)"
+cargo test --locked --all-targets
