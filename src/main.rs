@@ -237,14 +237,15 @@ fn run(cfg: &Config, duration: Option<Duration>, until: Option<&AtomicBool>) -> 
             return ExitCode::from(1);
         }
     };
+    // Handlers first: once the line below is printed, a SIGTERM must drain.
+    let stop = running.stop_flag();
+    register_signals(&stop);
     eprintln!(
         "klais listening on udp {} ({}); output: {}. Ctrl-C stops and drains.",
         running.local_addr(),
         running.placement(),
         cfg.output.sink.name()
     );
-    let stop = running.stop_flag();
-    register_signals(&stop);
     wait_with_live_figures(&running, cfg.telemetry.stats_interval_ms, duration, until);
     finish(running)
 }
