@@ -61,7 +61,7 @@ struct RunArgs {
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Stop by itself after this many seconds (default: run until a signal).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     duration: Option<f64>,
 }
 
@@ -85,9 +85,9 @@ struct Traffic {
     /// Datagrams per second (0: as fast as possible).
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
-    /// Payload bytes per datagram (JSON with the send time and sequence).
-    #[arg(long, default_value_t = 200)]
-    payload_bytes: usize,
+    /// Payload bytes per datagram (JSON with the send time and sequence), 64..=65485.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(64..=65485))]
+    payload_bytes: u16,
     /// Malformed datagrams per million (too short / bad magic / bad JSON in turn).
     #[arg(long, default_value_t = 0)]
     malformed_ppm: u32,
@@ -102,7 +102,7 @@ struct GenArgs {
     #[arg(long, default_value = "127.0.0.1:7700")]
     to: SocketAddr,
     /// Seconds to send for.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
     duration: f64,
     /// Stop after this many datagrams.
     #[arg(long)]
@@ -114,7 +114,7 @@ struct GenArgs {
 #[derive(Args, Debug)]
 struct DemoArgs {
     /// Seconds of traffic.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
     duration: f64,
     /// Where records go (JSON lines). Default: discard after counting.
     #[arg(long, value_name = "FILE")]
@@ -188,9 +188,21 @@ fn spec_from(t: &Traffic, to: SocketAddr, duration: Option<f64>, count: Option<u
         rate_pps: t.rate,
         count,
         duration: duration.map(Duration::from_secs_f64),
-        payload_bytes: t.payload_bytes,
+        payload_bytes: usize::from(t.payload_bytes),
         malformed_ppm: t.malformed_ppm,
         seed: t.seed,
+    }
+}
+
+/// A duration in seconds: finite, positive, at most a year.
+fn parse_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 && v <= 365.0 * 86400.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not a positive number of seconds"))
     }
 }
 

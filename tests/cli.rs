@@ -173,3 +173,16 @@ fn run_emits_received_datagrams_as_json_lines_and_drains_on_sigterm() {
         .unwrap_or_else(|| panic!("no too_short line in summary: {rest}"));
     assert_eq!(too_short.split_whitespace().nth(1), Some("1"), "{rest}");
 }
+
+#[test]
+fn nonsense_durations_and_payload_sizes_are_usage_errors() {
+    for args in [
+        &["gen", "--duration", "-1"][..],
+        &["gen", "--payload-bytes", "10"][..],
+        &["run", "--duration", "nan"][..],
+        &["demo", "--duration", "0"][..],
+    ] {
+        let out = Command::new(KLAIS).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
