@@ -1,12 +1,42 @@
-//! Build script: stamps the binary with the commit and build profile that
-//! `klais version` prints and benchmark results record.
-//!
-//! The XDP program in `bpf/` will be compiled here (libbpf-cargo skeleton into
-//! `OUT_DIR`) when the kernel data plane lands; today it only stamps.
+//! Build script: compiles the XDP programs in `bpf/` into libbpf-rs skeletons
+//! in `OUT_DIR` (never committed), and stamps the binary with the commit and
+//! build profile that `klais version` prints and benchmark results record.
 
+use std::path::PathBuf;
 use std::process::Command;
 
+use libbpf_cargo::SkeletonBuilder;
+
+/// (source, skeleton file) pairs.
+const PROGRAMS: [(&str, &str); 2] = [
+    ("bpf/klais.bpf.c", "klais.skel.rs"),
+    ("bpf/empty.bpf.c", "empty.skel.rs"),
+];
+
 fn main() {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let arch_include = format!(
+        "-I/usr/include/{}-linux-gnu",
+        std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into())
+    );
+    for (src, skel) in PROGRAMS {
+        if let Err(e) = SkeletonBuilder::new()
+            .source(src)
+            // -mcpu=v3: BPF atomics (compare-and-swap) for the device buckets.
+            .clang_args([arch_include.as_str(), "-Ibpf", "-mcpu=v3", "-Wall", "-Werror"])
+            .build_and_generate(out.join(skel))
+        {
+            panic!(
+                "compiling {src} failed: {e:#}\n\
+                 The XDP program needs clang, llvm and libbpf headers: run scripts/setup.sh (as root)."
+            );
+        }
+        println!("cargo:rerun-if-changed={src}");
+    }
+    for h in ["bpf/klais.h", "bpf/klais_wire.h"] {
+        println!("cargo:rerun-if-changed={h}");
+    }
+
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

@@ -14,6 +14,10 @@ PACKAGES=(
   ca-certificates   # cargo fetches crates over TLS
   iproute2          # `ip` for operators and the network tests
   procps            # `sysctl` for receive-buffer tuning (net.core.rmem_max)
+  clang llvm        # build.rs compiles bpf/*.bpf.c to BPF (libbpf-cargo)
+  libbpf-dev        # bpf/bpf_helpers.h and friends for the XDP program
+  libelf-dev zlib1g-dev  # libbpf-sys builds its vendored libbpf against them
+  linux-libc-dev    # linux/bpf.h, linux/if_ether.h ... for the XDP program
 )
 
 log=$(mktemp /tmp/klais-setup.XXXXXX.log)

@@ -20,6 +20,7 @@ pub mod shard;
 pub mod sink;
 pub mod telemetry;
 pub mod wire;
+pub mod xdp;
 
 /// Version string: crate version, commit, build profile.
 pub fn version_string() -> String {

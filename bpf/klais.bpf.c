@@ -1,0 +1,339 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * klais XDP filter (DESIGN.md section 4).
+ *
+ * Parses Ethernet (up to two VLAN tags, 802.1Q / 802.1ad), IPv4 (with options)
+ * or IPv6, and UDP. Only UDP datagrams to a configured klais port are klais
+ * traffic; everything else leaves with XDP_PASS, untouched (ARP, SSH, the
+ * operator's own session). For klais traffic, in this order:
+ *   too short -> drop; bad magic -> drop; deny list -> drop;
+ *   per-device token bucket over rate -> drop; global budget -> drop;
+ *   else redirect to the AF_XDP socket of the receive queue, or pass to the
+ *   kernel UDP path when no socket is bound there.
+ * Every exit goes through record(): every verdict has a per-CPU counter.
+ *
+ * Token buckets are GCRA (one 64-bit "theoretical arrival time" per bucket):
+ * - per device, shared by all CPUs and updated with compare-and-swap, so two
+ *   CPUs can never both spend one token. RSS keeps one device's packets on
+ *   one queue, so a per-CPU share of its rate would starve it; the CAS line
+ *   is touched only by the CPUs that device's packets actually reach.
+ * - the global budget, split evenly per CPU (no shared cache line per packet
+ *   at line rate; the cost is that a CPU may refuse while another has slack).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "klais.h"
+#include "klais_wire.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Load-time settings (rodata), set by the loader before load. */
+const volatile __u16 klais_ports[KLAIS_MAX_PORTS] = {}; /* host byte order; 0 = unused slot */
+const volatile __u32 enforce = 1;			 /* 0: count would-be drops but let them through */
+const volatile __u32 events_enabled = 1;		 /* sampled events to the ring buffer */
+const volatile __u32 reset_window = 4;			 /* a sequence at or below this, going back, is a reset */
+
+/* Never read: they put the verdict and event types into BTF so the skeleton's
+ * `types` module carries them to Rust (no hand-kept copy). */
+const volatile enum klais_verdict klais_verdict_type = KLAIS_V__COUNT;
+const volatile enum klais_event_kind klais_event_kind_type = KLAIS_EV_NEW_DEVICE;
+const volatile struct klais_event klais_event_type = {};
+
+/* Every map, its purpose and its writer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct klais_counters);
+} counters SEC(".maps"); /* per-verdict packet counters; written here, read by `klais xdp stats` */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct klais_settings);
+} settings SEC(".maps"); /* run-time rates and budgets; written by the loader / control core */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, __u64);
+	__type(value, struct klais_bucket);
+} buckets SEC(".maps"); /* per-device GCRA state, keyed by FNV-1a 64 of the id; written here */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct klais_override);
+} overrides SEC(".maps"); /* per-device rate/burst overrides; written by operators / control core */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} denylist SEC(".maps"); /* devices dropped outright; written by operators */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} cpu_tat SEC(".maps"); /* per-CPU GCRA state: [0] global budget, [1] event cap; written here */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, KLAIS_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps"); /* AF_XDP socket per receive queue; written by the shards */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps"); /* sampled device events; read by the control core */
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define IP_MF_ 0x2000
+#define IP_OFFSET_ 0x1FFF
+
+static __always_inline int record(struct klais_counters *c, enum klais_verdict v, int action)
+{
+	if (c)
+		c->packets[v]++;
+	return action;
+}
+
+/* A drop verdict, or a pass when enforcement is off (counted either way). */
+static __always_inline int drop(struct klais_counters *c, enum klais_verdict v)
+{
+	return record(c, v, enforce ? XDP_DROP : XDP_PASS);
+}
+
+/* GCRA on a per-CPU slot: no other CPU touches it, no atomics needed. */
+static __always_inline int cpu_take(__u32 slot, __u64 now, __u64 interval, __u64 tolerance)
+{
+	__u64 *tat = bpf_map_lookup_elem(&cpu_tat, &slot);
+	__u64 t;
+
+	if (!tat)
+		return 0;
+	t = *tat > now ? *tat : now;
+	if (t - now > tolerance)
+		return 0;
+	*tat = t + interval;
+	return 1;
+}
+
+/* GCRA on a shared device bucket with compare-and-swap. Gives up (refuses)
+ * after a few lost races rather than risk minting a token. */
+static __always_inline int device_take(struct klais_bucket *b, __u64 now, __u64 interval,
+				       __u64 tolerance, struct klais_counters *c)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		__u64 old = *(volatile __u64 *)&b->tat;
+		__u64 t = old > now ? old : now;
+
+		if (t - now > tolerance)
+			return 0;
+		if (__sync_val_compare_and_swap(&b->tat, old, t + interval) == old)
+			return 1;
+		if (c)
+			c->bucket_retries++;
+	}
+	return 0;
+}
+
+static __always_inline void emit(struct klais_counters *c, __u64 now, __u64 hash, const __u8 *id,
+				 __u32 kind, __u32 seq, const struct klais_settings *s)
+{
+	struct klais_event *e;
+
+	if (!events_enabled)
+		return;
+	if (!cpu_take(1, now, s->events_interval_ns, s->events_tolerance_ns)) {
+		if (c)
+			c->events_capped++;
+		return;
+	}
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		if (c)
+			c->events_lost++;
+		return;
+	}
+	e->ts_ns = now;
+	e->device_hash = hash;
+	__builtin_memcpy(e->device_id, id, KLAIS_DEVICE_ID_LEN);
+	e->kind = kind;
+	e->seq = seq;
+	bpf_ringbuf_submit(e, 0);
+	if (c)
+		c->events_sent++;
+}
+
+static __always_inline int is_klais_port(__u16 port)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < KLAIS_MAX_PORTS; i++) {
+		if (klais_ports[i] && klais_ports[i] == port)
+			return 1;
+	}
+	return 0;
+}
+
+SEC("xdp")
+int klais_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct klais_counters *c = bpf_map_lookup_elem(&counters, &zero);
+	struct ethhdr *eth = data;
+	struct udphdr *udp;
+	__u8 *payload;
+	__u16 proto;
+	__u32 off, ulen;
+	int i;
+
+	if ((void *)(eth + 1) > data_end)
+		return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
+	proto = eth->h_proto;
+	off = sizeof(*eth);
+
+#pragma unroll
+	for (i = 0; i < 2; i++) {
+		if (proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_)) {
+			struct vlan_hdr *vh = data + off;
+
+			if ((void *)(vh + 1) > data_end)
+				return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
+			proto = vh->proto;
+			off += sizeof(*vh);
+		}
+	}
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + off;
+		__u32 ihl;
+
+		if ((void *)(ip + 1) > data_end)
+			return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
+		if (ip->protocol != IPPROTO_UDP)
+			return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
+		/* Later fragments carry no UDP header; the kernel reassembles. */
+		if (ip->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_))
+			return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
+		ihl = ip->ihl * 4;
+		if (ihl < sizeof(*ip))
+			return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
+		off += ihl;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + off;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
+		/* Extension headers are not followed: such datagrams take the kernel path. */
+		if (ip6->nexthdr != IPPROTO_UDP)
+			return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
+		off += sizeof(*ip6);
+	} else {
+		return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
+	}
+
+	/* Bound the offset for the verifier: two VLAN tags + IPv4 with options is at most 86. */
+	if (off > 14 + 8 + 60)
+		return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
+	udp = data + off;
+	if ((void *)(udp + 1) > data_end)
+		return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
+	if (!is_klais_port(bpf_ntohs(udp->dest)))
+		return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
+
+	ulen = bpf_ntohs(udp->len);
+	if (ulen < sizeof(*udp) + KLAIS_HEADER_LEN)
+		return drop(c, KLAIS_V_TOO_SHORT);
+	payload = (__u8 *)(udp + 1);
+	if ((void *)(payload + KLAIS_HEADER_LEN) > data_end)
+		return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
+	if (payload[0] != (KLAIS_MAGIC_V1 >> 8) || payload[1] != (KLAIS_MAGIC_V1 & 0xff))
+		return drop(c, KLAIS_V_BAD_MAGIC);
+
+	__u8 id[KLAIS_DEVICE_ID_LEN];
+	__builtin_memcpy(id, payload + 2, KLAIS_DEVICE_ID_LEN);
+	__u32 seq = ((__u32)payload[18] << 24) | ((__u32)payload[19] << 16) |
+		    ((__u32)payload[20] << 8) | (__u32)payload[21];
+	__u64 hash = klais_device_hash(id);
+
+	if (bpf_map_lookup_elem(&denylist, &hash))
+		return drop(c, KLAIS_V_DENIED);
+
+	struct klais_settings *s = bpf_map_lookup_elem(&settings, &zero);
+	if (!s)
+		return record(c, KLAIS_V_PASS, XDP_PASS);
+	__u64 now = bpf_ktime_get_ns();
+	__u64 interval = s->device_interval_ns, tolerance = s->device_tolerance_ns;
+	struct klais_override *ov = bpf_map_lookup_elem(&overrides, &hash);
+	if (ov) {
+		interval = ov->interval_ns;
+		tolerance = ov->tolerance_ns;
+	}
+
+	struct klais_bucket *b = bpf_map_lookup_elem(&buckets, &hash);
+	int admitted;
+	if (!b) {
+		struct klais_bucket nb = { .tat = now + interval, .last_seq = seq };
+
+		if (bpf_map_update_elem(&buckets, &hash, &nb, BPF_NOEXIST) == 0) {
+			emit(c, now, hash, id, KLAIS_EV_NEW_DEVICE, seq, s);
+			admitted = 1;
+			goto global;
+		}
+		/* Another CPU inserted it first: share its bucket. */
+		b = bpf_map_lookup_elem(&buckets, &hash);
+		if (!b)
+			return record(c, KLAIS_V_PASS, XDP_PASS);
+	}
+	if (seq < b->last_seq && seq <= reset_window)
+		emit(c, now, hash, id, KLAIS_EV_SEQ_RESET, seq, s);
+	b->last_seq = seq;
+	admitted = interval == 0 || device_take(b, now, interval, tolerance, c);
+	if (!admitted) {
+		if (!(b->flags & KLAIS_BUCKET_LIMITED_EVENT)) {
+			b->flags |= KLAIS_BUCKET_LIMITED_EVENT;
+			emit(c, now, hash, id, KLAIS_EV_RATE_LIMITED, seq, s);
+		}
+		return drop(c, KLAIS_V_RATE_LIMITED);
+	}
+	if (b->flags & KLAIS_BUCKET_LIMITED_EVENT)
+		b->flags &= ~KLAIS_BUCKET_LIMITED_EVENT;
+
+global:
+	if (s->global_interval_ns &&
+	    !cpu_take(0, now, s->global_interval_ns, s->global_tolerance_ns))
+		return drop(c, KLAIS_V_GLOBAL_BUDGET);
+
+	__u32 q = ctx->rx_queue_index;
+	if (bpf_map_lookup_elem(&xsks, &q))
+		return record(c, KLAIS_V_REDIRECT, bpf_redirect_map(&xsks, q, XDP_PASS));
+	return record(c, KLAIS_V_PASS, XDP_PASS);
+}

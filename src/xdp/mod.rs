@@ -1,0 +1,597 @@
+//! The kernel data plane's user-space side: loads the XDP filter (`bpf/`),
+//! writes its run-time settings, attaches it to an interface, reads its
+//! counters and events.
+//!
+//! The C program decides per packet; this module only configures and observes
+//! it. Types shared with C come from the skeleton libbpf-cargo generates into
+//! `OUT_DIR` ([`skel::types`]); nothing here is a hand-kept copy of a C layout.
+//!
+//! # Requires
+//! Root or CAP_BPF + CAP_NET_ADMIN (CAP_PERFMON for `BPF_PROG_TEST_RUN`
+//! timing), a kernel with BTF and BPF atomics (5.12+), bpffs at `/sys/fs/bpf`.
+
+mod attach;
+pub mod frame;
+mod limits;
+
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject};
+
+pub use attach::{
+    detach_iface, iface_index, pin_dir, status, Attachment, AttachMode, IfaceStatus,
+};
+pub use limits::{Limits, Rate, RateError};
+
+/// The generated skeletons (libbpf-cargo, `OUT_DIR`).
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code,
+    unused_imports
+)]
+pub mod skel {
+    include!(concat!(env!("OUT_DIR"), "/klais.skel.rs"));
+}
+
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code,
+    unused_imports
+)]
+mod empty_skel {
+    include!(concat!(env!("OUT_DIR"), "/empty.skel.rs"));
+}
+
+use skel::types::{klais_counters, klais_event, klais_override, klais_verdict};
+
+/// Every exit of the XDP program. Discriminants are the C enum's values
+/// (checked at compile time below).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Verdict {
+    /// Not klais traffic: passed untouched.
+    NotKlais = klais_verdict::KLAIS_V_NOT_KLAIS.0,
+    /// Headers end early: passed (the kernel drops it).
+    Truncated = klais_verdict::KLAIS_V_TRUNCATED.0,
+    /// Payload shorter than the v1 header: dropped.
+    TooShort = klais_verdict::KLAIS_V_TOO_SHORT.0,
+    /// Not magic 0xAA55: dropped.
+    BadMagic = klais_verdict::KLAIS_V_BAD_MAGIC.0,
+    /// Device on the deny list: dropped.
+    Denied = klais_verdict::KLAIS_V_DENIED.0,
+    /// Device over its token bucket: dropped.
+    RateLimited = klais_verdict::KLAIS_V_RATE_LIMITED.0,
+    /// Global budget exceeded: dropped.
+    GlobalBudget = klais_verdict::KLAIS_V_GLOBAL_BUDGET.0,
+    /// Redirected to the AF_XDP socket of the receive queue.
+    Redirect = klais_verdict::KLAIS_V_REDIRECT.0,
+    /// No socket on the queue: passed to the kernel UDP path.
+    Pass = klais_verdict::KLAIS_V_PASS.0,
+}
+
+const _: () = assert!(klais_verdict::KLAIS_V__COUNT.0 as usize == Verdict::ALL.len());
+
+impl Verdict {
+    /// Every verdict, in counter order.
+    pub const ALL: [Verdict; 9] = [
+        Verdict::NotKlais,
+        Verdict::Truncated,
+        Verdict::TooShort,
+        Verdict::BadMagic,
+        Verdict::Denied,
+        Verdict::RateLimited,
+        Verdict::GlobalBudget,
+        Verdict::Redirect,
+        Verdict::Pass,
+    ];
+
+    /// Stable snake_case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::NotKlais => "not_klais",
+            Verdict::Truncated => "truncated",
+            Verdict::TooShort => "too_short",
+            Verdict::BadMagic => "bad_magic",
+            Verdict::Denied => "denied",
+            Verdict::RateLimited => "rate_limited",
+            Verdict::GlobalBudget => "global_budget",
+            Verdict::Redirect => "redirect",
+            Verdict::Pass => "pass",
+        }
+    }
+
+    /// The XDP action this verdict returns with enforcement on.
+    pub const fn action(self) -> u32 {
+        match self {
+            Verdict::TooShort
+            | Verdict::BadMagic
+            | Verdict::Denied
+            | Verdict::RateLimited
+            | Verdict::GlobalBudget => XDP_DROP,
+            Verdict::Redirect => XDP_REDIRECT,
+            Verdict::NotKlais | Verdict::Truncated | Verdict::Pass => XDP_PASS,
+        }
+    }
+}
+
+/// XDP_DROP.
+pub const XDP_DROP: u32 = 1;
+/// XDP_PASS.
+pub const XDP_PASS: u32 = 2;
+/// XDP_REDIRECT.
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Counters summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    /// Packets per verdict, indexed by `Verdict as usize`.
+    pub packets: [u64; 9],
+    /// Events written to the ring buffer.
+    pub events_sent: u64,
+    /// Events not sent: over the per-second cap.
+    pub events_capped: u64,
+    /// Events not sent: ring buffer full.
+    pub events_lost: u64,
+    /// Lost compare-and-swap races on device buckets.
+    pub bucket_retries: u64,
+}
+
+impl XdpCounters {
+    /// Packets for one verdict.
+    pub fn get(&self, v: Verdict) -> u64 {
+        self.packets[v as usize]
+    }
+    fn add(&mut self, c: &klais_counters) {
+        for (a, b) in self.packets.iter_mut().zip(c.packets.iter()) {
+            *a += b;
+        }
+        self.events_sent += c.events_sent;
+        self.events_capped += c.events_capped;
+        self.events_lost += c.events_lost;
+        self.bucket_retries += c.bucket_retries;
+    }
+}
+
+/// A device event from the kernel's ring buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceEvent {
+    /// Kernel monotonic time, ns.
+    pub ts_ns: u64,
+    /// FNV-1a 64 of the raw id.
+    pub device_hash: u64,
+    /// Raw id bytes.
+    pub device_id: [u8; 16],
+    /// What happened.
+    pub kind: EventKind,
+    /// The packet's sequence number.
+    pub seq: u32,
+}
+
+/// Kinds of [`DeviceEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// First packet of a device the kernel had no bucket for.
+    NewDevice,
+    /// Sequence went back near zero: the device restarted.
+    SeqReset,
+    /// The device went over its rate (sent once per episode).
+    RateLimited,
+    /// A kind this build does not know.
+    Unknown(u32),
+}
+
+impl DeviceEvent {
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < std::mem::size_of::<klais_event>() {
+            return None;
+        }
+        // SAFETY: the kernel wrote a `struct klais_event` (plain integers, no
+        // padding-sensitive invariants) and the length was checked above;
+        // read_unaligned copes with any alignment.
+        let e: klais_event = unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) };
+        use skel::types::klais_event_kind as K;
+        let kind = match e.kind {
+            k if k == K::KLAIS_EV_NEW_DEVICE.0 => EventKind::NewDevice,
+            k if k == K::KLAIS_EV_SEQ_RESET.0 => EventKind::SeqReset,
+            k if k == K::KLAIS_EV_RATE_LIMITED.0 => EventKind::RateLimited,
+            k => EventKind::Unknown(k),
+        };
+        Some(DeviceEvent {
+            ts_ns: e.ts_ns,
+            device_hash: e.device_hash,
+            device_id: e.device_id,
+            kind,
+            seq: e.seq,
+        })
+    }
+}
+
+/// Why the kernel side could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// Opening or loading the BPF object failed (verifier, missing privilege).
+    #[error("loading the XDP program failed: {0:#}. Needs root (or CAP_BPF + CAP_NET_ADMIN) and a kernel with BTF and BPF atomics (5.12+)")]
+    Load(libbpf_rs::Error),
+    /// A map operation failed.
+    #[error("{what}: {source}")]
+    Map {
+        /// What was being done.
+        what: String,
+        /// libbpf's error.
+        source: libbpf_rs::Error,
+    },
+    /// A setting is out of range.
+    #[error(transparent)]
+    Rate(#[from] RateError),
+    /// Attaching failed.
+    #[error("cannot attach XDP to {iface} in {mode} mode: {reason}")]
+    Attach {
+        /// Interface.
+        iface: String,
+        /// Mode asked for.
+        mode: AttachMode,
+        /// The kernel's reason and the fix.
+        reason: String,
+    },
+    /// The interface does not exist.
+    #[error("no network interface named {0:?} (see `ip link`)")]
+    NoSuchIface(String),
+    /// Nothing of klais is pinned for this interface.
+    #[error("klais has no XDP program pinned for {iface} (nothing under {dir}); is it attached? `klais xdp status --iface {iface}`")]
+    NotPinned {
+        /// Interface.
+        iface: String,
+        /// Pin directory.
+        dir: String,
+    },
+    /// Filesystem work on bpffs failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
+    let what = what.into();
+    move |source| XdpError::Map { what, source }
+}
+
+/// Load-time settings (rodata): fixed for the life of a loaded program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// UDP ports that carry klais traffic (at most 8).
+    pub ports: Vec<u16>,
+    /// Drop what the checks refuse (false: count it and let it through).
+    pub enforce: bool,
+    /// Send sampled device events to the ring buffer.
+    pub events: bool,
+    /// Sequence numbers at or below this, going back, raise a reset event.
+    pub reset_window: u32,
+    /// Devices the kernel keeps buckets for (LRU beyond).
+    pub max_devices: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            ports: vec![7700],
+            enforce: true,
+            events: true,
+            reset_window: 4,
+            max_devices: 1 << 20,
+        }
+    }
+}
+
+/// Handles on the program's maps, from a loaded program or from the pins of
+/// an attached one (`klais xdp stats` in another process).
+#[derive(Debug)]
+pub struct KernelMaps {
+    counters: MapHandle,
+    settings: MapHandle,
+    overrides: MapHandle,
+    denylist: MapHandle,
+    /// The ring buffer, for [`KernelMaps::events`].
+    events: MapHandle,
+}
+
+/// Names under which maps are pinned, in `pin_dir(iface)`.
+pub(crate) const PINNED_MAPS: [&str; 5] = ["counters", "settings", "overrides", "denylist", "events"];
+
+impl KernelMaps {
+    /// Opens the maps pinned for `iface` by `klais run` or `klais xdp attach`.
+    pub fn from_pins(iface: &str) -> Result<Self, XdpError> {
+        let dir = pin_dir(iface);
+        if !dir.join("counters").exists() {
+            return Err(XdpError::NotPinned {
+                iface: iface.to_string(),
+                dir: dir.display().to_string(),
+            });
+        }
+        let open = |name: &str| {
+            MapHandle::from_pinned_path(dir.join(name))
+                .map_err(map_err(format!("opening pinned map {}", dir.join(name).display())))
+        };
+        Ok(Self {
+            counters: open("counters")?,
+            settings: open("settings")?,
+            overrides: open("overrides")?,
+            denylist: open("denylist")?,
+            events: open("events")?,
+        })
+    }
+
+    /// Per-verdict counters summed over CPUs.
+    pub fn counters(&self) -> Result<XdpCounters, XdpError> {
+        let per_cpu = self
+            .counters
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("reading XDP counters"))?
+            .unwrap_or_default();
+        let mut sum = XdpCounters::default();
+        for bytes in per_cpu {
+            if bytes.len() >= std::mem::size_of::<klais_counters>() {
+                // SAFETY: the map's value type is `struct klais_counters`
+                // (integers only); the length was checked.
+                let c: klais_counters = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                sum.add(&c);
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Writes the run-time limits (rates, budgets, event cap) for `ncpus` CPUs.
+    pub fn set_limits(&self, limits: &Limits, ncpus: u32) -> Result<(), XdpError> {
+        let s = limits.to_settings(ncpus);
+        self.settings
+            .update(&0u32.to_ne_bytes(), pod_bytes(&s), MapFlags::ANY)
+            .map_err(map_err("writing XDP settings"))
+    }
+
+    /// The limits currently in the kernel.
+    pub fn limits(&self) -> Result<Limits, XdpError> {
+        let bytes = self
+            .settings
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("reading XDP settings"))?
+            .unwrap_or_default();
+        if bytes.len() < std::mem::size_of::<skel::types::klais_settings>() {
+            return Ok(Limits::default());
+        }
+        // SAFETY: the map's value type is `struct klais_settings` (u64 only); length checked.
+        let s: skel::types::klais_settings = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        Ok(Limits::from_settings(&s))
+    }
+
+    /// Sets (or with `None` removes) a per-device rate override.
+    pub fn set_override(&self, device_hash: u64, rate: Option<Rate>) -> Result<(), XdpError> {
+        let key = device_hash.to_ne_bytes();
+        match rate {
+            Some(r) => {
+                let (interval_ns, tolerance_ns) = r.gcra();
+                let v = klais_override {
+                    interval_ns,
+                    tolerance_ns,
+                    rate_pps: r.pps(),
+                    burst: r.burst(),
+                };
+                self.overrides
+                    .update(&key, pod_bytes(&v), MapFlags::ANY)
+                    .map_err(map_err("writing a device override"))
+            }
+            None => match self.overrides.delete(&key) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(map_err("removing a device override")(e)),
+            },
+        }
+    }
+
+    /// Adds (`true`) or removes a device from the deny list.
+    pub fn set_denied(&self, device_hash: u64, denied: bool) -> Result<(), XdpError> {
+        let key = device_hash.to_ne_bytes();
+        if denied {
+            self.denylist
+                .update(&key, &[1u8], MapFlags::ANY)
+                .map_err(map_err("writing the deny list"))
+        } else {
+            match self.denylist.delete(&key) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(map_err("removing from the deny list")(e)),
+            }
+        }
+    }
+
+    /// Drains the events waiting in the ring buffer (non-blocking).
+    pub fn events(&self) -> Result<Vec<DeviceEvent>, XdpError> {
+        let mut out = Vec::new();
+        {
+            let mut b = libbpf_rs::RingBufferBuilder::new();
+            b.add(&self.events, |data: &[u8]| {
+                if let Some(e) = DeviceEvent::from_bytes(data) {
+                    out.push(e);
+                }
+                0
+            })
+            .map_err(map_err("opening the event ring buffer"))?;
+            let rb = b.build().map_err(map_err("opening the event ring buffer"))?;
+            rb.consume().map_err(map_err("reading the event ring buffer"))?;
+        }
+        Ok(out)
+    }
+}
+
+/// The bytes of a generated C struct of integers.
+fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: only called with skeleton types generated from C structs made of
+    // u64 fields (klais_settings, klais_override): no padding bytes, any bit
+    // pattern valid; the slice borrows `v` for its lifetime.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// The loaded XDP filter.
+pub struct XdpProgram {
+    skel: skel::KlaisSkel<'static>,
+    maps: KernelMaps,
+}
+
+impl std::fmt::Debug for XdpProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpProgram").finish_non_exhaustive()
+    }
+}
+
+/// Number of possible CPUs (per-CPU map width; the global budget's divisor).
+pub fn possible_cpus() -> u32 {
+    libbpf_rs::num_possible_cpus().map_or(1, |n| n.max(1) as u32)
+}
+
+impl XdpProgram {
+    /// Opens, configures (rodata, map sizes) and loads the program into the
+    /// kernel, then writes `limits`. Not attached to anything yet.
+    pub fn load(opts: &LoadOptions, limits: &Limits) -> Result<Self, XdpError> {
+        if opts.ports.is_empty() || opts.ports.len() > 8 || opts.ports.contains(&0) {
+            return Err(XdpError::Attach {
+                iface: String::new(),
+                mode: AttachMode::Auto,
+                reason: format!("xdp ports must be 1 to 8 non-zero ports, got {:?}", opts.ports),
+            });
+        }
+        // The skeleton borrows its object storage for as long as the program
+        // is used; one small allocation per load, kept for the process.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = skel::KlaisSkelBuilder::default()
+            .open(storage)
+            .map_err(XdpError::Load)?;
+        {
+            let ro = open
+                .maps
+                .rodata_data
+                .as_deref_mut()
+                .ok_or_else(|| XdpError::Load(libbpf_rs::Error::from(std::io::Error::other("no .rodata"))))?;
+            for (slot, p) in ro.klais_ports.iter_mut().zip(opts.ports.iter()) {
+                *slot = *p;
+            }
+            ro.enforce = u32::from(opts.enforce);
+            ro.events_enabled = u32::from(opts.events);
+            ro.reset_window = opts.reset_window;
+        }
+        open.maps
+            .buckets
+            .set_max_entries(opts.max_devices.max(1024))
+            .map_err(XdpError::Load)?;
+        let skel = open.load().map_err(XdpError::Load)?;
+        let handle = |m: &libbpf_rs::MapMut<'_>, name: &str| {
+            MapHandle::try_from(m).map_err(map_err(format!("opening map {name}")))
+        };
+        let maps = KernelMaps {
+            counters: handle(&skel.maps.counters, "counters")?,
+            settings: handle(&skel.maps.settings, "settings")?,
+            overrides: handle(&skel.maps.overrides, "overrides")?,
+            denylist: handle(&skel.maps.denylist, "denylist")?,
+            events: handle(&skel.maps.events, "events")?,
+        };
+        let prog = Self { skel, maps };
+        prog.maps.set_limits(limits, possible_cpus())?;
+        Ok(prog)
+    }
+
+    /// The program's maps.
+    pub fn maps(&self) -> &KernelMaps {
+        &self.maps
+    }
+
+    /// Runs the program on `frame` through `BPF_PROG_TEST_RUN`, `repeat` times;
+    /// returns the XDP action and the kernel's average time per run.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), XdpError> {
+        test_run(&self.skel.progs.klais_xdp, frame, repeat)
+    }
+
+    /// Attaches to `iface` (see [`Attachment`]); pins the maps for operators.
+    pub fn attach(&self, iface: &str, mode: AttachMode) -> Result<Attachment, XdpError> {
+        attach::attach(self, iface, mode)
+    }
+
+    pub(crate) fn prog_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.skel.progs.klais_xdp.as_fd()
+    }
+
+    pub(crate) fn pin_all(&self, dir: &Path) -> Result<(), XdpError> {
+        let pins: [(&str, &libbpf_rs::MapMut<'_>); 5] = [
+            ("counters", &self.skel.maps.counters),
+            ("settings", &self.skel.maps.settings),
+            ("overrides", &self.skel.maps.overrides),
+            ("denylist", &self.skel.maps.denylist),
+            ("events", &self.skel.maps.events),
+        ];
+        for (name, map) in pins {
+            let mut h = MapHandle::try_from(map).map_err(map_err(format!("opening map {name}")))?;
+            h.pin(dir.join(name))
+                .map_err(map_err(format!("pinning {}", dir.join(name).display())))?;
+        }
+        Ok(())
+    }
+}
+
+fn test_run(prog: &libbpf_rs::ProgramMut<'_>, frame: &[u8], repeat: u32) -> Result<(u32, Duration), XdpError> {
+    let input = libbpf_rs::ProgramInput {
+        data_in: Some(frame),
+        repeat,
+        ..Default::default()
+    };
+    let out = prog.test_run(input).map_err(map_err("BPF_PROG_TEST_RUN"))?;
+    Ok((out.return_value, out.duration))
+}
+
+/// The empty XDP program (returns XDP_PASS): the harness cost of
+/// `BPF_PROG_TEST_RUN`, for benchmarks.
+pub struct EmptyProgram {
+    skel: empty_skel::EmptySkel<'static>,
+}
+
+impl std::fmt::Debug for EmptyProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmptyProgram").finish_non_exhaustive()
+    }
+}
+
+impl EmptyProgram {
+    /// Loads it.
+    pub fn load() -> Result<Self, XdpError> {
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let open = empty_skel::EmptySkelBuilder::default()
+            .open(storage)
+            .map_err(XdpError::Load)?;
+        Ok(Self {
+            skel: open.load().map_err(XdpError::Load)?,
+        })
+    }
+    /// As [`XdpProgram::test_run`].
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), XdpError> {
+        test_run(&self.skel.progs.klais_xdp_empty, frame, repeat)
+    }
+}
+
+/// Where pins live.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf/klais";
+
+/// `PathBuf` of a pinned object for `iface`.
+pub fn pinned(iface: &str, name: &str) -> PathBuf {
+    pin_dir(iface).join(name)
+}
