@@ -64,6 +64,8 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1 << 20);
+	/* Per-CPU LRU lists: no shared list lock on inserts and evictions. */
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, __u64);
 	__type(value, struct klais_bucket);
 } buckets SEC(".maps"); /* per-device GCRA state, keyed by FNV-1a 64 of the id; written here */
@@ -72,15 +74,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct klais_override);
-} overrides SEC(".maps"); /* per-device rate/burst overrides; written by operators / control core */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, __u8);
-} denylist SEC(".maps"); /* devices dropped outright; written by operators */
+	__type(value, struct klais_policy);
+} policy SEC(".maps"); /* deny list and rate overrides per device; written by operators / control core */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -161,13 +156,15 @@ static __always_inline int device_take(struct klais_bucket *b, __u64 now, __u64 
 	return 0;
 }
 
-static __always_inline void emit(struct klais_counters *c, __u64 now, __u64 hash, const __u8 *id,
+static __always_inline void emit(struct klais_counters *c, __u64 hash, const __u8 *id,
 				 __u32 kind, __u32 seq, const struct klais_settings *s)
 {
 	struct klais_event *e;
+	__u64 now;
 
 	if (!events_enabled)
 		return;
+	now = bpf_ktime_get_ns();
 	if (!cpu_take(1, now, s->events_interval_ns, s->events_tolerance_ns)) {
 		if (c)
 			c->events_capped++;
@@ -284,18 +281,36 @@ int klais_xdp(struct xdp_md *ctx)
 		    ((__u32)payload[20] << 8) | (__u32)payload[21];
 	__u64 hash = klais_device_hash(id);
 
-	if (bpf_map_lookup_elem(&denylist, &hash))
-		return drop(c, KLAIS_V_DENIED);
-
 	struct klais_settings *s = bpf_map_lookup_elem(&settings, &zero);
 	if (!s)
 		return record(c, KLAIS_V_PASS, XDP_PASS);
-	__u64 now = bpf_ktime_get_ns();
 	__u64 interval = s->device_interval_ns, tolerance = s->device_tolerance_ns;
-	struct klais_override *ov = bpf_map_lookup_elem(&overrides, &hash);
-	if (ov) {
-		interval = ov->interval_ns;
-		tolerance = ov->tolerance_ns;
+	if (s->policy_entries) {
+		struct klais_policy *pol = bpf_map_lookup_elem(&policy, &hash);
+
+		if (pol) {
+			if (pol->flags & KLAIS_POLICY_DENY)
+				return drop(c, KLAIS_V_DENIED);
+			if (pol->flags & KLAIS_POLICY_OVERRIDE) {
+				interval = pol->interval_ns;
+				tolerance = pol->tolerance_ns;
+			}
+		}
+	}
+	/*
+	 * The clock is read only when a bucket needs it (events read their own),
+	 * and the cheap coarse clock when every bucket in play tolerates a tick
+	 * of jitter (see klais_settings.coarse_tick_ns).
+	 */
+	__u64 now = 0;
+	if (interval || s->global_interval_ns) {
+		__u64 tick = s->coarse_tick_ns;
+
+		if (tick && (!interval || tolerance >= tick) &&
+		    (!s->global_interval_ns || s->global_tolerance_ns >= tick))
+			now = bpf_ktime_get_coarse_ns();
+		else
+			now = bpf_ktime_get_ns();
 	}
 
 	struct klais_bucket *b = bpf_map_lookup_elem(&buckets, &hash);
@@ -304,7 +319,7 @@ int klais_xdp(struct xdp_md *ctx)
 		struct klais_bucket nb = { .tat = now + interval, .last_seq = seq };
 
 		if (bpf_map_update_elem(&buckets, &hash, &nb, BPF_NOEXIST) == 0) {
-			emit(c, now, hash, id, KLAIS_EV_NEW_DEVICE, seq, s);
+			emit(c, hash, id, KLAIS_EV_NEW_DEVICE, seq, s);
 			admitted = 1;
 			goto global;
 		}
@@ -314,13 +329,13 @@ int klais_xdp(struct xdp_md *ctx)
 			return record(c, KLAIS_V_PASS, XDP_PASS);
 	}
 	if (seq < b->last_seq && seq <= reset_window)
-		emit(c, now, hash, id, KLAIS_EV_SEQ_RESET, seq, s);
+		emit(c, hash, id, KLAIS_EV_SEQ_RESET, seq, s);
 	b->last_seq = seq;
 	admitted = interval == 0 || device_take(b, now, interval, tolerance, c);
 	if (!admitted) {
 		if (!(b->flags & KLAIS_BUCKET_LIMITED_EVENT)) {
 			b->flags |= KLAIS_BUCKET_LIMITED_EVENT;
-			emit(c, now, hash, id, KLAIS_EV_RATE_LIMITED, seq, s);
+			emit(c, hash, id, KLAIS_EV_RATE_LIMITED, seq, s);
 		}
 		return drop(c, KLAIS_V_RATE_LIMITED);
 	}

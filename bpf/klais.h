@@ -52,11 +52,27 @@ struct klais_settings {
 	__u64 global_budget_pps;
 	__u64 global_burst;
 	__u64 events_per_sec;
+	/* Entries in the policy map; 0 lets the program skip that lookup. */
+	__u64 policy_entries;
+	/*
+	 * Resolution of the coarse clock (one tick, from clock_getres). A bucket
+	 * whose tolerance covers a tick reads the coarse clock (~2 ns) instead of
+	 * the precise one (~20 ns in a VM) without admitting less than its rate;
+	 * 0 = always precise.
+	 */
+	__u64 coarse_tick_ns;
 };
 
-/* Per-device override (hash map keyed by the device hash), GCRA form as above. */
-struct klais_override {
-	__u64 interval_ns; /* 0 = no limit for this device */
+#define KLAIS_POLICY_DENY 1     /* drop everything from this device */
+#define KLAIS_POLICY_OVERRIDE 2 /* use this entry's rate instead of the default */
+
+/*
+ * Per-device policy (hash map keyed by the device hash): the deny list and
+ * rate overrides in one lookup. GCRA form as above.
+ */
+struct klais_policy {
+	__u64 flags;	   /* KLAIS_POLICY_* */
+	__u64 interval_ns; /* with OVERRIDE: 0 = no limit for this device */
 	__u64 tolerance_ns;
 	__u64 rate_pps;
 	__u64 burst;

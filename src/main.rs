@@ -51,8 +51,64 @@ enum Command {
     /// Run klais on the embedded default with generated traffic on loopback and
     /// live figures, then check that every message sent was accounted for.
     Demo(DemoArgs),
+    /// The XDP filter: attach, detach, status, counters, benchmark.
+    #[command(subcommand)]
+    Xdp(XdpCmd),
     /// Print the version, commit and build profile.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum XdpCmd {
+    /// Load the filter with the configuration's [xdp] settings and attach it
+    /// to an interface, leaving it attached (maps pinned under
+    /// /sys/fs/bpf/klais/IFACE) until `klais xdp detach`. `klais run` with
+    /// xdp.iface attaches by itself and detaches when it exits.
+    Attach {
+        /// Interface.
+        #[arg(long)]
+        iface: String,
+        /// native, generic or auto. Default: the configuration's xdp.mode.
+        #[arg(long)]
+        mode: Option<klais::xdp::AttachMode>,
+        /// Configuration file for ports, rates and limits. Default: embedded.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Detach klais's filter from an interface and remove its pinned maps
+    /// (also cleans up after a klais that died while attached). Never touches
+    /// an XDP program klais did not attach.
+    Detach {
+        /// Interface.
+        #[arg(long)]
+        iface: String,
+    },
+    /// What XDP program is attached to an interface, in which mode, whether it
+    /// is klais's, and its limits.
+    Status {
+        /// Interface.
+        #[arg(long)]
+        iface: String,
+    },
+    /// The filter's per-verdict counters, summed over CPUs.
+    Stats {
+        /// Interface.
+        #[arg(long)]
+        iface: String,
+        /// Print again every SECS seconds with rates, until Ctrl-C.
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        watch: Option<f64>,
+    },
+    /// Measure each verdict path in the kernel through BPF_PROG_TEST_RUN
+    /// (ns per packet), next to an empty XDP program measured the same way.
+    Bench {
+        /// Runs per path (the kernel reports the average).
+        #[arg(long, default_value_t = 2_000_000)]
+        repeat: u32,
+        /// Measurements per path; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +234,142 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => demo(args),
+        Command::Xdp(cmd) => xdp_cmd(cmd),
+    }
+}
+
+fn xdp_fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(1)
+}
+
+fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
+    use klais::xdp;
+    match cmd {
+        XdpCmd::Attach { iface, mode, config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(errs) => return config_errors(&errs),
+            };
+            let opts = xdp::LoadOptions {
+                ports: cfg.xdp.effective_ports(&cfg.ingest.listen),
+                enforce: cfg.xdp.enforce,
+                events: cfg.xdp.events,
+                reset_window: cfg.sequence.reset_window,
+                max_devices: cfg.xdp.max_devices,
+            };
+            let limits = match cfg.xdp.limits() {
+                Ok(l) => l,
+                Err(e) => return xdp_fail(e),
+            };
+            let program = match xdp::XdpProgram::load(&opts, &limits) {
+                Ok(p) => p,
+                Err(e) => return xdp_fail(e),
+            };
+            match program.attach(&iface, mode.unwrap_or(cfg.xdp.mode)) {
+                Ok(a) => {
+                    if let Some(old) = a.recovered() {
+                        eprintln!("replaced the klais XDP program already on {iface} (id {old})");
+                    }
+                    println!(
+                        "klais XDP filter attached to {iface} ({} mode), ports {:?}; maps pinned under {}. `klais xdp detach --iface {iface}` removes it.",
+                        a.mode(),
+                        opts.ports,
+                        xdp::pin_dir(&iface).display()
+                    );
+                    a.persist();
+                    ExitCode::SUCCESS
+                }
+                Err(e) => xdp_fail(e),
+            }
+        }
+        XdpCmd::Detach { iface } => match xdp::detach_iface(&iface) {
+            Ok(true) => {
+                println!("klais XDP filter detached from {iface}; pins removed");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                println!("nothing of klais was attached to {iface}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => xdp_fail(e),
+        },
+        XdpCmd::Status { iface } => match xdp::status(&iface) {
+            Ok(st) => {
+                println!("interface      {} (ifindex {})", st.iface, st.ifindex);
+                if st.prog_id == 0 {
+                    println!("xdp program    none");
+                } else {
+                    println!("xdp program    id {} ({} mode)", st.prog_id, st.mode);
+                }
+                let owner = match (st.prog_id != 0, st.klais_pinned) {
+                    (true, true) => "klais (maps pinned under ".to_string() + &xdp::pin_dir(&iface).display().to_string() + ")",
+                    (true, false) => "not klais: klais will not touch it".to_string(),
+                    (false, true) => "stale klais pins without a program: `klais xdp detach` cleans them".to_string(),
+                    (false, false) => "-".to_string(),
+                };
+                println!("owner          {owner}");
+                if st.klais_pinned {
+                    if let Ok(l) = xdp::KernelMaps::from_pins(&iface).and_then(|m| m.limits()) {
+                        let rate = |r: Option<xdp::Rate>| {
+                            r.map_or("none".to_string(), |r| format!("{} pps, burst {}", r.pps(), r.burst()))
+                        };
+                        println!("device limit   {}", rate(l.device));
+                        println!("global budget  {}", rate(l.global));
+                        println!("event cap      {}/s", l.events_per_sec);
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => xdp_fail(e),
+        },
+        XdpCmd::Stats { iface, watch } => {
+            let maps = match xdp::KernelMaps::from_pins(&iface) {
+                Ok(m) => m,
+                Err(e) => return xdp_fail(e),
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            register_signals(&stop);
+            let mut prev = match maps.counters() {
+                Ok(c) => c,
+                Err(e) => return xdp_fail(e),
+            };
+            print!("{}", runtime::xdp_counters_text(&prev));
+            let Some(secs) = watch else {
+                return ExitCode::SUCCESS;
+            };
+            let every = Duration::from_secs_f64(secs);
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                if last.elapsed() < every {
+                    continue;
+                }
+                let now = match maps.counters() {
+                    Ok(c) => c,
+                    Err(e) => return xdp_fail(e),
+                };
+                let dt = last.elapsed().as_secs_f64();
+                last = Instant::now();
+                let mut line = String::new();
+                for v in xdp::Verdict::ALL {
+                    let d = now.get(v) - prev.get(v);
+                    if d > 0 || now.get(v) > 0 {
+                        line.push_str(&format!("{} {:.0}/s  ", v.name(), d as f64 / dt));
+                    }
+                }
+                println!("{}", if line.is_empty() { "no packets".to_string() } else { line });
+                prev = now;
+            }
+            ExitCode::SUCCESS
+        }
+        XdpCmd::Bench { repeat, rounds } => match klais::xdp::bench::run(repeat, rounds.max(1)) {
+            Ok(rows) => {
+                print!("{}", klais::xdp::bench::table(&rows, repeat));
+                ExitCode::SUCCESS
+            }
+            Err(e) => xdp_fail(e),
+        },
     }
 }
 
@@ -252,6 +444,13 @@ fn run(cfg: &Config, duration: Option<Duration>, until: Option<&AtomicBool>) -> 
     // Handlers first: once the line below is printed, a SIGTERM must drain.
     let stop = running.stop_flag();
     register_signals(&stop);
+    match running.xdp() {
+        Some((iface, mode, recovered)) => eprintln!(
+            "XDP filter attached to {iface} ({mode} mode){}; detached when klais exits",
+            recovered.map_or(String::new(), |id| format!(", replacing klais program id {id} already there"))
+        ),
+        None => eprintln!("XDP: off (no xdp.iface configured); all filtering happens in user space"),
+    }
     eprintln!(
         "klais listening on udp {} ({}); output: {}. Ctrl-C stops and drains.",
         running.local_addr(),

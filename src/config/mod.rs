@@ -43,6 +43,107 @@ pub struct Config {
     /// Counters and live figures.
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// The XDP filter in the kernel.
+    #[serde(default)]
+    pub xdp: Xdp,
+}
+
+/// `[xdp]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Xdp {
+    /// Interface to attach the XDP filter to. Omitted: klais runs without XDP
+    /// (and says so once at start). Needs root or CAP_BPF + CAP_NET_ADMIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    /// `"native"` (in the driver), `"generic"` (any interface, slower) or
+    /// `"auto"` (native when the driver supports it).
+    #[serde(default)]
+    pub mode: crate::xdp::AttachMode,
+    /// UDP ports that carry klais traffic (1 to 8). Omitted: the port of
+    /// `ingest.listen`. Everything else passes the filter untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+    /// Drop what the filter refuses. false: count it and let it through (dry run).
+    #[serde(default = "default_true")]
+    pub enforce: bool,
+    /// Per-device rate in packets per second. Omitted: no per-device limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_rate_pps: Option<u64>,
+    /// Per-device burst, packets. Only with `device_rate_pps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_burst: Option<u64>,
+    /// Budget for all klais traffic, packets per second (split evenly per
+    /// CPU). Omitted: no global budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_budget_pps: Option<u64>,
+    /// Global burst, packets. Only with `global_budget_pps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_burst: Option<u64>,
+    /// Send sampled device events (new device, sequence reset, rate limited)
+    /// to user space.
+    #[serde(default = "default_true")]
+    pub events: bool,
+    /// Cap on those events per second; events over it are counted, not sent.
+    #[serde(default = "default_events_per_sec")]
+    pub events_per_sec: u64,
+    /// Devices the kernel keeps token buckets for (LRU beyond), about 100
+    /// bytes each.
+    #[serde(default = "default_xdp_max_devices")]
+    pub max_devices: u32,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_events_per_sec() -> u64 {
+    1000
+}
+fn default_xdp_max_devices() -> u32 {
+    1 << 20
+}
+
+impl Default for Xdp {
+    fn default() -> Self {
+        Self {
+            iface: None,
+            mode: crate::xdp::AttachMode::Auto,
+            ports: None,
+            enforce: true,
+            device_rate_pps: None,
+            device_burst: None,
+            global_budget_pps: None,
+            global_burst: None,
+            events: true,
+            events_per_sec: default_events_per_sec(),
+            max_devices: default_xdp_max_devices(),
+        }
+    }
+}
+
+impl Xdp {
+    /// The ports the filter treats as klais traffic.
+    pub fn effective_ports(&self, listen: &SocketAddr) -> Vec<u16> {
+        self.ports.clone().unwrap_or_else(|| vec![listen.port()])
+    }
+
+    /// The run-time limits these settings describe.
+    pub fn limits(&self) -> Result<crate::xdp::Limits, crate::xdp::RateError> {
+        use crate::xdp::Rate;
+        let rate = |pps: Option<u64>, burst: Option<u64>| -> Result<Option<Rate>, crate::xdp::RateError> {
+            match pps {
+                Some(p) => Rate::new(p, burst.unwrap_or(p.max(1))).map(Some),
+                None => Ok(None),
+            }
+        };
+        let l = crate::xdp::Limits {
+            device: rate(self.device_rate_pps, self.device_burst)?,
+            global: rate(self.global_budget_pps, self.global_burst)?,
+            events_per_sec: self.events_per_sec,
+        };
+        l.validate()?;
+        Ok(l)
+    }
 }
 
 /// How datagrams are received.
@@ -398,6 +499,62 @@ impl Config {
                 "use 1000 for one line per second, or 0 to disable",
             ));
         }
+        let x = &self.xdp;
+        if let Some(ports) = &x.ports {
+            if ports.is_empty() || ports.len() > 8 || ports.contains(&0) {
+                errs.push(invalid(
+                    "xdp.ports",
+                    format!("{ports:?} must list 1 to 8 non-zero ports"),
+                    "list the UDP ports devices send to, or omit it to use ingest.listen's port",
+                ));
+            } else if !ports.contains(&self.ingest.listen.port()) {
+                errs.push(invalid(
+                    "xdp.ports, ingest.listen",
+                    format!(
+                        "port {} of ingest.listen is not in xdp.ports {ports:?}: its traffic would bypass the filter",
+                        self.ingest.listen.port()
+                    ),
+                    "add the listen port to xdp.ports",
+                ));
+            }
+        }
+        if x.device_burst.is_some() && x.device_rate_pps.is_none() {
+            errs.push(invalid(
+                "xdp.device_burst, xdp.device_rate_pps",
+                "a burst without a rate".to_string(),
+                "set xdp.device_rate_pps too, or remove xdp.device_burst",
+            ));
+        }
+        if x.global_burst.is_some() && x.global_budget_pps.is_none() {
+            errs.push(invalid(
+                "xdp.global_burst, xdp.global_budget_pps",
+                "a burst without a budget".to_string(),
+                "set xdp.global_budget_pps too, or remove xdp.global_burst",
+            ));
+        }
+        if let Err(e) = x.limits() {
+            errs.push(invalid(
+                "xdp.device_rate_pps / device_burst / global_budget_pps / global_burst / events_per_sec",
+                e.to_string(),
+                "rates and bursts are 1..=1000000000; events_per_sec is 1..=1000000",
+            ));
+        }
+        if x.max_devices < 1024 {
+            errs.push(invalid(
+                "xdp.max_devices",
+                format!("{} is below 1024", x.max_devices),
+                "use at least 1024 (default 1048576)",
+            ));
+        }
+        if let Some(iface) = &x.iface {
+            if iface.is_empty() || iface.len() > 15 || iface.contains('/') {
+                errs.push(invalid(
+                    "xdp.iface",
+                    format!("{iface:?} is not a valid interface name"),
+                    "use the name `ip link` shows, e.g. \"eth0\"",
+                ));
+            }
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -497,6 +654,22 @@ mod tests {
         let e = errors("[ingest]\nlisten = \"127.0.0.1:0\"\nrecv_buffer_bytes = 1024\n").join("\n");
         assert!(e.contains("ingest.listen"), "{e}");
         assert!(e.contains("ingest.recv_buffer_bytes"), "{e}");
+    }
+
+    #[test]
+    fn xdp_ports_must_cover_the_listen_port_and_bursts_need_rates() {
+        let e = errors("[xdp]\nports = [9000]\ndevice_burst = 5\n").join("\n");
+        assert!(e.contains("xdp.ports, ingest.listen"), "{e}");
+        assert!(e.contains("xdp.device_burst, xdp.device_rate_pps"), "{e}");
+    }
+
+    #[test]
+    fn xdp_limits_come_from_rates_and_bursts() {
+        let cfg = Config::from_toml("[xdp]\ndevice_rate_pps = 10\ndevice_burst = 3\n", "x").unwrap();
+        let l = cfg.xdp.limits().unwrap();
+        assert_eq!(l.device.map(|r| (r.pps(), r.burst())), Some((10, 3)));
+        assert_eq!(l.global, None);
+        assert_eq!(cfg.xdp.effective_ports(&cfg.ingest.listen), vec![7700]);
     }
 
     #[test]

@@ -69,6 +69,16 @@ pub enum RunError {
     /// The output stage failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The XDP filter could not be loaded or attached.
+    #[error(transparent)]
+    Xdp(#[from] crate::xdp::XdpError),
+}
+
+/// The XDP filter of a running klais: the loaded program and its attachment
+/// (dropping it detaches and unpins, also on error paths).
+struct KernelSide {
+    program: crate::xdp::XdpProgram,
+    attachment: crate::xdp::Attachment,
 }
 
 /// Final figures of a run.
@@ -82,6 +92,8 @@ pub struct RunSummary {
     pub placement: Placement,
     /// Wall time from start to the end of the drain.
     pub elapsed: Duration,
+    /// The XDP filter's counters when it was attached.
+    pub xdp: Option<crate::xdp::XdpCounters>,
 }
 
 /// A running klais.
@@ -97,6 +109,7 @@ pub struct Running {
     placement: Placement,
     recv_buffer_bytes: usize,
     started: Instant,
+    kernel: Option<KernelSide>,
 }
 
 impl std::fmt::Debug for Running {
@@ -138,6 +151,34 @@ pub fn ensure_memlock() -> Result<(), RunError> {
 /// A listen port of 0 binds an ephemeral port (tests); see [`Running::local_addr`].
 pub fn start(cfg: &Config) -> Result<Running, RunError> {
     ensure_memlock()?;
+    // The filter goes on first: if anything below fails, dropping `kernel`
+    // detaches it again.
+    let kernel = match &cfg.xdp.iface {
+        None => None,
+        Some(iface) => {
+            let opts = crate::xdp::LoadOptions {
+                ports: cfg.xdp.effective_ports(&cfg.ingest.listen),
+                enforce: cfg.xdp.enforce,
+                events: cfg.xdp.events,
+                reset_window: cfg.sequence.reset_window,
+                max_devices: cfg.xdp.max_devices,
+            };
+            let limits = cfg.xdp.limits().map_err(crate::xdp::XdpError::from)?;
+            let program = crate::xdp::XdpProgram::load(&opts, &limits)?;
+            let attachment = program.attach(iface, cfg.xdp.mode)?;
+            if let Some(old) = attachment.recovered() {
+                tracing::warn!(
+                    iface = iface.as_str(),
+                    old_prog_id = old,
+                    "replaced a klais XDP program that was already attached (by `klais xdp attach`, or left by a klais that did not exit cleanly)"
+                );
+            }
+            Some(KernelSide {
+                program,
+                attachment,
+            })
+        }
+    };
     let placement = placement::plan(
         &placement::online_cpus()?,
         cfg.cores.shard_cpu,
@@ -249,6 +290,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         placement,
         recv_buffer_bytes: bound.recv_buffer_bytes,
         started: Instant::now(),
+        kernel,
     })
 }
 
@@ -273,6 +315,22 @@ impl Running {
     pub fn snapshot(&self) -> (ShardSnapshot, SinkSnapshot) {
         (self.shard_stats.read(), self.sink_stats.read())
     }
+    /// The XDP attachment: (interface, mode the kernel accepted, stale program replaced).
+    pub fn xdp(&self) -> Option<(String, crate::xdp::AttachMode, Option<u32>)> {
+        self.kernel.as_ref().map(|k| {
+            (
+                k.attachment.iface().to_string(),
+                k.attachment.mode(),
+                k.attachment.recovered(),
+            )
+        })
+    }
+
+    /// The XDP filter's counters now.
+    pub fn xdp_counters(&self) -> Option<crate::xdp::XdpCounters> {
+        self.kernel.as_ref().and_then(|k| k.program.maps().counters().ok())
+    }
+
     /// True once a core has exited on its own (an I/O error): the caller
     /// should [`Running::stop`] to collect the error.
     pub fn has_exited(&self) -> bool {
@@ -307,11 +365,20 @@ impl Running {
             }
         };
         let sink = out?;
+        let xdp = match self.kernel {
+            Some(k) => {
+                let counters = k.program.maps().counters().ok();
+                k.attachment.detach()?;
+                counters
+            }
+            None => None,
+        };
         Ok(RunSummary {
             shards,
             sink,
             placement: self.placement,
             elapsed: self.started.elapsed(),
+            xdp,
         })
     }
 }
@@ -380,6 +447,22 @@ pub fn summary_text(s: &RunSummary) -> String {
     t.push_str(&format!(
         "  sequence: new devices {}, gaps {} ({} missing), late {}, resets {}, evictions {}\n",
         q.new_devices, q.gaps, q.missing, q.late, q.resets, q.evictions
+    ));
+    if let Some(x) = &s.xdp {
+        t.push_str(&xdp_counters_text(x));
+    }
+    t
+}
+
+/// The XDP filter's counters, one line per verdict.
+pub fn xdp_counters_text(x: &crate::xdp::XdpCounters) -> String {
+    let mut t = String::from("  xdp filter (packets, summed over CPUs):\n");
+    for v in crate::xdp::Verdict::ALL {
+        t.push_str(&format!("    {:<18}{:>12}\n", v.name(), x.get(v)));
+    }
+    t.push_str(&format!(
+        "    events: sent {}, over cap {}, lost (ring full) {}; bucket CAS retries {}\n",
+        x.events_sent, x.events_capped, x.events_lost, x.bucket_retries
     ));
     t
 }

@@ -206,6 +206,12 @@ impl Attachment {
     pub fn recovered(&self) -> Option<u32> {
         self.recovered
     }
+    /// Leaves the program attached and its maps pinned after this process
+    /// exits (`klais xdp attach`); `klais xdp detach` removes them.
+    pub fn persist(mut self) {
+        self.done = true;
+    }
+
     /// Detaches now, reporting errors (Drop does the same, silently).
     pub fn detach(mut self) -> Result<(), XdpError> {
         self.done = true;

@@ -64,6 +64,20 @@ impl Rate {
     }
 }
 
+/// Resolution of CLOCK_MONOTONIC_COARSE (the kernel's tick), ns; 0 if unknown.
+pub fn coarse_tick_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_getres writes one timespec into the valid `ts`.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc != 0 || ts.tv_sec != 0 {
+        return 0;
+    }
+    ts.tv_nsec as u64
+}
+
 /// Run-time limits of the XDP program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -113,6 +127,8 @@ impl Limits {
             global_budget_pps: self.global.map_or(0, |r| r.pps),
             global_burst: self.global.map_or(0, |r| r.burst),
             events_per_sec: self.events_per_sec,
+            policy_entries: 0,
+            coarse_tick_ns: coarse_tick_ns(),
         }
     }
 

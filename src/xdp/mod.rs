@@ -11,6 +11,7 @@
 //! timing), a kernel with BTF and BPF atomics (5.12+), bpffs at `/sys/fs/bpf`.
 
 mod attach;
+pub mod bench;
 pub mod frame;
 mod limits;
 
@@ -53,7 +54,7 @@ mod empty_skel {
     include!(concat!(env!("OUT_DIR"), "/empty.skel.rs"));
 }
 
-use skel::types::{klais_counters, klais_event, klais_override, klais_verdict};
+use skel::types::{klais_counters, klais_event, klais_policy, klais_settings, klais_verdict};
 
 /// Every exit of the XDP program. Discriminants are the C enum's values
 /// (checked at compile time below).
@@ -303,14 +304,18 @@ impl Default for LoadOptions {
 pub struct KernelMaps {
     counters: MapHandle,
     settings: MapHandle,
-    overrides: MapHandle,
-    denylist: MapHandle,
+    policy: MapHandle,
     /// The ring buffer, for [`KernelMaps::events`].
     events: MapHandle,
 }
 
 /// Names under which maps are pinned, in `pin_dir(iface)`.
-pub(crate) const PINNED_MAPS: [&str; 5] = ["counters", "settings", "overrides", "denylist", "events"];
+pub(crate) const PINNED_MAPS: [&str; 4] = ["counters", "settings", "policy", "events"];
+
+/// `KLAIS_POLICY_DENY` (bpf/klais.h).
+const POLICY_DENY: u64 = 1;
+/// `KLAIS_POLICY_OVERRIDE` (bpf/klais.h).
+const POLICY_OVERRIDE: u64 = 2;
 
 impl KernelMaps {
     /// Opens the maps pinned for `iface` by `klais run` or `klais xdp attach`.
@@ -329,8 +334,7 @@ impl KernelMaps {
         Ok(Self {
             counters: open("counters")?,
             settings: open("settings")?,
-            overrides: open("overrides")?,
-            denylist: open("denylist")?,
+            policy: open("policy")?,
             events: open("events")?,
         })
     }
@@ -356,65 +360,94 @@ impl KernelMaps {
 
     /// Writes the run-time limits (rates, budgets, event cap) for `ncpus` CPUs.
     pub fn set_limits(&self, limits: &Limits, ncpus: u32) -> Result<(), XdpError> {
-        let s = limits.to_settings(ncpus);
-        self.settings
-            .update(&0u32.to_ne_bytes(), pod_bytes(&s), MapFlags::ANY)
-            .map_err(map_err("writing XDP settings"))
+        let mut s = limits.to_settings(ncpus);
+        s.policy_entries = self.policy.keys().count() as u64;
+        self.write_settings(&s)
     }
 
-    /// The limits currently in the kernel.
-    pub fn limits(&self) -> Result<Limits, XdpError> {
+    fn read_settings(&self) -> Result<klais_settings, XdpError> {
         let bytes = self
             .settings
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .map_err(map_err("reading XDP settings"))?
             .unwrap_or_default();
-        if bytes.len() < std::mem::size_of::<skel::types::klais_settings>() {
-            return Ok(Limits::default());
+        if bytes.len() < std::mem::size_of::<klais_settings>() {
+            return Ok(Limits::default().to_settings(possible_cpus()));
         }
         // SAFETY: the map's value type is `struct klais_settings` (u64 only); length checked.
-        let s: skel::types::klais_settings = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        Ok(Limits::from_settings(&s))
+        Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    }
+
+    fn write_settings(&self, s: &klais_settings) -> Result<(), XdpError> {
+        self.settings
+            .update(&0u32.to_ne_bytes(), pod_bytes(s), MapFlags::ANY)
+            .map_err(map_err("writing XDP settings"))
+    }
+
+    /// The limits currently in the kernel.
+    pub fn limits(&self) -> Result<Limits, XdpError> {
+        Ok(Limits::from_settings(&self.read_settings()?))
+    }
+
+    fn policy_of(&self, key: &[u8]) -> Result<Option<klais_policy>, XdpError> {
+        let v = self
+            .policy
+            .lookup(key, MapFlags::ANY)
+            .map_err(map_err("reading the device policy map"))?;
+        Ok(v.filter(|b| b.len() >= std::mem::size_of::<klais_policy>()).map(|b| {
+            // SAFETY: the map's value type is `struct klais_policy` (u64 only); length checked.
+            unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) }
+        }))
+    }
+
+    /// Applies `change` to one device's policy entry (deleting it when no flag
+    /// is left), then tells the program how many entries exist, so it skips
+    /// the lookup while the map is empty.
+    fn edit_policy(&self, device_hash: u64, change: impl FnOnce(&mut klais_policy)) -> Result<(), XdpError> {
+        let key = device_hash.to_ne_bytes();
+        let mut p = self.policy_of(&key)?.unwrap_or_default();
+        change(&mut p);
+        if p.flags == 0 {
+            match self.policy.delete(&key) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(map_err("removing a device policy")(e)),
+            }
+        } else {
+            self.policy
+                .update(&key, pod_bytes(&p), MapFlags::ANY)
+                .map_err(map_err("writing a device policy (at most 65536 devices)"))?;
+        }
+        let mut s = self.read_settings()?;
+        s.policy_entries = self.policy.keys().count() as u64;
+        self.write_settings(&s)
     }
 
     /// Sets (or with `None` removes) a per-device rate override.
     pub fn set_override(&self, device_hash: u64, rate: Option<Rate>) -> Result<(), XdpError> {
-        let key = device_hash.to_ne_bytes();
-        match rate {
+        self.edit_policy(device_hash, |p| match rate {
             Some(r) => {
-                let (interval_ns, tolerance_ns) = r.gcra();
-                let v = klais_override {
-                    interval_ns,
-                    tolerance_ns,
-                    rate_pps: r.pps(),
-                    burst: r.burst(),
-                };
-                self.overrides
-                    .update(&key, pod_bytes(&v), MapFlags::ANY)
-                    .map_err(map_err("writing a device override"))
+                (p.interval_ns, p.tolerance_ns) = r.gcra();
+                p.rate_pps = r.pps();
+                p.burst = r.burst();
+                p.flags |= POLICY_OVERRIDE;
             }
-            None => match self.overrides.delete(&key) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(map_err("removing a device override")(e)),
-            },
-        }
+            None => {
+                p.flags &= !POLICY_OVERRIDE;
+                (p.interval_ns, p.tolerance_ns, p.rate_pps, p.burst) = (0, 0, 0, 0);
+            }
+        })
     }
 
     /// Adds (`true`) or removes a device from the deny list.
     pub fn set_denied(&self, device_hash: u64, denied: bool) -> Result<(), XdpError> {
-        let key = device_hash.to_ne_bytes();
-        if denied {
-            self.denylist
-                .update(&key, &[1u8], MapFlags::ANY)
-                .map_err(map_err("writing the deny list"))
-        } else {
-            match self.denylist.delete(&key) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(map_err("removing from the deny list")(e)),
+        self.edit_policy(device_hash, |p| {
+            if denied {
+                p.flags |= POLICY_DENY;
+            } else {
+                p.flags &= !POLICY_DENY;
             }
-        }
+        })
     }
 
     /// Drains the events waiting in the ring buffer (non-blocking).
@@ -439,7 +472,7 @@ impl KernelMaps {
 /// The bytes of a generated C struct of integers.
 fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
     // SAFETY: only called with skeleton types generated from C structs made of
-    // u64 fields (klais_settings, klais_override): no padding bytes, any bit
+    // u64 fields (klais_settings, klais_policy): no padding bytes, any bit
     // pattern valid; the slice borrows `v` for its lifetime.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
@@ -502,8 +535,7 @@ impl XdpProgram {
         let maps = KernelMaps {
             counters: handle(&skel.maps.counters, "counters")?,
             settings: handle(&skel.maps.settings, "settings")?,
-            overrides: handle(&skel.maps.overrides, "overrides")?,
-            denylist: handle(&skel.maps.denylist, "denylist")?,
+            policy: handle(&skel.maps.policy, "policy")?,
             events: handle(&skel.maps.events, "events")?,
         };
         let prog = Self { skel, maps };
@@ -533,11 +565,10 @@ impl XdpProgram {
     }
 
     pub(crate) fn pin_all(&self, dir: &Path) -> Result<(), XdpError> {
-        let pins: [(&str, &libbpf_rs::MapMut<'_>); 5] = [
+        let pins: [(&str, &libbpf_rs::MapMut<'_>); 4] = [
             ("counters", &self.skel.maps.counters),
             ("settings", &self.skel.maps.settings),
-            ("overrides", &self.skel.maps.overrides),
-            ("denylist", &self.skel.maps.denylist),
+            ("policy", &self.skel.maps.policy),
             ("events", &self.skel.maps.events),
         ];
         for (name, map) in pins {
