@@ -23,7 +23,13 @@ fn main() {
         if let Err(e) = SkeletonBuilder::new()
             .source(src)
             // -mcpu=v3: BPF atomics (compare-and-swap) for the device buckets.
-            .clang_args([arch_include.as_str(), "-Ibpf", "-mcpu=v3", "-Wall", "-Werror"])
+            .clang_args([
+                arch_include.as_str(),
+                "-Ibpf",
+                "-mcpu=v3",
+                "-Wall",
+                "-Werror",
+            ])
             .build_and_generate(out.join(skel))
         {
             panic!(

@@ -246,7 +246,11 @@ fn xdp_fail(e: impl std::fmt::Display) -> ExitCode {
 fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
     use klais::xdp;
     match cmd {
-        XdpCmd::Attach { iface, mode, config } => {
+        XdpCmd::Attach {
+            iface,
+            mode,
+            config,
+        } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(errs) => return config_errors(&errs),
@@ -303,16 +307,25 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                     println!("xdp program    id {} ({} mode)", st.prog_id, st.mode);
                 }
                 let owner = match (st.prog_id != 0, st.klais_pinned) {
-                    (true, true) => "klais (maps pinned under ".to_string() + &xdp::pin_dir(&iface).display().to_string() + ")",
+                    (true, true) => {
+                        "klais (maps pinned under ".to_string()
+                            + &xdp::pin_dir(&iface).display().to_string()
+                            + ")"
+                    }
                     (true, false) => "not klais: klais will not touch it".to_string(),
-                    (false, true) => "stale klais pins without a program: `klais xdp detach` cleans them".to_string(),
+                    (false, true) => {
+                        "stale klais pins without a program: `klais xdp detach` cleans them"
+                            .to_string()
+                    }
                     (false, false) => "-".to_string(),
                 };
                 println!("owner          {owner}");
                 if st.klais_pinned {
                     if let Ok(l) = xdp::KernelMaps::from_pins(&iface).and_then(|m| m.limits()) {
                         let rate = |r: Option<xdp::Rate>| {
-                            r.map_or("none".to_string(), |r| format!("{} pps, burst {}", r.pps(), r.burst()))
+                            r.map_or("none".to_string(), |r| {
+                                format!("{} pps, burst {}", r.pps(), r.burst())
+                            })
                         };
                         println!("device limit   {}", rate(l.device));
                         println!("global budget  {}", rate(l.global));
@@ -358,7 +371,14 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                         line.push_str(&format!("{} {:.0}/s  ", v.name(), d as f64 / dt));
                     }
                 }
-                println!("{}", if line.is_empty() { "no packets".to_string() } else { line });
+                println!(
+                    "{}",
+                    if line.is_empty() {
+                        "no packets".to_string()
+                    } else {
+                        line
+                    }
+                );
                 prev = now;
             }
             ExitCode::SUCCESS
@@ -447,9 +467,13 @@ fn run(cfg: &Config, duration: Option<Duration>, until: Option<&AtomicBool>) -> 
     match running.xdp() {
         Some((iface, mode, recovered)) => eprintln!(
             "XDP filter attached to {iface} ({mode} mode){}; detached when klais exits",
-            recovered.map_or(String::new(), |id| format!(", replacing klais program id {id} already there"))
+            recovered.map_or(String::new(), |id| format!(
+                ", replacing klais program id {id} already there"
+            ))
         ),
-        None => eprintln!("XDP: off (no xdp.iface configured); all filtering happens in user space"),
+        None => {
+            eprintln!("XDP: off (no xdp.iface configured); all filtering happens in user space")
+        }
     }
     eprintln!(
         "klais listening on udp {} ({}); output: {}. Ctrl-C stops and drains.",

@@ -65,7 +65,9 @@ fn every_verdict_matches_its_fixture() {
         return;
     }
     let p = load(LoadOptions::default(), Limits::default());
-    p.maps().set_denied(device_hash(&wire::raw_device_id("banned").unwrap()), true).unwrap();
+    p.maps()
+        .set_denied(device_hash(&wire::raw_device_id("banned").unwrap()), true)
+        .unwrap();
 
     let good = v1("sensor-1", 1, br#"{"t":1}"#);
     let mut bad_magic = good.clone();
@@ -80,28 +82,121 @@ fn every_verdict_matches_its_fixture() {
         })
     };
     let fixtures: Vec<(&str, Vec<u8>, u32, Verdict)> = vec![
-        ("ARP passes untouched", frame::arp(), XDP_PASS, Verdict::NotKlais),
-        ("TCP to the klais port passes untouched", frame::tcp_syn(PORT), XDP_PASS, Verdict::NotKlais),
-        ("UDP to another port passes untouched", frame::udp(&UdpFrame { dst_port: 53, payload: &good, ..Default::default() }), XDP_PASS, Verdict::NotKlais),
-        ("a non-first IPv4 fragment passes to the kernel", frame::udp_fragment(PORT, &good), XDP_PASS, Verdict::NotKlais),
-        ("valid v1 over IPv4 passes (no AF_XDP socket bound)", q(&[], false, 0, good.clone()), XDP_PASS, Verdict::Pass),
-        ("valid v1 behind one 802.1Q tag", q(&[(0x8100, 7)], false, 0, v1("vlan-1", 1, b"{}")), XDP_PASS, Verdict::Pass),
-        ("valid v1 behind 802.1ad + 802.1Q (QinQ)", q(&[(0x88A8, 100), (0x8100, 7)], false, 0, v1("qinq-1", 1, b"{}")), XDP_PASS, Verdict::Pass),
-        ("valid v1 over IPv6", q(&[], true, 0, v1("v6-1", 1, b"{}")), XDP_PASS, Verdict::Pass),
-        ("valid v1 over IPv6 behind a VLAN tag", q(&[(0x8100, 9)], true, 0, v1("v6-2", 1, b"{}")), XDP_PASS, Verdict::Pass),
-        ("valid v1 over IPv4 with 40 bytes of options", q(&[], false, 40, v1("opts-1", 1, b"{}")), XDP_PASS, Verdict::Pass),
-        ("an empty UDP payload is too short", q(&[], false, 0, vec![]), XDP_DROP, Verdict::TooShort),
-        ("a 21-byte payload is too short", q(&[], false, 0, good[..21].to_vec()), XDP_DROP, Verdict::TooShort),
-        ("a 21-byte payload over IPv6 is too short", q(&[], true, 0, good[..21].to_vec()), XDP_DROP, Verdict::TooShort),
-        ("wrong magic is dropped", q(&[], false, 0, bad_magic.clone()), XDP_DROP, Verdict::BadMagic),
-        ("wrong magic over IPv6 behind QinQ is dropped", q(&[(0x88A8, 1), (0x8100, 2)], true, 0, bad_magic.clone()), XDP_DROP, Verdict::BadMagic),
-        ("a denied device is dropped", q(&[], false, 0, v1("banned", 1, b"{}")), XDP_DROP, Verdict::Denied),
+        (
+            "ARP passes untouched",
+            frame::arp(),
+            XDP_PASS,
+            Verdict::NotKlais,
+        ),
+        (
+            "TCP to the klais port passes untouched",
+            frame::tcp_syn(PORT),
+            XDP_PASS,
+            Verdict::NotKlais,
+        ),
+        (
+            "UDP to another port passes untouched",
+            frame::udp(&UdpFrame {
+                dst_port: 53,
+                payload: &good,
+                ..Default::default()
+            }),
+            XDP_PASS,
+            Verdict::NotKlais,
+        ),
+        (
+            "a non-first IPv4 fragment passes to the kernel",
+            frame::udp_fragment(PORT, &good),
+            XDP_PASS,
+            Verdict::NotKlais,
+        ),
+        (
+            "valid v1 over IPv4 passes (no AF_XDP socket bound)",
+            q(&[], false, 0, good.clone()),
+            XDP_PASS,
+            Verdict::Pass,
+        ),
+        (
+            "valid v1 behind one 802.1Q tag",
+            q(&[(0x8100, 7)], false, 0, v1("vlan-1", 1, b"{}")),
+            XDP_PASS,
+            Verdict::Pass,
+        ),
+        (
+            "valid v1 behind 802.1ad + 802.1Q (QinQ)",
+            q(
+                &[(0x88A8, 100), (0x8100, 7)],
+                false,
+                0,
+                v1("qinq-1", 1, b"{}"),
+            ),
+            XDP_PASS,
+            Verdict::Pass,
+        ),
+        (
+            "valid v1 over IPv6",
+            q(&[], true, 0, v1("v6-1", 1, b"{}")),
+            XDP_PASS,
+            Verdict::Pass,
+        ),
+        (
+            "valid v1 over IPv6 behind a VLAN tag",
+            q(&[(0x8100, 9)], true, 0, v1("v6-2", 1, b"{}")),
+            XDP_PASS,
+            Verdict::Pass,
+        ),
+        (
+            "valid v1 over IPv4 with 40 bytes of options",
+            q(&[], false, 40, v1("opts-1", 1, b"{}")),
+            XDP_PASS,
+            Verdict::Pass,
+        ),
+        (
+            "an empty UDP payload is too short",
+            q(&[], false, 0, vec![]),
+            XDP_DROP,
+            Verdict::TooShort,
+        ),
+        (
+            "a 21-byte payload is too short",
+            q(&[], false, 0, good[..21].to_vec()),
+            XDP_DROP,
+            Verdict::TooShort,
+        ),
+        (
+            "a 21-byte payload over IPv6 is too short",
+            q(&[], true, 0, good[..21].to_vec()),
+            XDP_DROP,
+            Verdict::TooShort,
+        ),
+        (
+            "wrong magic is dropped",
+            q(&[], false, 0, bad_magic.clone()),
+            XDP_DROP,
+            Verdict::BadMagic,
+        ),
+        (
+            "wrong magic over IPv6 behind QinQ is dropped",
+            q(&[(0x88A8, 1), (0x8100, 2)], true, 0, bad_magic.clone()),
+            XDP_DROP,
+            Verdict::BadMagic,
+        ),
+        (
+            "a denied device is dropped",
+            q(&[], false, 0, v1("banned", 1, b"{}")),
+            XDP_DROP,
+            Verdict::Denied,
+        ),
     ];
     for (desc, f, want_action, want_verdict) in &fixtures {
         let (action, moved) = run(&p, f);
         assert_eq!(action, *want_action, "{desc}: action");
         assert_eq!(moved, vec![(*want_verdict, 1)], "{desc}: counters");
-        assert_eq!(want_verdict.action(), *want_action, "{desc}: Verdict::action agrees");
+        assert_eq!(
+            want_verdict.action(),
+            *want_action,
+            "{desc}: Verdict::action agrees"
+        );
     }
 }
 
@@ -131,7 +226,11 @@ fn a_frame_cut_at_any_point_before_the_v1_header_ends_is_passed_as_truncated() {
         for cut in 14..header_end {
             let (action, moved) = run(&p, &f[..cut]);
             assert_eq!(action, XDP_PASS, "cut at {cut} of {}", f.len());
-            assert_eq!(moved, vec![(Verdict::Truncated, 1)], "cut at {cut} ({vlans:?}, v6 {ipv6}, opts {opts})");
+            assert_eq!(
+                moved,
+                vec![(Verdict::Truncated, 1)],
+                "cut at {cut} ({vlans:?}, v6 {ipv6}, opts {opts})"
+            );
         }
         let (_, moved) = run(&p, &f[..header_end]);
         assert_eq!(moved, vec![(Verdict::Pass, 1)], "whole header present");
@@ -155,7 +254,10 @@ fn a_device_never_gets_more_than_its_burst_at_once() {
     let c = p.maps().counters().unwrap();
     let passed = c.get(Verdict::Pass);
     assert!(passed >= 10, "the burst is available: {passed}");
-    assert!(passed <= 10 + elapsed_s + 1, "{passed} passed in {elapsed_s} s at 1 pps, burst 10");
+    assert!(
+        passed <= 10 + elapsed_s + 1,
+        "{passed} passed in {elapsed_s} s at 1 pps, burst 10"
+    );
     assert_eq!(passed + c.get(Verdict::RateLimited), 5000);
 }
 
@@ -203,7 +305,10 @@ fn two_cpus_on_one_device_bucket_never_mint_tokens() {
     );
     assert_eq!(passed + c.get(Verdict::RateLimited), 400_000);
     assert!(passed >= 100);
-    assert!(passed <= 100 + elapsed_s + 1, "{passed} passed in {elapsed_s} s: tokens were minted");
+    assert!(
+        passed <= 100 + elapsed_s + 1,
+        "{passed} passed in {elapsed_s} s: tokens were minted"
+    );
 }
 
 #[test]
@@ -220,12 +325,16 @@ fn the_global_budget_is_a_per_cpu_share() {
     // Many devices, so only the global budget can refuse.
     let t0 = Instant::now();
     for i in 0..100 {
-        p.test_run(&to_port(&v1(&format!("g-{i}"), 1, b"{}")), 1).unwrap();
+        p.test_run(&to_port(&v1(&format!("g-{i}"), 1, b"{}")), 1)
+            .unwrap();
     }
     let elapsed_s = t0.elapsed().as_secs();
     let c = p.maps().counters().unwrap();
     let passed = c.get(Verdict::Pass);
-    assert!(passed >= 8 && passed <= 8 + elapsed_s + 1, "passed {passed}");
+    assert!(
+        passed >= 8 && passed <= 8 + elapsed_s + 1,
+        "passed {passed}"
+    );
     assert_eq!(c.get(Verdict::GlobalBudget), 100 - passed);
 }
 
@@ -240,11 +349,16 @@ fn overrides_replace_the_default_rate_and_can_be_removed() {
     };
     let p = load(LoadOptions::default(), limits);
     let vip = device_hash(&wire::raw_device_id("vip").unwrap());
-    p.maps().set_override(vip, Some(Rate::new(1, 50).unwrap())).unwrap();
+    p.maps()
+        .set_override(vip, Some(Rate::new(1, 50).unwrap()))
+        .unwrap();
     p.test_run(&to_port(&v1("vip", 1, b"{}")), 100).unwrap();
     p.test_run(&to_port(&v1("plain", 1, b"{}")), 100).unwrap();
     let c = p.maps().counters().unwrap();
-    assert!((51..=53).contains(&c.get(Verdict::Pass)), "50 for vip + 1 for plain: {c:?}");
+    assert!(
+        (51..=53).contains(&c.get(Verdict::Pass)),
+        "50 for vip + 1 for plain: {c:?}"
+    );
     p.maps().set_override(vip, None).unwrap();
     p.maps().set_override(vip, None).unwrap(); // removing twice is fine
 }
@@ -260,7 +374,9 @@ fn limits_written_to_the_kernel_read_back_unchanged() {
         global: Some(Rate::new(1_000_000, 10_000).unwrap()),
         events_per_sec: 250,
     };
-    p.maps().set_limits(&l, klais::xdp::possible_cpus()).unwrap();
+    p.maps()
+        .set_limits(&l, klais::xdp::possible_cpus())
+        .unwrap();
     assert_eq!(p.maps().limits().unwrap(), l);
 }
 
@@ -289,9 +405,16 @@ fn the_kernel_hashes_device_ids_exactly_as_rust_does() {
         return;
     }
     let p = load(LoadOptions::default(), Limits::default());
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/fnv1a64_vectors.txt")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bpf/fnv1a64_vectors.txt"
+    ))
+    .unwrap();
     let mut checked = 0;
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let mut it = line.split_whitespace();
         let id_hex = it.next().unwrap();
         let want = u64::from_str_radix(it.next().unwrap(), 16).unwrap();
@@ -303,7 +426,10 @@ fn the_kernel_hashes_device_ids_exactly_as_rust_does() {
         }
         p.test_run(&to_port(&payload), 1).unwrap();
         let events = p.maps().events().unwrap();
-        let ev = events.iter().find(|e| e.kind == EventKind::NewDevice).expect("a new-device event");
+        let ev = events
+            .iter()
+            .find(|e| e.kind == EventKind::NewDevice)
+            .expect("a new-device event");
         assert_eq!(ev.device_hash, want, "id {id_hex}");
         assert_eq!(ev.device_hash, device_hash(&ev.device_id));
         checked += 1;
@@ -327,7 +453,11 @@ fn events_report_new_devices_resets_and_rate_limiting_once_per_episode() {
     let kinds: Vec<EventKind> = p.maps().events().unwrap().iter().map(|e| e.kind).collect();
     assert_eq!(
         kinds,
-        vec![EventKind::NewDevice, EventKind::SeqReset, EventKind::RateLimited],
+        vec![
+            EventKind::NewDevice,
+            EventKind::SeqReset,
+            EventKind::RateLimited
+        ],
         "one rate-limited event for the whole episode"
     );
 }
@@ -343,11 +473,16 @@ fn a_flood_of_new_devices_cannot_exceed_the_event_cap() {
     };
     let p = load(LoadOptions::default(), limits);
     for i in 0..50 {
-        p.test_run(&to_port(&v1(&format!("flood-{i}"), 1, b"{}")), 1).unwrap();
+        p.test_run(&to_port(&v1(&format!("flood-{i}"), 1, b"{}")), 1)
+            .unwrap();
     }
     let c = p.maps().counters().unwrap();
     let sent = p.maps().events().unwrap().len() as u64;
     assert_eq!(sent, c.events_sent);
     assert!(sent <= 2, "cap of 1/s (per-CPU share, burst 1): {sent}");
-    assert_eq!(c.events_sent + c.events_capped + c.events_lost, 50, "every event accounted for");
+    assert_eq!(
+        c.events_sent + c.events_capped + c.events_lost,
+        50,
+        "every event accounted for"
+    );
 }

@@ -130,12 +130,13 @@ impl Xdp {
     /// The run-time limits these settings describe.
     pub fn limits(&self) -> Result<crate::xdp::Limits, crate::xdp::RateError> {
         use crate::xdp::Rate;
-        let rate = |pps: Option<u64>, burst: Option<u64>| -> Result<Option<Rate>, crate::xdp::RateError> {
-            match pps {
-                Some(p) => Rate::new(p, burst.unwrap_or(p.max(1))).map(Some),
-                None => Ok(None),
-            }
-        };
+        let rate =
+            |pps: Option<u64>, burst: Option<u64>| -> Result<Option<Rate>, crate::xdp::RateError> {
+                match pps {
+                    Some(p) => Rate::new(p, burst.unwrap_or(p.max(1))).map(Some),
+                    None => Ok(None),
+                }
+            };
         let l = crate::xdp::Limits {
             device: rate(self.device_rate_pps, self.device_burst)?,
             global: rate(self.global_budget_pps, self.global_burst)?,
@@ -665,7 +666,8 @@ mod tests {
 
     #[test]
     fn xdp_limits_come_from_rates_and_bursts() {
-        let cfg = Config::from_toml("[xdp]\ndevice_rate_pps = 10\ndevice_burst = 3\n", "x").unwrap();
+        let cfg =
+            Config::from_toml("[xdp]\ndevice_rate_pps = 10\ndevice_burst = 3\n", "x").unwrap();
         let l = cfg.xdp.limits().unwrap();
         assert_eq!(l.device.map(|r| (r.pps(), r.burst())), Some((10, 3)));
         assert_eq!(l.global, None);

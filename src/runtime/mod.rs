@@ -328,7 +328,9 @@ impl Running {
 
     /// The XDP filter's counters now.
     pub fn xdp_counters(&self) -> Option<crate::xdp::XdpCounters> {
-        self.kernel.as_ref().and_then(|k| k.program.maps().counters().ok())
+        self.kernel
+            .as_ref()
+            .and_then(|k| k.program.maps().counters().ok())
     }
 
     /// True once a core has exited on its own (an I/O error): the caller

@@ -46,7 +46,9 @@ impl FromStr for AttachMode {
             "native" => Ok(AttachMode::Native),
             "generic" => Ok(AttachMode::Generic),
             "auto" => Ok(AttachMode::Auto),
-            _ => Err(format!("unknown XDP mode {s:?}: use native, generic or auto")),
+            _ => Err(format!(
+                "unknown XDP mode {s:?}: use native, generic or auto"
+            )),
         }
     }
 }
@@ -125,7 +127,11 @@ pub fn status(iface: &str) -> Result<IfaceStatus, XdpError> {
         iface: iface.to_string(),
         ifindex,
         prog_id,
-        mode: if prog_id == 0 { "none" } else { mode_name(mode) },
+        mode: if prog_id == 0 {
+            "none"
+        } else {
+            mode_name(mode)
+        },
         klais_pinned: pin_dir(iface).exists(),
     })
 }
@@ -240,6 +246,43 @@ impl Drop for Attachment {
     }
 }
 
+/// bpffs's magic number (`BPF_FS_MAGIC`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Makes sure `/sys/fs/bpf` is a bpffs, mounting one when it is not (as
+/// bpftool does): `ip netns exec` remounts /sys and hides the host's.
+fn ensure_bpffs() -> Result<(), XdpError> {
+    let path = std::ffi::CString::new("/sys/fs/bpf").unwrap_or_default();
+    // SAFETY: statfs fills the zeroed struct; `path` is NUL-terminated.
+    let is_bpffs = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    };
+    if is_bpffs {
+        return Ok(());
+    }
+    let fstype = std::ffi::CString::new("bpf").unwrap_or_default();
+    let opts = std::ffi::CString::new("mode=0700").unwrap_or_default();
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(XdpError::Io {
+            what: "/sys/fs/bpf is not a bpffs and mounting one failed (as root: `mount -t bpf bpf /sys/fs/bpf`)".into(),
+            source: std::io::Error::last_os_error(),
+        })
+    }
+}
+
 fn reason(e: &libbpf_rs::Error, iface: &str, mode: AttachMode) -> String {
     let errno = match e.kind() {
         libbpf_rs::ErrorKind::PermissionDenied => libc::EPERM,
@@ -259,7 +302,11 @@ fn reason(e: &libbpf_rs::Error, iface: &str, mode: AttachMode) -> String {
     format!("{e} ({hint})")
 }
 
-pub(super) fn attach(prog: &XdpProgram, iface: &str, mode: AttachMode) -> Result<Attachment, XdpError> {
+pub(super) fn attach(
+    prog: &XdpProgram,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<Attachment, XdpError> {
     let ifindex = iface_index(iface)?;
     let err = |mode, reason| XdpError::Attach {
         iface: iface.to_string(),
@@ -278,8 +325,12 @@ pub(super) fn attach(prog: &XdpProgram, iface: &str, mode: AttachMode) -> Result
             ));
         }
         // Left by a klais that died while attached: take it over.
-        raw_detach(ifindex, existing_mode)
-            .map_err(|e| err(mode, format!("cannot remove the stale klais program (id {existing}): {e}")))?;
+        raw_detach(ifindex, existing_mode).map_err(|e| {
+            err(
+                mode,
+                format!("cannot remove the stale klais program (id {existing}): {e}"),
+            )
+        })?;
         remove_pins(iface);
         recovered = Some(existing);
     } else if pin_dir(iface).exists() {
@@ -314,6 +365,7 @@ pub(super) fn attach(prog: &XdpProgram, iface: &str, mode: AttachMode) -> Result
         done: false,
     };
     // From here on, dropping `attachment` detaches: errors below leave nothing.
+    ensure_bpffs()?;
     let dir = pin_dir(iface);
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -81,22 +81,51 @@ pub fn run(repeat: u32, rounds: u32) -> Result<Vec<BenchRow>, XdpError> {
     )?;
     let denying = XdpProgram::load(&opts, &Limits::default())?;
     let empty = EmptyProgram::load()?;
-    denying
-        .maps()
-        .set_denied(wire::device_hash(&wire::raw_device_id("banned-device").unwrap_or([0; 16])), true)?;
+    denying.maps().set_denied(
+        wire::device_hash(&wire::raw_device_id("banned-device").unwrap_or([0; 16])),
+        true,
+    )?;
 
     let known = udp_frame(port, &payload("dev-00000042"));
     let mut bad_magic = payload("dev-00000042");
     bad_magic[0] = 0x12;
     let cases: Vec<(&'static str, &XdpProgram, Vec<u8>)> = vec![
-        ("UDP to another port (not klais) -> pass", &unlimited, udp_frame(53, &payload("x"))),
-        ("payload of 21 bytes -> drop too_short", &unlimited, udp_frame(port, &payload("x")[..21])),
+        (
+            "UDP to another port (not klais) -> pass",
+            &unlimited,
+            udp_frame(53, &payload("x")),
+        ),
+        (
+            "payload of 21 bytes -> drop too_short",
+            &unlimited,
+            udp_frame(port, &payload("x")[..21]),
+        ),
         ("bad magic -> drop", &unlimited, udp_frame(port, &bad_magic)),
-        ("device on the deny list -> drop", &denying, udp_frame(port, &payload("banned-device"))),
-        ("known device, policy map in use -> XSKMAP lookup -> pass", &denying, known.clone()),
-        ("known device, no device limit -> XSKMAP lookup -> pass", &unlimited, known.clone()),
-        ("known device, token bucket (CAS) -> XSKMAP lookup -> pass", &bucketed, known.clone()),
-        ("known device over its rate -> drop rate_limited", &limited, known.clone()),
+        (
+            "device on the deny list -> drop",
+            &denying,
+            udp_frame(port, &payload("banned-device")),
+        ),
+        (
+            "known device, policy map in use -> XSKMAP lookup -> pass",
+            &denying,
+            known.clone(),
+        ),
+        (
+            "known device, no device limit -> XSKMAP lookup -> pass",
+            &unlimited,
+            known.clone(),
+        ),
+        (
+            "known device, token bucket (CAS) -> XSKMAP lookup -> pass",
+            &bucketed,
+            known.clone(),
+        ),
+        (
+            "known device over its rate -> drop rate_limited",
+            &limited,
+            known.clone(),
+        ),
     ];
     let mut rows = Vec::new();
     let (_, ns) = measure(|| empty.test_run(&known, repeat), rounds)?;

@@ -112,8 +112,14 @@ impl Limits {
     pub fn to_settings(&self, ncpus: u32) -> klais_settings {
         let (di, dt) = self.device.map_or((0, 0), |r| r.gcra());
         let (gi, gt) = self.global.map_or((0, 0), |r| r.per_cpu(ncpus));
-        let events = Rate::new(self.events_per_sec.clamp(1, NS), self.events_per_sec.clamp(1, NS))
-            .unwrap_or(Rate { pps: 1000, burst: 1000 });
+        let events = Rate::new(
+            self.events_per_sec.clamp(1, NS),
+            self.events_per_sec.clamp(1, NS),
+        )
+        .unwrap_or(Rate {
+            pps: 1000,
+            burst: 1000,
+        });
         let (ei, et) = events.per_cpu(ncpus);
         klais_settings {
             device_interval_ns: di,
@@ -191,7 +197,11 @@ mod tests {
         assert_eq!(Rate::new(1, 0), Err(RateError::Burst(0)));
         assert!(Rate::new(2_000_000_000, 1).is_err());
         assert_eq!(
-            Limits { events_per_sec: 0, ..Limits::default() }.validate(),
+            Limits {
+                events_per_sec: 0,
+                ..Limits::default()
+            }
+            .validate(),
             Err(RateError::Events(0))
         );
     }

@@ -22,9 +22,7 @@ use std::time::Duration;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject};
 
-pub use attach::{
-    detach_iface, iface_index, pin_dir, status, Attachment, AttachMode, IfaceStatus,
-};
+pub use attach::{detach_iface, iface_index, pin_dir, status, AttachMode, Attachment, IfaceStatus};
 pub use limits::{Limits, Rate, RateError};
 
 /// The generated skeletons (libbpf-cargo, `OUT_DIR`).
@@ -328,8 +326,10 @@ impl KernelMaps {
             });
         }
         let open = |name: &str| {
-            MapHandle::from_pinned_path(dir.join(name))
-                .map_err(map_err(format!("opening pinned map {}", dir.join(name).display())))
+            MapHandle::from_pinned_path(dir.join(name)).map_err(map_err(format!(
+                "opening pinned map {}",
+                dir.join(name).display()
+            )))
         };
         Ok(Self {
             counters: open("counters")?,
@@ -394,16 +394,21 @@ impl KernelMaps {
             .policy
             .lookup(key, MapFlags::ANY)
             .map_err(map_err("reading the device policy map"))?;
-        Ok(v.filter(|b| b.len() >= std::mem::size_of::<klais_policy>()).map(|b| {
-            // SAFETY: the map's value type is `struct klais_policy` (u64 only); length checked.
-            unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) }
-        }))
+        Ok(v.filter(|b| b.len() >= std::mem::size_of::<klais_policy>())
+            .map(|b| {
+                // SAFETY: the map's value type is `struct klais_policy` (u64 only); length checked.
+                unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) }
+            }))
     }
 
     /// Applies `change` to one device's policy entry (deleting it when no flag
     /// is left), then tells the program how many entries exist, so it skips
     /// the lookup while the map is empty.
-    fn edit_policy(&self, device_hash: u64, change: impl FnOnce(&mut klais_policy)) -> Result<(), XdpError> {
+    fn edit_policy(
+        &self,
+        device_hash: u64,
+        change: impl FnOnce(&mut klais_policy),
+    ) -> Result<(), XdpError> {
         let key = device_hash.to_ne_bytes();
         let mut p = self.policy_of(&key)?.unwrap_or_default();
         change(&mut p);
@@ -462,8 +467,11 @@ impl KernelMaps {
                 0
             })
             .map_err(map_err("opening the event ring buffer"))?;
-            let rb = b.build().map_err(map_err("opening the event ring buffer"))?;
-            rb.consume().map_err(map_err("reading the event ring buffer"))?;
+            let rb = b
+                .build()
+                .map_err(map_err("opening the event ring buffer"))?;
+            rb.consume()
+                .map_err(map_err("reading the event ring buffer"))?;
         }
         Ok(out)
     }
@@ -502,21 +510,23 @@ impl XdpProgram {
             return Err(XdpError::Attach {
                 iface: String::new(),
                 mode: AttachMode::Auto,
-                reason: format!("xdp ports must be 1 to 8 non-zero ports, got {:?}", opts.ports),
+                reason: format!(
+                    "xdp ports must be 1 to 8 non-zero ports, got {:?}",
+                    opts.ports
+                ),
             });
         }
         // The skeleton borrows its object storage for as long as the program
         // is used; one small allocation per load, kept for the process.
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = skel::KlaisSkelBuilder::default()
             .open(storage)
             .map_err(XdpError::Load)?;
         {
-            let ro = open
-                .maps
-                .rodata_data
-                .as_deref_mut()
-                .ok_or_else(|| XdpError::Load(libbpf_rs::Error::from(std::io::Error::other("no .rodata"))))?;
+            let ro = open.maps.rodata_data.as_deref_mut().ok_or_else(|| {
+                XdpError::Load(libbpf_rs::Error::from(std::io::Error::other("no .rodata")))
+            })?;
             for (slot, p) in ro.klais_ports.iter_mut().zip(opts.ports.iter()) {
                 *slot = *p;
             }
@@ -580,7 +590,11 @@ impl XdpProgram {
     }
 }
 
-fn test_run(prog: &libbpf_rs::ProgramMut<'_>, frame: &[u8], repeat: u32) -> Result<(u32, Duration), XdpError> {
+fn test_run(
+    prog: &libbpf_rs::ProgramMut<'_>,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<(u32, Duration), XdpError> {
     let input = libbpf_rs::ProgramInput {
         data_in: Some(frame),
         repeat,
@@ -605,7 +619,8 @@ impl std::fmt::Debug for EmptyProgram {
 impl EmptyProgram {
     /// Loads it.
     pub fn load() -> Result<Self, XdpError> {
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
         let open = empty_skel::EmptySkelBuilder::default()
             .open(storage)
             .map_err(XdpError::Load)?;
