@@ -4,4 +4,5 @@
 //! Today: the UDP backend ([`udp`]). The AF_XDP backend joins with the kernel
 //! data plane, behind the same shard pipeline.
 
+pub mod af_xdp;
 pub mod udp;

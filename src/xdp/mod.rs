@@ -305,6 +305,8 @@ pub struct KernelMaps {
     policy: MapHandle,
     /// The ring buffer, for [`KernelMaps::events`].
     events: MapHandle,
+    /// AF_XDP sockets per queue (only in the process that loaded the program).
+    xsks: Option<MapHandle>,
 }
 
 /// Names under which maps are pinned, in `pin_dir(iface)`.
@@ -336,6 +338,7 @@ impl KernelMaps {
             settings: open("settings")?,
             policy: open("policy")?,
             events: open("events")?,
+            xsks: None,
         })
     }
 
@@ -455,6 +458,37 @@ impl KernelMaps {
         })
     }
 
+    /// Binds an AF_XDP socket to receive queue `queue`: from now on the filter
+    /// redirects that queue's accepted klais traffic to it.
+    pub fn bind_socket(&self, queue: u32, fd: std::os::fd::RawFd) -> Result<(), XdpError> {
+        let xsks = self.xsks.as_ref().ok_or_else(|| XdpError::Map {
+            what: "binding an AF_XDP socket".into(),
+            source: libbpf_rs::Error::from(std::io::Error::other(
+                "the XSKMAP is only reachable from the process that loaded the program",
+            )),
+        })?;
+        xsks.update(
+            &queue.to_ne_bytes(),
+            &(fd as u32).to_ne_bytes(),
+            MapFlags::ANY,
+        )
+        .map_err(map_err(format!(
+            "binding the AF_XDP socket of queue {queue} in the XSKMAP"
+        )))
+    }
+
+    /// Unbinds queue `queue`: its traffic takes the kernel path again.
+    pub fn unbind_socket(&self, queue: u32) -> Result<(), XdpError> {
+        if let Some(xsks) = &self.xsks {
+            match xsks.delete(&queue.to_ne_bytes()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(map_err("unbinding an AF_XDP socket")(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Drains the events waiting in the ring buffer (non-blocking).
     pub fn events(&self) -> Result<Vec<DeviceEvent>, XdpError> {
         let mut out = Vec::new();
@@ -547,6 +581,7 @@ impl XdpProgram {
             settings: handle(&skel.maps.settings, "settings")?,
             policy: handle(&skel.maps.policy, "policy")?,
             events: handle(&skel.maps.events, "events")?,
+            xsks: Some(handle(&skel.maps.xsks, "xsks")?),
         };
         let prog = Self { skel, maps };
         prog.maps.set_limits(limits, possible_cpus())?;

@@ -1,0 +1,330 @@
+//! The AF_XDP backend: one XDP socket per NIC queue, owned by its shard.
+//!
+//! The XDP filter (`bpf/`) redirects klais traffic that passed its checks into
+//! the socket bound at `xsks[rx_queue]`; frames land in a UMEM area this
+//! socket owns. [`XskSocket::recv_batch`] takes up to a batch of frames, hands
+//! each frame's UDP payload to the caller (the shard copies what it keeps into
+//! its ring) and returns all of them to the fill ring in one step. The fill
+//! ring is sized to hold every frame (a smaller one silently drops traffic,
+//! MACHINE-NOTES), and `need_wakeup` avoids a syscall while the kernel keeps
+//! up.
+//!
+//! Crate choice: xdpilone (pure Rust) instead of xsk-rs, whose libxdp-sys pins
+//! libbpf-sys 1.5.1 and cannot build beside libbpf-rs 0.27, which loads the
+//! XDP program (README, dependency table).
+//!
+//! # Requires
+//! Root or CAP_NET_RAW + CAP_NET_ADMIN; the interface and queue must exist.
+//! On veth the kernel uses copy mode.
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+
+use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+/// Sizes of one socket's UMEM and rings (config `[ingest.af_xdp]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XskConfig {
+    /// Frames in the UMEM (power of two).
+    pub frames: u32,
+    /// Bytes per frame: 2048 or 4096.
+    pub frame_size: u32,
+    /// Descriptors in the RX ring (power of two).
+    pub rx_ring: u32,
+    /// Frames taken per receive call.
+    pub batch: u32,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        Self {
+            frames: 4096,
+            frame_size: 4096,
+            rx_ring: 2048,
+            batch: 64,
+        }
+    }
+}
+
+/// Why a socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    /// A size is not usable.
+    #[error("AF_XDP sizes: {0}")]
+    Config(String),
+    /// A step of the setup failed.
+    #[error("AF_XDP socket on {iface} queue {queue}: {step} failed: {errno} (needs root or CAP_NET_RAW + CAP_NET_ADMIN, and the queue must exist: `ethtool -l {iface}`)")]
+    Setup {
+        /// Interface.
+        iface: String,
+        /// Queue.
+        queue: u32,
+        /// Which step.
+        step: &'static str,
+        /// errno text.
+        errno: String,
+    },
+}
+
+/// One AF_XDP socket with its UMEM. Fields drop in order: rings before the
+/// socket, the socket before the memory the kernel writes into.
+pub struct XskSocket {
+    rx: RingRx,
+    device: DeviceQueue,
+    user: User,
+    _sock: Socket,
+    umem: Umem,
+    area: memmap2::MmapMut,
+    frame_mask: u64,
+    batch: u32,
+    /// Frame addresses read this batch, to refill in one step.
+    recycle: Vec<u64>,
+    /// Frames delivered.
+    pub frames: u64,
+    /// Frames whose descriptor pointed outside the UMEM (never expected).
+    pub bad_descriptors: u64,
+}
+
+impl std::fmt::Debug for XskSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskSocket")
+            .field("frames", &self.frames)
+            .finish_non_exhaustive()
+    }
+}
+
+impl XskSocket {
+    /// Opens and binds a socket on `iface` queue `queue` and fills its fill
+    /// ring with every frame. Insert [`XskSocket::fd`] into the XDP program's
+    /// XSKMAP to receive.
+    pub fn open(iface: &str, queue: u32, cfg: &XskConfig) -> Result<Self, XskError> {
+        if !cfg.frames.is_power_of_two()
+            || !cfg.rx_ring.is_power_of_two()
+            || cfg.frames < cfg.rx_ring
+        {
+            return Err(XskError::Config(format!(
+                "frames ({}) and rx_ring ({}) must be powers of two with frames >= rx_ring",
+                cfg.frames, cfg.rx_ring
+            )));
+        }
+        if cfg.frame_size != 2048 && cfg.frame_size != 4096 {
+            return Err(XskError::Config(format!(
+                "frame_size {} must be 2048 or 4096",
+                cfg.frame_size
+            )));
+        }
+        let step = |step: &'static str| {
+            let iface = iface.to_string();
+            move |e: xdpilone::Errno| XskError::Setup {
+                iface,
+                queue,
+                step,
+                errno: e.to_string(),
+            }
+        };
+        let len = cfg.frames as usize * cfg.frame_size as usize;
+        let mut area = memmap2::MmapMut::map_anon(len).map_err(|e| XskError::Setup {
+            iface: iface.to_string(),
+            queue,
+            step: "mapping the UMEM",
+            errno: e.to_string(),
+        })?;
+        let ptr = NonNull::new(std::ptr::slice_from_raw_parts_mut(area.as_mut_ptr(), len))
+            .ok_or_else(|| XskError::Config("empty UMEM".into()))?;
+        let ucfg = UmemConfig {
+            fill_size: cfg.frames,
+            complete_size: cfg.frames.min(cfg.rx_ring),
+            frame_size: cfg.frame_size,
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `area` is a page-aligned anonymous mapping of exactly `len`
+        // bytes, owned by the returned struct and dropped after the socket and
+        // rings that reference it (field order).
+        let umem = unsafe { Umem::new(ucfg, ptr) }.map_err(step("registering the UMEM"))?;
+        let mut info = IfInfo::invalid();
+        let name = CString::new(iface)
+            .map_err(|_| XskError::Config(format!("bad interface name {iface:?}")))?;
+        info.from_name(&name)
+            .map_err(step("looking up the interface"))?;
+        info.set_queue(queue);
+        let sock = Socket::with_shared(&info, &umem).map_err(step("creating the socket"))?;
+        let mut device = umem
+            .fq_cq(&sock)
+            .map_err(step("mapping the fill/completion rings"))?;
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: NonZeroU32::new(cfg.rx_ring),
+                    tx_size: None,
+                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
+                },
+            )
+            .map_err(step("creating the RX ring"))?;
+        let rx = user.map_rx().map_err(step("mapping the RX ring"))?;
+        umem.bind(&user).map_err(step("binding"))?;
+
+        let frame_size = u64::from(cfg.frame_size);
+        {
+            let mut fill = device.fill(cfg.frames);
+            let n = fill.insert((0..u64::from(cfg.frames)).map(|i| i * frame_size));
+            fill.commit();
+            if n != cfg.frames {
+                return Err(XskError::Config(format!(
+                    "the fill ring took {n} of {} frames",
+                    cfg.frames
+                )));
+            }
+        }
+        Ok(Self {
+            rx,
+            device,
+            user,
+            _sock: sock,
+            umem,
+            area,
+            frame_mask: !(frame_size - 1),
+            batch: cfg.batch.max(1),
+            recycle: Vec::with_capacity(cfg.batch.max(1) as usize),
+            frames: 0,
+            bad_descriptors: 0,
+        })
+    }
+
+    /// The socket's fd, for the XSKMAP.
+    pub fn fd(&self) -> RawFd {
+        self.user.as_raw_fd()
+    }
+
+    /// Receives up to one batch: calls `on_frame` with each frame's bytes (an
+    /// Ethernet frame), then returns the frames to the fill ring. Returns the
+    /// number of frames. Allocates nothing.
+    #[inline]
+    pub fn recv_batch(&mut self, mut on_frame: impl FnMut(&[u8])) -> u32 {
+        let area_len = self.area.len() as u64;
+        let mut n = 0;
+        {
+            let mut rx = self.rx.receive(self.batch);
+            while let Some(desc) = rx.read() {
+                n += 1;
+                let end = desc.addr + u64::from(desc.len);
+                if end <= area_len {
+                    on_frame(&self.area[desc.addr as usize..end as usize]);
+                } else {
+                    self.bad_descriptors += 1;
+                }
+                self.recycle.push(desc.addr & self.frame_mask);
+            }
+            rx.release();
+        }
+        if n > 0 {
+            let mut fill = self.device.fill(n);
+            // The fill ring holds every frame, so there is always room for the
+            // ones just released.
+            fill.insert(self.recycle.drain(..));
+            fill.commit();
+            self.frames += u64::from(n);
+        }
+        if self.device.needs_wakeup() {
+            self.device.wake();
+        }
+        n
+    }
+
+    /// Number of UMEM frames (for diagnostics).
+    pub fn umem_frames(&self) -> u32 {
+        self.umem.len_frames()
+    }
+}
+
+/// The UDP payload of an Ethernet frame (up to two VLAN tags, IPv4 with
+/// options or IPv6, UDP), bounded by the UDP length; None if the frame is not
+/// a well-formed UDP datagram. The XDP filter only redirects klais UDP, so
+/// None here means a frame the kernel should not have sent: counted, not
+/// parsed further.
+#[inline]
+pub fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
+    let mut off = 12;
+    let mut ethertype = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
+    off += 2;
+    for _ in 0..2 {
+        if ethertype == 0x8100 || ethertype == 0x88A8 {
+            ethertype = u16::from_be_bytes([*frame.get(off + 2)?, *frame.get(off + 3)?]);
+            off += 4;
+        }
+    }
+    let l4 = match ethertype {
+        0x0800 => {
+            let vihl = *frame.get(off)?;
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            if vihl >> 4 != 4 || ihl < 20 || *frame.get(off + 9)? != 17 {
+                return None;
+            }
+            off + ihl
+        }
+        0x86DD => {
+            if *frame.get(off + 6)? != 17 {
+                return None;
+            }
+            off + 40
+        }
+        _ => return None,
+    };
+    let udp = frame.get(l4..l4 + 8)?;
+    let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if ulen < 8 {
+        return None;
+    }
+    frame.get(l4 + 8..l4 + ulen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xdp::frame::{self, UdpFrame};
+
+    #[test]
+    fn the_udp_payload_is_found_behind_every_header_shape() {
+        let payload = b"\xAA\x55hello-payload";
+        for (vlans, ipv6, ip_options) in [
+            (&[][..], false, 0),
+            (&[(0x8100u16, 1u16)][..], false, 0),
+            (&[(0x88A8, 1), (0x8100, 2)][..], true, 0),
+            (&[][..], false, 40),
+        ] {
+            let f = frame::udp(&UdpFrame {
+                vlans,
+                ipv6,
+                ip_options,
+                dst_port: 7700,
+                payload,
+            });
+            assert_eq!(
+                udp_payload(&f),
+                Some(&payload[..]),
+                "{vlans:?} v6 {ipv6} opts {ip_options}"
+            );
+            // Ethernet padding after the datagram is not payload.
+            let mut padded = f.clone();
+            padded.extend_from_slice(&[0; 8]);
+            assert_eq!(udp_payload(&padded), Some(&payload[..]));
+        }
+    }
+
+    #[test]
+    fn non_udp_and_truncated_frames_have_no_payload() {
+        assert_eq!(udp_payload(&frame::arp()), None);
+        assert_eq!(udp_payload(&frame::tcp_syn(7700)), None);
+        let f = frame::udp(&UdpFrame {
+            dst_port: 7700,
+            payload: b"0123456789012345678901234",
+            ..Default::default()
+        });
+        for cut in 0..f.len() {
+            assert_eq!(udp_payload(&f[..cut]), None, "cut {cut}");
+        }
+    }
+}
