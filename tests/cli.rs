@@ -81,7 +81,7 @@ fn run_refuses_a_cpu_that_is_not_online_naming_the_key() {
     let p = write(
         &dir,
         "cpu.toml",
-        "[ingest]\nlisten = \"127.0.0.1:47211\"\n[cores]\nshard_cpu = 4095\n",
+        "[ingest]\nlisten = \"127.0.0.1:47211\"\n[cores]\nshard_cpus = [4095]\n",
     );
     let out = Command::new(KLAIS)
         .args(["run", "--config"])
@@ -91,7 +91,7 @@ fn run_refuses_a_cpu_that_is_not_online_naming_the_key() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cores.shard_cpu = 4095 is not an online CPU"),
+        err.contains("cores.shard_cpus = 4095 is not an online CPU"),
         "{err}"
     );
 }

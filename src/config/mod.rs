@@ -34,6 +34,9 @@ pub struct Config {
     /// Rings between cores.
     #[serde(default)]
     pub pipeline: Pipeline,
+    /// Shard-wide admission (the Dam's bucket; the full Dam has its own issue).
+    #[serde(default)]
+    pub admission: Admission,
     /// Which CPU runs which role.
     #[serde(default)]
     pub cores: Cores,
@@ -154,6 +157,64 @@ pub enum Backend {
     /// A UDP socket per shard (SO_REUSEPORT, large receive buffer) driven by
     /// io_uring through glommio. Works everywhere, needs no XDP.
     Udp,
+    /// An AF_XDP socket per NIC queue (shard i owns queue i), fed by the XDP
+    /// filter on `xdp.iface`. Needs root and `xdp.iface`.
+    AfXdp,
+}
+
+/// `[ingest.af_xdp]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfXdp {
+    /// UMEM frames per socket (power of two). Memory: frames x frame_size.
+    #[serde(default = "default_xsk_frames")]
+    pub frames: u32,
+    /// Bytes per UMEM frame: 2048 or 4096.
+    #[serde(default = "default_xsk_frame_size")]
+    pub frame_size: u32,
+    /// RX ring descriptors (power of two, at most `frames`).
+    #[serde(default = "default_xsk_rx_ring")]
+    pub rx_ring: u32,
+    /// Frames taken per receive call.
+    #[serde(default = "default_xsk_batch")]
+    pub batch: u32,
+}
+
+fn default_xsk_frames() -> u32 {
+    4096
+}
+fn default_xsk_frame_size() -> u32 {
+    4096
+}
+fn default_xsk_rx_ring() -> u32 {
+    2048
+}
+fn default_xsk_batch() -> u32 {
+    64
+}
+
+impl Default for AfXdp {
+    fn default() -> Self {
+        Self {
+            frames: default_xsk_frames(),
+            frame_size: default_xsk_frame_size(),
+            rx_ring: default_xsk_rx_ring(),
+            batch: default_xsk_batch(),
+        }
+    }
+}
+
+/// `[admission]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Admission {
+    /// Messages per second each shard admits (a token bucket on the shard);
+    /// over it: `rate_limited`. Omitted: no shard-wide limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_rate_pps: Option<u64>,
+    /// Burst of that bucket, messages. Only with `shard_rate_pps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_burst: Option<u64>,
 }
 
 /// `[ingest]`
@@ -171,6 +232,18 @@ pub struct Ingest {
     /// warns if it still gets less.
     #[serde(default = "default_recv_buffer_bytes")]
     pub recv_buffer_bytes: usize,
+    /// Shards: pinned cores each owning one receive queue (an AF_XDP socket on
+    /// NIC queue i, or one SO_REUSEPORT UDP socket) and the devices whose
+    /// hash falls to it. 1 to 64.
+    #[serde(default = "default_shards")]
+    pub shards: u16,
+    /// AF_XDP socket sizes (backend = "af_xdp").
+    #[serde(default)]
+    pub af_xdp: AfXdp,
+}
+
+fn default_shards() -> u16 {
+    1
 }
 
 /// `[protocol]`
@@ -212,16 +285,32 @@ pub struct Pipeline {
     /// its payload; when the ring is full new messages are dropped as `queue_full`.
     #[serde(default = "default_ring_bytes")]
     pub ring_bytes: usize,
+    /// Each shard's overflow queue, bytes: where records wait, in order, while
+    /// the output ring is full. Full too: `queue_full`.
+    #[serde(default = "default_overflow_bytes")]
+    pub overflow_bytes: usize,
+    /// Capacity of each ring between two shards (messages for devices another
+    /// shard owns), bytes.
+    #[serde(default = "default_mesh_bytes")]
+    pub mesh_bytes: usize,
+}
+
+fn default_overflow_bytes() -> usize {
+    4 << 20
+}
+fn default_mesh_bytes() -> usize {
+    1 << 20
 }
 
 /// `[cores]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Cores {
-    /// CPU the shard executor is pinned to. Omit to let klais choose: the
-    /// highest online CPU (CPU 0 usually carries housekeeping and IRQs).
+    /// CPUs the shard executors are pinned to, one per shard in shard order.
+    /// Omit to let klais choose: the highest online CPUs (CPU 0 usually
+    /// carries housekeeping and IRQs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shard_cpu: Option<usize>,
+    pub shard_cpus: Option<Vec<usize>>,
     /// CPU the output (batcher) stage is pinned to. Omit to let klais choose:
     /// another online CPU than the shard's when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,6 +386,8 @@ impl Default for Ingest {
             backend: default_backend(),
             listen: default_listen(),
             recv_buffer_bytes: default_recv_buffer_bytes(),
+            shards: default_shards(),
+            af_xdp: AfXdp::default(),
         }
     }
 }
@@ -320,6 +411,8 @@ impl Default for Pipeline {
     fn default() -> Self {
         Self {
             ring_bytes: default_ring_bytes(),
+            overflow_bytes: default_overflow_bytes(),
+            mesh_bytes: default_mesh_bytes(),
         }
     }
 }
@@ -441,6 +534,99 @@ impl Config {
             ));
         }
         let max_record = RECORD_HEADER_LEN + p.max_payload_bytes;
+        let shards = self.ingest.shards;
+        if !(1..=64).contains(&shards) {
+            errs.push(invalid(
+                "ingest.shards",
+                format!("{shards} is outside 1..=64"),
+                "use one shard per NIC queue you want to serve",
+            ));
+        }
+        if let Some(cpus) = &self.cores.shard_cpus {
+            if cpus.len() != usize::from(shards) {
+                errs.push(invalid(
+                    "cores.shard_cpus, ingest.shards",
+                    format!("{} CPUs listed for {shards} shards", cpus.len()),
+                    "list exactly one CPU per shard, or omit cores.shard_cpus",
+                ));
+            }
+            let mut sorted = cpus.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != cpus.len() {
+                errs.push(invalid(
+                    "cores.shard_cpus",
+                    format!("{cpus:?} lists a CPU twice"),
+                    "give each shard its own CPU",
+                ));
+            }
+        }
+        if self.ingest.backend == Backend::AfXdp {
+            if self.xdp.iface.is_none() {
+                errs.push(invalid(
+                    "ingest.backend, xdp.iface",
+                    "backend = \"af_xdp\" receives from the XDP filter, which needs an interface"
+                        .to_string(),
+                    "set xdp.iface, or use backend = \"udp\"",
+                ));
+            }
+            let x = &self.ingest.af_xdp;
+            if !x.frames.is_power_of_two()
+                || !x.rx_ring.is_power_of_two()
+                || x.rx_ring > x.frames
+                || !(x.frame_size == 2048 || x.frame_size == 4096)
+                || x.batch == 0
+                || x.batch > x.rx_ring
+            {
+                errs.push(invalid(
+                    "ingest.af_xdp",
+                    format!(
+                        "frames {} / rx_ring {} / frame_size {} / batch {} do not fit together",
+                        x.frames, x.rx_ring, x.frame_size, x.batch
+                    ),
+                    "frames and rx_ring powers of two with rx_ring <= frames, frame_size 2048 or 4096, 1 <= batch <= rx_ring",
+                ));
+            }
+            if p.max_payload_bytes + 14 + 8 + 60 + 8 > x.frame_size as usize {
+                errs.push(invalid(
+                    "protocol.max_payload_bytes, ingest.af_xdp.frame_size",
+                    format!(
+                        "a {}-byte payload with its headers does not fit a {}-byte frame",
+                        p.max_payload_bytes, x.frame_size
+                    ),
+                    "lower protocol.max_payload_bytes (AF_XDP frames carry one datagram each)",
+                ));
+            }
+        }
+        for (key, bytes) in [
+            ("pipeline.overflow_bytes", self.pipeline.overflow_bytes),
+            ("pipeline.mesh_bytes", self.pipeline.mesh_bytes),
+        ] {
+            if bytes < 2 * max_record {
+                errs.push(invalid(
+                    key,
+                    format!("{bytes} bytes cannot hold two records of {max_record} bytes"),
+                    "raise it (the default is several MiB) or lower protocol.max_payload_bytes",
+                ));
+            }
+        }
+        let a = &self.admission;
+        if a.shard_burst.is_some() && a.shard_rate_pps.is_none() {
+            errs.push(invalid(
+                "admission.shard_burst, admission.shard_rate_pps",
+                "a burst without a rate".to_string(),
+                "set admission.shard_rate_pps too, or remove admission.shard_burst",
+            ));
+        }
+        if let Some(r) = a.shard_rate_pps {
+            if crate::xdp::Rate::new(r, a.shard_burst.unwrap_or(r.max(1))).is_err() {
+                errs.push(invalid(
+                    "admission.shard_rate_pps, admission.shard_burst",
+                    format!("rate {r} / burst {:?} out of range", a.shard_burst),
+                    "rates and bursts are 1..=1000000000",
+                ));
+            }
+        }
         if self.pipeline.ring_bytes < 2 * max_record {
             errs.push(invalid(
                 "pipeline.ring_bytes, protocol.max_payload_bytes",
@@ -606,7 +792,7 @@ mod tests {
     #[test]
     fn the_printed_effective_config_parses_back_to_itself() {
         let mut cfg = Config::default();
-        cfg.cores.shard_cpu = Some(1);
+        cfg.cores.shard_cpus = Some(vec![1]);
         cfg.output.sink = SinkKind::File;
         cfg.output.path = Some("/tmp/x.jsonl".into());
         assert_eq!(Config::from_toml(&cfg.to_toml(), "x").unwrap(), cfg);
@@ -672,6 +858,22 @@ mod tests {
         assert_eq!(l.device.map(|r| (r.pps(), r.burst())), Some((10, 3)));
         assert_eq!(l.global, None);
         assert_eq!(cfg.xdp.effective_ports(&cfg.ingest.listen), vec![7700]);
+    }
+
+    #[test]
+    fn af_xdp_needs_an_interface_and_frames_that_fit() {
+        let e = errors("[ingest]\nbackend = \"af_xdp\"\n[ingest.af_xdp]\nframe_size = 1000\n")
+            .join("\n");
+        assert!(e.contains("ingest.backend, xdp.iface"), "{e}");
+        assert!(e.contains("ingest.af_xdp"), "{e}");
+    }
+
+    #[test]
+    fn shard_cpus_must_match_the_shard_count() {
+        let e = errors("[ingest]\nshards = 2\n[cores]\nshard_cpus = [1]\n").join("\n");
+        assert!(e.contains("cores.shard_cpus, ingest.shards"), "{e}");
+        let e = errors("[ingest]\nshards = 2\n[cores]\nshard_cpus = [1, 1]\n").join("\n");
+        assert!(e.contains("lists a CPU twice"), "{e}");
     }
 
     #[test]

@@ -101,7 +101,11 @@ pub fn record_ring(bytes: usize, max_payload: usize) -> Result<(RecordTx, Record
     }
     let (p, c) = RingBuffer::new(bytes);
     Ok((
-        RecordTx { ring: p },
+        RecordTx {
+            ring: p,
+            stage: Vec::with_capacity(STAGE_BYTES.max(max_record)),
+            free: 0,
+        },
         RecordRx {
             ring: c,
             buf: vec![0u8; max_record].into_boxed_slice(),
@@ -109,10 +113,22 @@ pub fn record_ring(bytes: usize, max_payload: usize) -> Result<(RecordTx, Record
     ))
 }
 
+/// Bytes a producer collects before one publication (see [`RecordTx::stage`]).
+const STAGE_BYTES: usize = 32 * 1024;
+
 /// The shard's end of the ring.
+///
+/// Two ways to publish: [`RecordTx::push`] makes a record visible at once (one
+/// index store per record); [`RecordTx::stage`] collects records and
+/// [`RecordTx::flush`] publishes them with one index store per batch, so the
+/// consumer's core sees one cache-line transfer per batch, not per record.
 #[derive(Debug)]
 pub struct RecordTx {
     ring: Producer<u8>,
+    /// Staged records, not yet visible to the consumer.
+    stage: Vec<u8>,
+    /// Free ring bytes at the last look (the consumer only ever adds room).
+    free: usize,
 }
 
 /// The ring had no room for the record; nothing was written.
@@ -120,9 +136,53 @@ pub struct RecordTx {
 pub struct RingFull;
 
 impl RecordTx {
-    /// Publishes one record (header + payload) or reports [`RingFull`].
+    /// Stages one record for the next [`RecordTx::flush`], or reports
+    /// [`RingFull`] when the ring cannot take it even after a flush. A staged
+    /// record is guaranteed a place in the ring. Allocates nothing (the stage
+    /// is reserved once).
+    #[inline]
+    pub fn stage(&mut self, meta: &RecordMeta, payload: &[u8]) -> Result<(), RingFull> {
+        let total = RECORD_HEADER_LEN + payload.len();
+        if self.stage.len() + total > self.stage.capacity() {
+            self.flush();
+        }
+        if self.stage.len() + total > self.free {
+            // Look again: the consumer may have made room since.
+            self.free = self.ring.slots();
+            if self.stage.len() + total > self.free {
+                return Err(RingFull);
+            }
+        }
+        self.stage.extend_from_slice(&meta.encode(payload.len()));
+        self.stage.extend_from_slice(payload);
+        Ok(())
+    }
+
+    /// Publishes everything staged, in one step.
+    #[inline]
+    pub fn flush(&mut self) {
+        if self.stage.is_empty() {
+            return;
+        }
+        // Every staged byte was checked against `free`, which only ever
+        // underestimates the room (the consumer adds room, this producer's
+        // direct pushes subtract theirs), so the whole stage fits.
+        let pushed = self.ring.push_entire_slice(&self.stage);
+        debug_assert!(pushed.is_ok(), "staged records always fit");
+        self.free = self.free.saturating_sub(self.stage.len());
+        self.stage.clear();
+    }
+
+    /// Bytes staged and not yet published.
+    pub fn staged_bytes(&self) -> usize {
+        self.stage.len()
+    }
+
+    /// Publishes one record (header + payload) at once or reports [`RingFull`].
+    /// Anything staged is published first, so order is kept.
     #[inline]
     pub fn push(&mut self, meta: &RecordMeta, payload: &[u8]) -> Result<(), RingFull> {
+        self.flush();
         let header = meta.encode(payload.len());
         let total = RECORD_HEADER_LEN + payload.len();
         let mut chunk = self.ring.write_chunk_uninit(total).map_err(|_| RingFull)?;
@@ -135,6 +195,8 @@ impl RecordTx {
         // bytes, which is exactly the chunk's length (a.len() + b.len()), so every
         // slot of the chunk is initialized before it is committed.
         unsafe { chunk.commit_all() };
+        // Keep the staging estimate honest: this record took room too.
+        self.free = self.free.saturating_sub(total);
         Ok(())
     }
 
@@ -202,6 +264,31 @@ impl RecordRx {
         let dst = self.buf.get_mut(..total)?;
         self.ring.pop_entire_slice(dst).ok()?;
         Some((meta, &self.buf[RECORD_HEADER_LEN..total]))
+    }
+
+    /// Offers the next whole record to `take`; it is consumed only if `take`
+    /// returns true (a full downstream leaves it in place, in order).
+    #[inline]
+    pub fn pop_if(&mut self, take: impl FnOnce(&RecordMeta, &[u8]) -> bool) -> Option<bool> {
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        {
+            let chunk = self.ring.read_chunk(RECORD_HEADER_LEN).ok()?;
+            let (a, b) = chunk.as_slices();
+            header[..a.len()].copy_from_slice(a);
+            header[a.len()..].copy_from_slice(b);
+        }
+        let (meta, payload_len) = RecordMeta::decode(&header);
+        let total = RECORD_HEADER_LEN + payload_len;
+        let chunk = self.ring.read_chunk(total).ok()?;
+        let dst = self.buf.get_mut(..total)?;
+        let (a, b) = chunk.as_slices();
+        dst[..a.len()].copy_from_slice(a);
+        dst[a.len()..].copy_from_slice(b);
+        let taken = take(&meta, &dst[RECORD_HEADER_LEN..]);
+        if taken {
+            chunk.commit_all();
+        }
+        Some(taken)
     }
 
     /// True when the shard dropped its end and nothing is left to read.
@@ -288,7 +375,81 @@ mod tests {
         assert!(rx.is_finished());
     }
 
+    #[test]
+    fn a_record_refused_by_pop_if_stays_first_in_line() {
+        let (mut tx, mut rx) = record_ring(1024, 100).unwrap();
+        tx.push(&meta(1), b"one").unwrap();
+        tx.push(&meta(2), b"two").unwrap();
+        assert_eq!(
+            rx.pop_if(|m, p| m.sequence == 1 && p == b"one" && false),
+            Some(false)
+        );
+        assert_eq!(rx.pop_if(|m, _| m.sequence == 1), Some(true));
+        assert_eq!(rx.pop().unwrap().0.sequence, 2);
+        assert_eq!(rx.pop_if(|_, _| true), None);
+    }
+
+    #[test]
+    fn staged_records_appear_only_after_flush_and_in_order() {
+        let (mut tx, mut rx) = record_ring(4096, 100).unwrap();
+        tx.stage(&meta(1), b"a").unwrap();
+        tx.stage(&meta(2), b"bb").unwrap();
+        assert!(rx.pop().is_none(), "not visible before flush");
+        tx.push(&meta(3), b"ccc").unwrap(); // a direct push flushes the stage first
+        let got: Vec<u32> = std::iter::from_fn(|| rx.pop().map(|(m, _)| m.sequence)).collect();
+        assert_eq!(got, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn staging_refuses_what_the_ring_cannot_hold_and_keeps_what_it_staged() {
+        let (mut tx, mut rx) = record_ring(200, 60).unwrap();
+        tx.stage(&meta(1), &[1; 60]).unwrap();
+        tx.stage(&meta(2), &[2; 60]).unwrap();
+        assert_eq!(tx.stage(&meta(3), &[3; 60]), Err(RingFull));
+        tx.flush();
+        assert_eq!(rx.pop().unwrap().0.sequence, 1);
+        tx.stage(&meta(4), &[4; 60]).unwrap();
+        tx.flush();
+        let got: Vec<u32> = std::iter::from_fn(|| rx.pop().map(|(m, _)| m.sequence)).collect();
+        assert_eq!(got, vec![2, 4]);
+    }
+
     proptest! {
+        #[test]
+        fn staged_batches_preserve_order_and_bytes(
+            ops in proptest::collection::vec((0u8..3, 0usize..80), 1..400),
+        ) {
+            let (mut tx, mut rx) = record_ring(512, 80).unwrap();
+            let mut expected = std::collections::VecDeque::new();
+            let mut seq = 0u32;
+            for (op, len) in ops {
+                match op {
+                    0 => {
+                        let payload = vec![seq as u8; len];
+                        if tx.stage(&meta(seq), &payload).is_ok() {
+                            expected.push_back((seq, payload));
+                        }
+                        seq += 1;
+                    }
+                    1 => tx.flush(),
+                    _ => {
+                        if let Some((m, p)) = rx.pop() {
+                            let (s, want) = expected.pop_front().unwrap();
+                            prop_assert_eq!(m.sequence, s);
+                            prop_assert_eq!(p, &want[..]);
+                        }
+                    }
+                }
+            }
+            tx.flush();
+            while let Some((m, p)) = rx.pop() {
+                let (s, want) = expected.pop_front().unwrap();
+                prop_assert_eq!(m.sequence, s);
+                prop_assert_eq!(p, &want[..]);
+            }
+            prop_assert!(expected.is_empty());
+        }
+
         #[test]
         fn interleaved_pushes_and_pops_preserve_order_and_bytes(
             ops in proptest::collection::vec((any::<bool>(), 0usize..80), 1..400),

@@ -95,25 +95,26 @@ fn force_recv_buffer(socket: &Socket, bytes: usize) {
 }
 
 /// Receive loop of one shard. Runs on the shard's pinned executor until `stop`
-/// is set, then drains what the socket already holds (bounded by one second)
-/// and returns the final counters.
+/// is set, then reads what the socket already holds (bounded by one second)
+/// and returns. Records are published per batch ([`Shard::pump`]): every 32
+/// datagrams, and when the socket has been quiet for 1 ms, which bounds the
+/// added latency of a lone message.
 pub async fn receive_loop(
     socket: Socket,
     shard: &mut Shard,
     stop: &AtomicBool,
     published: &Published<ShardSnapshot>,
     tick: Duration,
-) -> io::Result<ShardSnapshot> {
+) -> io::Result<()> {
     // SAFETY: `into_raw_fd` gives up ownership of a valid open UDP socket fd;
     // glommio's UdpSocket takes sole ownership and closes it on drop.
     let sock = unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) };
-    let poll = tick.clamp(Duration::from_millis(5), Duration::from_millis(100));
-    sock.set_read_timeout(Some(poll)).map_err(to_io)?;
+    sock.set_read_timeout(Some(Duration::from_millis(1)))
+        .map_err(to_io)?;
     // One buffer for the shard's lifetime: large enough that no UDP datagram is
     // truncated, so over-size payloads are seen and counted, not cut.
     let mut buf = vec![0u8; MAX_DATAGRAM + 64];
-    let mut since_check = 0u32;
-    // Publish often enough that a reader sampling once per tick sees fresh figures.
+    let mut since_pump = 0u32;
     let publish_every = tick.min(Duration::from_millis(100));
     let mut next_publish = Instant::now() + publish_every;
     let mut draining_until: Option<Instant> = None;
@@ -121,16 +122,17 @@ pub async fn receive_loop(
         let timed_out = match sock.recv_from(&mut buf).await {
             Ok((n, _from)) => {
                 let _ = shard.on_datagram(&buf[..n], now_ns());
-                since_check += 1;
+                since_pump += 1;
                 false
             }
             Err(e) if is_timeout(&e) => true,
             Err(e) => return Err(to_io(e)),
         };
-        if !timed_out && since_check < 64 {
+        if !timed_out && since_pump < 32 {
             continue;
         }
-        since_check = 0;
+        since_pump = 0;
+        shard.pump();
         let now = Instant::now();
         if now >= next_publish {
             published.publish(shard.snapshot());
@@ -147,9 +149,8 @@ pub async fn receive_loop(
             _ => {}
         }
     }
-    let last = shard.snapshot();
-    published.publish(last);
-    Ok(last)
+    shard.pump();
+    Ok(())
 }
 
 fn is_timeout(e: &GlommioError<()>) -> bool {

@@ -2,17 +2,23 @@
 //! order. Read [`start`] to see the whole topology of a running klais.
 //!
 //! ```text
-//! UDP socket ──► shard 0 (glommio LocalExecutor, Placement::Fixed(shard_cpu))
-//!                  parse → sequence tracking → record ring (rtrb SPSC)
-//!                                                   │
-//!                                                   ▼
-//!                          output stage (thread pinned to output_cpu): sink
+//! XDP filter (xdp.iface) ─► queue i: AF_XDP socket i, or UDP socket i (SO_REUSEPORT)
+//!                              │
+//!                              ▼  glommio LocalExecutor, Placement::Fixed(shard_cpus[i])
+//!                           shard i: parse → owner? ──mesh ring (rtrb)──► shard j
+//!                                      admission → sequence tracking → overflow queue
+//!                              │
+//!                              ▼  one rtrb SPSC ring per shard
+//!                           output stage (thread pinned to output_cpu): sink
 //! ```
 //!
-//! Shutdown drains front to back: the stop flag ends the shard's receive loop
-//! after it has read what the kernel already queued; the shard drops its end of
-//! the ring; the output stage writes everything left in the ring and returns
-//! when the ring is empty and abandoned. Nothing accepted is left behind.
+//! Shutdown drains front to back: the stop flag ends each shard's receive
+//! loop after it has read what its queue already held (an AF_XDP socket is
+//! first unbound from the XSKMAP); each shard then closes its mesh rings,
+//! admits what peers still forward, and moves its overflow queue into the
+//! output ring; the output stage writes everything left and returns when every
+//! ring is finished; the XDP filter is detached last. Nothing accepted is left
+//! behind unless the output stalls for 5 s (then it is counted, loudly).
 
 pub mod placement;
 
@@ -25,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement as GlommioPlacement};
 
-use crate::config::{Config, SinkKind};
-use crate::handoff::{record_ring, RingError};
+use crate::config::{Backend, Config, SinkKind};
+use crate::handoff::{record_ring, RecordRx, RecordTx, RingError};
 use crate::ingest::udp::{self, UdpError};
-use crate::shard::{Shard, ShardSettings, ShardSnapshot};
+use crate::shard::{Shard, ShardRings, ShardSettings, ShardSnapshot};
 use crate::sink::{self, SinkError, SinkSnapshot, SinkTarget};
 use crate::telemetry::Published;
 use crate::wire::{ParseOptions, Reject};
@@ -72,6 +78,16 @@ pub enum RunError {
     /// The XDP filter could not be loaded or attached.
     #[error(transparent)]
     Xdp(#[from] crate::xdp::XdpError),
+    /// Fewer NIC queues than shards.
+    #[error("{iface} has {queues} receive queues but ingest.shards = {shards}; fix: lower ingest.shards or raise the queue count (`ethtool -L {iface} combined {shards}`)")]
+    Queues {
+        /// Interface.
+        iface: String,
+        /// Its receive queues.
+        queues: usize,
+        /// Shards configured.
+        shards: usize,
+    },
 }
 
 /// The XDP filter of a running klais: the loaded program and its attachment
@@ -82,7 +98,7 @@ struct KernelSide {
 }
 
 /// Final figures of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunSummary {
     /// Shard counters, summed.
     pub shards: ShardSnapshot,
@@ -100,13 +116,14 @@ pub struct RunSummary {
 pub struct Running {
     stop: Arc<AtomicBool>,
     abandon: Arc<AtomicBool>,
-    shard_done: Arc<AtomicBool>,
-    shard_stats: Arc<Published<ShardSnapshot>>,
+    shards_done: Vec<Arc<AtomicBool>>,
+    shard_stats: Vec<Arc<Published<ShardSnapshot>>>,
     sink_stats: Arc<Published<SinkSnapshot>>,
-    shard: glommio::ExecutorJoinHandle<std::io::Result<ShardSnapshot>>,
+    shards: Vec<glommio::ExecutorJoinHandle<std::io::Result<ShardSnapshot>>>,
     output: JoinHandle<Result<SinkSnapshot, SinkError>>,
     local_addr: SocketAddr,
     placement: Placement,
+    backend: Backend,
     recv_buffer_bytes: usize,
     started: Instant,
     kernel: Option<KernelSide>,
@@ -121,8 +138,9 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Raises RLIMIT_MEMLOCK for io_uring: to unlimited when allowed (root), else
-/// to the hard limit; fails with the fix when even that is below glommio's floor.
+/// Raises RLIMIT_MEMLOCK for io_uring and AF_XDP: to unlimited when allowed
+/// (root), else to the hard limit; fails with the fix when even that is below
+/// glommio's floor.
 pub fn ensure_memlock() -> Result<(), RunError> {
     use rlimit::Resource;
     let (soft, hard) = Resource::MEMLOCK.get().unwrap_or((0, 0));
@@ -147,10 +165,37 @@ pub fn ensure_memlock() -> Result<(), RunError> {
     })
 }
 
-/// Starts every core of klais for `cfg` (already validated) and returns at once.
-/// A listen port of 0 binds an ephemeral port (tests); see [`Running::local_addr`].
+/// Receive queues of a network interface (sysfs `queues/rx-*`).
+pub fn rx_queue_count(iface: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Everything one shard core takes with it.
+struct ShardSeed {
+    id: u16,
+    cpu: usize,
+    rings: ShardRings,
+    socket: Option<socket2::Socket>,
+}
+
+/// Starts every core of klais for `cfg` (already validated) and returns once
+/// every shard reports ready. A UDP listen port of 0 binds an ephemeral port
+/// (tests); see [`Running::local_addr`].
 pub fn start(cfg: &Config) -> Result<Running, RunError> {
     ensure_memlock()?;
+    let n = usize::from(cfg.ingest.shards.max(1));
+    let placement = placement::plan(
+        &placement::online_cpus()?,
+        n,
+        cfg.cores.shard_cpus.as_deref(),
+        cfg.cores.output_cpu,
+    )?;
     // The filter goes on first: if anything below fails, dropping `kernel`
     // detaches it again.
     let kernel = match &cfg.xdp.iface {
@@ -179,34 +224,102 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             })
         }
     };
-    let placement = placement::plan(
-        &placement::online_cpus()?,
-        cfg.cores.shard_cpu,
-        cfg.cores.output_cpu,
-    )?;
-    let bound = udp::bind(cfg.ingest.listen, cfg.ingest.recv_buffer_bytes)?;
-    let local_addr = bound
-        .socket
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(cfg.ingest.listen);
-    // The kernel reports twice what it books for payload; compare like with like.
-    if bound.recv_buffer_bytes < cfg.ingest.recv_buffer_bytes {
-        tracing::warn!(
-            asked = cfg.ingest.recv_buffer_bytes,
-            granted = bound.recv_buffer_bytes,
-            "receive buffer smaller than ingest.recv_buffer_bytes: raise net.core.rmem_max or run with CAP_NET_ADMIN"
-        );
+    let backend = cfg.ingest.backend;
+    if backend == Backend::AfXdp {
+        let iface = cfg.xdp.iface.clone().unwrap_or_default();
+        let queues = rx_queue_count(&iface);
+        if queues < n {
+            return Err(RunError::Queues {
+                iface,
+                queues,
+                shards: n,
+            });
+        }
     }
-    let (tx, rx) = record_ring(cfg.pipeline.ring_bytes, cfg.protocol.max_payload_bytes)?;
+
+    // Sockets (UDP): one per shard on the same address, SO_REUSEPORT.
+    let mut sockets = Vec::with_capacity(n);
+    let mut local_addr = cfg.ingest.listen;
+    let mut recv_buffer_bytes = 0;
+    if backend == Backend::Udp {
+        for i in 0..n {
+            let bound = udp::bind(local_addr, cfg.ingest.recv_buffer_bytes)?;
+            if i == 0 {
+                local_addr = bound
+                    .socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .unwrap_or(cfg.ingest.listen);
+                recv_buffer_bytes = bound.recv_buffer_bytes;
+                // The kernel reports twice what it books for payload.
+                if bound.recv_buffer_bytes < cfg.ingest.recv_buffer_bytes {
+                    tracing::warn!(
+                        asked = cfg.ingest.recv_buffer_bytes,
+                        granted = bound.recv_buffer_bytes,
+                        "receive buffer smaller than ingest.recv_buffer_bytes: raise net.core.rmem_max or run with CAP_NET_ADMIN"
+                    );
+                }
+            }
+            sockets.push(Some(bound.socket));
+        }
+    } else {
+        sockets.resize_with(n, || None);
+    }
+
+    // Rings: shard -> output, shard -> shard (the mesh), each shard's overflow.
+    let max_payload = cfg.protocol.max_payload_bytes;
+    let mut out_rx = Vec::with_capacity(n);
+    let mut out_tx = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (t, r) = record_ring(cfg.pipeline.ring_bytes, max_payload)?;
+        out_tx.push(t);
+        out_rx.push(r);
+    }
+    let mut mesh_tx: Vec<Vec<Option<RecordTx>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut mesh_rx: Vec<Vec<RecordRx>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, row) in mesh_tx.iter_mut().enumerate() {
+        for (j, slot) in row.iter_mut().enumerate() {
+            if i != j {
+                let (t, r) = record_ring(cfg.pipeline.mesh_bytes, max_payload)?;
+                *slot = Some(t);
+                mesh_rx[j].push(r);
+            }
+        }
+    }
+    let mut seeds = Vec::with_capacity(n);
+    for (i, ((out, mtx), (mrx, socket))) in out_tx
+        .into_iter()
+        .zip(mesh_tx)
+        .zip(mesh_rx.into_iter().zip(sockets))
+        .enumerate()
+    {
+        seeds.push(ShardSeed {
+            id: i as u16,
+            cpu: placement.shard_cpus[i],
+            rings: ShardRings {
+                out,
+                overflow: record_ring(cfg.pipeline.overflow_bytes, max_payload)?,
+                mesh_tx: mtx,
+                mesh_rx: mrx,
+            },
+            socket,
+        });
+    }
+
     let settings = ShardSettings {
         parse: ParseOptions {
-            max_payload: cfg.protocol.max_payload_bytes,
+            max_payload,
             validate_json: cfg.protocol.validate_json,
         },
         max_devices: cfg.sequence.max_devices,
         reset_window: cfg.sequence.reset_window,
+        admission: cfg.admission.shard_rate_pps.and_then(|pps| {
+            crate::xdp::Rate::new(pps, cfg.admission.shard_burst.unwrap_or(pps))
+                .ok()
+                .map(|r| r.gcra())
+        }),
     };
     let tick = Duration::from_millis(if cfg.telemetry.stats_interval_ms == 0 {
         1000
@@ -216,10 +329,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let abandon = Arc::new(AtomicBool::new(false));
-    let shard_done = Arc::new(AtomicBool::new(false));
-    let shard_stats = Published::<ShardSnapshot>::new();
     let sink_stats = Published::<SinkSnapshot>::new();
-
     let target = match cfg.output.sink {
         SinkKind::Stdout => SinkTarget::Stdout,
         SinkKind::File => SinkTarget::File(
@@ -238,7 +348,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             .spawn(move || {
                 // core_affinity only lists CPUs in the caller's mask; pin by id.
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-                sink::run(target, vec![rx], &stats, tick, &abandon)
+                sink::run(target, out_rx, &stats, tick, &abandon)
             })
             .map_err(|e| RunError::Core {
                 role: "output thread",
@@ -246,64 +356,200 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             })?
     };
 
-    let shard = {
-        let (stop, stats, done) = (stop.clone(), shard_stats.clone(), shard_done.clone());
-        let socket = bound.socket;
-        LocalExecutorBuilder::new(GlommioPlacement::Fixed(placement.shard_cpu))
-            .name("klais-shard-0")
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
+    let maps = kernel.as_ref().map(|k| k.program.maps_arc());
+    let mut shards = Vec::with_capacity(n);
+    let mut shards_done = Vec::with_capacity(n);
+    let mut shard_stats = Vec::with_capacity(n);
+    for seed in seeds {
+        let done = Arc::new(AtomicBool::new(false));
+        let stats = Published::<ShardSnapshot>::new();
+        shards_done.push(done.clone());
+        shard_stats.push(stats.clone());
+        let (stop, ready, maps) = (stop.clone(), ready_tx.clone(), maps.clone());
+        let iface = cfg.xdp.iface.clone().unwrap_or_default();
+        let xcfg = crate::ingest::af_xdp::XskConfig {
+            frames: cfg.ingest.af_xdp.frames,
+            frame_size: cfg.ingest.af_xdp.frame_size,
+            rx_ring: cfg.ingest.af_xdp.rx_ring,
+            batch: cfg.ingest.af_xdp.batch,
+        };
+        let shards_n = n as u16;
+        let handle = LocalExecutorBuilder::new(GlommioPlacement::Fixed(seed.cpu))
+            .name(&format!("klais-shard-{}", seed.id))
             .spawn(move || async move {
-                let r = match Shard::new(0, settings, tx) {
-                    Ok(mut shard) => {
-                        udp::receive_loop(socket, &mut shard, &stop, &stats, tick).await
-                    }
-                    Err(e) => Err(e),
-                };
+                let r = run_shard(
+                    seed, shards_n, settings, backend, &iface, xcfg, maps, &stop, &stats, tick,
+                    &ready,
+                )
+                .await;
                 done.store(true, Ordering::Relaxed);
                 r
-                // `shard` (and its ring end) drops here: the output stage sees
-                // the ring abandoned once it has drained it.
             })
             .map_err(|e| RunError::Core {
-                role: "shard 0 executor",
+                role: "shard executor",
                 reason: e.to_string(),
-            })?
-    };
+            })?;
+        shards.push(handle);
+    }
+    drop(ready_tx);
 
-    tracing::info!(
-        "klais {} listening on udp {} ({} KiB receive buffer); {}; ring {} KiB; sink {}",
-        env!("CARGO_PKG_VERSION"),
-        local_addr,
-        bound.recv_buffer_bytes / 1024,
-        placement,
-        cfg.pipeline.ring_bytes / 1024,
-        cfg.output.sink.name()
-    );
-    Ok(Running {
+    let running = Running {
         stop,
         abandon,
-        shard_done,
+        shards_done,
         shard_stats,
         sink_stats,
-        shard,
+        shards,
         output,
         local_addr,
         placement,
-        recv_buffer_bytes: bound.recv_buffer_bytes,
+        backend,
+        recv_buffer_bytes,
         started: Instant::now(),
         kernel,
-    })
+    };
+    // Every shard says it is receiving, or why it cannot.
+    for _ in 0..n {
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(reason)) => {
+                let _ = running.stop();
+                return Err(RunError::Core {
+                    role: "shard",
+                    reason,
+                });
+            }
+            Err(_) => {
+                let _ = running.stop();
+                return Err(RunError::Core {
+                    role: "shard",
+                    reason: "did not report ready within 30 s".into(),
+                });
+            }
+        }
+    }
+    tracing::info!(
+        "klais {} on {:?} backend, listening on {}; {}; ring {} KiB; sink {}",
+        env!("CARGO_PKG_VERSION"),
+        backend,
+        local_addr,
+        running.placement,
+        cfg.pipeline.ring_bytes / 1024,
+        cfg.output.sink.name()
+    );
+    Ok(running)
+}
+
+/// One shard core, from setup to the end of its drain.
+#[allow(clippy::too_many_arguments)]
+async fn run_shard(
+    seed: ShardSeed,
+    shards: u16,
+    settings: ShardSettings,
+    backend: Backend,
+    iface: &str,
+    xcfg: crate::ingest::af_xdp::XskConfig,
+    maps: Option<Arc<crate::xdp::KernelMaps>>,
+    stop: &AtomicBool,
+    stats: &Published<ShardSnapshot>,
+    tick: Duration,
+    ready: &std::sync::mpsc::Sender<Result<u16, String>>,
+) -> std::io::Result<ShardSnapshot> {
+    let id = seed.id;
+    let mut shard = match Shard::new(id, shards, settings, seed.rings) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id}: {e}")));
+            return Err(e);
+        }
+    };
+    match backend {
+        Backend::Udp => {
+            let Some(socket) = seed.socket else {
+                let _ = ready.send(Err(format!("shard {id}: no socket")));
+                return Err(std::io::Error::other("no socket"));
+            };
+            let _ = ready.send(Ok(id));
+            udp::receive_loop(socket, &mut shard, stop, stats, tick).await?;
+        }
+        Backend::AfXdp => {
+            let queue = u32::from(id);
+            let mut xsk = match crate::ingest::af_xdp::XskSocket::open(iface, queue, &xcfg) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+            };
+            let Some(maps) = maps else {
+                let _ = ready.send(Err("af_xdp needs the XDP filter (xdp.iface)".into()));
+                return Err(std::io::Error::other("no XDP program"));
+            };
+            if let Err(e) = maps.bind_socket(queue, xsk.fd()) {
+                let _ = ready.send(Err(e.to_string()));
+                return Err(std::io::Error::other(e.to_string()));
+            }
+            let _ = ready.send(Ok(id));
+            let not_udp = crate::ingest::af_xdp::receive_loop(
+                &mut xsk,
+                &mut shard,
+                stop,
+                stats,
+                tick,
+                || {
+                    let _ = maps.unbind_socket(queue);
+                },
+            )
+            .await;
+            if not_udp > 0 {
+                tracing::warn!(
+                    shard = id,
+                    frames = not_udp,
+                    "AF_XDP delivered frames that are not UDP"
+                );
+            }
+        }
+    }
+    // Receive has stopped: hand nothing more to peers, take what they still
+    // send, and move the overflow queue into the output ring.
+    shard.close_mesh();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        shard.pump();
+        if shard.mesh_finished() && shard.queued() == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let lost = shard.abandon_overflow();
+            if lost > 0 {
+                tracing::error!(shard = id, lost, "output stalled for 5 s during shutdown: queued messages dropped (counted as queue_full)");
+            }
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    shard.flush();
+    let last = shard.snapshot();
+    stats.publish(last);
+    Ok(last)
+    // `shard` drops here with its ring ends: the output stage sees them finished.
 }
 
 impl Running {
-    /// The address the shard socket is bound to.
+    /// The address the shard sockets are bound to (UDP backend).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
     /// Where the roles run.
-    pub fn placement(&self) -> Placement {
-        self.placement
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
-    /// Receive buffer the kernel granted.
+    /// The receive backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+    /// Receive buffer the kernel granted (UDP backend).
     pub fn recv_buffer_bytes(&self) -> usize {
         self.recv_buffer_bytes
     }
@@ -311,9 +557,17 @@ impl Running {
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
-    /// Latest published counters.
+    /// Latest published counters, summed over shards.
     pub fn snapshot(&self) -> (ShardSnapshot, SinkSnapshot) {
-        (self.shard_stats.read(), self.sink_stats.read())
+        let mut sum = ShardSnapshot::default();
+        for s in &self.shard_stats {
+            sum.add(&s.read());
+        }
+        (sum, self.sink_stats.read())
+    }
+    /// Latest published counters of each shard.
+    pub fn shard_snapshots(&self) -> Vec<ShardSnapshot> {
+        self.shard_stats.iter().map(|s| s.read()).collect()
     }
     /// The XDP attachment: (interface, mode the kernel accepted, stale program replaced).
     pub fn xdp(&self) -> Option<(String, crate::xdp::AttachMode, Option<u32>)> {
@@ -336,36 +590,42 @@ impl Running {
     /// True once a core has exited on its own (an I/O error): the caller
     /// should [`Running::stop`] to collect the error.
     pub fn has_exited(&self) -> bool {
-        self.output.is_finished() || self.shard_done.load(Ordering::Relaxed)
+        self.output.is_finished() || self.shards_done.iter().any(|d| d.load(Ordering::Relaxed))
     }
 
-    /// Stops receiving, drains everything accepted into the sink and returns
-    /// the final figures.
+    /// Stops receiving, drains everything accepted into the sink, detaches
+    /// the XDP filter and returns the final figures.
     pub fn stop(self) -> Result<RunSummary, RunError> {
         self.stop.store(true, Ordering::Relaxed);
-        let shard = self.shard.join();
-        // The shard is gone; if it died before dropping its ring end the output
-        // stage would wait forever: tell it to give up once the ring is empty.
+        let mut results = Vec::with_capacity(self.shards.len());
+        for h in self.shards {
+            results.push(h.join());
+        }
+        // Every shard is gone; if one died before dropping its ring ends the
+        // output stage would wait forever: tell it to stop once rings are empty.
         self.abandon.store(true, Ordering::Relaxed);
         let out = self.output.join().map_err(|_| RunError::Core {
             role: "output thread",
             reason: "panicked".into(),
         })?;
-        let shards = match shard {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(RunError::Core {
-                    role: "shard 0",
-                    reason: e.to_string(),
-                })
+        let mut shards = ShardSnapshot::default();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(Ok(s)) => shards.add(&s),
+                Ok(Err(e)) => {
+                    return Err(RunError::Core {
+                        role: "shard",
+                        reason: format!("shard {i}: {e}"),
+                    })
+                }
+                Err(e) => {
+                    return Err(RunError::Core {
+                        role: "shard executor",
+                        reason: format!("shard {i}: {e}"),
+                    })
+                }
             }
-            Err(e) => {
-                return Err(RunError::Core {
-                    role: "shard 0 executor",
-                    reason: e.to_string(),
-                })
-            }
-        };
+        }
         let sink = out?;
         let xdp = match self.kernel {
             Some(k) => {

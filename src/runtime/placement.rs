@@ -22,26 +22,37 @@ pub enum PlacementError {
     /// The online CPU list could not be read.
     #[error("cannot read the online CPU list ({0})")]
     Unreadable(String),
+    /// More shards than CPUs.
+    #[error("ingest.shards = {shards} but only CPUs {online} are online; fix: use at most that many shards")]
+    TooFewCpus {
+        /// Shards asked for.
+        shards: usize,
+        /// Online CPUs.
+        online: String,
+    },
 }
 
 /// Where the roles run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    /// CPU of shard 0.
-    pub shard_cpu: usize,
+    /// CPU of each shard, in shard order.
+    pub shard_cpus: Vec<usize>,
     /// CPU of the output (batcher) stage.
     pub output_cpu: usize,
 }
 
 impl fmt::Display for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "shard 0 on CPU {}, output on CPU {}",
-            self.shard_cpu, self.output_cpu
-        )?;
-        if self.shard_cpu == self.output_cpu {
-            write!(f, " (sharing one CPU: expect lower throughput)")?;
+        for (i, c) in self.shard_cpus.iter().enumerate() {
+            write!(f, "shard {i} on CPU {c}, ")?;
+        }
+        write!(f, "output on CPU {}", self.output_cpu)?;
+        if let Some(i) = self.shard_cpus.iter().position(|&c| c == self.output_cpu) {
+            write!(
+                f,
+                " (sharing CPU {} with shard {i}: expect lower throughput)",
+                self.output_cpu
+            )?;
         }
         Ok(())
     }
@@ -83,13 +94,15 @@ fn list_string(cpus: &[usize]) -> String {
         .join(",")
 }
 
-/// Chooses the placement: configured CPUs are checked, omitted ones chosen.
-/// The shard takes the highest online CPU (CPU 0 usually carries housekeeping
-/// and most IRQs); the output stage takes the lowest online CPU that is not the
-/// shard's, or shares the shard's CPU on a one-CPU machine.
+/// Chooses the placement for `shards` shards: configured CPUs are checked,
+/// omitted ones chosen. Shards take the highest online CPUs (CPU 0 usually
+/// carries housekeeping and IRQs), keeping off an explicitly placed output
+/// CPU; the output stage takes the lowest online CPU no shard uses, or shares
+/// one when every CPU runs a shard (said in the printed placement).
 pub fn plan(
     online: &[usize],
-    shard_cpu: Option<usize>,
+    shards: usize,
+    shard_cpus: Option<&[usize]>,
     output_cpu: Option<usize>,
 ) -> Result<Placement, PlacementError> {
     let check = |key: &'static str, cpu: usize| {
@@ -103,27 +116,48 @@ pub fn plan(
             })
         }
     };
-    let Some(&highest) = online.last() else {
+    if online.is_empty() {
         return Err(PlacementError::Unreadable("no CPU is online".into()));
-    };
-    let shard = match shard_cpu {
-        Some(c) => check("cores.shard_cpu", c)?,
-        None => match output_cpu {
-            // Keep off an explicitly placed output CPU when possible.
-            Some(o) if o == highest && online.len() > 1 => online[online.len() - 2],
-            _ => highest,
-        },
+    }
+    if let Some(o) = output_cpu {
+        check("cores.output_cpu", o)?;
+    }
+    let shard_cpus = match shard_cpus {
+        Some(list) => list
+            .iter()
+            .map(|&c| check("cores.shard_cpus", c))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => {
+            if shards > online.len() {
+                return Err(PlacementError::TooFewCpus {
+                    shards,
+                    online: list_string(online),
+                });
+            }
+            let mut pick: Vec<usize> = online
+                .iter()
+                .rev()
+                .copied()
+                .filter(|&c| Some(c) != output_cpu)
+                .take(shards)
+                .collect();
+            if pick.len() < shards {
+                // Every CPU is needed: the output's CPU too.
+                pick = online.iter().rev().copied().take(shards).collect();
+            }
+            pick
+        }
     };
     let output = match output_cpu {
-        Some(c) => check("cores.output_cpu", c)?,
+        Some(o) => o,
         None => online
             .iter()
             .copied()
-            .find(|&c| c != shard)
-            .unwrap_or(shard),
+            .find(|c| !shard_cpus.contains(c))
+            .unwrap_or(online[0]),
     };
     Ok(Placement {
-        shard_cpu: shard,
+        shard_cpus,
         output_cpu: output,
     })
 }
@@ -144,45 +178,51 @@ mod tests {
     }
 
     #[test]
-    fn on_two_cpus_the_shard_takes_cpu_1_and_the_output_cpu_0() {
+    fn on_two_cpus_one_shard_takes_cpu_1_and_the_output_cpu_0() {
         assert_eq!(
-            plan(&[0, 1], None, None).unwrap(),
+            plan(&[0, 1], 1, None, None).unwrap(),
             Placement {
-                shard_cpu: 1,
+                shard_cpus: vec![1],
                 output_cpu: 0
             }
         );
     }
 
     #[test]
-    fn one_cpu_is_shared_and_said_so() {
-        let p = plan(&[0], None, None).unwrap();
+    fn two_shards_on_two_cpus_share_cpu_0_with_the_output_and_say_so() {
+        let p = plan(&[0, 1], 2, None, None).unwrap();
         assert_eq!(
             p,
             Placement {
-                shard_cpu: 0,
+                shard_cpus: vec![1, 0],
                 output_cpu: 0
             }
         );
-        assert!(p.to_string().contains("sharing"));
+        assert!(p.to_string().contains("sharing CPU 0 with shard 1"), "{p}");
+    }
+
+    #[test]
+    fn more_shards_than_cpus_is_refused() {
+        let e = plan(&[0, 1], 3, None, None).unwrap_err().to_string();
+        assert!(e.contains("ingest.shards = 3"), "{e}");
     }
 
     #[test]
     fn an_offline_cpu_is_refused_naming_the_key() {
-        let e = plan(&[0, 1], Some(5), None).unwrap_err();
+        let e = plan(&[0, 1], 1, Some(&[5]), None).unwrap_err();
         assert!(
             e.to_string()
-                .starts_with("cores.shard_cpu = 5 is not an online CPU (online: 0,1)"),
+                .starts_with("cores.shard_cpus = 5 is not an online CPU (online: 0,1)"),
             "{e}"
         );
     }
 
     #[test]
-    fn an_explicit_output_cpu_pushes_the_automatic_shard_elsewhere() {
+    fn an_explicit_output_cpu_pushes_automatic_shards_elsewhere() {
         assert_eq!(
-            plan(&[0, 1, 2, 3], None, Some(3)).unwrap(),
+            plan(&[0, 1, 2, 3], 2, None, Some(3)).unwrap(),
             Placement {
-                shard_cpu: 2,
+                shard_cpus: vec![2, 1],
                 output_cpu: 3
             }
         );

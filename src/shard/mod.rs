@@ -1,19 +1,30 @@
 //! A shard: the per-core pipeline from a received datagram to a record in the
 //! ring toward the output (batcher) core.
 //!
-//! parse → sequence tracking → ring push. Pure logic plus the ring: the I/O
-//! that feeds it lives in `ingest/`. Per packet it allocates nothing, logs
-//! nothing and touches no shared atomics; it keeps plain counters and
-//! [`Shard::snapshot`] publishes them once per tick.
+//! ```text
+//! datagram ─► parse ─► owner = fnv1a64(id) % shards
+//!                        ├─ another shard: stage into the mesh ring to it ──► (its shard)
+//!                        └─ this shard: admission bucket ─► sequence tracking
+//!                                        ─► output ring, or the overflow queue when full
+//! mesh rings from the other shards ─► admission ─► sequence tracking ─► output
+//! ```
 //!
-//! Admission control (the Dam: token buckets, overflow queue) joins here with
-//! its own issue; until then a full ring drops with the `queue_full` counter.
+//! Pure logic plus rings: the I/O that feeds it lives in `ingest/`. Per packet
+//! it allocates nothing, logs nothing and touches no shared atomics: records to
+//! other cores are staged and published once per batch ([`Shard::pump`]), and
+//! counters are plain integers published by [`Shard::snapshot`] per tick.
+//!
+//! Backpressure never blocks receive: a full output ring sends records to the
+//! shard's bounded overflow queue (in arrival order; later records queue behind
+//! earlier ones so no device is reordered), and only a full overflow queue
+//! drops, counted as `queue_full`. The Dam issue replaces the overflow queue
+//! and the shard-wide bucket with the full Dam.
 
 mod seq;
 
 pub use seq::{SeqCounters, SeqEvent, SeqTracker, WINDOW as SEQ_WINDOW};
 
-use crate::handoff::{RecordMeta, RecordTx, FLAG_JSON_VALIDATED};
+use crate::handoff::{RecordMeta, RecordRx, RecordTx, FLAG_JSON_VALIDATED, RECORD_HEADER_LEN};
 use crate::wire::{self, ParseOptions, Reject, RejectCounters};
 
 /// Settings a shard needs, taken from the configuration.
@@ -25,17 +36,28 @@ pub struct ShardSettings {
     pub max_devices: usize,
     /// Sequence numbers at or below this, arriving behind, mean a restart.
     pub reset_window: u32,
+    /// Shard-wide admission: (interval ns, tolerance ns) of a GCRA bucket, or
+    /// None for no limit (`[admission]`).
+    pub admission: Option<(u64, u64)>,
 }
 
 /// Counters of one shard at one moment (published per tick).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardSnapshot {
-    /// Datagrams received.
+    /// Datagrams received from this shard's own queue.
     pub received: u64,
-    /// Bytes received.
+    /// Bytes received from this shard's own queue.
     pub received_bytes: u64,
-    /// Datagrams accepted and handed to the output stage.
+    /// Messages admitted (to the output ring or the overflow queue).
     pub accepted: u64,
+    /// Messages handed to the shard that owns their device.
+    pub forwarded_out: u64,
+    /// Messages other shards handed to this one.
+    pub forwarded_in: u64,
+    /// Messages waiting in the overflow queue now.
+    pub queued: u64,
+    /// Bytes waiting in the overflow queue now.
+    pub queued_bytes: u64,
     /// Rejects by reason.
     pub rejects: RejectCounters,
     /// Sequence tracking counters.
@@ -48,93 +70,270 @@ impl ShardSnapshot {
         self.received += o.received;
         self.received_bytes += o.received_bytes;
         self.accepted += o.accepted;
+        self.forwarded_out += o.forwarded_out;
+        self.forwarded_in += o.forwarded_in;
+        self.queued += o.queued;
+        self.queued_bytes += o.queued_bytes;
         self.rejects.add(&o.rejects);
         self.seq.add(&o.seq);
+    }
+}
+
+/// The rings a shard is wired to (made by the runtime's one wiring point).
+#[derive(Debug)]
+pub struct ShardRings {
+    /// To the output stage.
+    pub out: RecordTx,
+    /// The overflow queue: both ends stay on this shard.
+    pub overflow: (RecordTx, RecordRx),
+    /// To every other shard, indexed by shard id (None at this shard's index).
+    pub mesh_tx: Vec<Option<RecordTx>>,
+    /// From every other shard.
+    pub mesh_rx: Vec<RecordRx>,
+}
+
+/// What admission needs: everything but the mesh, so a record borrowed from a
+/// mesh ring can be admitted without copying it first.
+#[derive(Debug)]
+struct Owner {
+    id: u16,
+    settings: ShardSettings,
+    tracker: SeqTracker,
+    out: RecordTx,
+    ovf_tx: RecordTx,
+    /// GCRA theoretical arrival time of the shard-wide bucket.
+    tat: u64,
+    snap: ShardSnapshot,
+}
+
+impl Owner {
+    /// Admission, sequence tracking and hand-off for a message this shard owns.
+    #[inline]
+    fn admit(&mut self, hash: u64, meta: &RecordMeta, payload: &[u8]) -> Result<(), Reject> {
+        if let Some((interval, tolerance)) = self.settings.admission {
+            let now = meta.recv_ts_ns;
+            let t = self.tat.max(now);
+            if t - now > tolerance {
+                return Err(Reject::RateLimited);
+            }
+            self.tat = t + interval;
+        }
+        let ev = self.tracker.track(hash, meta.sequence);
+        if ev == SeqEvent::Duplicate {
+            return Err(Reject::DuplicateSequence);
+        }
+        let meta = RecordMeta {
+            seq_event: ev.code(),
+            shard: self.id,
+            ..*meta
+        };
+        // While the overflow queue holds anything, new records queue behind
+        // it: no device is reordered.
+        if self.snap.queued == 0 && self.out.stage(&meta, payload).is_ok() {
+            self.snap.accepted += 1;
+            return Ok(());
+        }
+        self.ovf_tx
+            .push(&meta, payload)
+            .map_err(|_| Reject::QueueFull)?;
+        self.snap.queued += 1;
+        self.snap.queued_bytes += (RECORD_HEADER_LEN + payload.len()) as u64;
+        self.snap.accepted += 1;
+        Ok(())
     }
 }
 
 /// One shard's pipeline state.
 #[derive(Debug)]
 pub struct Shard {
-    id: u16,
-    settings: ShardSettings,
-    tracker: SeqTracker,
-    tx: RecordTx,
-    received: u64,
-    received_bytes: u64,
-    accepted: u64,
-    rejects: RejectCounters,
+    shards: u64,
+    owner: Owner,
+    ovf_rx: RecordRx,
+    mesh_tx: Vec<Option<RecordTx>>,
+    mesh_rx: Vec<RecordRx>,
 }
 
 impl Shard {
-    /// A shard with its ring to the output stage. Allocates its device table
-    /// here; fails only when the kernel refuses that memory.
-    pub fn new(id: u16, settings: ShardSettings, tx: RecordTx) -> std::io::Result<Self> {
+    /// A shard with its rings. Allocates its device table here; fails only
+    /// when the kernel refuses that memory.
+    pub fn new(
+        id: u16,
+        shards: u16,
+        settings: ShardSettings,
+        rings: ShardRings,
+    ) -> std::io::Result<Self> {
         Ok(Self {
-            id,
-            settings,
-            tracker: SeqTracker::new(settings.max_devices, settings.reset_window)?,
-            tx,
-            received: 0,
-            received_bytes: 0,
-            accepted: 0,
-            rejects: RejectCounters::default(),
+            shards: u64::from(shards.max(1)),
+            owner: Owner {
+                id,
+                settings,
+                tracker: SeqTracker::new(settings.max_devices, settings.reset_window)?,
+                out: rings.out,
+                ovf_tx: rings.overflow.0,
+                tat: 0,
+                snap: ShardSnapshot::default(),
+            },
+            ovf_rx: rings.overflow.1,
+            mesh_tx: rings.mesh_tx,
+            mesh_rx: rings.mesh_rx,
         })
     }
 
-    /// Handles one datagram received at `recv_ts_ns`. Returns the reject reason
-    /// when it was not accepted (already counted).
+    /// A single shard wired only to the output (tests, benchmarks).
+    pub fn standalone(
+        settings: ShardSettings,
+        out: RecordTx,
+        overflow: (RecordTx, RecordRx),
+    ) -> std::io::Result<Self> {
+        Self::new(
+            0,
+            1,
+            settings,
+            ShardRings {
+                out,
+                overflow,
+                mesh_tx: vec![None],
+                mesh_rx: Vec::new(),
+            },
+        )
+    }
+
+    /// Shard index.
+    pub fn id(&self) -> u16 {
+        self.owner.id
+    }
+
+    /// Handles one datagram from this shard's queue, received at
+    /// `recv_ts_ns`. Returns the reject reason when it was refused (already
+    /// counted). A forwarded message returns Ok: its owner decides.
     #[inline]
-    pub fn on_datagram(&mut self, buf: &[u8], recv_ts_ns: u64) -> Result<SeqEvent, Reject> {
-        self.received += 1;
-        self.received_bytes += buf.len() as u64;
-        let r = self.process(buf, recv_ts_ns);
-        match r {
-            Ok(_) => self.accepted += 1,
-            Err(reason) => self.rejects.bump(reason),
+    pub fn on_datagram(&mut self, buf: &[u8], recv_ts_ns: u64) -> Result<(), Reject> {
+        self.owner.snap.received += 1;
+        self.owner.snap.received_bytes += buf.len() as u64;
+        let r = self.route(buf, recv_ts_ns);
+        if let Err(reason) = r {
+            self.owner.snap.rejects.bump(reason);
         }
         r
     }
 
     #[inline]
-    fn process(&mut self, buf: &[u8], recv_ts_ns: u64) -> Result<SeqEvent, Reject> {
-        let d = wire::parse(buf, &self.settings.parse)?;
-        let ev = self.tracker.track(d.device_hash(), d.sequence);
-        if ev == SeqEvent::Duplicate {
-            return Err(Reject::DuplicateSequence);
-        }
+    fn route(&mut self, buf: &[u8], recv_ts_ns: u64) -> Result<(), Reject> {
+        let d = wire::parse(buf, &self.owner.settings.parse)?;
+        let hash = d.device_hash();
         let meta = RecordMeta {
             raw_id: *d.raw_id,
             sequence: d.sequence,
             recv_ts_ns,
-            shard: self.id,
-            seq_event: ev.code(),
-            flags: if self.settings.parse.validate_json {
+            shard: self.owner.id,
+            seq_event: 0,
+            flags: if self.owner.settings.parse.validate_json {
                 FLAG_JSON_VALIDATED
             } else {
                 0
             },
         };
-        self.tx
-            .push(&meta, d.payload)
-            .map_err(|_| Reject::QueueFull)?;
-        Ok(ev)
+        let owner = (hash % self.shards) as usize;
+        if owner != usize::from(self.owner.id) {
+            let tx = self
+                .mesh_tx
+                .get_mut(owner)
+                .and_then(Option::as_mut)
+                .ok_or(Reject::QueueFull)?;
+            tx.stage(&meta, d.payload).map_err(|_| Reject::QueueFull)?;
+            self.owner.snap.forwarded_out += 1;
+            return Ok(());
+        }
+        self.owner.admit(hash, &meta, d.payload)
+    }
+
+    /// Work between receive batches: moves queued records to the output ring
+    /// as room allows, admits what other shards forwarded, and publishes every
+    /// staged record (one index store per ring per batch).
+    #[inline]
+    pub fn pump(&mut self) {
+        self.drain_overflow();
+        let owner = &mut self.owner;
+        for rx in self.mesh_rx.iter_mut() {
+            // Bounded per pump, so a busy peer cannot starve this shard's own queue.
+            for _ in 0..256 {
+                let Some((meta, payload)) = rx.pop() else {
+                    break;
+                };
+                owner.snap.forwarded_in += 1;
+                let hash = wire::device_hash(&meta.raw_id);
+                if let Err(reason) = owner.admit(hash, &meta, payload) {
+                    owner.snap.rejects.bump(reason);
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Publishes everything staged toward the output and the other shards.
+    #[inline]
+    pub fn flush(&mut self) {
+        self.owner.out.flush();
+        for tx in self.mesh_tx.iter_mut().flatten() {
+            tx.flush();
+        }
+    }
+
+    fn drain_overflow(&mut self) {
+        let owner = &mut self.owner;
+        while owner.snap.queued > 0 {
+            let moved = self
+                .ovf_rx
+                .pop_if(|meta, payload| owner.out.stage(meta, payload).is_ok());
+            match moved {
+                Some(true) => {
+                    owner.snap.queued -= 1;
+                    // `pop_if` does not give the size back; the queue's byte
+                    // count is recomputed from the ring below.
+                }
+                _ => break,
+            }
+        }
+        owner.snap.queued_bytes = self.ovf_rx.queued_bytes() as u64;
+    }
+
+    /// Stops forwarding: drops this shard's ends of the mesh rings, so their
+    /// owners see them finished once drained. Called when receive has stopped.
+    pub fn close_mesh(&mut self) {
+        self.flush();
+        for tx in self.mesh_tx.iter_mut() {
+            tx.take();
+        }
+    }
+
+    /// True when every peer has closed its ring to this shard and it is empty.
+    pub fn mesh_finished(&self) -> bool {
+        self.mesh_rx.iter().all(RecordRx::is_finished)
+    }
+
+    /// Messages still in the overflow queue.
+    pub fn queued(&self) -> u64 {
+        self.owner.snap.queued
+    }
+
+    /// Counts the remaining overflow as dropped (`queue_full`) at the end of a
+    /// shutdown that could not deliver it; returns how many. Loud by design.
+    pub fn abandon_overflow(&mut self) -> u64 {
+        let n = self.owner.snap.queued;
+        for _ in 0..n {
+            self.owner.snap.rejects.bump(Reject::QueueFull);
+        }
+        self.owner.snap.accepted -= n;
+        self.owner.snap.queued = 0;
+        n
     }
 
     /// The counters now.
     pub fn snapshot(&self) -> ShardSnapshot {
         ShardSnapshot {
-            received: self.received,
-            received_bytes: self.received_bytes,
-            accepted: self.accepted,
-            rejects: self.rejects,
-            seq: *self.tracker.counters(),
+            seq: *self.owner.tracker.counters(),
+            ..self.owner.snap
         }
-    }
-
-    /// Shard index.
-    pub fn id(&self) -> u16 {
-        self.id
     }
 }
 
@@ -144,17 +343,30 @@ mod tests {
     use crate::handoff::{record_ring, RecordRx};
     use crate::wire::{encode, HEADER_LEN};
 
-    fn shard(validate_json: bool, ring_bytes: usize) -> (Shard, RecordRx) {
-        let (tx, rx) = record_ring(ring_bytes, 1024).unwrap();
-        let settings = ShardSettings {
+    fn settings(validate_json: bool) -> ShardSettings {
+        ShardSettings {
             parse: ParseOptions {
                 max_payload: 1024,
                 validate_json,
             },
             max_devices: 1024,
             reset_window: 4,
-        };
-        (Shard::new(0, settings, tx).unwrap(), rx)
+            admission: None,
+        }
+    }
+
+    fn shard_with(
+        settings: ShardSettings,
+        ring_bytes: usize,
+        overflow_bytes: usize,
+    ) -> (Shard, RecordRx) {
+        let (tx, rx) = record_ring(ring_bytes, 1024).unwrap();
+        let ovf = record_ring(overflow_bytes, 1024).unwrap();
+        (Shard::standalone(settings, tx, ovf).unwrap(), rx)
+    }
+
+    fn shard(validate_json: bool, ring_bytes: usize) -> (Shard, RecordRx) {
+        shard_with(settings(validate_json), ring_bytes, 4 * (40 + 1024))
     }
 
     fn dgram(id: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
@@ -163,20 +375,30 @@ mod tests {
         b
     }
 
+    fn drain(rx: &mut RecordRx) -> Vec<(String, u32)> {
+        std::iter::from_fn(|| {
+            rx.pop()
+                .map(|(m, _)| (m.device_id().to_string(), m.sequence))
+        })
+        .collect()
+    }
+
     #[test]
-    fn accepted_messages_reach_the_ring_with_their_metadata() {
+    fn accepted_messages_reach_the_ring_with_their_metadata_after_pump() {
         let (mut s, mut rx) = shard(true, 1 << 16);
-        assert_eq!(s.on_datagram(&dgram("a", 1, b"{}"), 77), Ok(SeqEvent::New));
-        assert_eq!(
-            s.on_datagram(&dgram("a", 2, b"[1]"), 78),
-            Ok(SeqEvent::InOrder)
-        );
+        assert_eq!(s.on_datagram(&dgram("a", 1, b"{}"), 77), Ok(()));
+        assert_eq!(s.on_datagram(&dgram("a", 2, b"[1]"), 78), Ok(()));
+        assert!(rx.pop().is_none(), "staged until the batch ends");
+        s.pump();
         let (m, p) = rx.pop().unwrap();
         assert_eq!(
             (m.device_id(), m.sequence, m.recv_ts_ns, p),
             ("a", 1, 77, &b"{}"[..])
         );
-        assert_eq!(m.flags, FLAG_JSON_VALIDATED);
+        assert_eq!(
+            (m.flags, m.seq_event),
+            (FLAG_JSON_VALIDATED, SeqEvent::New.code())
+        );
         let (m, p) = rx.pop().unwrap();
         assert_eq!(
             (m.sequence, m.seq_event, p),
@@ -211,7 +433,7 @@ mod tests {
             s.on_datagram(&dgram("a", 5, b"{}"), 0),
             Err(Reject::DuplicateSequence)
         );
-
+        s.pump();
         let snap = s.snapshot();
         assert_eq!(snap.rejects.get(Reject::TooShort), 2);
         assert_eq!(snap.rejects.get(Reject::BadMagic), 2);
@@ -226,28 +448,138 @@ mod tests {
         }
         assert_eq!(snap.received, cases.len() as u64 + 2);
         assert_eq!(snap.accepted, 1);
-        assert_eq!(rx.pop().unwrap().0.sequence, 5);
-        assert!(
-            rx.pop().is_none(),
+        assert_eq!(
+            drain(&mut rx),
+            vec![("a".to_string(), 5)],
             "rejected datagrams never reach the ring"
         );
     }
 
     #[test]
-    fn a_full_ring_counts_queue_full_and_keeps_receiving() {
+    fn a_full_ring_queues_in_order_then_drops_only_when_the_queue_is_full() {
+        // Output ring holds 2 records, overflow 4.
         let (mut s, mut rx) = shard(false, 2 * (40 + 1024));
         let payload = [b'x'; 1000];
-        let mut accepted = 0;
         for seq in 0..10 {
-            if s.on_datagram(&dgram("a", seq, &payload), 0).is_ok() {
-                accepted += 1;
+            let _ = s.on_datagram(&dgram("a", seq, &payload), 0);
+        }
+        s.pump();
+        let snap = s.snapshot();
+        assert_eq!(snap.accepted, 6, "2 in the ring + 4 queued");
+        assert_eq!(snap.queued, 4);
+        assert_eq!(snap.rejects.get(Reject::QueueFull), 4);
+        // As the output drains, the queue moves up, in order.
+        let mut got = drain(&mut rx);
+        s.pump();
+        got.extend(drain(&mut rx));
+        s.pump();
+        got.extend(drain(&mut rx));
+        assert_eq!(
+            got.iter().map(|g| g.1).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4, 5]
+        );
+        assert_eq!(s.snapshot().queued, 0);
+        // And new messages flow straight to the ring again.
+        s.on_datagram(&dgram("a", 10, &payload), 0).unwrap();
+        s.pump();
+        assert_eq!(drain(&mut rx), vec![("a".to_string(), 10)]);
+    }
+
+    #[test]
+    fn the_shard_bucket_admits_its_burst_then_its_rate() {
+        let mut st = settings(false);
+        st.admission = Some((1_000_000, 2_000_000)); // 1000/s, burst 3
+        let (mut s, _rx) = shard_with(st, 1 << 16, 1 << 14);
+        let t0 = 1_000_000_000;
+        let at = |s: &mut Shard, seq: u32, t: u64| s.on_datagram(&dgram("a", seq, b"{}"), t);
+        assert!(at(&mut s, 0, t0).is_ok());
+        assert!(at(&mut s, 1, t0).is_ok());
+        assert!(at(&mut s, 2, t0).is_ok());
+        assert_eq!(at(&mut s, 3, t0), Err(Reject::RateLimited));
+        assert!(at(&mut s, 4, t0 + 1_000_000).is_ok(), "one interval later");
+    }
+
+    /// Two shards wired to each other as the runtime does.
+    fn pair() -> (Shard, Shard, RecordRx, RecordRx) {
+        let (o0, r0) = record_ring(1 << 16, 1024).unwrap();
+        let (o1, r1) = record_ring(1 << 16, 1024).unwrap();
+        let (m01, m01r) = record_ring(1 << 16, 1024).unwrap();
+        let (m10, m10r) = record_ring(1 << 16, 1024).unwrap();
+        let s0 = Shard::new(
+            0,
+            2,
+            settings(false),
+            ShardRings {
+                out: o0,
+                overflow: record_ring(1 << 14, 1024).unwrap(),
+                mesh_tx: vec![None, Some(m01)],
+                mesh_rx: vec![m10r],
+            },
+        )
+        .unwrap();
+        let s1 = Shard::new(
+            1,
+            2,
+            settings(false),
+            ShardRings {
+                out: o1,
+                overflow: record_ring(1 << 14, 1024).unwrap(),
+                mesh_tx: vec![Some(m10), None],
+                mesh_rx: vec![m01r],
+            },
+        )
+        .unwrap();
+        (s0, s1, r0, r1)
+    }
+
+    #[test]
+    fn messages_on_the_wrong_shard_reach_their_owner_once_and_in_order() {
+        let (mut s0, mut s1, mut r0, mut r1) = pair();
+        // Everything arrives on shard 0's queue.
+        for seq in 0..20 {
+            for d in 0..8 {
+                s0.on_datagram(&dgram(&format!("dev-{d}"), seq, b"{}"), 1)
+                    .unwrap();
             }
         }
-        let snap = s.snapshot();
-        assert_eq!(snap.accepted, accepted);
-        assert_eq!(snap.rejects.get(Reject::QueueFull), 10 - accepted);
-        // Draining makes room again.
-        while rx.pop().is_some() {}
-        assert!(s.on_datagram(&dgram("a", 10, &payload), 0).is_ok());
+        s0.pump();
+        s1.pump();
+        let (a, b) = (s0.snapshot(), s1.snapshot());
+        assert!(
+            a.forwarded_out > 0 && a.forwarded_out < 160,
+            "both shards own some devices"
+        );
+        assert_eq!(a.forwarded_out, b.forwarded_in);
+        assert_eq!(a.accepted + b.accepted, 160);
+        assert_eq!(a.received, 160);
+        let mut all = drain(&mut r0);
+        let on_1 = drain(&mut r1);
+        for (dev, _) in &on_1 {
+            let h = wire::device_hash(&wire::raw_device_id(dev).unwrap());
+            assert_eq!(h % 2, 1, "{dev} delivered by its owner");
+        }
+        all.extend(on_1);
+        for d in 0..8 {
+            let seqs: Vec<u32> = all
+                .iter()
+                .filter(|g| g.0 == format!("dev-{d}"))
+                .map(|g| g.1)
+                .collect();
+            assert_eq!(
+                seqs,
+                (0..20).collect::<Vec<_>>(),
+                "dev-{d}: once each, in order"
+            );
+        }
+    }
+
+    #[test]
+    fn closing_the_mesh_lets_peers_see_it_finished() {
+        let (mut s0, mut s1, _r0, _r1) = pair();
+        assert!(!s1.mesh_finished());
+        s0.close_mesh();
+        s1.pump();
+        assert!(s1.mesh_finished());
+        assert!(!s0.mesh_finished());
     }
 }

@@ -45,13 +45,16 @@ pub enum Reject {
     PayloadNotJson = 5,
     /// The device sent this sequence number already (shard sequence tracking).
     DuplicateSequence = 6,
-    /// The hand-off ring to the output stage had no room.
+    /// The hand-off ring to the output stage and the shard's overflow queue
+    /// (or the ring to the owning shard) had no room.
     QueueFull = 7,
+    /// Over the shard's admission rate (`admission.shard_rate_pps`).
+    RateLimited = 8,
 }
 
 impl Reject {
     /// Every reason, in counter order.
-    pub const ALL: [Reject; 8] = [
+    pub const ALL: [Reject; 9] = [
         Reject::TooShort,
         Reject::BadMagic,
         Reject::DeviceIdEmpty,
@@ -60,6 +63,7 @@ impl Reject {
         Reject::PayloadNotJson,
         Reject::DuplicateSequence,
         Reject::QueueFull,
+        Reject::RateLimited,
     ];
 
     /// Stable snake_case name, used in counters, metrics and summaries.
@@ -73,6 +77,7 @@ impl Reject {
             Reject::PayloadNotJson => "payload_not_json",
             Reject::DuplicateSequence => "duplicate_sequence",
             Reject::QueueFull => "queue_full",
+            Reject::RateLimited => "rate_limited",
         }
     }
 }

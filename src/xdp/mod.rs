@@ -522,7 +522,7 @@ fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
 /// The loaded XDP filter.
 pub struct XdpProgram {
     skel: skel::KlaisSkel<'static>,
-    maps: KernelMaps,
+    maps: std::sync::Arc<KernelMaps>,
 }
 
 impl std::fmt::Debug for XdpProgram {
@@ -583,7 +583,10 @@ impl XdpProgram {
             events: handle(&skel.maps.events, "events")?,
             xsks: Some(handle(&skel.maps.xsks, "xsks")?),
         };
-        let prog = Self { skel, maps };
+        let prog = Self {
+            skel,
+            maps: std::sync::Arc::new(maps),
+        };
         prog.maps.set_limits(limits, possible_cpus())?;
         Ok(prog)
     }
@@ -591,6 +594,12 @@ impl XdpProgram {
     /// The program's maps.
     pub fn maps(&self) -> &KernelMaps {
         &self.maps
+    }
+
+    /// The program's maps, shareable with the shard cores (they bind their
+    /// AF_XDP sockets; the control core writes limits).
+    pub fn maps_arc(&self) -> std::sync::Arc<KernelMaps> {
+        self.maps.clone()
     }
 
     /// Runs the program on `frame` through `BPF_PROG_TEST_RUN`, `repeat` times;
