@@ -381,7 +381,10 @@ mod tests {
         tx.push(&meta(1), b"one").unwrap();
         tx.push(&meta(2), b"two").unwrap();
         assert_eq!(
-            rx.pop_if(|m, p| m.sequence == 1 && p == b"one" && false),
+            rx.pop_if(|m, p| {
+                assert_eq!((m.sequence, p), (1, &b"one"[..]));
+                false
+            }),
             Some(false)
         );
         assert_eq!(rx.pop_if(|m, _| m.sequence == 1), Some(true));
