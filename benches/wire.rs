@@ -19,7 +19,7 @@ use klais::wire::{self, ParseOptions, HEADER_LEN};
 
 const DEVICES: usize = 10_000;
 
-/// The traffic: 10,000 raw ids and one 200-byte datagram (178-byte JSON payload).
+/// The traffic: N raw ids and one 200-byte datagram (178-byte JSON payload).
 struct Traffic {
     ids: Vec<[u8; 16]>,
     buf: Vec<u8>,
@@ -29,7 +29,11 @@ struct Traffic {
 
 impl Traffic {
     fn new() -> Self {
-        let ids = (0..DEVICES)
+        Self::with_devices(DEVICES)
+    }
+
+    fn with_devices(devices: usize) -> Self {
+        let ids = (0..devices)
             .map(|i| wire::raw_device_id(&format!("dev-{i:08}")).unwrap())
             .collect();
         let mut payload = String::from(
@@ -58,7 +62,7 @@ impl Traffic {
         self.buf[2..18].copy_from_slice(&self.ids[self.next]);
         self.buf[18..22].copy_from_slice(&self.round.to_be_bytes());
         self.next += 1;
-        if self.next == DEVICES {
+        if self.next == self.ids.len() {
             self.next = 0;
             self.round += 1;
         }
@@ -116,17 +120,8 @@ fn bench_parts(c: &mut Criterion) {
 fn bench_shard_step(c: &mut Criterion) {
     let mut t = Traffic::new();
     let (tx, mut rx) = record_ring(1 << 20, 1400).unwrap();
-    let settings = ShardSettings {
-        parse: ParseOptions {
-            max_payload: 1400,
-            validate_json: false,
-        },
-        max_devices: 1 << 20,
-        reset_window: 4,
-        admission: None,
-    };
     let overflow = record_ring(1 << 16, 1400).unwrap();
-    let mut shard = Shard::standalone(settings, tx, overflow).unwrap();
+    let mut shard = Shard::standalone(shard_settings(), tx, overflow).unwrap();
     let mut g = c.benchmark_group("shard_per_message");
     g.throughput(Throughput::Elements(1));
     g.bench_function("shard_step_200B_with_ring_push_pop", |b| {
@@ -136,6 +131,102 @@ fn bench_shard_step(c: &mut Criterion) {
             // the worst case.
             shard.pump();
             black_box(rx.pop().map(|(m, p)| (m.sequence, p.len())))
+        })
+    });
+    g.finish();
+}
+
+fn shard_settings() -> ShardSettings {
+    ShardSettings {
+        parse: ParseOptions {
+            max_payload: 1400,
+            validate_json: false,
+        },
+        max_devices: 1 << 20,
+        reset_window: 4,
+        admission: None,
+    }
+}
+
+/// Issue 4's figure: the shard pipeline without I/O, 100,000 active devices,
+/// a receive batch of 32 prefetched then processed and published at once, as
+/// the AF_XDP loop does; the output ring drained by the same thread.
+fn bench_shard_pipeline_100k(c: &mut Criterion) {
+    let mut t = Traffic::with_devices(100_000);
+    // The default pipeline.ring_bytes.
+    let (tx, mut rx) = record_ring(16 << 20, 1400).unwrap();
+    let mut shard =
+        Shard::standalone(shard_settings(), tx, record_ring(1 << 16, 1400).unwrap()).unwrap();
+    let mut g = c.benchmark_group("shard_pipeline");
+    g.throughput(Throughput::Elements(32));
+    // A receive batch: 32 datagrams present at once, as in an AF_XDP RX ring.
+    let mut batch = vec![[0u8; 200]; 32];
+    g.bench_function("batch_of_32_200B_100k_devices", |b| {
+        b.iter(|| {
+            for slot in batch.iter_mut() {
+                slot.copy_from_slice(t.recv());
+            }
+            for slot in batch.iter() {
+                shard.prefetch(slot);
+            }
+            for slot in batch.iter() {
+                let _ = black_box(shard.on_datagram(black_box(slot), 1));
+            }
+            shard.pump();
+            while let Some((m, _)) = rx.pop() {
+                black_box(m.sequence);
+            }
+        })
+    });
+    g.finish();
+}
+
+/// The cross-shard path: every message arrives on shard 0 for a device shard 1
+/// owns, crosses the mesh ring, and shard 1 admits it; per batch of 32.
+fn bench_cross_shard(c: &mut Criterion) {
+    let ids: Vec<[u8; 16]> = (0..200_000)
+        .map(|i| wire::raw_device_id(&format!("dev-{i:08}")).unwrap())
+        .filter(|id| wire::device_hash(id) % 2 == 1)
+        .take(10_000)
+        .collect();
+    let mut t = Traffic::new();
+    t.ids = ids;
+    let (o0, _r0) = record_ring(1 << 22, 1400).unwrap();
+    let (o1, mut r1) = record_ring(1 << 22, 1400).unwrap();
+    let (m01, m01r) = record_ring(1 << 20, 1400).unwrap();
+    let (m10, m10r) = record_ring(1 << 20, 1400).unwrap();
+    let rings = |out, tx: Vec<Option<klais::handoff::RecordTx>>, rx| klais::shard::ShardRings {
+        out,
+        overflow: record_ring(1 << 16, 1400).unwrap(),
+        mesh_tx: tx,
+        mesh_rx: vec![rx],
+    };
+    let mut s0 = Shard::new(
+        0,
+        2,
+        shard_settings(),
+        rings(o0, vec![None, Some(m01)], m10r),
+    )
+    .unwrap();
+    let mut s1 = Shard::new(
+        1,
+        2,
+        shard_settings(),
+        rings(o1, vec![Some(m10), None], m01r),
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("shard_pipeline");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("cross_shard_batch_of_32_200B", |b| {
+        b.iter(|| {
+            for _ in 0..32 {
+                let _ = black_box(s0.on_datagram(black_box(t.recv()), 1));
+            }
+            s0.pump();
+            s1.pump();
+            while let Some((m, _)) = r1.pop() {
+                black_box(m.sequence);
+            }
         })
     });
     g.finish();
@@ -167,6 +258,8 @@ criterion_group!(
     bench_parse_hash_track,
     bench_parts,
     bench_shard_step,
+    bench_shard_pipeline_100k,
+    bench_cross_shard,
     bench_json_validators
 );
 criterion_main!(benches);

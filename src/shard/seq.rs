@@ -165,6 +165,19 @@ impl SeqTracker {
         &self.counters
     }
 
+    /// Starts loading the device's set into cache. Receive loops call this for
+    /// a whole batch before tracking it, so the cache misses of a large device
+    /// population overlap instead of queueing one behind the other.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        let key = if hash == 0 { 1 } else { hash };
+        let idx = (key.rotate_left(32) as usize) & self.set_mask;
+        let sets: &[Set] = bytemuck::cast_slice(&self.table[..]);
+        if let Some(set) = sets.get(idx) {
+            prefetch_line((set as *const Set).cast());
+        }
+    }
+
     /// Classifies `seq` for the device with FNV-1a hash `hash` and updates its
     /// state. Duplicates leave the state unchanged.
     #[inline]
@@ -204,6 +217,18 @@ impl SeqTracker {
         count(&mut self.counters, ev);
         ev
     }
+}
+
+#[inline]
+fn prefetch_line(p: *const i8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it never faults, even for an invalid
+    // address, and SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// `slot` = (highest, seen window).
