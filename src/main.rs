@@ -119,6 +119,10 @@ struct RunArgs {
     /// Stop by itself after this many seconds (default: run until a signal).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     duration: Option<f64>,
+    /// Print the running topology (cores, queues, rings, XDP) at start.
+    /// `-v` prints it too.
+    #[arg(long)]
+    print_topology: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -208,7 +212,12 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(errs) => return config_errors(&errs),
             };
-            run(&cfg, args.duration.map(Duration::from_secs_f64), None)
+            run(
+                &cfg,
+                args.duration.map(Duration::from_secs_f64),
+                None,
+                args.print_topology || cli.verbose > 0,
+            )
         }
         Command::Gen(args) => {
             let spec = spec_from(&args.traffic, args.to, Some(args.duration), args.count);
@@ -453,7 +462,12 @@ fn register_signals(stop: &Arc<AtomicBool>) {
 
 /// Runs until a signal, `duration`, or `until` turns true; prints live figures
 /// and the summary. Returns the exit code.
-fn run(cfg: &Config, duration: Option<Duration>, until: Option<&AtomicBool>) -> ExitCode {
+fn run(
+    cfg: &Config,
+    duration: Option<Duration>,
+    until: Option<&AtomicBool>,
+    topology: bool,
+) -> ExitCode {
     let running = match runtime::start(cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -475,9 +489,13 @@ fn run(cfg: &Config, duration: Option<Duration>, until: Option<&AtomicBool>) -> 
             eprintln!("XDP: off (no xdp.iface configured); all filtering happens in user space")
         }
     }
+    if topology {
+        eprint!("{}", runtime::topology_text(&running, cfg));
+    }
     eprintln!(
-        "klais listening on udp {} ({}); output: {}. Ctrl-C stops and drains.",
+        "klais listening on {} ({} backend, {}); output: {}. Ctrl-C stops and drains.",
         running.local_addr(),
+        cfg.ingest.backend.name(),
         running.placement(),
         cfg.output.sink.name()
     );

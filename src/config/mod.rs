@@ -755,6 +755,16 @@ impl Config {
     }
 }
 
+impl Backend {
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Udp => "udp",
+            Backend::AfXdp => "af_xdp",
+        }
+    }
+}
+
 impl SinkKind {
     /// The name used in the configuration.
     pub fn name(self) -> &'static str {

@@ -692,6 +692,52 @@ impl Running {
     }
 }
 
+/// The topology of a running klais: every core, queue and ring.
+pub fn topology_text(r: &Running, cfg: &Config) -> String {
+    let n = r.placement.shard_cpus.len();
+    let mut t = String::from("topology:\n");
+    match r.xdp() {
+        Some((iface, mode, _)) => t.push_str(&format!(
+            "  xdp filter   on {iface} ({mode} mode), ports {:?}\n",
+            cfg.xdp.effective_ports(&cfg.ingest.listen)
+        )),
+        None => t.push_str("  xdp filter   off\n"),
+    }
+    for (i, cpu) in r.placement.shard_cpus.iter().enumerate() {
+        let queue = match r.backend {
+            Backend::Udp => format!("udp socket {i} on {} (SO_REUSEPORT)", r.local_addr),
+            Backend::AfXdp => format!(
+                "af_xdp socket on {} queue {i} ({} frames x {} B)",
+                cfg.xdp.iface.as_deref().unwrap_or("?"),
+                cfg.ingest.af_xdp.frames,
+                cfg.ingest.af_xdp.frame_size
+            ),
+        };
+        t.push_str(&format!(
+            "  shard {i}      CPU {cpu}: {queue}; owns devices with fnv1a64(id) % {n} == {i}\n"
+        ));
+        t.push_str(&format!(
+            "               rings: -> output {} KiB, overflow {} KiB{}\n",
+            cfg.pipeline.ring_bytes / 1024,
+            cfg.pipeline.overflow_bytes / 1024,
+            if n > 1 {
+                format!(
+                    ", -> each other shard {} KiB",
+                    cfg.pipeline.mesh_bytes / 1024
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    t.push_str(&format!(
+        "  output       CPU {}: sink {}\n",
+        r.placement.output_cpu,
+        cfg.output.sink.name()
+    ));
+    t
+}
+
 /// One line of live figures: rates over the last interval and totals.
 pub fn live_line(
     elapsed: Duration,
@@ -744,6 +790,10 @@ pub fn summary_text(s: &RunSummary) -> String {
         sh.received, sh.received_bytes
     ));
     t.push_str(&format!("  accepted            {:>12}\n", sh.accepted));
+    t.push_str(&format!(
+        "  forwarded to owner  {:>12}  (between shards; counted once, at the owner)\n",
+        sh.forwarded_out
+    ));
     t.push_str(&format!("  written by sink     {:>12}\n", s.sink.records));
     t.push_str(&format!(
         "  rejected            {:>12}\n",
