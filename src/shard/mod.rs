@@ -296,7 +296,11 @@ impl Shard {
         }
     }
 
+    #[inline]
     fn drain_overflow(&mut self) {
+        if self.owner.snap.queued == 0 {
+            return;
+        }
         let owner = &mut self.owner;
         while owner.snap.queued > 0 {
             let moved = self
