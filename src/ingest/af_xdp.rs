@@ -262,6 +262,16 @@ impl XskSocket {
         n
     }
 
+    /// Frames the kernel could not deliver to this socket (RX ring full, or no
+    /// free frame in the fill ring), from XDP_STATISTICS. The shard never saw
+    /// them; they are counted so such loss is never silent.
+    pub fn kernel_drops(&self) -> u64 {
+        self.user
+            .statistics_v2()
+            .map(|s| s.rx_dropped + s.rx_ring_full + s.rx_invalid_descs)
+            .unwrap_or(0)
+    }
+
     /// Number of UMEM frames (for diagnostics).
     pub fn umem_frames(&self) -> u32 {
         self.umem.len_frames()
@@ -310,6 +320,7 @@ pub async fn receive_loop(
         if polls % 64 == 0 || idle > 0 {
             let now = Instant::now();
             if now >= next_publish {
+                shard.set_queue_drops(xsk.kernel_drops());
                 published.publish(shard.snapshot());
                 next_publish = now + publish_every;
             }
@@ -341,6 +352,7 @@ pub async fn receive_loop(
             glommio::timer::sleep(Duration::from_millis(2)).await;
         }
     }
+    shard.set_queue_drops(xsk.kernel_drops());
     not_udp
 }
 

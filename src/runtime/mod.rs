@@ -809,6 +809,15 @@ pub fn summary_text(s: &RunSummary) -> String {
     ));
     if let Some(x) = &s.xdp {
         t.push_str(&xdp_counters_text(x));
+        let redirected = x.get(crate::xdp::Verdict::Redirect);
+        if redirected > sh.received {
+            t.push_str(&format!(
+                "  LOST between the XDP redirect and the shards: {} (redirected {}, received {}; the AF_XDP sockets could not take them)\n",
+                redirected - sh.received,
+                redirected,
+                sh.received
+            ));
+        }
     }
     t
 }

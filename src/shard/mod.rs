@@ -58,6 +58,9 @@ pub struct ShardSnapshot {
     pub queued: u64,
     /// Bytes waiting in the overflow queue now.
     pub queued_bytes: u64,
+    /// Datagrams the kernel dropped at this shard's queue before the shard
+    /// could see them (AF_XDP ring full / no free frame).
+    pub queue_drops: u64,
     /// Rejects by reason.
     pub rejects: RejectCounters,
     /// Sequence tracking counters.
@@ -74,6 +77,7 @@ impl ShardSnapshot {
         self.forwarded_in += o.forwarded_in;
         self.queued += o.queued;
         self.queued_bytes += o.queued_bytes;
+        self.queue_drops += o.queue_drops;
         self.rejects.add(&o.rejects);
         self.seq.add(&o.seq);
     }
@@ -330,6 +334,12 @@ impl Shard {
     /// True when every peer has closed its ring to this shard and it is empty.
     pub fn mesh_finished(&self) -> bool {
         self.mesh_rx.iter().all(RecordRx::is_finished)
+    }
+
+    /// Records what the kernel dropped at this shard's queue (from the
+    /// socket's statistics; published with the counters).
+    pub fn set_queue_drops(&mut self, n: u64) {
+        self.owner.snap.queue_drops = n;
     }
 
     /// Messages still in the overflow queue.
