@@ -98,7 +98,8 @@ fn force_recv_buffer(socket: &Socket, bytes: usize) {
 }
 
 /// Receive loop of one shard. Runs on the shard's pinned executor until `stop`
-/// is set, then reads what the socket already holds and returns. Waits for
+/// is set, then reads what the socket already holds (for at most 200 ms, so a
+/// sender that never pauses cannot hold up shutdown) and returns. Waits for
 /// completions at most 1 ms at a time, which bounds the added latency of a
 /// lone message and keeps the mesh and the stop flag served when idle.
 ///
@@ -139,7 +140,7 @@ pub async fn receive_loop(
     let mut done: Vec<(usize, i32)> = Vec::with_capacity(INFLIGHT);
     let publish_every = tick.min(Duration::from_millis(100));
     let mut next_publish = Instant::now() + publish_every;
-    let mut stopping = false;
+    let mut stopping: Option<Instant> = None;
     let mut errors = 0u64;
     loop {
         let args = io_uring::types::SubmitArgs::new().timespec(&wait);
@@ -180,12 +181,14 @@ pub async fn receive_loop(
             published.publish(shard.snapshot());
             next_publish = t + publish_every;
         }
-        if stopping && done.is_empty() {
-            // The socket is drained: nothing arrived within a wait.
-            break;
-        }
-        if !stopping && stop.load(Ordering::Relaxed) {
-            stopping = true;
+        if let Some(deadline) = stopping {
+            // Drained (nothing arrived within a wait), or the senders keep
+            // going: stop taking new datagrams after a bounded drain.
+            if done.is_empty() || t >= deadline {
+                break;
+            }
+        } else if stop.load(Ordering::Relaxed) {
+            stopping = Some(t + Duration::from_millis(200));
         }
         glommio::yield_if_needed().await;
     }
