@@ -6,68 +6,24 @@
 //! Needs root and iproute2 (CI runs as root); otherwise prints why it skipped.
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use klais::ingest::af_xdp::{udp_payload, Pass, XskConfig, XskSocket};
-use klais::wire::{self, HEADER_LEN};
+use klais::wire;
 use klais::xdp::{AttachMode, Limits, LoadOptions, Verdict, XdpProgram};
 
-struct Netns(Vec<String>);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
+mod common;
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-    // SAFETY: setns on a valid namespace fd changes only this thread's namespace.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-}
-
-fn v1(id: &str, seq: u32) -> Vec<u8> {
-    let body = format!("{{\"seq\":{seq}}}");
-    let mut b = vec![0u8; HEADER_LEN + body.len()];
-    wire::encode(id, seq, body.as_bytes(), &mut b).unwrap();
-    b
-}
+use common::{enter, topology, usable, v1, ADDR_A, ADDR_B};
 
 #[test]
 fn accepted_datagrams_are_redirected_to_the_af_xdp_socket_in_order() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || Command::new("ip").arg("-V").output().is_err() {
-        println!("SKIPPED: needs root and iproute2");
+    if !usable() {
         return;
     }
-    let id = std::process::id() % 100_000;
-    let (a, b) = (format!("klais-xa-{id}"), format!("klais-xb-{id}"));
-    let (ia, ib) = (format!("kxa{id}"), format!("kxb{id}"));
-    let _guard = Netns(vec![a.clone(), b.clone()]);
-    ip(&["netns", "add", &a]);
-    ip(&["netns", "add", &b]);
-    ip(&[
-        "link", "add", &ia, "netns", &a, "type", "veth", "peer", "name", &ib, "netns", &b,
-    ]);
-    ip(&["-n", &a, "addr", "add", "10.213.1.1/30", "dev", &ia]);
-    ip(&["-n", &b, "addr", "add", "10.213.1.2/30", "dev", &ib]);
-    for (ns, i) in [(&a, &ia), (&b, &ib)] {
-        ip(&["-n", ns, "link", "set", "dev", i, "up"]);
-    }
+    let t = topology("x", 1);
+    let (a, b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let total = 300u32;
     let receiver = {
@@ -113,13 +69,14 @@ fn accepted_datagrams_are_redirected_to_the_af_xdp_socket_in_order() {
     };
     ready_rx.recv().unwrap();
     enter(&b);
-    let tx = UdpSocket::bind("10.213.1.2:0").unwrap();
+    let tx = UdpSocket::bind(format!("{ADDR_B}:0")).unwrap();
     for seq in 0..total {
         let dev = format!("xsk-dev-{}", seq % 3);
-        tx.send_to(&v1(&dev, seq / 3), "10.213.1.1:7700").unwrap();
+        tx.send_to(&v1(&dev, seq / 3), format!("{ADDR_A}:7700"))
+            .unwrap();
         let mut bad = v1(&dev, 9999);
         bad[0] = 0;
-        tx.send_to(&bad, "10.213.1.1:7700").unwrap();
+        tx.send_to(&bad, format!("{ADDR_A}:7700")).unwrap();
         if seq % 32 == 31 {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -154,56 +111,23 @@ fn accepted_datagrams_are_redirected_to_the_af_xdp_socket_in_order() {
 
 #[test]
 fn klais_on_the_af_xdp_backend_delivers_every_device_in_order_across_two_queues() {
-    two_shards_on_veth(klais::config::Backend::AfXdp, "y", "10.213.2");
+    two_shards_on_veth(klais::config::Backend::AfXdp, "y");
 }
 
 #[test]
 fn klais_on_the_udp_backend_behind_the_filter_delivers_every_device_in_order() {
-    two_shards_on_veth(klais::config::Backend::Udp, "z", "10.213.3");
+    two_shards_on_veth(klais::config::Backend::Udp, "z");
 }
 
 /// klais with two shards in namespace A on a two-queue veth pair, the XDP
 /// filter attached, devices sending from namespace B over several flows.
-fn two_shards_on_veth(backend: klais::config::Backend, tag: &str, net: &str) {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || Command::new("ip").arg("-V").output().is_err() {
-        println!("SKIPPED: needs root and iproute2");
+fn two_shards_on_veth(backend: klais::config::Backend, tag: &str) {
+    if !usable() {
         return;
     }
-    let id = std::process::id() % 100_000;
-    let (a, b) = (format!("klais-{tag}a-{id}"), format!("klais-{tag}b-{id}"));
-    let (ia, ib) = (format!("k{tag}a{id}"), format!("k{tag}b{id}"));
-    let (addr_a, addr_b) = (format!("{net}.1"), format!("{net}.2"));
-    let _guard = Netns(vec![a.clone(), b.clone()]);
-    ip(&["netns", "add", &a]);
-    ip(&["netns", "add", &b]);
-    ip(&[
-        "link",
-        "add",
-        &ia,
-        "netns",
-        &a,
-        "numtxqueues",
-        "2",
-        "numrxqueues",
-        "2",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &ib,
-        "netns",
-        &b,
-        "numtxqueues",
-        "2",
-        "numrxqueues",
-        "2",
-    ]);
-    ip(&["-n", &a, "addr", "add", &format!("{addr_a}/30"), "dev", &ia]);
-    ip(&["-n", &b, "addr", "add", &format!("{addr_b}/30"), "dev", &ib]);
-    for (ns, i) in [(&a, &ia), (&b, &ib)] {
-        ip(&["-n", ns, "link", "set", "dev", i, "up"]);
-    }
+    let t = topology(tag, 2);
+    let (a, b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
+    let (addr_a, addr_b) = (ADDR_A.to_string(), ADDR_B.to_string());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("records.jsonl");
     let (ready_tx, ready_rx) = mpsc::channel::<()>();

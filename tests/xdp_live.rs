@@ -10,92 +10,24 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use klais::wire::{self, HEADER_LEN};
+use klais::wire;
 use klais::xdp::{self, AttachMode, Limits, LoadOptions, Verdict, XdpProgram};
 
-struct Netns {
-    names: Vec<String>,
-}
+mod common;
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Moves the calling thread into a network namespace.
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-    // SAFETY: setns on a valid namespace fd; it only changes this thread's namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
-
-fn usable() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: needs root to create network namespaces and attach XDP");
-        return false;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        println!("SKIPPED: iproute2 (`ip`) is not installed; scripts/setup.sh installs it");
-        return false;
-    }
-    true
-}
-
-/// Two namespaces joined by a veth pair: (guard, ns_a, ns_b, iface_a, iface_b).
-fn topology(tag: &str) -> (Netns, String, String, String, String) {
-    let id = std::process::id() % 100_000;
-    let (a, b) = (format!("klais-{tag}a-{id}"), format!("klais-{tag}b-{id}"));
-    let (ia, ib) = (format!("k{tag}a{id}"), format!("k{tag}b{id}"));
-    let guard = Netns {
-        names: vec![a.clone(), b.clone()],
-    };
-    ip(&["netns", "add", &a]);
-    ip(&["netns", "add", &b]);
-    ip(&[
-        "link", "add", &ia, "netns", &a, "type", "veth", "peer", "name", &ib, "netns", &b,
-    ]);
-    ip(&["-n", &a, "addr", "add", "10.213.0.1/30", "dev", &ia]);
-    ip(&["-n", &b, "addr", "add", "10.213.0.2/30", "dev", &ib]);
-    for (ns, i) in [(&a, &ia), (&b, &ib)] {
-        ip(&["-n", ns, "link", "set", "dev", i, "up"]);
-        ip(&["-n", ns, "link", "set", "dev", "lo", "up"]);
-    }
-    (guard, a, b, ia, ib)
-}
-
-fn v1(id: &str, seq: u32) -> Vec<u8> {
-    let body = format!("{{\"seq\":{seq}}}");
-    let mut b = vec![0u8; HEADER_LEN + body.len()];
-    wire::encode(id, seq, body.as_bytes(), &mut b).unwrap();
-    b
-}
+use common::{enter, ip, topology, usable, v1, ADDR_A, ADDR_B};
 
 #[test]
 fn live_traffic_is_filtered_and_the_operators_session_keeps_working() {
     if !usable() {
         return;
     }
-    let (_guard, ns_a, ns_b, ia, _ib) = topology("l");
+    let t = topology("l", 1);
+    let (ns_a, ns_b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let (sent_tx, sent_rx) = mpsc::channel::<()>();
 
@@ -115,13 +47,13 @@ fn live_traffic_is_filtered_and_the_operators_session_keeps_working() {
 
             // klais's own socket setup: a receive buffer that holds the whole test.
             let udp: UdpSocket =
-                klais::ingest::udp::bind("10.213.0.1:7700".parse().unwrap(), 8 << 20)
+                klais::ingest::udp::bind(format!("{ADDR_A}:7700").parse().unwrap(), 8 << 20)
                     .unwrap()
                     .socket
                     .into();
             udp.set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
-            let tcp = TcpListener::bind("10.213.0.1:7701").unwrap();
+            let tcp = TcpListener::bind(format!("{ADDR_A}:7701")).unwrap();
             ready_tx.send(()).unwrap();
 
             // The operator's TCP session: accept and echo.
@@ -148,18 +80,21 @@ fn live_traffic_is_filtered_and_the_operators_session_keeps_working() {
     ready_rx.recv().unwrap();
     enter(&ns_b);
     // ARP + TCP: connect, send, read the echo.
-    let mut s =
-        TcpStream::connect_timeout(&"10.213.0.1:7701".parse().unwrap(), Duration::from_secs(5))
-            .expect("TCP to the appliance works while XDP is attached");
+    let mut s = TcpStream::connect_timeout(
+        &format!("{ADDR_A}:7701").parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .expect("TCP to the appliance works while XDP is attached");
     s.write_all(b"hello").unwrap();
     let mut echo = [0u8; 5];
     s.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"hello");
 
-    let tx = UdpSocket::bind("10.213.0.2:0").unwrap();
+    let tx = UdpSocket::bind(format!("{ADDR_B}:0")).unwrap();
     let valid = 200u32;
     for seq in 0..valid {
-        tx.send_to(&v1("live-dev", seq), "10.213.0.1:7700").unwrap();
+        tx.send_to(&v1("live-dev", seq), format!("{ADDR_A}:7700"))
+            .unwrap();
         if seq % 32 == 31 {
             // veth with native XDP queues into a 256-frame ring: pace, not race.
             std::thread::sleep(Duration::from_millis(5));
@@ -169,13 +104,14 @@ fn live_traffic_is_filtered_and_the_operators_session_keeps_working() {
     bad[0] = 0x12;
     std::thread::sleep(Duration::from_millis(5));
     for _ in 0..30 {
-        tx.send_to(&bad, "10.213.0.1:7700").unwrap();
-        tx.send_to(&bad[..21], "10.213.0.1:7700").unwrap();
+        tx.send_to(&bad, format!("{ADDR_A}:7700")).unwrap();
+        tx.send_to(&bad[..21], format!("{ADDR_A}:7700")).unwrap();
     }
     std::thread::sleep(Duration::from_millis(5));
     // Not klais traffic: another UDP port (nobody listens; it still passes XDP).
     for _ in 0..10 {
-        tx.send_to(&v1("other", 1), "10.213.0.1:9999").unwrap();
+        tx.send_to(&v1("other", 1), format!("{ADDR_A}:9999"))
+            .unwrap();
     }
     std::thread::sleep(Duration::from_millis(200));
     sent_tx.send(()).unwrap();
@@ -213,7 +149,8 @@ fn a_program_left_by_a_klais_that_died_is_recovered_and_a_foreign_one_is_left_al
     if !usable() {
         return;
     }
-    let (_guard, ns_a, _ns_b, ia, _ib) = topology("r");
+    let t = topology("r", 1);
+    let (ns_a, ia) = (t.a.clone(), t.ia.clone());
     let ns_a2 = ns_a.clone();
     std::thread::spawn(move || {
         enter(&ns_a2);
@@ -286,7 +223,8 @@ fn klais_run_attaches_the_filter_reports_its_counters_and_detaches_on_sigterm() 
         return;
     }
     use std::io::BufRead;
-    let (_guard, ns_a, ns_b, ia, _ib) = topology("k");
+    let t = topology("k", 1);
+    let (ns_a, ns_b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("klais.toml");
     std::fs::write(
@@ -330,12 +268,13 @@ fn klais_run_attaches_the_filter_reports_its_counters_and_detaches_on_sigterm() 
         let ns_b = ns_b.clone();
         std::thread::spawn(move || {
             enter(&ns_b);
-            let tx = UdpSocket::bind("10.213.0.2:0").unwrap();
+            let tx = UdpSocket::bind(format!("{ADDR_B}:0")).unwrap();
             for seq in 0..100u32 {
-                tx.send_to(&v1("run-dev", seq), "10.213.0.1:7700").unwrap();
+                tx.send_to(&v1("run-dev", seq), format!("{ADDR_A}:7700"))
+                    .unwrap();
                 let mut bad = v1("run-dev", seq);
                 bad[1] = 0;
-                tx.send_to(&bad, "10.213.0.1:7700").unwrap();
+                tx.send_to(&bad, format!("{ADDR_A}:7700")).unwrap();
                 if seq % 16 == 15 {
                     std::thread::sleep(Duration::from_millis(5));
                 }

@@ -243,21 +243,24 @@ pub struct RecordRx {
 }
 
 impl RecordRx {
+    /// The next record's header and total length, left in the ring.
+    #[inline]
+    fn peek_header(&mut self) -> Option<(RecordMeta, usize)> {
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        let chunk = self.ring.read_chunk(RECORD_HEADER_LEN).ok()?;
+        let (a, b) = chunk.as_slices();
+        header[..a.len()].copy_from_slice(a);
+        header[a.len()..].copy_from_slice(b);
+        // Dropped uncommitted: the header stays in the ring.
+        let (meta, payload_len) = RecordMeta::decode(&header);
+        Some((meta, RECORD_HEADER_LEN + payload_len))
+    }
+
     /// Takes the next record, if a whole one is there. The payload borrows a
     /// buffer owned by `self`, valid until the next call.
     #[inline]
     pub fn pop(&mut self) -> Option<(RecordMeta, &[u8])> {
-        let mut header = [0u8; RECORD_HEADER_LEN];
-        {
-            let chunk = self.ring.read_chunk(RECORD_HEADER_LEN).ok()?;
-            let (a, b) = chunk.as_slices();
-            header[..a.len()].copy_from_slice(a);
-            header[a.len()..].copy_from_slice(b);
-            // Dropped uncommitted: the header stays in the ring until the whole
-            // record is taken below.
-        }
-        let (meta, payload_len) = RecordMeta::decode(&header);
-        let total = RECORD_HEADER_LEN + payload_len;
+        let (meta, total) = self.peek_header()?;
         // The producer commits whole records, so `total` bytes are present; the
         // record fits `buf` because the producer's payloads were bounded by the
         // same max_payload the buffer was sized from.
@@ -270,15 +273,7 @@ impl RecordRx {
     /// returns true (a full downstream leaves it in place, in order).
     #[inline]
     pub fn pop_if(&mut self, take: impl FnOnce(&RecordMeta, &[u8]) -> bool) -> Option<bool> {
-        let mut header = [0u8; RECORD_HEADER_LEN];
-        {
-            let chunk = self.ring.read_chunk(RECORD_HEADER_LEN).ok()?;
-            let (a, b) = chunk.as_slices();
-            header[..a.len()].copy_from_slice(a);
-            header[a.len()..].copy_from_slice(b);
-        }
-        let (meta, payload_len) = RecordMeta::decode(&header);
-        let total = RECORD_HEADER_LEN + payload_len;
+        let (meta, total) = self.peek_header()?;
         let chunk = self.ring.read_chunk(total).ok()?;
         let dst = self.buf.get_mut(..total)?;
         let (a, b) = chunk.as_slices();

@@ -1,0 +1,134 @@
+//! Test hosts for the root tiers: two network namespaces joined by a veth
+//! pair that a test creates and a guard always removes, and helpers to move a
+//! thread into one of them.
+
+#![allow(dead_code)]
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+use klais::wire::{self, HEADER_LEN};
+
+/// Address of the appliance side (namespace A).
+pub const ADDR_A: &str = "10.213.0.1";
+/// Address of the device side (namespace B).
+pub const ADDR_B: &str = "10.213.0.2";
+
+/// Deletes the namespaces (and so the veth pair) when dropped, also when the
+/// test fails.
+pub struct Netns {
+    pub names: Vec<String>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Runs `ip` and fails the test with its message when it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Moves the calling thread into a network namespace.
+pub fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    // SAFETY: setns on a valid namespace fd; it only changes this thread's namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// Root and iproute2 are there; otherwise says why the test skips.
+pub fn usable() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: needs root to create network namespaces and attach XDP");
+        return false;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        println!("SKIPPED: iproute2 (`ip`) is not installed; scripts/setup.sh installs it");
+        return false;
+    }
+    true
+}
+
+/// The two hosts of one test.
+pub struct Topology {
+    /// Removes everything on drop.
+    pub guard: Netns,
+    /// Namespace of the appliance side.
+    pub a: String,
+    /// Namespace of the device side.
+    pub b: String,
+    /// veth end in A.
+    pub ia: String,
+    /// veth end in B.
+    pub ib: String,
+}
+
+/// Namespaces A and B joined by a veth pair with `queues` queues each way,
+/// addresses [`ADDR_A`] and [`ADDR_B`], links up. `tag` keeps the names of
+/// tests running at the same time apart.
+pub fn topology(tag: &str, queues: u32) -> Topology {
+    let id = std::process::id() % 100_000;
+    let (a, b) = (format!("klais-{tag}a-{id}"), format!("klais-{tag}b-{id}"));
+    let (ia, ib) = (format!("k{tag}a{id}"), format!("k{tag}b{id}"));
+    let guard = Netns {
+        names: vec![a.clone(), b.clone()],
+    };
+    let q = queues.to_string();
+    ip(&["netns", "add", &a]);
+    ip(&["netns", "add", &b]);
+    ip(&[
+        "link",
+        "add",
+        &ia,
+        "netns",
+        &a,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &ib,
+        "netns",
+        &b,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+    ]);
+    ip(&["-n", &a, "addr", "add", &format!("{ADDR_A}/30"), "dev", &ia]);
+    ip(&["-n", &b, "addr", "add", &format!("{ADDR_B}/30"), "dev", &ib]);
+    for (ns, i) in [(&a, &ia), (&b, &ib)] {
+        ip(&["-n", ns, "link", "set", "dev", i, "up"]);
+        ip(&["-n", ns, "link", "set", "dev", "lo", "up"]);
+    }
+    Topology {
+        guard,
+        a,
+        b,
+        ia,
+        ib,
+    }
+}
+
+/// A v1 datagram with a small JSON payload.
+pub fn v1(id: &str, seq: u32) -> Vec<u8> {
+    let body = format!("{{\"seq\":{seq}}}");
+    let mut b = vec![0u8; HEADER_LEN + body.len()];
+    wire::encode(id, seq, body.as_bytes(), &mut b).unwrap();
+    b
+}
