@@ -148,8 +148,10 @@ fn a_burst_from_many_devices_arrives_complete_and_in_per_device_order() {
     }
     let summary = running.stop().unwrap();
     let total = u64::from(devices * per_device);
-    // Loopback does not drop with a 32 MiB receive buffer; if the kernel ever
-    // did, the counters must still add up.
+    assert_eq!(
+        summary.shards.queue_drops, 0,
+        "the socket buffer held the burst"
+    );
     assert_eq!(summary.shards.received, total);
     assert_eq!(summary.shards.accepted, total);
     assert_eq!(summary.sink.records, total);
@@ -276,4 +278,26 @@ fn stopping_under_load_loses_nothing_that_was_accepted() {
             + sh.rejects.get(Reject::PayloadNotJson)
             > 0
     );
+}
+
+#[test]
+fn datagrams_the_kernel_drops_at_a_full_socket_buffer_are_counted() {
+    use std::os::fd::AsRawFd;
+    let rx = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    rx.set_recv_buffer_size(4096).unwrap();
+    rx.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let to = rx.local_addr().unwrap().as_socket().unwrap();
+    assert_eq!(klais::ingest::udp::socket_drops(rx.as_raw_fd()), Some(0));
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for seq in 0..200 {
+        tx.send_to(&dgram("flood", seq, &[b' '; 1000]), to).unwrap();
+    }
+    let drops = klais::ingest::udp::socket_drops(rx.as_raw_fd()).unwrap();
+    assert!(drops > 0, "a 4 KiB buffer cannot hold 200 KB");
 }

@@ -181,13 +181,13 @@ pub struct AfXdp {
 }
 
 fn default_xsk_frames() -> u32 {
-    4096
+    8192
 }
 fn default_xsk_frame_size() -> u32 {
-    4096
+    2048
 }
 fn default_xsk_rx_ring() -> u32 {
-    2048
+    4096
 }
 fn default_xsk_batch() -> u32 {
     64
@@ -587,7 +587,9 @@ impl Config {
                     "frames and rx_ring powers of two with rx_ring <= frames, frame_size 2048 or 4096, 1 <= batch <= rx_ring",
                 ));
             }
-            if p.max_payload_bytes + 14 + 8 + 60 + 8 > x.frame_size as usize {
+            // Headers (Ethernet + 2 VLAN tags + IPv4 with options + UDP) and the
+            // 256 bytes of XDP headroom the kernel keeps in every frame.
+            if p.max_payload_bytes + 14 + 8 + 60 + 8 + 256 > x.frame_size as usize {
                 errs.push(invalid(
                     "protocol.max_payload_bytes, ingest.af_xdp.frame_size",
                     format!(

@@ -49,9 +49,9 @@ pub struct XskConfig {
 impl Default for XskConfig {
     fn default() -> Self {
         Self {
-            frames: 4096,
-            frame_size: 4096,
-            rx_ring: 2048,
+            frames: 8192,
+            frame_size: 2048,
+            rx_ring: 4096,
             batch: 64,
         }
     }

@@ -178,6 +178,9 @@ pub async fn receive_loop(
         shard.pump();
         let t = Instant::now();
         if t >= next_publish {
+            if let Some(d) = socket_drops(fd.0) {
+                shard.set_queue_drops(d);
+            }
             published.publish(shard.snapshot());
             next_publish = t + publish_every;
         }
@@ -236,9 +239,40 @@ pub async fn receive_loop(
     if errors > 0 {
         tracing::warn!(shard = shard.id(), errors, "UDP receive operations failed");
     }
+    if let Some(d) = socket_drops(fd.0) {
+        shard.set_queue_drops(d);
+    }
     shard.pump();
     drop(ring);
     Ok(())
+}
+
+/// Datagrams the kernel dropped at this socket because its receive buffer
+/// was full (the `drops` column of /proc/net/udp{,6} for the socket's inode,
+/// as seen from the caller's network namespace). None if not found.
+pub fn socket_drops(fd: std::os::fd::RawFd) -> Option<u64> {
+    // SAFETY: fstat fills the zeroed stat struct for a valid open fd.
+    let ino = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return None;
+        }
+        st.st_ino
+    };
+    let ino = ino.to_string();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            if cols.len() >= 13 && cols[9] == ino {
+                return cols[12].parse().ok();
+            }
+        }
+    }
+    None
 }
 
 /// Wall-clock receive time, ns since the Unix epoch (vDSO clock_gettime).

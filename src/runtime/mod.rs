@@ -789,6 +789,10 @@ pub fn summary_text(s: &RunSummary) -> String {
         "  received            {:>12}  ({} bytes)\n",
         sh.received, sh.received_bytes
     ));
+    t.push_str(&format!(
+        "  dropped at the queue{:>12}  (socket buffer or AF_XDP ring full before a shard saw them)\n",
+        sh.queue_drops
+    ));
     t.push_str(&format!("  accepted            {:>12}\n", sh.accepted));
     t.push_str(&format!(
         "  forwarded to owner  {:>12}  (between shards; counted once, at the owner)\n",

@@ -59,7 +59,8 @@ pub struct ShardSnapshot {
     /// Bytes waiting in the overflow queue now.
     pub queued_bytes: u64,
     /// Datagrams the kernel dropped at this shard's queue before the shard
-    /// could see them (AF_XDP ring full / no free frame).
+    /// could see them (UDP socket buffer full; AF_XDP ring full or no free
+    /// frame).
     pub queue_drops: u64,
     /// Rejects by reason.
     pub rejects: RejectCounters,
