@@ -39,6 +39,7 @@ const volatile __u16 klais_ports[KLAIS_MAX_PORTS] = {}; /* host byte order; 0 = 
 const volatile __u32 enforce = 1;			 /* 0: count would-be drops but let them through */
 const volatile __u32 events_enabled = 1;		 /* sampled events to the ring buffer */
 const volatile __u32 reset_window = 4;			 /* a sequence at or below this, going back, is a reset */
+const volatile __u32 bucket_set_mask = (1 << 18) - 1;	 /* sets in `buckets` minus one (a power of two) */
 
 /* Never read: they put the verdict and event types into BTF so the skeleton's
  * `types` module carries them to Rust (no hand-kept copy). */
@@ -62,13 +63,11 @@ struct {
 } settings SEC(".maps"); /* run-time rates and budgets; written by the loader / control core */
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 20);
-	/* Per-CPU LRU lists: no shared list lock on inserts and evictions. */
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__type(key, __u64);
-	__type(value, struct klais_bucket);
-} buckets SEC(".maps"); /* per-device GCRA state, keyed by FNV-1a 64 of the id; written here */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 18);
+	__type(key, __u32);
+	__type(value, struct klais_bucket_set);
+} buckets SEC(".maps"); /* per-device GCRA state, 4-way sets indexed by FNV-1a 64 of the id; written here */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -298,12 +297,11 @@ int klais_xdp(struct xdp_md *ctx)
 		}
 	}
 	/*
-	 * The clock is read only when a bucket needs it (events read their own),
-	 * and the cheap coarse clock when every bucket in play tolerates a tick
-	 * of jitter (see klais_settings.coarse_tick_ns).
+	 * The cheap coarse clock when every bucket in play tolerates a tick of
+	 * jitter (see klais_settings.coarse_tick_ns), else the precise one.
 	 */
-	__u64 now = 0;
-	if (interval || s->global_interval_ns) {
+	__u64 now;
+	{
 		__u64 tick = s->coarse_tick_ns;
 
 		if (tick && (!interval || tolerance >= tick) &&
@@ -313,25 +311,83 @@ int klais_xdp(struct xdp_md *ctx)
 			now = bpf_ktime_get_ns();
 	}
 
-	struct klais_bucket *b = bpf_map_lookup_elem(&buckets, &hash);
+	__u64 tag = hash ? hash : 1;
+	__u32 set_idx = (__u32)(tag >> 32) & bucket_set_mask;
+	struct klais_bucket_set *set = bpf_map_lookup_elem(&buckets, &set_idx);
+	struct klais_bucket *b = 0;
 	int admitted;
-	if (!b) {
-		struct klais_bucket nb = { .tat = now + interval, .last_seq = seq };
 
-		if (bpf_map_update_elem(&buckets, &hash, &nb, BPF_NOEXIST) == 0) {
-			emit(c, hash, id, KLAIS_EV_NEW_DEVICE, seq, s);
+	if (!set)
+		return record(c, KLAIS_V_PASS, XDP_PASS);
+#pragma unroll
+	for (i = 0; i < KLAIS_BUCKET_WAYS; i++) {
+		if (set->way[i].tag == tag) {
+			b = &set->way[i];
+			break;
+		}
+	}
+	if (!b) {
+		/*
+		 * New device: take the way admitted least recently. A way whose
+		 * `tat` is still ahead of `now` belongs to a device in debt (over
+		 * its rate); handing it over would forgive that debt, so when every
+		 * way is in debt the new device goes untracked instead (admitted,
+		 * counted; the global budget still applies).
+		 */
+		struct klais_bucket *victim = &set->way[0];
+		int tries;
+
+#pragma unroll
+		for (i = 1; i < KLAIS_BUCKET_WAYS; i++) {
+			if (set->way[i].tat < victim->tat)
+				victim = &set->way[i];
+		}
+		if (victim->tag && victim->tat > now) {
+			if (c)
+				c->bucket_untracked++;
 			admitted = 1;
 			goto global;
 		}
-		/* Another CPU inserted it first: share its bucket. */
-		b = bpf_map_lookup_elem(&buckets, &hash);
-		if (!b)
-			return record(c, KLAIS_V_PASS, XDP_PASS);
+#pragma unroll
+		for (tries = 0; tries < 2 && !b; tries++) {
+			__u64 old = *(volatile __u64 *)&victim->tag;
+
+			if (old == tag) {
+				b = victim; /* another CPU just claimed it for this device */
+				break;
+			}
+			if (__sync_val_compare_and_swap(&victim->tag, old, tag) == old) {
+				__u64 t0 = *(volatile __u64 *)&victim->tat;
+
+				/* Start from an idle bucket unless a CPU already spent from it. */
+				if (t0 > now)
+					__sync_val_compare_and_swap(&victim->tat, t0, now);
+				victim->last_seq = seq;
+				victim->flags = 0;
+				if (old && c)
+					c->bucket_evictions++;
+				emit(c, hash, id, KLAIS_EV_NEW_DEVICE, seq, s);
+				b = victim;
+			}
+		}
+		if (!b) {
+			if (c)
+				c->bucket_untracked++;
+			admitted = 1;
+			goto global;
+		}
 	}
 	if (seq < b->last_seq && seq <= reset_window)
 		emit(c, hash, id, KLAIS_EV_SEQ_RESET, seq, s);
 	b->last_seq = seq;
-	admitted = interval == 0 || device_take(b, now, interval, tolerance, c);
+	if (!interval) {
+		/* No limit: `tat` only records when the device was last seen, for
+		 * choosing which way a new device replaces. */
+		b->tat = now;
+		admitted = 1;
+	} else {
+		admitted = device_take(b, now, interval, tolerance, c);
+	}
 	if (!admitted) {
 		if (!(b->flags & KLAIS_BUCKET_LIMITED_EVENT)) {
 			b->flags |= KLAIS_BUCKET_LIMITED_EVENT;

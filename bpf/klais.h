@@ -31,6 +31,8 @@ struct klais_counters {
 	__u64 events_capped;  /* over the events-per-second cap: not sent */
 	__u64 events_lost;    /* ring buffer full: not sent */
 	__u64 bucket_retries; /* compare-and-swap retries on a device bucket */
+	__u64 bucket_evictions; /* devices replaced in a full set */
+	__u64 bucket_untracked; /* no way free of debt, or lost the race twice: admitted without a bucket */
 };
 
 /*
@@ -79,14 +81,27 @@ struct klais_policy {
 };
 
 /*
- * Per-device state (LRU hash keyed by the device hash). `tat` is the GCRA
- * theoretical arrival time in ns: one 64-bit word updated with
+ * Per-device state. `tag` is the device hash (0 = empty way); `tat` is the
+ * GCRA theoretical arrival time in ns: one 64-bit word updated with
  * compare-and-swap, so two CPUs can never both spend the same token.
  */
 struct klais_bucket {
+	__u64 tag;
 	__u64 tat;
 	__u32 last_seq; /* for reset events; racy by design, only a hint */
 	__u32 flags;	/* KLAIS_BUCKET_* */
+};
+
+#define KLAIS_BUCKET_WAYS 4
+
+/*
+ * One set of the device table: an array indexed by the device hash's high
+ * bits, four ways each, the least recently admitted way replaced when a new
+ * device arrives (a bounded, LRU-approximating hash table; the array lookup
+ * is inlined by the verifier, where a hash map's costs a call and a jhash).
+ */
+struct klais_bucket_set {
+	struct klais_bucket way[KLAIS_BUCKET_WAYS];
 };
 
 #define KLAIS_BUCKET_LIMITED_EVENT 1 /* a rate-limited event was sent for this device */

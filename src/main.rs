@@ -108,6 +108,10 @@ enum XdpCmd {
         /// Measurements per path; the median is reported.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Also measure the redirect path: bind an AF_XDP socket on queue 0 of
+        /// this interface (e.g. a veth end) into the program's XSKMAP.
+        #[arg(long, value_name = "IFACE")]
+        redirect_iface: Option<String>,
     },
 }
 
@@ -392,7 +396,11 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        XdpCmd::Bench { repeat, rounds } => match klais::xdp::bench::run(repeat, rounds.max(1)) {
+        XdpCmd::Bench {
+            repeat,
+            rounds,
+            redirect_iface,
+        } => match klais::xdp::bench::run(repeat, rounds.max(1), redirect_iface.as_deref()) {
             Ok(rows) => {
                 print!("{}", klais::xdp::bench::table(&rows, repeat));
                 ExitCode::SUCCESS

@@ -486,3 +486,41 @@ fn a_flood_of_new_devices_cannot_exceed_the_event_cap() {
         "every event accounted for"
     );
 }
+
+#[test]
+fn a_flood_of_new_ids_cannot_free_a_limited_device_from_its_bucket() {
+    if !privileged() {
+        return;
+    }
+    // The smallest table: 256 sets of 4 ways.
+    let limits = Limits {
+        device: Some(Rate::new(1, 1).unwrap()),
+        ..Limits::default()
+    };
+    let p = load(
+        LoadOptions {
+            max_devices: 1024,
+            ..LoadOptions::default()
+        },
+        limits,
+    );
+    let hot = to_port(&v1("hot-device", 1, b"{}"));
+    p.test_run(&hot, 1).unwrap(); // its one token
+    let t0 = Instant::now();
+    for i in 0..3000 {
+        p.test_run(&to_port(&v1(&format!("sweep-{i}"), 1, b"{}")), 1)
+            .unwrap();
+        p.test_run(&hot, 1).unwrap();
+    }
+    let elapsed_s = t0.elapsed().as_secs();
+    let c = p.maps().counters().unwrap();
+    // 3000 new ids in 1024 ways: sets fill up and devices are replaced or go
+    // untracked, but the hot device keeps its debt: at most one more token
+    // per elapsed second.
+    assert!(c.bucket_evictions + c.bucket_untracked > 0, "{c:?}");
+    let hot_limited = c.get(Verdict::RateLimited);
+    assert!(
+        hot_limited >= 3000 - elapsed_s - 1,
+        "the hot device was refused {hot_limited} of 3000 times in {elapsed_s} s: its bucket was handed over"
+    );
+}

@@ -90,8 +90,9 @@ pub struct Xdp {
     /// Cap on those events per second; events over it are counted, not sent.
     #[serde(default = "default_events_per_sec")]
     pub events_per_sec: u64,
-    /// Devices the kernel keeps token buckets for (LRU beyond), about 100
-    /// bytes each.
+    /// Devices the kernel keeps token buckets for: max_devices / 4 sets of 4
+    /// ways, 32 bytes each; the way admitted least recently goes to a new
+    /// device, never one that is over its rate.
     #[serde(default = "default_xdp_max_devices")]
     pub max_devices: u32,
 }

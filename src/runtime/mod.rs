@@ -833,8 +833,8 @@ pub fn xdp_counters_text(x: &crate::xdp::XdpCounters) -> String {
         t.push_str(&format!("    {:<18}{:>12}\n", v.name(), x.get(v)));
     }
     t.push_str(&format!(
-        "    events: sent {}, over cap {}, lost (ring full) {}; bucket CAS retries {}\n",
-        x.events_sent, x.events_capped, x.events_lost, x.bucket_retries
+        "    events: sent {}, over cap {}, lost (ring full) {}; buckets: CAS retries {}, evictions {}, untracked {}\n",
+        x.events_sent, x.events_capped, x.events_lost, x.bucket_retries, x.bucket_evictions, x.bucket_untracked
     ));
     t
 }

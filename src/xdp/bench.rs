@@ -60,8 +60,14 @@ fn measure(
     Ok((action, median(ns)))
 }
 
-/// Measures every path. Needs root.
-pub fn run(repeat: u32, rounds: u32) -> Result<Vec<BenchRow>, XdpError> {
+/// Measures every path. Needs root. With `redirect_iface`, an AF_XDP socket is
+/// opened on its queue 0 and bound in a program's XSKMAP, so the known-device
+/// path is also measured all the way to `XDP_REDIRECT`.
+pub fn run(
+    repeat: u32,
+    rounds: u32,
+    redirect_iface: Option<&str>,
+) -> Result<Vec<BenchRow>, XdpError> {
     let port = 7700;
     let opts = LoadOptions::default();
     let unlimited = XdpProgram::load(&opts, &Limits::default())?;
@@ -127,6 +133,40 @@ pub fn run(repeat: u32, rounds: u32) -> Result<Vec<BenchRow>, XdpError> {
             known.clone(),
         ),
     ];
+    // Kept alive until the measurements are done.
+    let mut _xsk = None;
+    let redirecting = match redirect_iface {
+        Some(iface) => {
+            let prog = XdpProgram::load(
+                &opts,
+                &Limits {
+                    device: Some(Rate::new(1_000_000_000, 1_000_000_000)?),
+                    ..Limits::default()
+                },
+            )?;
+            let sock = crate::ingest::af_xdp::XskSocket::open(
+                iface,
+                0,
+                &crate::ingest::af_xdp::XskConfig::default(),
+            )
+            .map_err(|e| XdpError::Io {
+                what: format!("opening an AF_XDP socket on {iface} queue 0"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            prog.maps().bind_socket(0, sock.fd())?;
+            _xsk = Some(sock);
+            Some(prog)
+        }
+        None => None,
+    };
+    let mut cases = cases;
+    if let Some(prog) = &redirecting {
+        cases.push((
+            "known device, token bucket (CAS) -> XSKMAP hit -> redirect",
+            prog,
+            known.clone(),
+        ));
+    }
     let mut rows = Vec::new();
     let (_, ns) = measure(|| empty.test_run(&known, repeat), rounds)?;
     rows.push(BenchRow {

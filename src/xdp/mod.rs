@@ -144,6 +144,11 @@ pub struct XdpCounters {
     pub events_lost: u64,
     /// Lost compare-and-swap races on device buckets.
     pub bucket_retries: u64,
+    /// Devices whose bucket was given to a new device (a full set).
+    pub bucket_evictions: u64,
+    /// New devices admitted without a bucket: every way of their set belonged
+    /// to a device over its rate (or the race for a way was lost twice).
+    pub bucket_untracked: u64,
 }
 
 impl XdpCounters {
@@ -159,6 +164,8 @@ impl XdpCounters {
         self.events_capped += c.events_capped;
         self.events_lost += c.events_lost;
         self.bucket_retries += c.bucket_retries;
+        self.bucket_evictions += c.bucket_evictions;
+        self.bucket_untracked += c.bucket_untracked;
     }
 }
 
@@ -280,7 +287,7 @@ pub struct LoadOptions {
     pub events: bool,
     /// Sequence numbers at or below this, going back, raise a reset event.
     pub reset_window: u32,
-    /// Devices the kernel keeps buckets for (LRU beyond).
+    /// Devices the kernel keeps buckets for (4-way sets; see `xdp.max_devices`).
     pub max_devices: u32,
 }
 
@@ -531,6 +538,12 @@ impl std::fmt::Debug for XdpProgram {
     }
 }
 
+/// Sets in the kernel's device table for `max_devices` (4 ways each, a power
+/// of two, at least 256).
+fn bucket_sets(max_devices: u32) -> u32 {
+    (max_devices / 4).max(256).next_power_of_two()
+}
+
 /// Number of possible CPUs (per-CPU map width; the global budget's divisor).
 pub fn possible_cpus() -> u32 {
     libbpf_rs::num_possible_cpus().map_or(1, |n| n.max(1) as u32)
@@ -567,10 +580,11 @@ impl XdpProgram {
             ro.enforce = u32::from(opts.enforce);
             ro.events_enabled = u32::from(opts.events);
             ro.reset_window = opts.reset_window;
+            ro.bucket_set_mask = bucket_sets(opts.max_devices) - 1;
         }
         open.maps
             .buckets
-            .set_max_entries(opts.max_devices.max(1024))
+            .set_max_entries(bucket_sets(opts.max_devices))
             .map_err(XdpError::Load)?;
         let skel = open.load().map_err(XdpError::Load)?;
         let handle = |m: &libbpf_rs::MapMut<'_>, name: &str| {
