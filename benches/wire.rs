@@ -161,16 +161,17 @@ fn bench_shard_pipeline_100k(c: &mut Criterion) {
     g.throughput(Throughput::Elements(32));
     // A receive batch: 32 datagrams present at once, as in an AF_XDP RX ring.
     let mut batch = vec![[0u8; 200]; 32];
+    let mut hashes = [None; 32];
     g.bench_function("batch_of_32_200B_100k_devices", |b| {
         b.iter(|| {
             for slot in batch.iter_mut() {
                 slot.copy_from_slice(t.recv());
             }
-            for slot in batch.iter() {
-                shard.prefetch(slot);
+            for (slot, h) in batch.iter().zip(hashes.iter_mut()) {
+                *h = shard.prefetch(slot);
             }
-            for slot in batch.iter() {
-                let _ = black_box(shard.on_datagram(black_box(slot), 1));
+            for (slot, h) in batch.iter().zip(hashes.iter()) {
+                let _ = black_box(shard.on_prefetched(black_box(slot), 1, *h));
             }
             shard.pump();
             while let Some((m, _)) = rx.pop() {

@@ -206,6 +206,11 @@ impl XskSocket {
         })
     }
 
+    /// Frames taken per receive call at most.
+    pub fn batch(&self) -> u32 {
+        self.batch
+    }
+
     /// The socket's fd, for the XSKMAP.
     pub fn fd(&self) -> RawFd {
         self.user.as_raw_fd()
@@ -296,19 +301,27 @@ pub async fn receive_loop(
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
     let mut not_udp = 0u64;
+    // Device hashes from the prefetch pass, in frame order (reserved once).
+    let mut hashes: Vec<Option<u64>> = Vec::with_capacity(xsk.batch() as usize);
     let mut idle = 0u32;
     let mut polls = 0u32;
     let publish_every = tick.min(Duration::from_millis(100));
     let mut next_publish = Instant::now() + publish_every;
     loop {
         let ts = super::udp::now_ns();
+        hashes.clear();
+        let mut k = 0;
         let n = xsk.recv_batch(|pass, frame| match (pass, udp_payload(frame)) {
-            (Pass::Prefetch, Some(p)) => shard.prefetch(p),
+            (Pass::Prefetch, p) => hashes.push(p.and_then(|p| shard.prefetch(p))),
             (Pass::Process, Some(p)) => {
-                let _ = shard.on_datagram(p, ts);
+                let h = hashes.get(k).copied().flatten();
+                k += 1;
+                let _ = shard.on_prefetched(p, ts, h);
             }
-            (Pass::Process, None) => not_udp += 1,
-            (Pass::Prefetch, None) => {}
+            (Pass::Process, None) => {
+                k += 1;
+                not_udp += 1;
+            }
         });
         shard.pump();
         polls = polls.wrapping_add(1);

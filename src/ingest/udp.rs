@@ -138,6 +138,7 @@ pub async fn receive_loop(
     }
     let wait = io_uring::types::Timespec::new().nsec(1_000_000);
     let mut done: Vec<(usize, i32)> = Vec::with_capacity(INFLIGHT);
+    let mut hashes: Vec<Option<u64>> = Vec::with_capacity(INFLIGHT);
     let publish_every = tick.min(Duration::from_millis(100));
     let mut next_publish = Instant::now() + publish_every;
     let mut stopping: Option<Instant> = None;
@@ -162,14 +163,15 @@ pub async fn receive_loop(
         // SAFETY: the completed operations are finished: the kernel no longer
         // writes their buffers until they are resubmitted below.
         let all = unsafe { std::slice::from_raw_parts(base, INFLIGHT * BUF) };
-        for &(i, res) in &done {
+        hashes.clear();
+        hashes.extend(done.iter().map(|&(i, res)| {
+            (res >= 0)
+                .then(|| shard.prefetch(&all[i * BUF..i * BUF + res as usize]))
+                .flatten()
+        }));
+        for (&(i, res), &h) in done.iter().zip(hashes.iter()) {
             if res >= 0 {
-                shard.prefetch(&all[i * BUF..i * BUF + res as usize]);
-            }
-        }
-        for &(i, res) in &done {
-            if res >= 0 {
-                let _ = shard.on_datagram(&all[i * BUF..i * BUF + res as usize], now);
+                let _ = shard.on_prefetched(&all[i * BUF..i * BUF + res as usize], now, h);
             } else {
                 errors += 1;
             }

@@ -208,21 +208,21 @@ impl Shard {
         self.owner.id
     }
 
-    /// Starts loading what [`Shard::on_datagram`] will need for this datagram
-    /// (its device's sequence state). Call it for a whole receive batch first;
-    /// cheap for anything that is not a v1 datagram.
+    /// Starts loading what processing will need for this datagram (its
+    /// device's sequence state) and returns its device hash, for
+    /// [`Shard::on_prefetched`]. Call it for a whole receive batch first; cheap
+    /// for anything that is not a v1 datagram (None).
     #[inline]
-    pub fn prefetch(&self, buf: &[u8]) {
-        if let Some(id) = buf.get(2..18) {
-            if buf[0] == 0xAA && buf[1] == 0x55 {
-                let mut raw = [0u8; 16];
-                raw.copy_from_slice(id);
-                let hash = wire::device_hash(&raw);
-                if (hash % self.shards) as usize == usize::from(self.owner.id) {
-                    self.owner.tracker.prefetch(hash);
-                }
-            }
+    pub fn prefetch(&self, buf: &[u8]) -> Option<u64> {
+        let id: &[u8; 16] = buf.get(2..18)?.try_into().ok()?;
+        if buf[0] != 0xAA || buf[1] != 0x55 {
+            return None;
         }
+        let hash = wire::device_hash(id);
+        if (hash % self.shards) as usize == usize::from(self.owner.id) {
+            self.owner.tracker.prefetch(hash);
+        }
+        Some(hash)
     }
 
     /// Handles one datagram from this shard's queue, received at
@@ -230,9 +230,21 @@ impl Shard {
     /// counted). A forwarded message returns Ok: its owner decides.
     #[inline]
     pub fn on_datagram(&mut self, buf: &[u8], recv_ts_ns: u64) -> Result<(), Reject> {
+        self.on_prefetched(buf, recv_ts_ns, None)
+    }
+
+    /// [`Shard::on_datagram`] with the device hash [`Shard::prefetch`]
+    /// returned for these same bytes, so it is not computed twice.
+    #[inline]
+    pub fn on_prefetched(
+        &mut self,
+        buf: &[u8],
+        recv_ts_ns: u64,
+        hash: Option<u64>,
+    ) -> Result<(), Reject> {
         self.owner.snap.received += 1;
         self.owner.snap.received_bytes += buf.len() as u64;
-        let r = self.route(buf, recv_ts_ns);
+        let r = self.route(buf, recv_ts_ns, hash);
         if let Err(reason) = r {
             self.owner.snap.rejects.bump(reason);
         }
@@ -240,9 +252,10 @@ impl Shard {
     }
 
     #[inline]
-    fn route(&mut self, buf: &[u8], recv_ts_ns: u64) -> Result<(), Reject> {
+    fn route(&mut self, buf: &[u8], recv_ts_ns: u64, hash: Option<u64>) -> Result<(), Reject> {
         let d = wire::parse(buf, &self.owner.settings.parse)?;
-        let hash = d.device_hash();
+        // A prefetched hash was computed over these same 16 id bytes.
+        let hash = hash.unwrap_or_else(|| d.device_hash());
         let meta = RecordMeta {
             raw_id: *d.raw_id,
             sequence: d.sequence,
@@ -515,6 +528,32 @@ mod tests {
         s.on_datagram(&dgram("a", 10, &payload), 0).unwrap();
         s.pump();
         assert_eq!(drain(&mut rx), vec![("a".to_string(), 10)]);
+    }
+
+    #[test]
+    fn a_prefetched_hash_gives_the_same_outcome_as_computing_it() {
+        let (mut a, mut ra) = shard(true, 1 << 16);
+        let (mut b, mut rb) = shard(true, 1 << 16);
+        for (i, buf) in [
+            dgram("x", 1, b"{}"),
+            dgram("x", 1, b"{}"),
+            vec![0xAA; 21],
+            dgram("y", 3, b"[]"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let h = b.prefetch(buf);
+            assert_eq!(
+                a.on_datagram(buf, i as u64),
+                b.on_prefetched(buf, i as u64, h)
+            );
+        }
+        a.pump();
+        b.pump();
+        assert_eq!(drain(&mut ra), drain(&mut rb));
+        assert_eq!(a.snapshot(), b.snapshot());
+        assert_eq!(b.prefetch(&[0x12; 30]), None, "not v1: no hash");
     }
 
     #[test]
