@@ -37,7 +37,9 @@ mkdir -p "$out"
 
 perf record -e "$event" -g -a -o "$out/perf.data" -- \
   target/release/klais demo --duration "$secs" --rate "$rate" 2>"$out/demo.txt"
-perf report -i "$out/perf.data" --stdio --no-children --sort comm,dso,symbol 2>/dev/null \
-  | head -n 80 >"$out/report.txt"
+# Flat: where the cycles go, by thread, object and symbol. Full: with call graphs.
+perf report -i "$out/perf.data" --stdio --no-children -g none --percent-limit 0.5 \
+  --sort comm,dso,symbol >"$out/report.txt" 2>/dev/null
+perf report -i "$out/perf.data" --stdio --no-children --sort comm,dso,symbol >"$out/report-full.txt" 2>/dev/null
 tail -n 4 "$out/demo.txt"
 echo "profile: $out/report.txt (perf report -i $out/perf.data for the interactive view)"
