@@ -204,3 +204,59 @@ fn two_shards_on_veth(backend: klais::config::Backend, tag: &str) {
         sh.forwarded_out
     );
 }
+
+#[test]
+fn frames_the_kernel_cannot_put_in_a_full_rx_ring_are_counted() {
+    if !usable() {
+        return;
+    }
+    let t = topology("w", 1);
+    let (a, b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (sent_tx, sent_rx) = mpsc::channel::<()>();
+    let receiver = std::thread::spawn(move || {
+        enter(&a);
+        let prog = XdpProgram::load(&LoadOptions::default(), &Limits::default()).unwrap();
+        let att = prog.attach(&ia, AttachMode::Native).unwrap();
+        // A tiny RX ring that nobody reads while the burst arrives.
+        let cfg = XskConfig {
+            frames: 64,
+            frame_size: 2048,
+            rx_ring: 32,
+            batch: 32,
+        };
+        let mut xsk = XskSocket::open(&ia, 0, &cfg).unwrap();
+        prog.maps().bind_socket(0, xsk.fd()).unwrap();
+        ready_tx.send(()).unwrap();
+        sent_rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut got = 0u64;
+        while xsk.recv_batch(|pass, _| {
+            if pass == Pass::Process {
+                got += 1
+            }
+        }) > 0
+        {}
+        let drops = xsk.kernel_drops();
+        let c = prog.maps().counters().unwrap();
+        prog.maps().unbind_socket(0).unwrap();
+        att.detach().unwrap();
+        (got, drops, c.get(Verdict::Redirect))
+    });
+    ready_rx.recv().unwrap();
+    enter(&b);
+    let tx = UdpSocket::bind(format!("{ADDR_B}:0")).unwrap();
+    for seq in 0..200u32 {
+        tx.send_to(&v1("burst", seq), format!("{ADDR_A}:7700"))
+            .unwrap();
+    }
+    sent_tx.send(()).unwrap();
+    let (got, drops, redirected) = receiver.join().unwrap();
+    println!("redirected {redirected}, received {got}, kernel drops {drops}");
+    assert!(got <= 32, "the ring holds 32");
+    assert_eq!(
+        got + drops,
+        redirected,
+        "every redirected frame is received or counted as dropped"
+    );
+}

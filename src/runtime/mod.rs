@@ -814,12 +814,14 @@ pub fn summary_text(s: &RunSummary) -> String {
     if let Some(x) = &s.xdp {
         t.push_str(&xdp_counters_text(x));
         let redirected = x.get(crate::xdp::Verdict::Redirect);
-        if redirected > sh.received {
+        let accounted = sh.received + sh.queue_drops;
+        if redirected > accounted {
             t.push_str(&format!(
-                "  LOST between the XDP redirect and the shards: {} (redirected {}, received {}; the AF_XDP sockets could not take them)\n",
-                redirected - sh.received,
+                "  LOST between the XDP redirect and the shards: {} (redirected {}, received {}, counted as dropped at the queue {})\n",
+                redirected - accounted,
                 redirected,
-                sh.received
+                sh.received,
+                sh.queue_drops
             ));
         }
     }
