@@ -18,6 +18,7 @@ PACKAGES=(
   libbpf-dev        # bpf/bpf_helpers.h and friends for the XDP program
   libelf-dev zlib1g-dev  # libbpf-sys builds its vendored libbpf against them
   linux-libc-dev    # linux/bpf.h, linux/if_ether.h ... for the XDP program
+  libhwloc-dev      # hwloc2: CPU / NUMA topology discovery for `klais cores`
 )
 
 log=$(mktemp /tmp/klais-setup.XXXXXX.log)

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod cores;
 pub mod gen;
 pub mod handoff;
 pub mod ingest;

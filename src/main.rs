@@ -54,8 +54,27 @@ enum Command {
     /// The XDP filter: attach, detach, status, counters, benchmark.
     #[command(subcommand)]
     Xdp(XdpCmd),
+    /// The machine's cores for placing klais: topology, NIC locality.
+    #[command(subcommand)]
+    Cores(CoresCmd),
     /// Print the version, commit and build profile.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum CoresCmd {
+    /// The topology as a tree: packages, NUMA nodes, cores and their SMT
+    /// siblings, online / isolated / nohz_full CPUs, and with --iface the NIC's
+    /// NUMA node, receive queues and their IRQs' affinity. HWLOC_XMLFILE=FILE
+    /// shows a topology saved with `lstopo --of xml` instead of this machine's.
+    Show {
+        /// Also show this NIC's locality.
+        #[arg(long)]
+        iface: Option<String>,
+        /// Print JSON for scripts instead of the tree.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,6 +267,23 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => demo(args),
         Command::Xdp(cmd) => xdp_cmd(cmd),
+        Command::Cores(CoresCmd::Show { iface, json }) => {
+            let topo = match klais::cores::discover() {
+                Ok(t) => t,
+                Err(e) => return xdp_fail(e),
+            };
+            let nic = match iface.as_deref().map(klais::cores::nic_info).transpose() {
+                Ok(n) => n,
+                Err(e) => return xdp_fail(e),
+            };
+            if json {
+                let v = serde_json::json!({ "topology": topo, "nic": nic });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", klais::cores::tree_text(&topo, nic.as_ref()));
+            }
+            ExitCode::SUCCESS
+        }
     }
 }
 
