@@ -75,6 +75,131 @@ enum CoresCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Plan a core map: shards on the NIC's node, one per receive queue, each
+    /// on its own physical core; batcher and control on another core of the
+    /// same node; CPU 0 left alone when there is room. Prints the map with the
+    /// reason for each choice, or writes it with --write.
+    Plan {
+        /// The NIC the shards serve (its NUMA node and queue count).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Shards (default: one per receive queue).
+        #[arg(long)]
+        shards: Option<usize>,
+        /// For a host described by HWLOC_XMLFILE: the NIC's NUMA node.
+        #[arg(long)]
+        nic_node: Option<usize>,
+        /// For a host described by HWLOC_XMLFILE: the NIC's receive queues.
+        #[arg(long)]
+        queues: Option<usize>,
+        /// Write the map to this file (e.g. numa/myhost.toml).
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+    },
+    /// Show each receive queue's IRQ, its affinity and the CPU of the shard
+    /// that owns the queue; with --apply, pin each IRQ to that CPU (root).
+    Irq {
+        /// The NIC.
+        #[arg(long)]
+        iface: String,
+        /// The core map whose shards own the queues (default: a fresh plan).
+        #[arg(long, value_name = "FILE")]
+        core_map: Option<PathBuf>,
+        /// Write the affinities.
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Check a core map against this machine (or HWLOC_XMLFILE): CPUs exist
+    /// and are online, shards match queues, NUMA locality, SMT siblings.
+    /// Prints each problem with its fix; exit 2 when any is an error.
+    Check {
+        /// The map.
+        file: PathBuf,
+        /// The NIC the shards serve.
+        #[arg(long)]
+        iface: Option<String>,
+        /// For a host described by HWLOC_XMLFILE: the NIC's NUMA node.
+        #[arg(long)]
+        nic_node: Option<usize>,
+        /// For a host described by HWLOC_XMLFILE: the NIC's receive queues.
+        #[arg(long)]
+        queues: Option<usize>,
+    },
+}
+
+/// Checks a core map against this machine and the configured interface, and
+/// applies it to the configuration; refuses (exit 2) a map with errors.
+fn apply_core_map(cfg: &mut Config, path: &std::path::Path) -> Result<(), ExitCode> {
+    let map = klais::cores::plan::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    let topo = klais::cores::discover().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })?;
+    let nic = cfg
+        .xdp
+        .iface
+        .as_deref()
+        .map(klais::cores::nic_info)
+        .transpose()
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        })?;
+    let problems = klais::cores::plan::check(&map, &topo, nic.as_ref());
+    for p in &problems {
+        eprintln!(
+            "core map {}: {}: {}; fix: {}",
+            path.display(),
+            if p.error { "error" } else { "warning" },
+            p.what,
+            p.fix
+        );
+    }
+    if problems.iter().any(|p| p.error) {
+        eprintln!(
+            "refusing core map {}: it does not fit this machine",
+            path.display()
+        );
+        return Err(ExitCode::from(2));
+    }
+    cfg.ingest.shards = map.shards.len() as u16;
+    cfg.cores.shard_cpus = Some(map.shards.iter().map(|s| s.cpu).collect());
+    cfg.cores.output_cpu = Some(map.batcher_cpu);
+    cfg.cores.map = None;
+    if let Err(errs) = cfg.validate() {
+        return Err(config_errors(&errs));
+    }
+    Ok(())
+}
+
+/// The NIC to plan or check for: a real interface, or one described by flags.
+fn nic_for(
+    iface: Option<&str>,
+    nic_node: Option<usize>,
+    queues: Option<usize>,
+) -> Result<Option<klais::cores::NicInfo>, klais::xdp::XdpError> {
+    match iface {
+        Some(i) => {
+            let mut n = klais::cores::nic_info(i)?;
+            if nic_node.is_some() {
+                n.numa_node = nic_node;
+            }
+            if let Some(q) = queues {
+                n.rx_queues = q;
+            }
+            Ok(Some(n))
+        }
+        None if nic_node.is_some() || queues.is_some() => Ok(Some(klais::cores::NicInfo {
+            iface: "nic".into(),
+            numa_node: nic_node,
+            rx_queues: queues.unwrap_or(0),
+            irqs: Vec::new(),
+        })),
+        None => Ok(None),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,6 +271,10 @@ struct RunArgs {
     /// `-v` prints it too.
     #[arg(long)]
     print_topology: bool,
+    /// Place the cores by this core map (numa/*.toml); overrides cores.map.
+    /// It is checked against the machine first and refused if it fails.
+    #[arg(long, value_name = "FILE")]
+    core_map: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,10 +360,15 @@ fn main() -> ExitCode {
             Err(errs) => config_errors(&errs),
         },
         Command::Run(args) => {
-            let cfg = match Config::load(args.config.as_deref()) {
+            let mut cfg = match Config::load(args.config.as_deref()) {
                 Ok(c) => c,
                 Err(errs) => return config_errors(&errs),
             };
+            if let Some(map) = args.core_map.clone().or_else(|| cfg.cores.map.clone()) {
+                if let Err(code) = apply_core_map(&mut cfg, &map) {
+                    return code;
+                }
+            }
             run(
                 &cfg,
                 args.duration.map(Duration::from_secs_f64),
@@ -267,6 +401,151 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => demo(args),
         Command::Xdp(cmd) => xdp_cmd(cmd),
+        Command::Cores(CoresCmd::Plan {
+            iface,
+            shards,
+            nic_node,
+            queues,
+            write,
+        }) => {
+            let topo = match klais::cores::discover() {
+                Ok(t) => t,
+                Err(e) => return xdp_fail(e),
+            };
+            let nic = match nic_for(iface.as_deref(), nic_node, queues) {
+                Ok(n) => n,
+                Err(e) => return xdp_fail(e),
+            };
+            let host = write
+                .as_ref()
+                .and_then(|w| w.file_stem())
+                .map_or(topo.source.clone(), |s| s.to_string_lossy().into_owned());
+            match klais::cores::plan::plan(&topo, nic.as_ref(), shards, &host) {
+                Ok(p) => {
+                    let text = p.to_toml();
+                    match write {
+                        Some(path) => match std::fs::write(&path, &text) {
+                            Ok(()) => {
+                                println!("wrote {}", path.display());
+                                ExitCode::SUCCESS
+                            }
+                            Err(e) => xdp_fail(format!("cannot write {}: {e}", path.display())),
+                        },
+                        None => {
+                            print!("{text}");
+                            ExitCode::SUCCESS
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Cores(CoresCmd::Check {
+            file,
+            iface,
+            nic_node,
+            queues,
+        }) => {
+            let map = match klais::cores::plan::load(&file) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let topo = match klais::cores::discover() {
+                Ok(t) => t,
+                Err(e) => return xdp_fail(e),
+            };
+            let nic = match nic_for(iface.as_deref(), nic_node, queues) {
+                Ok(n) => n,
+                Err(e) => return xdp_fail(e),
+            };
+            let problems = klais::cores::plan::check(&map, &topo, nic.as_ref());
+            for p in &problems {
+                println!(
+                    "{}: {}; fix: {}",
+                    if p.error { "error" } else { "warning" },
+                    p.what,
+                    p.fix
+                );
+            }
+            if problems.iter().any(|p| p.error) {
+                ExitCode::from(2)
+            } else {
+                println!("{}: OK for {}", file.display(), topo.source);
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Cores(CoresCmd::Irq {
+            iface,
+            core_map,
+            apply,
+        }) => {
+            let nic = match klais::cores::nic_info(&iface) {
+                Ok(n) => n,
+                Err(e) => return xdp_fail(e),
+            };
+            let map = match core_map {
+                Some(path) => match klais::cores::plan::load(&path) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => {
+                    let topo = match klais::cores::discover() {
+                        Ok(t) => t,
+                        Err(e) => return xdp_fail(e),
+                    };
+                    match klais::cores::plan::plan(&topo, Some(&nic), None, &topo.source) {
+                        Ok(p) => p.map,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            };
+            let placements = klais::cores::plan::irq_placements(&nic, &map);
+            if placements.is_empty() {
+                println!("{iface} exposes no queue interrupts (a virtual device?): nothing to pin");
+                return ExitCode::SUCCESS;
+            }
+            let mut failed = false;
+            for p in &placements {
+                let want = p
+                    .shard_cpu
+                    .map_or("no shard".to_string(), |c| format!("CPU {c}"));
+                print!(
+                    "queue {:>3}  irq {:>4}  {:<24} affinity {:<10} shard {}",
+                    p.queue,
+                    p.irq,
+                    p.name,
+                    klais::cores::list(&p.current),
+                    want
+                );
+                match (apply, p.shard_cpu) {
+                    (true, Some(cpu)) => match klais::cores::plan::set_irq_affinity(p.irq, cpu) {
+                        Ok(()) => println!("  -> set"),
+                        Err(e) => {
+                            failed = true;
+                            println!("  -> not set: {e} (needs root; managed IRQs refuse)");
+                        }
+                    },
+                    _ => println!(),
+                }
+            }
+            if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::Cores(CoresCmd::Show { iface, json }) => {
             let topo = match klais::cores::discover() {
                 Ok(t) => t,

@@ -107,3 +107,112 @@ fn loopback_shows_as_a_virtual_nic_without_queue_interrupts() {
     assert!(v["nic"]["numa_node"].is_null());
     assert_eq!(v["nic"]["irqs"].as_array().unwrap().len(), 0);
 }
+
+fn check_map(map: &str, xml: &str, extra: &[&str]) -> (i32, String) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(KLAIS)
+        .args(["cores", "check", &format!("{root}/numa/{map}")])
+        .args(extra)
+        .env(
+            "HWLOC_XMLFILE",
+            format!("{root}/tests/fixtures/topology/{xml}"),
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn every_shipped_core_map_passes_the_check_on_its_host() {
+    for (map, xml, extra) in [
+        ("vm-2cpu.toml", "vm-2cpu.xml", &[][..]),
+        (
+            "1socket-16core-smt.toml",
+            "1socket-16core-smt.xml",
+            &["--nic-node", "0", "--queues", "8"][..],
+        ),
+        (
+            "2socket-2x32core-nic-node1.toml",
+            "2socket-2x32core-smt.xml",
+            &["--nic-node", "1", "--queues", "16"][..],
+        ),
+    ] {
+        let (code, out) = check_map(map, xml, extra);
+        assert_eq!(code, 0, "{map} on {xml}:\n{out}");
+        assert!(!out.contains("warning"), "{map}: {out}");
+    }
+}
+
+#[test]
+fn a_map_for_another_host_fails_the_check_with_the_fix() {
+    let (code, out) = check_map(
+        "2socket-2x32core-nic-node1.toml",
+        "1socket-16core-smt.xml",
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("does not exist here") && out.contains("fix: plan a map for this host"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_refuses_a_core_map_that_does_not_fit_this_machine() {
+    let out = Command::new(KLAIS)
+        .args(["run", "--core-map"])
+        .arg(format!(
+            "{}/numa/2socket-2x32core-nic-node1.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .env_remove("HWLOC_XMLFILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing core map"));
+}
+
+#[test]
+fn run_places_its_cores_by_a_map_that_fits() {
+    let topo = klais::cores::discover().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("here.toml");
+    let plan = klais::cores::plan::plan(&topo, None, Some(1), "here").unwrap();
+    std::fs::write(&map, plan.to_toml()).unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("klais.toml");
+    std::fs::write(
+        &cfg,
+        format!("[ingest]\nlisten = \"127.0.0.1:{port}\"\n[output]\nsink = \"null\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(KLAIS)
+        .args(["run", "--duration", "0.3", "--config"])
+        .arg(&cfg)
+        .arg("--core-map")
+        .arg(&map)
+        .env_remove("HWLOC_XMLFILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("shard 0 on CPU {}", plan.map.shards[0].cpu)),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("output on CPU {}", plan.map.batcher_cpu)),
+        "{err}"
+    );
+}

@@ -307,6 +307,11 @@ fn default_mesh_bytes() -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Cores {
+    /// A core map (numa/*.toml, from `klais cores plan`): shard CPUs and
+    /// queues, batcher CPU. Checked against the machine at start; a map that
+    /// fails the check is refused. Not with `shard_cpus` / `output_cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<PathBuf>,
     /// CPUs the shard executors are pinned to, one per shard in shard order.
     /// Omit to let klais choose: the highest online CPUs (CPU 0 usually
     /// carries housekeeping and IRQs).
@@ -541,6 +546,15 @@ impl Config {
                 "ingest.shards",
                 format!("{shards} is outside 1..=64"),
                 "use one shard per NIC queue you want to serve",
+            ));
+        }
+        if self.cores.map.is_some()
+            && (self.cores.shard_cpus.is_some() || self.cores.output_cpu.is_some())
+        {
+            errs.push(invalid(
+                "cores.map, cores.shard_cpus / cores.output_cpu",
+                "a core map and explicit CPUs both place the cores".to_string(),
+                "keep one: the map, or the CPU keys",
             ));
         }
         if let Some(cpus) = &self.cores.shard_cpus {

@@ -14,6 +14,8 @@
 //! The result is a plain value ([`HostTopology`]) that prints as a tree or as
 //! JSON; planning core maps from it is pure logic (the core-map issue).
 
+pub mod plan;
+
 use std::path::Path;
 
 use serde::Serialize;
@@ -47,6 +49,17 @@ pub struct Core {
     pub cpus: Vec<usize>,
 }
 
+/// A cache shared by some CPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cache {
+    /// 2 or 3.
+    pub level: u8,
+    /// Bytes.
+    pub size: u64,
+    /// CPUs sharing it.
+    pub cpus: Vec<usize>,
+}
+
 /// The CPU topology and the state of its CPUs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostTopology {
@@ -56,6 +69,8 @@ pub struct HostTopology {
     pub cores: Vec<Core>,
     /// NUMA nodes (OS indices).
     pub nodes: Vec<usize>,
+    /// L2 and L3 caches.
+    pub caches: Vec<Cache>,
     /// Online CPUs (empty when loaded from XML).
     pub online: Vec<usize>,
     /// CPUs isolated from the scheduler (`isolcpus`).
@@ -139,6 +154,24 @@ pub fn discover() -> Result<HostTopology, CoresError> {
     if cores.is_empty() {
         return Err(CoresError::NoCores);
     }
+    let mut caches = Vec::new();
+    for (level, ty) in [
+        (2u8, hwloc2::ObjectType::L2Cache),
+        (3u8, hwloc2::ObjectType::L3Cache),
+    ] {
+        if let Ok(objs) = topo.objects_with_type(&ty) {
+            for o in objs {
+                caches.push(Cache {
+                    level,
+                    size: o.cache_attributes().map_or(0, |a| a.size()),
+                    cpus: o
+                        .cpuset()
+                        .and_then(|s| parse_cpu_list(&s.to_string()).ok())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+    }
     let mut nodes: Vec<usize> = cores.iter().map(|c| c.node).collect();
     nodes.sort_unstable();
     nodes.dedup();
@@ -155,6 +188,7 @@ pub fn discover() -> Result<HostTopology, CoresError> {
         source,
         cores,
         nodes,
+        caches,
         online,
         isolated,
         nohz_full,
@@ -191,16 +225,21 @@ pub fn nic_info(iface: &str) -> Result<NicInfo, crate::xdp::XdpError> {
     crate::xdp::iface_index(iface)?;
     let dev = format!("/sys/class/net/{iface}/device");
     let numa_node = std::fs::read_to_string(format!("{dev}/numa_node"))
+        .or_else(|_| std::fs::read_to_string(format!("{dev}/../numa_node")))
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
         .filter(|&n| n >= 0)
         .map(|n| n as usize);
-    let mut irq_numbers: Vec<u32> = std::fs::read_dir(format!("{dev}/msi_irqs"))
-        .map(|d| {
+    // A PCI NIC has msi_irqs on its device; a virtio NIC on the PCI device above it.
+    let read_irqs = |dir: String| -> Option<Vec<u32>> {
+        std::fs::read_dir(dir).ok().map(|d| {
             d.filter_map(Result::ok)
                 .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
                 .collect()
         })
+    };
+    let mut irq_numbers = read_irqs(format!("{dev}/msi_irqs"))
+        .or_else(|| read_irqs(format!("{dev}/../msi_irqs")))
         .unwrap_or_default();
     irq_numbers.sort_unstable();
     let interrupts = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
@@ -220,6 +259,48 @@ pub fn nic_info(iface: &str) -> Result<NicInfo, crate::xdp::XdpError> {
     })
 }
 
+/// The IRQs that serve receive queues, with their queue index: names that
+/// say rx / input / TxRx / comp, queue = the trailing number of the name; if
+/// no name says so, every IRQ in order.
+pub fn rx_queue_irqs(nic: &NicInfo) -> Vec<(u32, &QueueIrq)> {
+    let rx: Vec<&QueueIrq> = nic
+        .irqs
+        .iter()
+        .filter(|q| {
+            let n = q.name.to_ascii_lowercase();
+            ["rx", "input", "txrx", "comp"]
+                .iter()
+                .any(|k| n.contains(k))
+        })
+        .collect();
+    if rx.is_empty() {
+        return nic
+            .irqs
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (i as u32, q))
+            .collect();
+    }
+    rx.into_iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let digits: String = q
+                .name
+                .chars()
+                .rev()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            let queue = digits
+                .chars()
+                .rev()
+                .collect::<String>()
+                .parse()
+                .unwrap_or(i as u32);
+            (queue, q)
+        })
+        .collect()
+}
+
 /// The last column of the /proc/interrupts line for `irq` (its action name).
 fn irq_name(interrupts: &str, irq: u32) -> Option<String> {
     let prefix = format!("{irq}:");
@@ -230,7 +311,8 @@ fn irq_name(interrupts: &str, irq: u32) -> Option<String> {
         .map(str::to_string)
 }
 
-fn list(v: &[usize]) -> String {
+/// A CPU list in the kernel's compressed form (`0-3,8`).
+pub fn list(v: &[usize]) -> String {
     if v.is_empty() {
         return "-".into();
     }
@@ -276,6 +358,23 @@ pub fn tree_text(t: &HostTopology, nic: Option<&NicInfo>) -> String {
     }
     for pkg in t.packages() {
         s.push_str(&format!("package {pkg}\n"));
+        let pkg_cpus: Vec<usize> = t
+            .cores
+            .iter()
+            .filter(|c| c.package == pkg)
+            .flat_map(|c| c.cpus.clone())
+            .collect();
+        for c in t
+            .caches
+            .iter()
+            .filter(|c| c.level == 3 && c.cpus.iter().any(|x| pkg_cpus.contains(x)))
+        {
+            s.push_str(&format!(
+                "  L3 {} KiB shared by CPUs {}\n",
+                c.size / 1024,
+                list(&c.cpus)
+            ));
+        }
         for node in &t.nodes {
             let here: Vec<&Core> = t
                 .cores
@@ -361,6 +460,50 @@ mod tests {
     }
 
     #[test]
+    fn receive_queue_irqs_are_found_by_name_with_their_queue() {
+        let q = |irq, name: &str| QueueIrq {
+            irq,
+            name: name.into(),
+            affinity: vec![],
+        };
+        let nic = NicInfo {
+            iface: "eth0".into(),
+            numa_node: None,
+            rx_queues: 2,
+            irqs: vec![
+                q(37, "virtio2-config"),
+                q(38, "virtio2-input.0"),
+                q(39, "virtio2-output.0"),
+                q(40, "virtio2-input.1"),
+            ],
+        };
+        let got: Vec<(u32, u32)> = rx_queue_irqs(&nic)
+            .iter()
+            .map(|(queue, q)| (*queue, q.irq))
+            .collect();
+        assert_eq!(got, vec![(0, 38), (1, 40)]);
+        let mlx = NicInfo {
+            irqs: vec![
+                q(90, "mlx5_async@pci:0000:3b:00.0"),
+                q(91, "mlx5_comp0@pci:0000:3b:00.0"),
+            ],
+            ..nic.clone()
+        };
+        assert_eq!(
+            rx_queue_irqs(&mlx)
+                .iter()
+                .map(|(qq, q)| (*qq, q.irq))
+                .collect::<Vec<_>>(),
+            vec![(0, 91)]
+        );
+        let plain = NicInfo {
+            irqs: vec![q(50, "eth0-TxRx-0"), q(51, "eth0-TxRx-1")],
+            ..nic
+        };
+        assert_eq!(rx_queue_irqs(&plain).len(), 2);
+    }
+
+    #[test]
     fn irq_names_come_from_the_last_column() {
         let p = "           CPU0       CPU1\n  24:          0          5  PCI-MSI 524288-edge      eth0-TxRx-0\n";
         assert_eq!(irq_name(p, 24).as_deref(), Some("eth0-TxRx-0"));
@@ -386,6 +529,7 @@ mod tests {
                 },
             ],
             nodes: vec![0, 1],
+            caches: vec![],
             online: vec![0, 1, 2, 3],
             isolated: vec![1, 3],
             nohz_full: vec![],
