@@ -175,6 +175,18 @@ fn apply_core_map(cfg: &mut Config, path: &std::path::Path) -> Result<(), ExitCo
     Ok(())
 }
 
+/// The topology (this machine, or HWLOC_XMLFILE) and the NIC to plan or
+/// check for; a failure is reported and becomes exit status 1.
+fn topology_and_nic(
+    iface: Option<&str>,
+    nic_node: Option<usize>,
+    queues: Option<usize>,
+) -> Result<(klais::cores::HostTopology, Option<klais::cores::NicInfo>), ExitCode> {
+    let topo = klais::cores::discover().map_err(runtime_fail)?;
+    let nic = nic_for(iface, nic_node, queues).map_err(runtime_fail)?;
+    Ok((topo, nic))
+}
+
 /// The NIC to plan or check for: a real interface, or one described by flags.
 fn nic_for(
     iface: Option<&str>,
@@ -408,13 +420,9 @@ fn main() -> ExitCode {
             queues,
             write,
         }) => {
-            let topo = match klais::cores::discover() {
-                Ok(t) => t,
-                Err(e) => return xdp_fail(e),
-            };
-            let nic = match nic_for(iface.as_deref(), nic_node, queues) {
-                Ok(n) => n,
-                Err(e) => return xdp_fail(e),
+            let (topo, nic) = match topology_and_nic(iface.as_deref(), nic_node, queues) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
             let host = write
                 .as_ref()
@@ -429,7 +437,7 @@ fn main() -> ExitCode {
                                 println!("wrote {}", path.display());
                                 ExitCode::SUCCESS
                             }
-                            Err(e) => xdp_fail(format!("cannot write {}: {e}", path.display())),
+                            Err(e) => runtime_fail(format!("cannot write {}: {e}", path.display())),
                         },
                         None => {
                             print!("{text}");
@@ -456,13 +464,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let topo = match klais::cores::discover() {
-                Ok(t) => t,
-                Err(e) => return xdp_fail(e),
-            };
-            let nic = match nic_for(iface.as_deref(), nic_node, queues) {
-                Ok(n) => n,
-                Err(e) => return xdp_fail(e),
+            let (topo, nic) = match topology_and_nic(iface.as_deref(), nic_node, queues) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
             let problems = klais::cores::plan::check(&map, &topo, nic.as_ref());
             for p in &problems {
@@ -487,7 +491,7 @@ fn main() -> ExitCode {
         }) => {
             let nic = match klais::cores::nic_info(&iface) {
                 Ok(n) => n,
-                Err(e) => return xdp_fail(e),
+                Err(e) => return runtime_fail(e),
             };
             let map = match core_map {
                 Some(path) => match klais::cores::plan::load(&path) {
@@ -500,7 +504,7 @@ fn main() -> ExitCode {
                 None => {
                     let topo = match klais::cores::discover() {
                         Ok(t) => t,
-                        Err(e) => return xdp_fail(e),
+                        Err(e) => return runtime_fail(e),
                     };
                     match klais::cores::plan::plan(&topo, Some(&nic), None, &topo.source) {
                         Ok(p) => p.map,
@@ -549,11 +553,11 @@ fn main() -> ExitCode {
         Command::Cores(CoresCmd::Show { iface, json }) => {
             let topo = match klais::cores::discover() {
                 Ok(t) => t,
-                Err(e) => return xdp_fail(e),
+                Err(e) => return runtime_fail(e),
             };
             let nic = match iface.as_deref().map(klais::cores::nic_info).transpose() {
                 Ok(n) => n,
-                Err(e) => return xdp_fail(e),
+                Err(e) => return runtime_fail(e),
             };
             if json {
                 let v = serde_json::json!({ "topology": topo, "nic": nic });
@@ -566,7 +570,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn xdp_fail(e: impl std::fmt::Display) -> ExitCode {
+fn runtime_fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(1)
 }
@@ -592,11 +596,11 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
             };
             let limits = match cfg.xdp.limits() {
                 Ok(l) => l,
-                Err(e) => return xdp_fail(e),
+                Err(e) => return runtime_fail(e),
             };
             let program = match xdp::XdpProgram::load(&opts, &limits) {
                 Ok(p) => p,
-                Err(e) => return xdp_fail(e),
+                Err(e) => return runtime_fail(e),
             };
             match program.attach(&iface, mode.unwrap_or(cfg.xdp.mode)) {
                 Ok(a) => {
@@ -612,7 +616,7 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                     a.persist();
                     ExitCode::SUCCESS
                 }
-                Err(e) => xdp_fail(e),
+                Err(e) => runtime_fail(e),
             }
         }
         XdpCmd::Detach { iface } => match xdp::detach_iface(&iface) {
@@ -624,7 +628,7 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                 println!("nothing of klais was attached to {iface}");
                 ExitCode::SUCCESS
             }
-            Err(e) => xdp_fail(e),
+            Err(e) => runtime_fail(e),
         },
         XdpCmd::Status { iface } => match xdp::status(&iface) {
             Ok(st) => {
@@ -662,18 +666,18 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(e) => xdp_fail(e),
+            Err(e) => runtime_fail(e),
         },
         XdpCmd::Stats { iface, watch } => {
             let maps = match xdp::KernelMaps::from_pins(&iface) {
                 Ok(m) => m,
-                Err(e) => return xdp_fail(e),
+                Err(e) => return runtime_fail(e),
             };
             let stop = Arc::new(AtomicBool::new(false));
             register_signals(&stop);
             let mut prev = match maps.counters() {
                 Ok(c) => c,
-                Err(e) => return xdp_fail(e),
+                Err(e) => return runtime_fail(e),
             };
             print!("{}", runtime::xdp_counters_text(&prev));
             let Some(secs) = watch else {
@@ -688,7 +692,7 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                 }
                 let now = match maps.counters() {
                     Ok(c) => c,
-                    Err(e) => return xdp_fail(e),
+                    Err(e) => return runtime_fail(e),
                 };
                 let dt = last.elapsed().as_secs_f64();
                 last = Instant::now();
@@ -720,7 +724,7 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                 print!("{}", klais::xdp::bench::table(&rows, repeat));
                 ExitCode::SUCCESS
             }
-            Err(e) => xdp_fail(e),
+            Err(e) => runtime_fail(e),
         },
     }
 }

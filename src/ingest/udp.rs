@@ -154,11 +154,7 @@ pub async fn receive_loop(
                 ) => {}
             Err(e) => return Err(e),
         }
-        done.clear();
-        done.extend(
-            ring.completion()
-                .map(|c| (c.user_data() as usize, c.result())),
-        );
+        reap(&mut ring, &mut done);
         let now = now_ns();
         // SAFETY: the completed operations are finished: the kernel no longer
         // writes their buffers until they are resubmitted below.
@@ -210,11 +206,7 @@ pub async fn receive_loop(
     while outstanding > 0 && Instant::now() < deadline {
         let args = io_uring::types::SubmitArgs::new().timespec(&wait);
         let _ = ring.submitter().submit_with_args(1, &args);
-        done.clear();
-        done.extend(
-            ring.completion()
-                .map(|c| (c.user_data() as usize, c.result())),
-        );
+        reap(&mut ring, &mut done);
         let now = now_ns();
         // SAFETY: as in the loop above: completed operations no longer write.
         let all = unsafe { std::slice::from_raw_parts(base, INFLIGHT * BUF) };
@@ -247,6 +239,16 @@ pub async fn receive_loop(
     shard.pump();
     drop(ring);
     Ok(())
+}
+
+/// Takes every completion waiting in `ring` as (operation index, result).
+#[inline]
+fn reap(ring: &mut io_uring::IoUring, done: &mut Vec<(usize, i32)>) {
+    done.clear();
+    done.extend(
+        ring.completion()
+            .map(|c| (c.user_data() as usize, c.result())),
+    );
 }
 
 /// Datagrams the kernel dropped at this socket because its receive buffer
