@@ -2,12 +2,14 @@
 //!
 //! Devices send small UDP datagrams (wire protocol v1, [`wire`]); klais receives
 //! them on pinned shard cores ([`ingest`], [`shard`]), hands accepted messages
-//! over lock-free SPSC rings ([`handoff`]) to an output core ([`sink`]), and
+//! over lock-free SPSC rings ([`handoff`]) to the Kafka batching core
+//! ([`kafka`]: adaptive batching, spill journal) or a debug sink ([`sink`]), and
 //! reports what it did ([`telemetry`]). [`runtime`] wires the cores together;
-//! [`config`] is the operator's contract; [`gen`] makes device traffic.
+//! [`config`] is the operator's contract; [`gen`] makes device traffic; [`xdp`]
+//! is the kernel filter; [`cores`] plans core maps.
 //!
-//! See DESIGN.md (shared) and the README for the full data flow; modules for the
-//! XDP filter, the Dam, the control core and Kafka arrive with their issues.
+//! See DESIGN.md (shared) and the README for the full data flow; the Dam, the
+//! control core and the models arrive with their issues.
 
 #![deny(missing_docs)]
 
@@ -16,6 +18,7 @@ pub mod cores;
 pub mod gen;
 pub mod handoff;
 pub mod ingest;
+pub mod kafka;
 pub mod runtime;
 pub mod shard;
 pub mod sink;

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod kafka;
+pub use kafka::{Dapb, Journal, Kafka, OWNED_LIBRDKAFKA_KEYS};
+
 use crate::handoff::RECORD_HEADER_LEN;
 use crate::wire::{HEADER_LEN, MAX_DATAGRAM};
 
@@ -333,19 +336,24 @@ pub enum SinkKind {
     File,
     /// Count and discard: measures the ingest path alone (benchmarks, perf).
     Null,
+    /// The Kafka producer (`[output.kafka]`), with adaptive batching and the
+    /// spill journal.
+    Kafka,
 }
 
 /// `[output]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Output {
-    /// `"stdout"`, `"file"` or `"null"`. The Kafka producer joins these with
-    /// its own issue; the JSON-lines sinks stay as debug sinks.
+    /// `"kafka"`, or a debug sink: `"stdout"`, `"file"` or `"null"`.
     #[serde(default = "default_sink")]
     pub sink: SinkKind,
     /// File the `"file"` sink appends to. Only with `sink = "file"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// The Kafka producer (used with `sink = "kafka"`).
+    #[serde(default)]
+    pub kafka: Kafka,
 }
 
 /// `[telemetry]`
@@ -380,7 +388,7 @@ fn default_ring_bytes() -> usize {
     16 << 20
 }
 fn default_sink() -> SinkKind {
-    SinkKind::Stdout
+    SinkKind::Kafka
 }
 fn default_stats_interval_ms() -> u64 {
     1000
@@ -427,6 +435,7 @@ impl Default for Output {
         Self {
             sink: default_sink(),
             path: None,
+            kafka: Kafka::default(),
         }
     }
 }
@@ -685,7 +694,7 @@ impl Config {
                 "sink = \"file\" needs a path".to_string(),
                 "add output.path = \"/var/lib/klais/records.jsonl\" or choose another sink",
             )),
-            (SinkKind::Stdout | SinkKind::Null, Some(_)) => errs.push(invalid(
+            (SinkKind::Stdout | SinkKind::Null | SinkKind::Kafka, Some(_)) => errs.push(invalid(
                 "output.sink, output.path",
                 format!(
                     "output.path is set but sink = \"{}\" does not write a file",
@@ -695,6 +704,7 @@ impl Config {
             )),
             _ => {}
         }
+        self.output.kafka.validate(&mut errs);
         let t = self.telemetry.stats_interval_ms;
         if t != 0 && !(10..=60_000).contains(&t) {
             errs.push(invalid(
@@ -788,6 +798,7 @@ impl SinkKind {
         match self {
             SinkKind::Stdout => "stdout",
             SinkKind::File => "file",
+            SinkKind::Kafka => "kafka",
             SinkKind::Null => "null",
         }
     }

@@ -23,7 +23,7 @@ pub const RECORD_HEADER_LEN: usize = 40;
 pub const FLAG_JSON_VALIDATED: u8 = 1;
 
 /// What a shard hands to the output stage about one accepted message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecordMeta {
     /// Raw 16-byte device id (NUL padding included).
     pub raw_id: [u8; 16],
@@ -46,7 +46,8 @@ impl RecordMeta {
         std::str::from_utf8(&self.raw_id[..len]).unwrap_or("")
     }
 
-    fn encode(&self, payload_len: usize) -> [u8; RECORD_HEADER_LEN] {
+    /// The 40-byte header for a payload of `payload_len` bytes.
+    pub fn encode(&self, payload_len: usize) -> [u8; RECORD_HEADER_LEN] {
         let mut h = [0u8; RECORD_HEADER_LEN];
         h[0..4].copy_from_slice(&((RECORD_HEADER_LEN + payload_len) as u32).to_le_bytes());
         h[4..8].copy_from_slice(&self.sequence.to_le_bytes());
@@ -59,7 +60,8 @@ impl RecordMeta {
         h
     }
 
-    fn decode(h: &[u8; RECORD_HEADER_LEN]) -> (Self, usize) {
+    /// Header fields and payload length from a 40-byte header.
+    pub fn decode(h: &[u8; RECORD_HEADER_LEN]) -> (Self, usize) {
         let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let mut raw_id = [0u8; 16];
         raw_id.copy_from_slice(&h[16..32]);

@@ -35,6 +35,7 @@ use crate::config::{Backend, Config, SinkKind};
 use crate::handoff::{record_ring, RecordRx, RecordTx, RingError};
 use crate::ingest::udp::{self, UdpError};
 use crate::shard::{Shard, ShardRings, ShardSettings, ShardSnapshot};
+use crate::kafka::KafkaSnapshot;
 use crate::sink::{self, SinkError, SinkSnapshot, SinkTarget};
 use crate::telemetry::Published;
 use crate::wire::{ParseOptions, Reject};
@@ -75,6 +76,9 @@ pub enum RunError {
     /// The output stage failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The Kafka output failed to start or stop.
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::OutputError),
     /// The XDP filter could not be loaded or attached.
     #[error(transparent)]
     Xdp(#[from] crate::xdp::XdpError),
@@ -98,18 +102,26 @@ struct KernelSide {
 }
 
 /// Final figures of a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RunSummary {
     /// Shard counters, summed.
     pub shards: ShardSnapshot,
-    /// Output stage counters.
+    /// Output stage counters (records taken from the rings).
     pub sink: SinkSnapshot,
+    /// The Kafka output's delivery accounting (sink = "kafka").
+    pub kafka: Option<KafkaSnapshot>,
     /// Where the roles ran.
     pub placement: Placement,
     /// Wall time from start to the end of the drain.
     pub elapsed: Duration,
     /// The XDP filter's counters when it was attached.
     pub xdp: Option<crate::xdp::XdpCounters>,
+}
+
+/// What the output thread returns.
+struct OutputEnd {
+    sink: SinkSnapshot,
+    kafka: Option<KafkaSnapshot>,
 }
 
 /// A running klais.
@@ -119,8 +131,9 @@ pub struct Running {
     shards_done: Vec<Arc<AtomicBool>>,
     shard_stats: Vec<Arc<Published<ShardSnapshot>>>,
     sink_stats: Arc<Published<SinkSnapshot>>,
+    kafka_stats: Option<Arc<Published<KafkaSnapshot>>>,
     shards: Vec<glommio::ExecutorJoinHandle<std::io::Result<ShardSnapshot>>>,
-    output: JoinHandle<Result<SinkSnapshot, SinkError>>,
+    output: JoinHandle<Result<OutputEnd, RunError>>,
     local_addr: SocketAddr,
     placement: Placement,
     backend: Backend,
@@ -378,29 +391,80 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
     let abandon = Arc::new(AtomicBool::new(false));
     let sink_stats = Published::<SinkSnapshot>::new();
     let target = match cfg.output.sink {
-        SinkKind::Stdout => SinkTarget::Stdout,
-        SinkKind::File => SinkTarget::File(
+        SinkKind::Stdout => Some(SinkTarget::Stdout),
+        SinkKind::File => Some(SinkTarget::File(
             cfg.output
                 .path
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("records.jsonl")),
-        ),
-        SinkKind::Null => SinkTarget::Null,
+        )),
+        SinkKind::Null => Some(SinkTarget::Null),
+        SinkKind::Kafka => None,
     };
+    let kafka_stats = target.is_none().then(Published::<KafkaSnapshot>::new);
     let output = {
         let (stats, abandon) = (sink_stats.clone(), abandon.clone());
+        let kstats = kafka_stats.clone();
+        let kcfg = cfg.output.kafka.clone();
         let cpu = placement.output_cpu;
-        std::thread::Builder::new()
+        let (up_tx, up_rx) = std::sync::mpsc::channel::<Result<(), RunError>>();
+        let h = std::thread::Builder::new()
             .name("klais-output".into())
-            .spawn(move || {
+            .spawn(move || -> Result<OutputEnd, RunError> {
                 // core_affinity only lists CPUs in the caller's mask; pin by id.
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-                sink::run(target, out_rx, &stats, tick, &abandon)
+                match (target, kstats) {
+                    (Some(target), _) => {
+                        let _ = up_tx.send(Ok(()));
+                        let s = sink::run(target, out_rx, &stats, tick, &abandon)?;
+                        Ok(OutputEnd { sink: s, kafka: None })
+                    }
+                    (None, Some(kstats)) => {
+                        // The journal (io_uring) is made on this thread: it
+                        // never leaves it.
+                        let b = match crate::kafka::Batcher::new(&kcfg) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let _ = up_tx.send(Err(e.into()));
+                                return Err(RunError::Core {
+                                    role: "output thread",
+                                    reason: "Kafka output did not start".into(),
+                                });
+                            }
+                        };
+                        let _ = up_tx.send(Ok(()));
+                        let k = crate::kafka::run(b, out_rx, &kstats, tick, &abandon)?;
+                        let sink = SinkSnapshot {
+                            records: k.accepted,
+                            payload_bytes: k.accepted_bytes,
+                        };
+                        stats.publish(sink);
+                        Ok(OutputEnd {
+                            sink,
+                            kafka: Some(k),
+                        })
+                    }
+                    (None, None) => unreachable!("kafka stats exist for the kafka sink"),
+                }
             })
             .map_err(|e| RunError::Core {
                 role: "output thread",
                 reason: e.to_string(),
-            })?
+            })?;
+        match up_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = h.join();
+                return Err(e);
+            }
+            Err(_) => {
+                return Err(RunError::Core {
+                    role: "output thread",
+                    reason: "exited during start-up".into(),
+                })
+            }
+        }
+        h
     };
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
@@ -447,6 +511,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         shards_done,
         shard_stats,
         sink_stats,
+        kafka_stats,
         shards,
         output,
         local_addr,
@@ -612,6 +677,10 @@ impl Running {
         }
         (sum, self.sink_stats.read())
     }
+    /// Latest published counters of the Kafka output (sink = "kafka").
+    pub fn kafka_snapshot(&self) -> Option<KafkaSnapshot> {
+        self.kafka_stats.as_ref().map(|k| k.read())
+    }
     /// Latest published counters of each shard.
     pub fn shard_snapshots(&self) -> Vec<ShardSnapshot> {
         self.shard_stats.iter().map(|s| s.read()).collect()
@@ -673,7 +742,7 @@ impl Running {
                 }
             }
         }
-        let sink = out?;
+        let OutputEnd { sink, kafka } = out?;
         let xdp = match self.kernel {
             Some(k) => {
                 let counters = k.program.maps().counters().ok();
@@ -685,6 +754,7 @@ impl Running {
         Ok(RunSummary {
             shards,
             sink,
+            kafka,
             placement: self.placement,
             elapsed: self.started.elapsed(),
             xdp,
@@ -811,6 +881,9 @@ pub fn summary_text(s: &RunSummary) -> String {
         "  sequence: new devices {}, gaps {} ({} missing), late {}, resets {}, evictions {}\n",
         q.new_devices, q.gaps, q.missing, q.late, q.resets, q.evictions
     ));
+    if let Some(k) = &s.kafka {
+        t.push_str(&kafka_text(k));
+    }
     if let Some(x) = &s.xdp {
         t.push_str(&xdp_counters_text(x));
         let redirected = x.get(crate::xdp::Verdict::Redirect);
@@ -825,6 +898,57 @@ pub fn summary_text(s: &RunSummary) -> String {
             ));
         }
     }
+    t
+}
+
+/// The Kafka output's figures: delivery accounting, breaker, DAPB, latency.
+pub fn kafka_text(k: &KafkaSnapshot) -> String {
+    let mut t = String::from("  kafka:\n");
+    t.push_str(&format!(
+        "    delivered {}, buffered {}, in flight {}, journaled {}; dropped: journal full {}, rejected by broker {}, journal damage {}\n",
+        k.delivered, k.buffered, k.in_flight, k.journaled, k.dropped_journal_full, k.dropped_rejected, k.journal_lost
+    ));
+    let (l, r) = k.reconcile();
+    t.push_str(&format!(
+        "    accounting: accepted {} + recovered {} = {} {} delivered + buffered + in flight + journaled + dropped = {}\n",
+        k.accepted,
+        k.recovered,
+        l,
+        if l == r { "==" } else { "!= (MISMATCH)" },
+        r
+    ));
+    t.push_str(&format!(
+        "    breaker {:?} (opened {}x), broker {}; journal: {} segments, {} bytes, replayed {}, replay failures {}\n",
+        k.breaker,
+        k.breaker_opens,
+        if k.broker_up { "up" } else { "not up" },
+        k.journal.segments,
+        k.journal.bytes,
+        k.replayed,
+        k.replay_failures
+    ));
+    if let Some(p) = k.params {
+        t.push_str(&format!(
+            "    DAPB: B(t) {} B, T(t) {} us; RTT {:.2} ms, jitter {:.2} ms, errors {:.2}%; {} batches for {} messages (small sends avoided {}, buffer efficiency {:.1}%; urgent/full/timeout/drain {:?})\n",
+            p.b_adaptive,
+            p.t_us,
+            k.conditions.rtt_us / 1000.0,
+            k.conditions.jitter_us / 1000.0,
+            k.conditions.error_pct,
+            k.dapb.batches,
+            k.dapb.messages,
+            k.dapb.reduced_sends(),
+            100.0 * k.dapb.efficiency(),
+            k.dapb.by_reason
+        ));
+    }
+    let lat = |l: &[u64; 5]| format!("P50 {} P99 {} P99.9 {} max {} us (n={})", l[0], l[1], l[2], l[3], l[4]);
+    t.push_str(&format!(
+        "    added latency (ring -> delivery report): normal {}; urgent {}\n    batcher CPU {:.0} ns per message\n",
+        lat(&k.latency_normal_us),
+        lat(&k.latency_urgent_us),
+        k.cpu_ns_per_msg()
+    ));
     t
 }
 

@@ -1,0 +1,446 @@
+//! `[output.kafka]`, `[output.kafka.dapb]`, `[output.kafka.journal]`: the Kafka
+//! batching core's settings. Every field's `///` comment is its documentation;
+//! `config.toml` carries the same text.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{invalid, ConfigError};
+
+/// `[output.kafka]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kafka {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Topic every accepted message goes to (it must exist, or the broker must
+    /// create topics on demand).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Value of the `gateway` header. Omitted: this host's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_id: Option<String>,
+    /// `"all"` (every in-sync replica), `"1"` (leader only) or `"0"` (none).
+    #[serde(default = "default_acks")]
+    pub acks: String,
+    /// Idempotent producer: retries never duplicate or reorder per partition.
+    #[serde(default = "default_true")]
+    pub idempotence: bool,
+    /// `"lz4"`, `"snappy"`, `"gzip"` or `"none"`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// Produce requests in flight per broker connection (1–5 keeps order with
+    /// idempotence).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Messages waiting in librdkafka beyond which new messages go to the spill
+    /// journal instead (the circuit breaker opens). librdkafka's own queue is sized
+    /// at twice this.
+    #[serde(default = "default_high_water")]
+    pub queue_high_water: u32,
+    /// How long a stop waits for delivery before moving what is still in
+    /// librdkafka's queue into the journal, milliseconds.
+    #[serde(default = "default_shutdown_flush_ms")]
+    pub shutdown_flush_ms: u64,
+    /// Devices whose messages are urgent (DAPB u = 1): the buffer holding one is
+    /// sent at once. Device ids as text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urgent_devices: Vec<String>,
+    /// Devices in the latency-sensitive class (DAPB L = 1: B(t) = B_min).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_devices: Vec<String>,
+    /// Class of every other device: `"adaptive"` (B(t) from eq. 2),
+    /// `"latency"` (B_min) or `"throughput"` (B_max).
+    #[serde(default = "default_class")]
+    pub default_class: String,
+    /// Adaptive batching (DAPB) parameters.
+    #[serde(default)]
+    pub dapb: Dapb,
+    /// The spill journal.
+    #[serde(default)]
+    pub journal: Journal,
+    /// Any other librdkafka producer property, passed through as is (for example
+    /// `"socket.keepalive.enable" = "true"`). Keys klais sets itself are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+/// `[output.kafka.dapb]`: eq. 1–3 and 6 of the DAPB paper, integer units.
+/// B(t) = clamp(B_min + α·RTT + β·ρ + γ·J, B_min, B_max) and
+/// T(t) = clamp(T_base + δ·RTT + ε·ρ + ξ·J, T_min, T_max), with RTT and jitter J
+/// in milliseconds and the error rate ρ in percent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dapb {
+    /// B_min, bytes: the latency class's buffer and the adaptive floor.
+    #[serde(default = "default_b_min")]
+    pub b_min_bytes: u64,
+    /// B_max, bytes: the throughput class's buffer and the adaptive ceiling.
+    #[serde(default = "default_b_max")]
+    pub b_max_bytes: u64,
+    /// T_base, microseconds.
+    #[serde(default = "default_t_base")]
+    pub t_base_us: u64,
+    /// T_min, microseconds.
+    #[serde(default = "default_t_min")]
+    pub t_min_us: u64,
+    /// T_max, microseconds.
+    #[serde(default = "default_t_max")]
+    pub t_max_us: u64,
+    /// α: bytes of buffer per millisecond of delivery RTT.
+    #[serde(default = "default_alpha")]
+    pub alpha_bytes_per_ms: u64,
+    /// β: bytes of buffer per percent of failed or retried sends.
+    #[serde(default = "default_beta")]
+    pub beta_bytes_per_pct: u64,
+    /// γ: bytes of buffer per millisecond of RTT jitter.
+    #[serde(default = "default_gamma")]
+    pub gamma_bytes_per_ms: u64,
+    /// δ: microseconds of timeout per millisecond of delivery RTT.
+    #[serde(default = "default_delta")]
+    pub delta_us_per_ms: u64,
+    /// ε: microseconds of timeout per percent of failed or retried sends.
+    #[serde(default = "default_epsilon")]
+    pub epsilon_us_per_pct: u64,
+    /// ξ: microseconds of timeout per millisecond of RTT jitter.
+    #[serde(default = "default_xi")]
+    pub xi_us_per_ms: u64,
+    /// U_th, percent (eq. 6): a buffer whose share of urgent messages exceeds it
+    /// is sent at once. 0: any urgent message sends its buffer.
+    #[serde(default)]
+    pub urgency_threshold_pct: u8,
+}
+
+/// `[output.kafka.journal]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    /// Directory of the segment files (created, mode 0700).
+    #[serde(default = "default_journal_dir")]
+    pub dir: PathBuf,
+    /// Size at which a segment is closed and the next one begun, bytes.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Disk budget for all segments, bytes. Past it new messages are dropped
+    /// (counted as journal_full, logged loudly).
+    #[serde(default = "default_budget_bytes")]
+    pub budget_bytes: u64,
+    /// `"always"` (fsync after every write), `"interval"` (every
+    /// `fsync_interval_ms`), `"segment"` (when a segment closes) or `"never"`
+    /// (the kernel's writeback).
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+    /// Period for `fsync = "interval"`, milliseconds.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+}
+
+/// librdkafka properties klais sets itself (from the keys above or the DAPB).
+pub const OWNED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "output.kafka.brokers"),
+    ("metadata.broker.list", "output.kafka.brokers"),
+    ("acks", "output.kafka.acks"),
+    ("request.required.acks", "output.kafka.acks"),
+    ("enable.idempotence", "output.kafka.idempotence"),
+    ("compression.type", "output.kafka.compression"),
+    ("compression.codec", "output.kafka.compression"),
+    (
+        "max.in.flight.requests.per.connection",
+        "output.kafka.max_in_flight",
+    ),
+    ("max.in.flight", "output.kafka.max_in_flight"),
+    ("queue.buffering.max.messages", "output.kafka.queue_high_water"),
+    ("linger.ms", "output.kafka.dapb (klais batches)"),
+    ("queue.buffering.max.ms", "output.kafka.dapb (klais batches)"),
+    ("batch.num.messages", "output.kafka.dapb (klais batches)"),
+    ("batch.size", "output.kafka.dapb (klais batches)"),
+    (
+        "message.timeout.ms",
+        "output.kafka.journal (klais keeps messages)",
+    ),
+    ("delivery.timeout.ms", "output.kafka.journal (klais keeps messages)"),
+    ("partitioner", "fixed: murmur2_random (Java client compatible)"),
+    ("statistics.interval.ms", "fixed: klais reads broker health from it"),
+];
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_topic() -> String {
+    "klais-telemetry".into()
+}
+fn default_acks() -> String {
+    "all".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_compression() -> String {
+    "lz4".into()
+}
+fn default_max_in_flight() -> u32 {
+    5
+}
+fn default_high_water() -> u32 {
+    200_000
+}
+fn default_shutdown_flush_ms() -> u64 {
+    5000
+}
+fn default_class() -> String {
+    "adaptive".into()
+}
+fn default_b_min() -> u64 {
+    16 * 1024
+}
+fn default_b_max() -> u64 {
+    1 << 20
+}
+fn default_t_base() -> u64 {
+    1000
+}
+fn default_t_min() -> u64 {
+    200
+}
+fn default_t_max() -> u64 {
+    50_000
+}
+fn default_alpha() -> u64 {
+    32 * 1024
+}
+fn default_beta() -> u64 {
+    16 * 1024
+}
+fn default_gamma() -> u64 {
+    16 * 1024
+}
+fn default_delta() -> u64 {
+    500
+}
+fn default_epsilon() -> u64 {
+    1000
+}
+fn default_xi() -> u64 {
+    250
+}
+fn default_journal_dir() -> PathBuf {
+    "/var/lib/klais/journal".into()
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_budget_bytes() -> u64 {
+    4 << 30
+}
+fn default_fsync() -> String {
+    "interval".into()
+}
+fn default_fsync_interval_ms() -> u64 {
+    100
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Self {
+            brokers: default_brokers(),
+            topic: default_topic(),
+            gateway_id: None,
+            acks: default_acks(),
+            idempotence: true,
+            compression: default_compression(),
+            max_in_flight: default_max_in_flight(),
+            queue_high_water: default_high_water(),
+            shutdown_flush_ms: default_shutdown_flush_ms(),
+            urgent_devices: Vec::new(),
+            latency_devices: Vec::new(),
+            default_class: default_class(),
+            dapb: Dapb::default(),
+            journal: Journal::default(),
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+impl Default for Dapb {
+    fn default() -> Self {
+        Self {
+            b_min_bytes: default_b_min(),
+            b_max_bytes: default_b_max(),
+            t_base_us: default_t_base(),
+            t_min_us: default_t_min(),
+            t_max_us: default_t_max(),
+            alpha_bytes_per_ms: default_alpha(),
+            beta_bytes_per_pct: default_beta(),
+            gamma_bytes_per_ms: default_gamma(),
+            delta_us_per_ms: default_delta(),
+            epsilon_us_per_pct: default_epsilon(),
+            xi_us_per_ms: default_xi(),
+            urgency_threshold_pct: 0,
+        }
+    }
+}
+impl Default for Journal {
+    fn default() -> Self {
+        Self {
+            dir: default_journal_dir(),
+            segment_bytes: default_segment_bytes(),
+            budget_bytes: default_budget_bytes(),
+            fsync: default_fsync(),
+            fsync_interval_ms: default_fsync_interval_ms(),
+        }
+    }
+}
+
+impl Kafka {
+    /// Every problem in this section, appended to `errs`.
+    pub fn validate(&self, errs: &mut Vec<ConfigError>) {
+        if self.brokers.trim().is_empty() {
+            errs.push(invalid(
+                "output.kafka.brokers",
+                "no broker given".into(),
+                "set brokers = \"host:9092\"",
+            ));
+        }
+        if self.topic.is_empty() || self.topic.len() > 249 || self.topic.contains('\0') {
+            errs.push(invalid(
+                "output.kafka.topic",
+                format!("{:?} is not a Kafka topic name", self.topic),
+                "use 1–249 characters of [a-zA-Z0-9._-]",
+            ));
+        }
+        if !["all", "-1", "1", "0"].contains(&self.acks.as_str()) {
+            errs.push(invalid(
+                "output.kafka.acks",
+                format!("{:?} is not an acks setting", self.acks),
+                "use \"all\", \"1\" or \"0\"",
+            ));
+        }
+        if self.idempotence && self.acks != "all" && self.acks != "-1" {
+            errs.push(invalid(
+                "output.kafka.idempotence, output.kafka.acks",
+                format!("an idempotent producer needs acks = \"all\", not {:?}", self.acks),
+                "set acks = \"all\" or idempotence = false",
+            ));
+        }
+        if !["lz4", "snappy", "gzip", "none"].contains(&self.compression.as_str()) {
+            errs.push(invalid(
+                "output.kafka.compression",
+                format!("{:?} is not supported by this build", self.compression),
+                "use \"lz4\", \"snappy\", \"gzip\" or \"none\"",
+            ));
+        }
+        if self.max_in_flight == 0 || (self.idempotence && self.max_in_flight > 5) {
+            errs.push(invalid(
+                "output.kafka.max_in_flight",
+                format!(
+                    "{} requests in flight (idempotence allows 1–5)",
+                    self.max_in_flight
+                ),
+                "use 1 to 5",
+            ));
+        }
+        if self.queue_high_water < 1000 || self.queue_high_water > 5_000_000 {
+            errs.push(invalid(
+                "output.kafka.queue_high_water",
+                format!("{} is out of range", self.queue_high_water),
+                "use 1000 to 5000000 (default 200000)",
+            ));
+        }
+        if !["adaptive", "latency", "throughput"].contains(&self.default_class.as_str()) {
+            errs.push(invalid(
+                "output.kafka.default_class",
+                format!("{:?} is not a class", self.default_class),
+                "use \"adaptive\", \"latency\" or \"throughput\"",
+            ));
+        }
+        for (key, list) in [
+            ("output.kafka.urgent_devices", &self.urgent_devices),
+            ("output.kafka.latency_devices", &self.latency_devices),
+        ] {
+            for id in list {
+                if id.is_empty() || id.len() > 16 || id.contains('\0') {
+                    errs.push(invalid(
+                        key,
+                        format!("{id:?} is not a device id (1–16 bytes of UTF-8, no NUL)"),
+                        "fix or remove the entry",
+                    ));
+                }
+            }
+        }
+        let d = &self.dapb;
+        if d.b_min_bytes == 0 || d.b_min_bytes > d.b_max_bytes {
+            errs.push(invalid(
+                "output.kafka.dapb.b_min_bytes, output.kafka.dapb.b_max_bytes",
+                format!("B_min {} must be > 0 and ≤ B_max {}", d.b_min_bytes, d.b_max_bytes),
+                "e.g. b_min_bytes = 16384, b_max_bytes = 1048576",
+            ));
+        }
+        if d.b_max_bytes > 64 << 20 {
+            errs.push(invalid(
+                "output.kafka.dapb.b_max_bytes",
+                format!("{} bytes is larger than a produce request should be", d.b_max_bytes),
+                "use at most 67108864",
+            ));
+        }
+        if d.t_min_us > d.t_max_us || d.t_base_us < d.t_min_us || d.t_base_us > d.t_max_us {
+            errs.push(invalid(
+                "output.kafka.dapb.t_min_us, t_base_us, t_max_us",
+                format!(
+                    "need T_min {} ≤ T_base {} ≤ T_max {}",
+                    d.t_min_us, d.t_base_us, d.t_max_us
+                ),
+                "order them, e.g. 200 ≤ 1000 ≤ 50000",
+            ));
+        }
+        if d.urgency_threshold_pct >= 100 {
+            errs.push(invalid(
+                "output.kafka.dapb.urgency_threshold_pct",
+                format!("{}% could never be exceeded", d.urgency_threshold_pct),
+                "use 0 to 99",
+            ));
+        }
+        let j = &self.journal;
+        if j.segment_bytes < 1 << 20 || j.segment_bytes > 1 << 30 {
+            errs.push(invalid(
+                "output.kafka.journal.segment_bytes",
+                format!("{} is out of range", j.segment_bytes),
+                "use 1 MiB to 1 GiB (default 64 MiB)",
+            ));
+        }
+        if j.budget_bytes < j.segment_bytes * 2 {
+            errs.push(invalid(
+                "output.kafka.journal.budget_bytes, output.kafka.journal.segment_bytes",
+                format!(
+                    "a budget of {} bytes holds fewer than two segments of {}",
+                    j.budget_bytes, j.segment_bytes
+                ),
+                "raise budget_bytes or lower segment_bytes",
+            ));
+        }
+        if !["always", "interval", "segment", "never"].contains(&j.fsync.as_str()) {
+            errs.push(invalid(
+                "output.kafka.journal.fsync",
+                format!("{:?} is not an fsync policy", j.fsync),
+                "use \"always\", \"interval\", \"segment\" or \"never\"",
+            ));
+        }
+        if j.fsync == "interval" && j.fsync_interval_ms == 0 {
+            errs.push(invalid(
+                "output.kafka.journal.fsync_interval_ms",
+                "0 ms with fsync = \"interval\"".into(),
+                "use fsync = \"always\" or a period of 1 ms or more",
+            ));
+        }
+        for key in self.librdkafka.keys() {
+            if let Some((_, owner)) = OWNED_LIBRDKAFKA_KEYS.iter().find(|(k, _)| k == key) {
+                errs.push(invalid(
+                    &format!("output.kafka.librdkafka.\"{key}\""),
+                    format!("klais sets {key} itself ({owner})"),
+                    "remove it from [output.kafka.librdkafka] and use the klais key",
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Reading a topic back: `klais kafka consume`, the demo's check and the broker
+//! test tier. Assigns every partition from the beginning (no consumer group
+//! offsets are committed) and reads until the expected count or until the topic
+//! stays quiet for `idle`.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// One record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Vec<u8>,
+    /// Value bytes.
+    pub payload: Vec<u8>,
+    /// Headers in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Record timestamp, ms.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Consumed {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Partitions of `topic` (waits up to `timeout` for metadata).
+pub fn partitions(brokers: &str, topic: &str, timeout: Duration) -> Result<i32, KafkaError> {
+    let c: BaseConsumer = base(brokers).create()?;
+    let md = c.fetch_metadata(Some(topic), timeout)?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32))
+}
+
+fn base(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", format!("klais-check-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "50");
+    c
+}
+
+/// Calls `each` for every record of `topic` from the beginning, until `stop`
+/// records were read (if given) or nothing arrived for `idle`. Returns the count.
+pub fn for_each(
+    brokers: &str,
+    topic: &str,
+    stop: Option<u64>,
+    idle: Duration,
+    mut each: impl FnMut(Consumed),
+) -> Result<u64, KafkaError> {
+    let n = partitions(brokers, topic, Duration::from_secs(10))?;
+    let c: BaseConsumer = base(brokers).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let mut count = 0u64;
+    let mut last = Instant::now();
+    while stop.is_none_or(|s| count < s) && last.elapsed() < idle {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                count += 1;
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_string(), x.value.unwrap_or(&[]).to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                each(Consumed {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().unwrap_or(&[]).to_vec(),
+                    payload: m.payload().unwrap_or(&[]).to_vec(),
+                    headers,
+                    timestamp_ms: m.timestamp().to_millis(),
+                });
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    Ok(count)
+}
+
+/// Java-client-compatible partition of a key (murmur2, as librdkafka's
+/// `murmur2_random` partitioner for non-empty keys).
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32
+}
+
+/// Kafka's murmur2 (seed 0x9747b28c), as in the Java client's `Utils.murmur2`.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ len as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Vectors from Kafka's UtilsTest.testMurmur2 (as signed ints there).
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (b"abc", 479470107),
+        ];
+        for (k, want) in cases {
+            assert_eq!(murmur2(k) as i32, want, "{}", String::from_utf8_lossy(k));
+        }
+    }
+}

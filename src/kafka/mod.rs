@@ -1,0 +1,980 @@
+//! The Kafka batching core: drains one SPSC ring per shard, batches adaptively
+//! (DAPB, [`dapb`]), produces through one librdkafka producer (rdkafka
+//! `BaseProducer`, polled from this core), and never loses an accepted message:
+//! when the broker is unreachable or librdkafka's queue passes its high-water
+//! mark, messages go to the spill journal ([`journal`]) and are replayed, in
+//! order, when the broker is healthy again.
+//!
+//! **Record** (DESIGN.md §3): key = device id (NUL padding trimmed), value = the
+//! payload bytes as received, record timestamp = receive time (ms), headers as
+//! UTF-8 decimal text so any consumer reads them: `sequence`, `recv_ts_ns`,
+//! `gateway`, `shard`, `seq_event` (`new`, `in_order`, `gap`, …). No model runs
+//! yet, so no verdict header is written. Partitioner `murmur2_random`: the same
+//! partition for a key as the Java client.
+//!
+//! **Batching**: a DAPB buffer per class (latency, throughput, adaptive) holds
+//! copies of popped records in a reused arena; it is released into the producer
+//! when it reaches B(t), when its oldest message waited T(t), or at once when its
+//! urgency passes U_th. librdkafka's own linger is 0.1 ms: long enough that a
+//! released buffer leaves as one produce request, short against T(t).
+//!
+//! **Circuit breaker**: *closed* — records go to DAPB buffers and librdkafka;
+//! *open* — records go to the journal. It opens when librdkafka reports all
+//! brokers down or holds more than `queue_high_water` messages. While open, and
+//! once librdkafka holds no direct message any more (they are older and go
+//! first) and its statistics show a broker up, the journal replays with a bounded
+//! window; a failed replayed delivery rewinds the replay (acknowledged records
+//! are skipped). It closes when the journal is empty.
+//!
+//! **Delivery accounting** (delivery reports decide, never `flush()`):
+//! `accepted + recovered = delivered + buffered + in_flight + journaled +
+//! dropped_journal_full + dropped_rejected + journal_lost`, checked by tests.
+//!
+//! **Stop**: buffers are released, delivery awaited up to `shutdown_flush_ms`,
+//! then librdkafka's queue is purged and every purged message goes to the
+//! journal ahead of what is there, the journal is fsynced. A SIGKILL can lose
+//! what librdkafka held (at most `queue_high_water` messages and in-flight
+//! requests) plus the journal's unsubmitted buffer (≤ 1 MiB).
+
+pub mod consume;
+pub mod dapb;
+pub mod journal;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
+use rdkafka::ClientContext;
+
+use crate::config::Kafka as KafkaConfig;
+use crate::handoff::{RecordMeta, RecordRx};
+use crate::shard::SeqEvent;
+use crate::telemetry::Published;
+use dapb::{Class, Conditions, Metrics, Params, Release};
+use journal::{Fsync, Journal, JournalConfig, JournalError, JournalStats};
+
+/// Opaque bit: the message came from the journal (low bits: its token).
+const FROM_JOURNAL: usize = 1 << 63;
+/// Opaque bit: urgent (direct messages).
+const URGENT: usize = 1 << 62;
+const ORD_MASK: usize = URGENT - 1;
+
+/// Why the Kafka output could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// librdkafka refused the producer configuration.
+    #[error("Kafka producer: {0} (check [output.kafka] and [output.kafka.librdkafka])")]
+    Producer(#[source] KafkaError),
+    /// The journal could not be opened or written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// State of the circuit breaker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Breaker {
+    /// Records go to librdkafka.
+    #[default]
+    Closed,
+    /// Records go to the journal.
+    Open,
+}
+
+/// What the batcher publishes every tick (and returns at the end).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaSnapshot {
+    /// Records taken from the shard rings.
+    pub accepted: u64,
+    /// Their payload bytes.
+    pub accepted_bytes: u64,
+    /// Records found in the journal at start (an earlier run's).
+    pub recovered: u64,
+    /// Delivery reports saying delivered.
+    pub delivered: u64,
+    /// In DAPB buffers, not yet given to librdkafka.
+    pub buffered: u64,
+    /// Given to librdkafka directly, no delivery report yet.
+    pub in_flight: u64,
+    /// Waiting in the journal (including replayed ones not yet acknowledged).
+    pub journaled: u64,
+    /// Dropped: the journal's disk budget was exhausted.
+    pub dropped_journal_full: u64,
+    /// Dropped: the broker refused the record permanently (too large, not
+    /// authorised, invalid).
+    pub dropped_rejected: u64,
+    /// Dropped: journal records lost to damage.
+    pub journal_lost: u64,
+    /// Journal records sent again (replay), cumulative.
+    pub replayed: u64,
+    /// Replayed deliveries that failed (each rewinds the replay).
+    pub replay_failures: u64,
+    /// Times the breaker opened.
+    pub breaker_opens: u64,
+    /// Breaker state.
+    pub breaker: Breaker,
+    /// librdkafka's statistics show a broker up.
+    pub broker_up: bool,
+    /// DAPB parameters now.
+    pub params: Option<Params>,
+    /// C(t) now.
+    pub conditions: Conditions,
+    /// DAPB metrics (§5).
+    pub dapb: Metrics,
+    /// Added latency (ring → delivery report), µs: P50, P99, P99.9, max, count;
+    /// normal class.
+    pub latency_normal_us: [u64; 5],
+    /// The same for urgent messages.
+    pub latency_urgent_us: [u64; 5],
+    /// Batcher thread CPU time, ns.
+    pub cpu_ns: u64,
+    /// Journal counters.
+    pub journal: JournalStats,
+}
+
+impl KafkaSnapshot {
+    /// Both sides of the accounting identity (they must be equal).
+    pub fn reconcile(&self) -> (u64, u64) {
+        (
+            self.accepted + self.recovered,
+            self.delivered
+                + self.buffered
+                + self.in_flight
+                + self.journaled
+                + self.dropped_journal_full
+                + self.dropped_rejected
+                + self.journal_lost,
+        )
+    }
+
+    /// Batcher CPU per accepted message, ns.
+    pub fn cpu_ns_per_msg(&self) -> f64 {
+        self.cpu_ns as f64 / (self.accepted + self.recovered).max(1) as f64
+    }
+}
+
+#[derive(Default)]
+struct Reports {
+    ok: Vec<(usize, u64)>,
+    failed: Vec<(usize, RDKafkaErrorCode, Vec<u8>)>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct BrokerStats {
+    up: bool,
+    txmsgs: u64,
+    txretries: u64,
+    txerrs: u64,
+    fresh: bool,
+}
+
+/// librdkafka callbacks. All run inside `poll` on the batcher thread except
+/// logging; the locks are uncontended.
+struct Ctx {
+    reports: Mutex<Reports>,
+    all_down: AtomicBool,
+    stats: Mutex<BrokerStats>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            if !self.all_down.swap(true, Ordering::Relaxed) {
+                tracing::warn!("Kafka: all brokers down ({reason}); spilling to the journal");
+            }
+        } else {
+            tracing::warn!("Kafka: {error}: {reason}");
+        }
+    }
+
+    fn stats_raw(&self, json: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let mut s = BrokerStats {
+            txmsgs: v["txmsgs"].as_u64().unwrap_or(0),
+            fresh: true,
+            ..BrokerStats::default()
+        };
+        if let Some(brokers) = v["brokers"].as_object() {
+            for b in brokers.values() {
+                s.up |= b["state"].as_str() == Some("UP");
+                s.txretries += b["txretries"].as_u64().unwrap_or(0);
+                s.txerrs += b["txerrs"].as_u64().unwrap_or(0);
+            }
+        }
+        if s.up {
+            self.all_down.store(false, Ordering::Relaxed);
+        }
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, opaque: usize) {
+        let now = mono_ns();
+        let mut rep = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        match r {
+            Ok(_) => rep.ok.push((opaque, now)),
+            Err((e, msg)) => {
+                let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                // Direct messages exist nowhere else: keep the payload.
+                let payload = if opaque & FROM_JOURNAL == 0 {
+                    msg.payload().unwrap_or(&[]).to_vec()
+                } else {
+                    Vec::new()
+                };
+                rep.failed.push((opaque, code, payload));
+            }
+        }
+    }
+}
+
+/// Monotonic clock, ns.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    meta: RecordMeta,
+    off: u32,
+    len: u32,
+    popped: u64,
+    urgent: bool,
+}
+
+#[derive(Default)]
+struct Buffer {
+    arena: Vec<u8>,
+    entries: Vec<Entry>,
+    urgent: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    meta: RecordMeta,
+    popped: u64,
+    sent: u64,
+}
+
+fn dec(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn key_of(meta: &RecordMeta) -> &[u8] {
+    let len = meta.raw_id.iter().position(|&b| b == 0).unwrap_or(16);
+    &meta.raw_id[..len]
+}
+
+/// The producer's librdkafka configuration for `cfg`.
+pub fn client_config(cfg: &KafkaConfig, gateway: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &cfg.librdkafka {
+        c.set(k, v);
+    }
+    let batch = cfg.dapb.b_max_bytes.max(1_000_000);
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", format!("klais-{gateway}"))
+        .set("acks", &cfg.acks)
+        .set("enable.idempotence", cfg.idempotence.to_string())
+        .set("compression.type", &cfg.compression)
+        .set(
+            "max.in.flight.requests.per.connection",
+            cfg.max_in_flight.to_string(),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            (u64::from(cfg.queue_high_water) * 2).to_string(),
+        )
+        .set("queue.buffering.max.kbytes", "2097151")
+        .set("linger.ms", "0.1")
+        .set("batch.num.messages", "1000000")
+        .set("batch.size", batch.to_string())
+        .set("message.timeout.ms", "0")
+        .set("partitioner", "murmur2_random")
+        .set("statistics.interval.ms", "250");
+    c
+}
+
+/// The batching core.
+pub struct Batcher {
+    producer: BaseProducer<Ctx>,
+    topic: String,
+    gateway: Vec<u8>,
+    dapb_cfg: crate::config::Dapb,
+    default_class: Class,
+    classes: HashMap<[u8; 16], (bool, bool)>,
+    high_water: u64,
+    shutdown_flush: Duration,
+    journal: Journal,
+    buffers: [Buffer; 3],
+    slots: Vec<Slot>,
+    next_ord: usize,
+    params: Params,
+    cond: Conditions,
+    last_stats: BrokerStats,
+    breaker: Breaker,
+    direct_in_flight: u64,
+    replay_in_flight: u64,
+    replay_window: u64,
+    replay_failed: bool,
+    replay_pause_until: u64,
+    reports: Reports,
+    hist_normal: Histogram<u64>,
+    hist_urgent: Histogram<u64>,
+    snap: KafkaSnapshot,
+    cpu_at_start: u64,
+    last_log_full: u64,
+    full_since_log: u64,
+}
+
+impl Batcher {
+    /// Builds the producer and opens the journal (records left by an earlier
+    /// run are replayed first).
+    pub fn new(cfg: &KafkaConfig) -> Result<Batcher, OutputError> {
+        let gateway = cfg.gateway_id.clone().unwrap_or_else(hostname);
+        let ctx = Ctx {
+            reports: Mutex::new(Reports::default()),
+            all_down: AtomicBool::new(false),
+            stats: Mutex::new(BrokerStats::default()),
+        };
+        let producer: BaseProducer<Ctx> = client_config(cfg, &gateway)
+            .create_with_context(ctx)
+            .map_err(OutputError::Producer)?;
+        let journal = Journal::open(JournalConfig {
+            dir: cfg.journal.dir.clone(),
+            segment_bytes: cfg.journal.segment_bytes,
+            budget_bytes: cfg.journal.budget_bytes,
+            fsync: Fsync::from_config(&cfg.journal.fsync, cfg.journal.fsync_interval_ms),
+        })?;
+        let mut classes = HashMap::new();
+        let raw = |s: &String| {
+            let mut id = [0u8; 16];
+            id[..s.len()].copy_from_slice(s.as_bytes());
+            id
+        };
+        for d in &cfg.urgent_devices {
+            classes.entry(raw(d)).or_insert((false, false)).0 = true;
+        }
+        for d in &cfg.latency_devices {
+            classes.entry(raw(d)).or_insert((false, false)).1 = true;
+        }
+        let high_water = u64::from(cfg.queue_high_water);
+        let cond = Conditions::default();
+        let mut snap = KafkaSnapshot {
+            recovered: journal.stats().recovered,
+            journaled: journal.outstanding(),
+            ..KafkaSnapshot::default()
+        };
+        let breaker = if journal.outstanding() > 0 {
+            tracing::info!(
+                records = journal.outstanding(),
+                "spill journal holds records from an earlier run: they are delivered first"
+            );
+            Breaker::Open
+        } else {
+            Breaker::Closed
+        };
+        snap.breaker = breaker;
+        let hist = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+        Ok(Batcher {
+            producer,
+            topic: cfg.topic.clone(),
+            gateway: gateway.into_bytes(),
+            params: Params::compute(&cfg.dapb, &cond),
+            dapb_cfg: cfg.dapb.clone(),
+            default_class: Class::from_name(&cfg.default_class),
+            classes,
+            high_water,
+            shutdown_flush: Duration::from_millis(cfg.shutdown_flush_ms),
+            journal,
+            buffers: Default::default(),
+            slots: vec![Slot::default(); (high_water * 2 + 1024) as usize],
+            next_ord: 0,
+            cond,
+            last_stats: BrokerStats::default(),
+            breaker,
+            direct_in_flight: 0,
+            replay_in_flight: 0,
+            replay_window: (high_water / 2).max(1000),
+            replay_failed: false,
+            replay_pause_until: 0,
+            reports: Reports::default(),
+            hist_normal: hist(),
+            hist_urgent: hist(),
+            snap,
+            cpu_at_start: thread_cpu_ns(),
+            last_log_full: 0,
+            full_since_log: 0,
+        })
+    }
+
+    /// Takes one record from a shard ring.
+    pub fn accept(&mut self, meta: &RecordMeta, payload: &[u8], now: u64) {
+        self.snap.accepted += 1;
+        self.snap.accepted_bytes += payload.len() as u64;
+        if self.breaker == Breaker::Open {
+            self.to_journal(meta, payload);
+            return;
+        }
+        let (urgent, latency) = if self.classes.is_empty() {
+            (false, false)
+        } else {
+            self.classes
+                .get(&meta.raw_id)
+                .copied()
+                .unwrap_or((false, false))
+        };
+        let class = if latency {
+            Class::Latency
+        } else {
+            self.default_class
+        };
+        let b = &mut self.buffers[class as usize];
+        let off = b.arena.len() as u32;
+        b.arena.extend_from_slice(payload);
+        b.entries.push(Entry {
+            meta: *meta,
+            off,
+            len: payload.len() as u32,
+            popped: now,
+            urgent,
+        });
+        b.urgent += u64::from(urgent);
+        self.snap.buffered += 1;
+        let bytes = b.arena.len() as u64;
+        let n = b.entries.len() as u64;
+        if let Some(why) = dapb::release(&self.params, class, bytes, n, b.urgent, 0) {
+            self.release(class, why, now);
+        }
+    }
+
+    fn to_journal(&mut self, meta: &RecordMeta, payload: &[u8]) {
+        match self.journal.append(meta, payload) {
+            Ok(()) => self.snap.journaled += 1,
+            Err(journal::JournalFull) => {
+                self.snap.dropped_journal_full += 1;
+                self.full_since_log += 1;
+                let now = mono_ns();
+                if now.saturating_sub(self.last_log_full) > 1_000_000_000 {
+                    tracing::error!(
+                        dropped = self.full_since_log,
+                        total = self.snap.dropped_journal_full,
+                        budget = ?self.journal.stats().bytes,
+                        "spill journal full (output.kafka.journal.budget_bytes): accepted messages DROPPED"
+                    );
+                    self.last_log_full = now;
+                    self.full_since_log = 0;
+                }
+            }
+        }
+    }
+
+    fn send(&self, meta: &RecordMeta, payload: &[u8], opaque: usize) -> Result<(), KafkaError> {
+        let rec = BaseRecord::with_opaque_to(&self.topic, opaque)
+            .key(key_of(meta))
+            .payload(payload)
+            .headers(headers_for(&self.gateway, meta))
+            .timestamp((meta.recv_ts_ns / 1_000_000) as i64);
+        self.producer.send(rec).map_err(|(e, _)| e)
+    }
+
+    /// Gives a DAPB buffer to librdkafka.
+    fn release(&mut self, class: Class, why: Release, now: u64) {
+        let mut b = std::mem::take(&mut self.buffers[class as usize]);
+        let n = b.entries.len() as u64;
+        let bytes = b.arena.len() as u64;
+        self.snap
+            .dapb
+            .on_release(why, n, bytes, self.params.buffer_bytes(class));
+        for e in b.entries.drain(..) {
+            self.snap.buffered -= 1;
+            let payload = &b.arena[e.off as usize..(e.off + e.len) as usize];
+            if self.breaker == Breaker::Open {
+                self.to_journal(&e.meta, payload);
+                continue;
+            }
+            let ord = self.next_ord & ORD_MASK;
+            self.next_ord = self.next_ord.wrapping_add(1);
+            let opaque = ord | if e.urgent { URGENT } else { 0 };
+            let slot = ord % self.slots.len();
+            self.slots[slot] = Slot {
+                meta: e.meta,
+                popped: e.popped,
+                sent: now,
+            };
+            match self.send(&e.meta, payload, opaque) {
+                Ok(()) => {
+                    self.direct_in_flight += 1;
+                    if self.direct_in_flight > self.high_water {
+                        self.open_breaker("librdkafka queue above output.kafka.queue_high_water");
+                    }
+                }
+                Err(e2) => {
+                    tracing::debug!("produce refused: {e2}");
+                    self.open_breaker("librdkafka refused a message (queue full)");
+                    self.to_journal(&e.meta, payload);
+                }
+            }
+        }
+        b.arena.clear();
+        b.urgent = 0;
+        self.buffers[class as usize] = b;
+    }
+
+    fn open_breaker(&mut self, why: &str) {
+        if self.breaker == Breaker::Open {
+            return;
+        }
+        self.breaker = Breaker::Open;
+        self.snap.breaker_opens += 1;
+        tracing::warn!(
+            in_flight = self.direct_in_flight,
+            "circuit breaker open ({why}): accepted messages go to the spill journal"
+        );
+    }
+
+    /// Releases buffers whose T(t) expired.
+    fn release_due(&mut self, now: u64) {
+        for class in [Class::Latency, Class::Throughput, Class::Adaptive] {
+            let b = &self.buffers[class as usize];
+            let Some(first) = b.entries.first() else {
+                continue;
+            };
+            let age_us = now.saturating_sub(first.popped) / 1000;
+            let why = dapb::release(
+                &self.params,
+                class,
+                b.arena.len() as u64,
+                b.entries.len() as u64,
+                b.urgent,
+                age_us,
+            );
+            if let Some(why) = why {
+                self.release(class, why, now);
+            }
+        }
+    }
+
+    /// Earliest time a buffer's timeout expires (ns), if any is waiting.
+    fn next_deadline(&self) -> Option<u64> {
+        self.buffers
+            .iter()
+            .filter_map(|b| b.entries.first())
+            .map(|e| e.popped + self.params.t_us * 1000)
+            .min()
+    }
+
+    fn drain_buffers(&mut self, now: u64) {
+        for class in [Class::Latency, Class::Throughput, Class::Adaptive] {
+            if !self.buffers[class as usize].entries.is_empty() {
+                self.release(class, Release::Drain, now);
+            }
+        }
+    }
+
+    /// Serves librdkafka's events (delivery reports, statistics, errors) and
+    /// processes the reports.
+    fn poll_producer(&mut self, wait: Duration) {
+        self.producer.poll(wait);
+        for _ in 0..16 {
+            if self.producer.in_flight_count() == 0 {
+                break;
+            }
+            let before = self.report_count();
+            self.producer.poll(Duration::ZERO);
+            if self.report_count() == before {
+                break;
+            }
+        }
+        self.process_reports();
+    }
+
+    fn report_count(&self) -> usize {
+        let r = self
+            .producer
+            .context()
+            .reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        r.ok.len() + r.failed.len()
+    }
+
+    fn process_reports(&mut self) {
+        {
+            let mut r = self
+                .producer
+                .context()
+                .reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *r, &mut self.reports);
+        }
+        let mut ok = std::mem::take(&mut self.reports.ok);
+        for &(opaque, now) in &ok {
+            self.snap.delivered += 1;
+            if opaque & FROM_JOURNAL != 0 {
+                self.replay_in_flight -= 1;
+                self.journal.ack((opaque & !FROM_JOURNAL) as u64);
+                self.snap.journaled -= 1;
+            } else {
+                self.direct_in_flight -= 1;
+                let s = self.slots[(opaque & ORD_MASK) % self.slots.len()];
+                let added = now.saturating_sub(s.popped) / 1000;
+                if opaque & URGENT != 0 {
+                    let _ = self.hist_urgent.record(added.max(1));
+                } else {
+                    let _ = self.hist_normal.record(added.max(1));
+                }
+                self.cond.on_rtt(now.saturating_sub(s.sent) as f64 / 1000.0);
+            }
+        }
+        ok.clear();
+        self.reports.ok = ok;
+        let mut failed = std::mem::take(&mut self.reports.failed);
+        let mut returned: Vec<(usize, RecordMeta, Vec<u8>)> = Vec::new();
+        for (opaque, code, payload) in failed.drain(..) {
+            if opaque & FROM_JOURNAL != 0 {
+                self.replay_in_flight -= 1;
+                self.snap.replay_failures += 1;
+                self.replay_failed = true;
+                continue;
+            }
+            self.direct_in_flight -= 1;
+            let s = self.slots[(opaque & ORD_MASK) % self.slots.len()];
+            if is_permanent(code) {
+                self.snap.dropped_rejected += 1;
+                tracing::error!(device = s.meta.device_id(), sequence = s.meta.sequence, error = %code, "the broker refused a record permanently: DROPPED (counted as rejected)");
+            } else {
+                returned.push((opaque & ORD_MASK, s.meta, payload));
+            }
+        }
+        self.reports.failed = failed;
+        if !returned.is_empty() {
+            // Older than anything journaled: ahead of it, oldest first.
+            returned.sort_by_key(|r| r.0);
+            let recs: Vec<(RecordMeta, Vec<u8>)> =
+                returned.into_iter().map(|(_, m, p)| (m, p)).collect();
+            let n = recs.len() as u64;
+            match self.journal.prepend(&recs) {
+                Ok(()) => self.snap.journaled += n,
+                Err(e) => {
+                    tracing::error!(records = n, error = %e, "cannot journal records librdkafka gave back: DROPPED");
+                    self.snap.dropped_journal_full += n;
+                }
+            }
+            self.open_breaker("librdkafka gave messages back");
+        }
+    }
+
+    /// The circuit breaker and the replay.
+    fn breaker_step(&mut self, now: u64) {
+        let all_down = self.producer.context().all_down.load(Ordering::Relaxed);
+        if self.breaker == Breaker::Closed {
+            if all_down {
+                self.drain_buffers(now);
+                self.open_breaker("all brokers down");
+                self.drain_buffers(now);
+            }
+            return;
+        }
+        let healthy = self.last_stats.up && !all_down;
+        if self.replay_failed {
+            if self.replay_in_flight == 0 {
+                self.journal.rewind();
+                self.replay_failed = false;
+                self.replay_pause_until = now + 500_000_000;
+            }
+            return;
+        }
+        if healthy && self.direct_in_flight == 0 && now >= self.replay_pause_until {
+            while self.replay_in_flight < self.replay_window {
+                let Some((token, meta, payload)) = self.journal.next_record() else {
+                    break;
+                };
+                let rec = BaseRecord::with_opaque_to(&self.topic, token as usize | FROM_JOURNAL)
+                    .key(key_of(&meta))
+                    .payload(payload)
+                    .headers(headers_for(&self.gateway, &meta))
+                    .timestamp((meta.recv_ts_ns / 1_000_000) as i64);
+                if self.producer.send(rec).is_err() {
+                    // Queue full: try again after reports; replay from the
+                    // first unacknowledged record once in-flight ones settle.
+                    self.replay_failed = true;
+                    break;
+                }
+                self.replay_in_flight += 1;
+                self.snap.replayed += 1;
+            }
+        }
+        if self.journal.outstanding() == 0
+            && self.replay_in_flight == 0
+            && !all_down
+            && self.direct_in_flight <= self.high_water / 2
+        {
+            self.breaker = Breaker::Closed;
+            tracing::info!(
+                replayed = self.snap.replayed,
+                "circuit breaker closed: journal delivered"
+            );
+        }
+    }
+
+    fn stats_step(&mut self) {
+        let s = {
+            let mut g = self
+                .producer
+                .context()
+                .stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let s = *g;
+            g.fresh = false;
+            s
+        };
+        if !s.fresh {
+            return;
+        }
+        let sent = s.txmsgs.saturating_sub(self.last_stats.txmsgs);
+        let failed = (s.txretries + s.txerrs)
+            .saturating_sub(self.last_stats.txretries + self.last_stats.txerrs);
+        self.cond.on_window(sent, failed);
+        self.last_stats = s;
+        self.params = Params::compute(&self.dapb_cfg, &self.cond);
+    }
+
+    /// One round: pop from every ring, release, poll, breaker, journal. Returns
+    /// the records taken.
+    pub fn step(&mut self, rings: &mut [RecordRx]) -> usize {
+        let mut got = 0;
+        let now = mono_ns();
+        for rx in rings.iter_mut() {
+            for _ in 0..1024 {
+                let Some((meta, payload)) = rx.pop() else {
+                    break;
+                };
+                self.accept(&meta, payload, now);
+                got += 1;
+            }
+        }
+        let now = mono_ns();
+        self.release_due(now);
+        let wait = if got == 0 {
+            let until = self
+                .next_deadline()
+                .map_or(1_000_000, |d| d.saturating_sub(now));
+            Duration::from_nanos(until.min(1_000_000))
+        } else {
+            Duration::ZERO
+        };
+        self.poll_producer(wait);
+        self.stats_step();
+        self.breaker_step(mono_ns());
+        self.journal.poll();
+        got
+    }
+
+    /// The counters now.
+    pub fn snapshot(&mut self) -> KafkaSnapshot {
+        let q = |h: &Histogram<u64>| {
+            [
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+                h.len(),
+            ]
+        };
+        self.snap.in_flight = self.direct_in_flight;
+        self.snap.broker_up = self.last_stats.up;
+        self.snap.params = Some(self.params);
+        self.snap.conditions = self.cond;
+        self.snap.latency_normal_us = q(&self.hist_normal);
+        self.snap.latency_urgent_us = q(&self.hist_urgent);
+        self.snap.cpu_ns = thread_cpu_ns() - self.cpu_at_start;
+        self.snap.journal = self.journal.stats();
+        self.snap.journal_lost = self.snap.journal.lost;
+        self.snap.breaker = self.breaker;
+        self.snap
+    }
+
+    /// Clears the latency histograms (benchmarks: after warm-up).
+    pub fn reset_latency(&mut self) {
+        self.hist_normal.reset();
+        self.hist_urgent.reset();
+    }
+
+    /// The added-latency histograms (normal, urgent), µs.
+    pub fn latency(&self) -> (&Histogram<u64>, &Histogram<u64>) {
+        (&self.hist_normal, &self.hist_urgent)
+    }
+
+    /// Stops: releases buffers, waits for delivery up to `shutdown_flush_ms`,
+    /// moves what librdkafka still holds into the journal, fsyncs it.
+    pub fn shutdown(&mut self) -> Result<KafkaSnapshot, OutputError> {
+        let now = mono_ns();
+        self.drain_buffers(now);
+        let deadline = Instant::now() + self.shutdown_flush;
+        while self.direct_in_flight + self.replay_in_flight > 0 && Instant::now() < deadline {
+            self.poll_producer(Duration::from_millis(10));
+            self.stats_step();
+        }
+        if self.direct_in_flight + self.replay_in_flight > 0 {
+            tracing::warn!(
+                direct = self.direct_in_flight,
+                replayed = self.replay_in_flight,
+                "not delivered within output.kafka.shutdown_flush_ms: moving them to the spill journal"
+            );
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.direct_in_flight + self.replay_in_flight > 0 && Instant::now() < deadline {
+                self.poll_producer(Duration::from_millis(10));
+            }
+        }
+        self.journal.close()?;
+        let s = self.snapshot();
+        Ok(s)
+    }
+}
+
+fn headers_for(gateway: &[u8], meta: &RecordMeta) -> OwnedHeaders {
+    let mut b = [0u8; 20];
+    OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: "sequence",
+            value: Some(dec(&mut b, u64::from(meta.sequence))),
+        })
+        .insert(Header {
+            key: "recv_ts_ns",
+            value: Some(dec(&mut b, meta.recv_ts_ns)),
+        })
+        .insert(Header {
+            key: "gateway",
+            value: Some(gateway),
+        })
+        .insert(Header {
+            key: "shard",
+            value: Some(dec(&mut b, u64::from(meta.shard))),
+        })
+        .insert(Header {
+            key: "seq_event",
+            value: Some(SeqEvent::code_name(meta.seq_event).as_bytes()),
+        })
+}
+
+fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+    )
+}
+
+/// This host's name (the default gateway id).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "klais".into())
+}
+
+/// Runs the batcher on the calling (output) thread until every ring is
+/// finished, then stops it. `abandon`: give up waiting for rings whose shards
+/// never finish.
+pub fn run(
+    mut b: Batcher,
+    mut rings: Vec<RecordRx>,
+    published: &Published<KafkaSnapshot>,
+    tick: Duration,
+    abandon: &AtomicBool,
+) -> Result<KafkaSnapshot, OutputError> {
+    let mut next_publish = Instant::now() + tick;
+    loop {
+        let got = b.step(&mut rings);
+        if got == 0
+            && (rings.iter().all(RecordRx::is_finished) || abandon.load(Ordering::Relaxed))
+        {
+            // One more pass: records published between the pop and the check.
+            if b.step(&mut rings) == 0 {
+                break;
+            }
+        }
+        let now = Instant::now();
+        if now >= next_publish {
+            published.publish(b.snapshot());
+            next_publish = now + tick;
+        }
+    }
+    let s = b.shutdown()?;
+    published.publish(s);
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_headers() {
+        let mut b = [0u8; 20];
+        assert_eq!(dec(&mut b, 0), b"0");
+        assert_eq!(dec(&mut b, 1234567890123), b"1234567890123");
+        assert_eq!(dec(&mut b, u64::MAX), u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn owned_librdkafka_keys_are_refused_and_others_pass() {
+        let mut cfg = KafkaConfig::default();
+        cfg.librdkafka.insert("linger.ms".into(), "5".into());
+        cfg.librdkafka
+            .insert("socket.keepalive.enable".into(), "true".into());
+        let mut errs = Vec::new();
+        cfg.validate(&mut errs);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].to_string().contains("linger.ms"));
+        let c = client_config(&cfg, "gw");
+        assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
+        assert_eq!(c.get("partitioner"), Some("murmur2_random"));
+    }
+}
