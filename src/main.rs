@@ -57,6 +57,12 @@ enum Command {
     /// The machine's cores for placing klais: topology, NIC locality.
     #[command(subcommand)]
     Cores(CoresCmd),
+    /// Read klais's topic back (checks, demos).
+    #[command(subcommand)]
+    Kafka(KafkaCmd),
+    /// The spill journal: what waits for the broker.
+    #[command(subcommand)]
+    Journal(JournalCmd),
     /// Print the version, commit and build profile.
     Version,
 }
@@ -290,6 +296,46 @@ struct RunArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum KafkaCmd {
+    /// Read the topic from the beginning of every partition (no offsets are
+    /// committed): print the first records with key, partition and headers,
+    /// then the count and per-device order check.
+    Consume {
+        /// Bootstrap brokers. Default: output.kafka.brokers of --config.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Topic. Default: output.kafka.topic of --config.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Configuration file to take brokers and topic from.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Records to print.
+        #[arg(long, default_value_t = 3)]
+        show: usize,
+        /// Stop when nothing arrived for this many seconds.
+        #[arg(long, default_value_t = 3.0, value_parser = parse_secs)]
+        idle: f64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum JournalCmd {
+    /// Records waiting in the spill journal (read only; klais may be running).
+    Stat {
+        /// Journal directory. Default: output.kafka.journal.dir of --config.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Configuration file to take the directory from.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ConfigCmd {
     /// Check a configuration file and print the effective configuration, or
     /// every error found (each naming its key and the fix). Exit 2 on errors.
@@ -340,9 +386,17 @@ struct DemoArgs {
     /// Seconds of traffic.
     #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
     duration: f64,
-    /// Where records go (JSON lines). Default: discard after counting.
-    #[arg(long, value_name = "FILE")]
+    /// Where records go (JSON lines). Default: Kafka with --brokers, else
+    /// discard after counting.
+    #[arg(long, value_name = "FILE", conflicts_with = "brokers")]
     output: Option<PathBuf>,
+    /// Deliver to this Kafka broker (scripts/demo.sh starts one), then read the
+    /// topic back.
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: Option<String>,
+    /// Topic for --brokers.
+    #[arg(long, default_value = "klais-demo")]
+    topic: String,
     #[command(flatten)]
     traffic: Traffic,
 }
@@ -412,6 +466,61 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => demo(args),
+        Command::Kafka(KafkaCmd::Consume {
+            brokers,
+            topic,
+            config,
+            count,
+            show,
+            idle,
+        }) => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(errs) => return config_errors(&errs),
+            };
+            let brokers = brokers.unwrap_or(cfg.output.kafka.brokers);
+            let topic = topic.unwrap_or(cfg.output.kafka.topic);
+            kafka_consume(&brokers, &topic, count, show, idle)
+        }
+        Command::Journal(JournalCmd::Stat { dir, config }) => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(errs) => return config_errors(&errs),
+            };
+            let dir = dir.unwrap_or(cfg.output.kafka.journal.dir);
+            match klais::kafka::journal::read_all(&dir) {
+                Ok(recs) => {
+                    let bytes: usize = recs.iter().map(|(_, p)| p.len()).sum();
+                    let devices: std::collections::HashSet<_> =
+                        recs.iter().map(|(m, _)| m.raw_id).collect();
+                    println!(
+                        "{}: {} records ({} payload bytes) from {} devices waiting for delivery",
+                        dir.display(),
+                        recs.len(),
+                        bytes,
+                        devices.len()
+                    );
+                    if let (Some(f), Some(l)) = (recs.first(), recs.last()) {
+                        println!(
+                            "  first: {} seq {}; last: {} seq {}",
+                            f.0.device_id(),
+                            f.0.sequence,
+                            l.0.device_id(),
+                            l.0.sequence
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("{}: no journal (nothing ever spilled)", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: reading {}: {e}", dir.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Xdp(cmd) => xdp_cmd(cmd),
         Command::Cores(CoresCmd::Plan {
             iface,
@@ -850,8 +959,25 @@ fn wait_with_live_figures(
         if last.elapsed() >= interval {
             let now = running.snapshot();
             if interval_ms != 0 {
+                let kafka = running.kafka_snapshot().map_or(String::new(), |k| {
+                    format!(
+                        "  | kafka delivered {} in flight {} journal {} breaker {:?}{}",
+                        k.delivered,
+                        k.in_flight + k.buffered,
+                        k.journaled,
+                        k.breaker,
+                        if k.dropped_journal_full + k.dropped_rejected + k.journal_lost > 0 {
+                            format!(
+                                " DROPPED {}",
+                                k.dropped_journal_full + k.dropped_rejected + k.journal_lost
+                            )
+                        } else {
+                            String::new()
+                        }
+                    )
+                });
                 eprintln!(
-                    "{}",
+                    "{}{kafka}",
                     runtime::live_line(start.elapsed(), last.elapsed(), &prev, &now)
                 );
             }
@@ -874,6 +1000,74 @@ fn finish(running: Running) -> ExitCode {
     }
 }
 
+/// Reads the topic back; prints a few records, the count, and whether every
+/// device's sequence numbers arrived in order.
+fn kafka_consume(brokers: &str, topic: &str, count: Option<u64>, show: usize, idle: f64) -> ExitCode {
+    match consume_report(brokers, topic, count, show, idle) {
+        Some(_) => ExitCode::SUCCESS,
+        None => ExitCode::from(1),
+    }
+}
+
+/// (records read, out of order), or None after printing the error.
+fn consume_report(
+    brokers: &str,
+    topic: &str,
+    count: Option<u64>,
+    show: usize,
+    idle: f64,
+) -> Option<(u64, u64)> {
+    use std::collections::HashMap;
+    let mut shown = 0;
+    let mut last_seq: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut out_of_order = 0u64;
+    let mut devices = 0u64;
+    let started = Instant::now();
+    let r = klais::kafka::consume::for_each(
+        brokers,
+        topic,
+        count,
+        Duration::from_secs_f64(idle),
+        |m| {
+            if shown < show {
+                println!(
+                    "  partition {} offset {} key {:?} headers {{{}}} value {}",
+                    m.partition,
+                    m.offset,
+                    String::from_utf8_lossy(&m.key),
+                    m.headers
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    String::from_utf8_lossy(&m.payload)
+                );
+                shown += 1;
+            }
+            if let Some(seq) = m.header("sequence").and_then(|s| s.parse::<u64>().ok()) {
+                match last_seq.insert(m.key.clone(), seq) {
+                    Some(prev) if prev >= seq => out_of_order += 1,
+                    None => devices += 1,
+                    _ => {}
+                }
+            }
+        },
+    );
+    match r {
+        Ok(n) => {
+            println!(
+                "{topic} on {brokers}: {n} records from {devices} devices read in {:.1}s; per-device sequence out of order: {out_of_order}",
+                started.elapsed().as_secs_f64()
+            );
+            Some((n, out_of_order))
+        }
+        Err(e) => {
+            eprintln!("error: reading {topic} from {brokers}: {e}");
+            None
+        }
+    }
+}
+
 fn demo(args: DemoArgs) -> ExitCode {
     let mut cfg = match Config::load(None) {
         Ok(c) => c,
@@ -882,12 +1076,19 @@ fn demo(args: DemoArgs) -> ExitCode {
     // The embedded default, on loopback, records to a file or counted only.
     cfg.ingest.listen = SocketAddr::from(([127, 0, 0, 1], cfg.ingest.listen.port()));
     cfg.protocol.validate_json = true;
-    match &args.output {
-        Some(p) => {
+    let journal_dir = std::env::temp_dir().join(format!("klais-demo-journal-{}", std::process::id()));
+    match (&args.output, &args.brokers) {
+        (Some(p), _) => {
             cfg.output.sink = SinkKind::File;
             cfg.output.path = Some(p.clone());
         }
-        None => cfg.output.sink = SinkKind::Null,
+        (None, Some(b)) => {
+            cfg.output.sink = SinkKind::Kafka;
+            cfg.output.kafka.brokers = b.clone();
+            cfg.output.kafka.topic = args.topic.clone();
+            cfg.output.kafka.journal.dir = journal_dir.clone();
+        }
+        (None, None) => cfg.output.sink = SinkKind::Null,
     }
     let running = match runtime::start(&cfg) {
         Ok(r) => r,
@@ -911,7 +1112,11 @@ fn demo(args: DemoArgs) -> ExitCode {
         spec.devices,
         args.duration,
         spec.malformed_ppm,
-        args.output.as_ref().map_or("counted and discarded".into(), |p| p.display().to_string())
+        match (&args.output, &args.brokers) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Some(b)) => format!("Kafka topic {} on {b}", args.topic),
+            (None, None) => "counted and discarded".into(),
+        }
     );
     let gen_done = Arc::new(AtomicBool::new(false));
     let sender = {
@@ -959,8 +1164,27 @@ fn demo(args: DemoArgs) -> ExitCode {
         total_sent, sent.sent_valid, sent.sent_malformed, sh.received, sh.accepted, sh.rejects.total(),
         summary.sink.records, lost_in_kernel
     );
-    let consistent =
+    let mut consistent =
         sh.accepted == summary.sink.records && sh.accepted + sh.rejects.total() == sh.received;
+    if let (Some(k), Some(brokers)) = (&summary.kafka, &args.brokers) {
+        let (l, r) = k.reconcile();
+        consistent &= l == r && k.delivered == k.accepted + k.recovered;
+        eprintln!(
+            "demo: Kafka delivered {} of {} accepted ({} journaled, {} dropped); reading topic {} back:",
+            k.delivered,
+            k.accepted,
+            k.journaled,
+            k.dropped_journal_full + k.dropped_rejected + k.journal_lost,
+            args.topic
+        );
+        match consume_report(brokers, &args.topic, Some(k.delivered), 3, 5.0) {
+            Some((n, 0)) if n == k.delivered => {}
+            _ => consistent = false,
+        }
+        if k.journaled == 0 {
+            let _ = std::fs::remove_dir_all(&journal_dir);
+        }
+    }
     if consistent {
         eprintln!(
             "demo: OK: every received datagram is either written or counted under a reject reason"

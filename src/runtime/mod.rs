@@ -675,7 +675,17 @@ impl Running {
         for s in &self.shard_stats {
             sum.add(&s.read());
         }
-        (sum, self.sink_stats.read())
+        let sink = match &self.kafka_stats {
+            Some(k) => {
+                let k = k.read();
+                SinkSnapshot {
+                    records: k.accepted,
+                    payload_bytes: k.accepted_bytes,
+                }
+            }
+            None => self.sink_stats.read(),
+        };
+        (sum, sink)
     }
     /// Latest published counters of the Kafka output (sink = "kafka").
     pub fn kafka_snapshot(&self) -> Option<KafkaSnapshot> {
