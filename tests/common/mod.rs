@@ -7,6 +7,8 @@
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
+pub mod broker;
+
 use klais::wire::{self, HEADER_LEN};
 
 /// Address of the appliance side (namespace A).
