@@ -208,6 +208,7 @@ impl ClientContext for Ctx {
                 s.up |= b["state"].as_str() == Some("UP");
                 s.txretries += b["txretries"].as_u64().unwrap_or(0);
                 s.txerrs += b["txerrs"].as_u64().unwrap_or(0);
+                s.txerrs += b["req_timeouts"].as_u64().unwrap_or(0);
             }
         }
         if s.up {
@@ -348,6 +349,8 @@ pub struct Batcher {
     params: Params,
     cond: Conditions,
     last_stats: BrokerStats,
+    reports_total: u64,
+    reports_at_stats: u64,
     breaker: Breaker,
     direct_in_flight: u64,
     replay_in_flight: u64,
@@ -428,6 +431,8 @@ impl Batcher {
             next_ord: 0,
             cond,
             last_stats: BrokerStats::default(),
+            reports_total: 0,
+            reports_at_stats: 0,
             breaker,
             direct_in_flight: 0,
             replay_in_flight: 0,
@@ -653,6 +658,7 @@ impl Batcher {
             std::mem::swap(&mut *r, &mut self.reports);
         }
         let mut ok = std::mem::take(&mut self.reports.ok);
+        self.reports_total += (ok.len() + self.reports.failed.len()) as u64;
         for &(opaque, now) in &ok {
             self.snap.delivered += 1;
             if opaque & FROM_JOURNAL != 0 {
@@ -777,10 +783,17 @@ impl Batcher {
         if !s.fresh {
             return;
         }
+        // ρ(t): messages transmitted more than once (librdkafka re-sends a
+        // failed batch inside the producer, so it never reaches a delivery
+        // report): transmissions minus completions in the window, plus request
+        // errors, retries and timeouts.
         let sent = s.txmsgs.saturating_sub(self.last_stats.txmsgs);
-        let failed = (s.txretries + s.txerrs)
-            .saturating_sub(self.last_stats.txretries + self.last_stats.txerrs);
-        self.cond.on_window(sent, failed);
+        let completed = self.reports_total - self.reports_at_stats;
+        self.reports_at_stats = self.reports_total;
+        let failed = sent.saturating_sub(completed)
+            + (s.txretries + s.txerrs)
+                .saturating_sub(self.last_stats.txretries + self.last_stats.txerrs);
+        self.cond.on_window(sent, failed.min(sent));
         self.last_stats = s;
         self.params = Params::compute(&self.dapb_cfg, &self.cond);
     }

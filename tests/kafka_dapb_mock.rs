@@ -1,0 +1,167 @@
+//! Fault injection with librdkafka's in-process mock cluster: the real batcher
+//! (DAPB, producer, journal) fed through a real shard ring, against a broker
+//! whose round trip and errors the test sets. The DAPB parameters must move the
+//! way the paper says: a longer T(t) and a larger B(t) under higher RTT and
+//! under errors; urgent messages are sent at once, also while T(t) is long.
+
+use std::time::{Duration, Instant};
+
+use klais::config::Kafka;
+use klais::handoff::{record_ring, RecordMeta, RecordRx, RecordTx};
+use klais::kafka::{dapb::Params, Batcher, KafkaSnapshot};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+fn meta(id: &str, seq: u32) -> RecordMeta {
+    let mut raw_id = [0u8; 16];
+    raw_id[..id.len()].copy_from_slice(id.as_bytes());
+    RecordMeta {
+        raw_id,
+        sequence: seq,
+        recv_ts_ns: 1_700_000_000_000_000_000 + u64::from(seq),
+        shard: 0,
+        seq_event: 1,
+        flags: 0,
+    }
+}
+
+struct Rig {
+    b: Batcher,
+    tx: RecordTx,
+    rx: Vec<RecordRx>,
+    seq: u32,
+}
+
+impl Rig {
+    fn push(&mut self, id: &str) {
+        self.tx
+            .push(&meta(id, self.seq), b"{\"v\":1}")
+            .expect("ring has room");
+        self.seq += 1;
+    }
+
+    /// Sends `n` messages from a few devices over about `secs`, then steps
+    /// until every one is delivered; returns the snapshot.
+    fn load(&mut self, n: u32, secs: f64) -> KafkaSnapshot {
+        let start = Instant::now();
+        for i in 0..n {
+            self.push(&format!("dev-{}", i % 16));
+            let due = Duration::from_secs_f64(secs * f64::from(i) / f64::from(n));
+            while start.elapsed() < due {
+                self.b.step(&mut self.rx);
+            }
+        }
+        self.settle()
+    }
+
+    fn settle(&mut self) -> KafkaSnapshot {
+        let t = Instant::now();
+        loop {
+            self.b.step(&mut self.rx);
+            let s = self.b.snapshot();
+            if s.delivered == s.accepted {
+                // Two more statistics windows so ρ(t) sees this load.
+                let w = Instant::now();
+                while w.elapsed() < Duration::from_millis(600) {
+                    self.b.step(&mut self.rx);
+                }
+                return self.b.snapshot();
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "no delivery: {s:?}");
+        }
+    }
+}
+
+fn rig(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, dir: &std::path::Path, t_floor_us: u64) -> Rig {
+    cluster.create_topic("dapb", 3, 1).unwrap();
+    let mut cfg = Kafka {
+        brokers: cluster.bootstrap_servers(),
+        topic: "dapb".into(),
+        urgent_devices: vec!["urgent-1".into()],
+        ..Kafka::default()
+    };
+    cfg.journal.dir = dir.to_path_buf();
+    cfg.journal.segment_bytes = 1 << 20;
+    cfg.dapb.t_min_us = t_floor_us;
+    cfg.dapb.t_base_us = t_floor_us;
+    cfg.dapb.t_max_us = t_floor_us.max(2_000_000);
+    let (tx, rx) = record_ring(1 << 22, 1024).unwrap();
+    Rig {
+        b: Batcher::new(&cfg).unwrap(),
+        tx,
+        rx: vec![rx],
+        seq: 0,
+    }
+}
+
+fn params(s: &KafkaSnapshot) -> Params {
+    s.params.expect("params")
+}
+
+#[test]
+fn higher_rtt_and_errors_lengthen_t_and_grow_b() {
+    let cluster = MockCluster::new(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rig(&cluster, dir.path(), 1000);
+    let calm = r.load(3000, 1.5);
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(80))
+        .unwrap();
+    let slow = r.load(3000, 1.5);
+    println!("calm {:?} {:?}\nslow {:?} {:?}", calm.conditions, params(&calm), slow.conditions, params(&slow));
+    assert!(slow.conditions.rtt_us > calm.conditions.rtt_us + 40_000.0);
+    assert!(params(&slow).t_us > params(&calm).t_us, "T(t) grows with RTT");
+    assert!(
+        params(&slow).b_adaptive > params(&calm).b_adaptive,
+        "B(t) grows with RTT"
+    );
+    // Errors: produce requests fail and are retried by librdkafka.
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(1))
+        .unwrap();
+    let before = r.load(2000, 1.0);
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 30],
+    );
+    let errs = r.load(2000, 1.0);
+    println!("before errors {:?} {:?}\nwith errors {:?} {:?}", before.conditions, params(&before), errs.conditions, params(&errs));
+    assert!(errs.conditions.error_pct > 0.0, "retries counted: {errs:?}");
+    assert!(
+        params(&errs).t_us > params(&before).t_us,
+        "T(t) grows with the error rate"
+    );
+    // Nothing lost on the way, every delivery by report.
+    assert_eq!(errs.accepted, errs.delivered);
+    assert_eq!(errs.reconcile().0, errs.reconcile().1);
+}
+
+#[test]
+fn urgent_messages_are_sent_at_once_while_t_is_long() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(50))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // T(t) at least 30 s: nothing leaves by timeout during this test.
+    let mut r = rig(&cluster, dir.path(), 30_000_000);
+    r.push("dev-a");
+    r.push("dev-b");
+    r.b.step(&mut r.rx);
+    let s = r.b.snapshot();
+    assert_eq!(s.buffered, 2, "normal messages wait for B(t) or T(t)");
+    assert_eq!(s.dapb.batches, 0);
+    r.push("urgent-1");
+    r.b.step(&mut r.rx);
+    let s = r.b.snapshot();
+    assert_eq!(s.buffered, 0, "the urgent message sent its buffer at once");
+    assert_eq!(s.dapb.by_reason[0], 1, "released for urgency (eq. 6)");
+    assert_eq!(s.dapb.messages, 3, "the waiting messages went with it, in order");
+    let t = Instant::now();
+    while r.b.snapshot().delivered < 3 {
+        r.b.step(&mut r.rx);
+        assert!(t.elapsed() < Duration::from_secs(30));
+    }
+    let s = r.b.snapshot();
+    assert_eq!(s.latency_urgent_us[4], 1, "one urgent delivery measured");
+}
