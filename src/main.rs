@@ -38,10 +38,12 @@ enum Command {
     /// Run klais: receive, validate, track and emit records until SIGINT/SIGTERM.
     ///
     /// Without --config it uses the embedded default configuration (the
-    /// repository's config.toml: UDP port 7700, records as JSON lines on
-    /// standard output). Live figures go to standard error every
+    /// repository's config.toml: UDP port 7700, records to the Kafka topic
+    /// klais-telemetry on 127.0.0.1:9092, spill journal in
+    /// /var/lib/klais/journal). Live figures go to standard error every
     /// telemetry.stats_interval_ms; on SIGINT/SIGTERM klais drains what it
-    /// accepted into the sink and prints a summary of every counter.
+    /// accepted into Kafka (or the journal) and prints a summary of every
+    /// counter.
     Run(RunArgs),
     /// Configuration files.
     #[command(subcommand)]
@@ -1002,7 +1004,13 @@ fn finish(running: Running) -> ExitCode {
 
 /// Reads the topic back; prints a few records, the count, and whether every
 /// device's sequence numbers arrived in order.
-fn kafka_consume(brokers: &str, topic: &str, count: Option<u64>, show: usize, idle: f64) -> ExitCode {
+fn kafka_consume(
+    brokers: &str,
+    topic: &str,
+    count: Option<u64>,
+    show: usize,
+    idle: f64,
+) -> ExitCode {
     match consume_report(brokers, topic, count, show, idle) {
         Some(_) => ExitCode::SUCCESS,
         None => ExitCode::from(1),
@@ -1076,7 +1084,8 @@ fn demo(args: DemoArgs) -> ExitCode {
     // The embedded default, on loopback, records to a file or counted only.
     cfg.ingest.listen = SocketAddr::from(([127, 0, 0, 1], cfg.ingest.listen.port()));
     cfg.protocol.validate_json = true;
-    let journal_dir = std::env::temp_dir().join(format!("klais-demo-journal-{}", std::process::id()));
+    let journal_dir =
+        std::env::temp_dir().join(format!("klais-demo-journal-{}", std::process::id()));
     match (&args.output, &args.brokers) {
         (Some(p), _) => {
             cfg.output.sink = SinkKind::File;

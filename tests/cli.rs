@@ -111,7 +111,7 @@ fn run_emits_received_datagrams_as_json_lines_and_drains_on_sigterm() {
     let p = write(
         &dir,
         "run.toml",
-        &format!("[ingest]\nlisten = \"127.0.0.1:{port}\"\n[telemetry]\nstats_interval_ms = 100\n"),
+        &format!("[ingest]\nlisten = \"127.0.0.1:{port}\"\n[output]\nsink = \"stdout\"\n[telemetry]\nstats_interval_ms = 100\n"),
     );
     let mut child = Command::new(KLAIS)
         .args(["run", "--config"])

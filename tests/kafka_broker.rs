@@ -92,12 +92,17 @@ fn check_records(recs: &[Consumed], partitions: i32) -> HashMap<String, Vec<u32>
         let id = String::from_utf8(r.key.clone()).unwrap();
         let seq: u32 = r.header("sequence").unwrap().parse().unwrap();
         assert_eq!(r.payload, payload(&id, seq).as_bytes(), "payload bytes");
-        assert_eq!(r.partition, java_partition(&r.key, partitions), "murmur2 partition of {id}");
+        assert_eq!(
+            r.partition,
+            java_partition(&r.key, partitions),
+            "murmur2 partition of {id}"
+        );
         assert_eq!(r.header("gateway"), Some("gw-test"));
         assert_eq!(r.header("shard"), Some("0"));
         let ts: u64 = r.header("recv_ts_ns").unwrap().parse().unwrap();
         assert_eq!(r.timestamp_ms, Some((ts / 1_000_000) as i64));
-        assert!(r.header("seq_event").is_some());
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["sequence", "recv_ts_ns", "gateway", "shard"]);
         per.entry(id).or_default().push(seq);
     }
     per
@@ -115,7 +120,8 @@ fn n_messages_from_m_devices_are_read_back_exactly() {
     };
     broker.create_topic("t-roundtrip", 3);
     let dir = tempfile::tempdir().unwrap();
-    let running = klais::runtime::start(&cfg(&broker.brokers(), "t-roundtrip", dir.path())).unwrap();
+    let running =
+        klais::runtime::start(&cfg(&broker.brokers(), "t-roundtrip", dir.path())).unwrap();
     let devs = devices(40);
     send(running.local_addr(), &devs, 0, 250, 20_000);
     let n = 40 * 250;
@@ -133,7 +139,11 @@ fn n_messages_from_m_devices_are_read_back_exactly() {
     let per = check_records(&recs, 3);
     assert_eq!(per.len(), 40);
     for (id, seqs) in per {
-        assert_eq!(seqs, (0..250).collect::<Vec<u32>>(), "{id}: order and completeness");
+        assert_eq!(
+            seqs,
+            (0..250).collect::<Vec<u32>>(),
+            "{id}: order and completeness"
+        );
     }
 }
 
@@ -179,7 +189,10 @@ fn a_broker_outage_under_load_loses_nothing_and_keeps_order() {
         during.journal.appended > 0,
         "the outage sent messages to the journal: {during:?}"
     );
-    assert_eq!((k.delivered, k.journaled, k.dropped_journal_full), (n, 0, 0));
+    assert_eq!(
+        (k.delivered, k.journaled, k.dropped_journal_full),
+        (n, 0, 0)
+    );
     assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
@@ -256,7 +269,11 @@ fn sigterm_with_the_broker_down_journals_everything_and_the_next_start_delivers_
         .unwrap_or_else(|| panic!("no accepted line in: {err}"));
     assert_eq!(accepted, 50 * 200, "{err}");
     let held = klais::kafka::journal::read_all(&journal).unwrap();
-    assert_eq!(held.len() as u64, accepted, "everything accepted is in the journal: {err}");
+    assert_eq!(
+        held.len() as u64,
+        accepted,
+        "everything accepted is in the journal: {err}"
+    );
     // 2. The broker comes up on that port; the next start delivers the journal.
     let Some(broker) = Broker::start_at(port) else {
         return;
@@ -268,19 +285,36 @@ fn sigterm_with_the_broker_down_journals_everything_and_the_next_start_delivers_
     let t = Instant::now();
     while (recs.len() as u64) < accepted && t.elapsed() < Duration::from_secs(90) {
         recs.clear();
-        for_each(&brokers, "t-sigterm", Some(accepted), Duration::from_secs(2), |m| recs.push(m)).unwrap();
+        for_each(
+            &brokers,
+            "t-sigterm",
+            Some(accepted),
+            Duration::from_secs(2),
+            |m| recs.push(m),
+        )
+        .unwrap();
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(klais.id() as i32, libc::SIGTERM) };
     let out = klais.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs = read_back(&brokers, "t-sigterm", accepted);
     assert_eq!(recs.len() as u64, accepted, "delivered exactly once");
     for (id, seqs) in check_records(&recs, 3) {
-        assert_eq!(seqs, (0..200).collect::<Vec<u32>>(), "{id}: order and completeness");
+        assert_eq!(
+            seqs,
+            (0..200).collect::<Vec<u32>>(),
+            "{id}: order and completeness"
+        );
     }
     assert!(
-        klais::kafka::journal::read_all(&journal).unwrap().is_empty(),
+        klais::kafka::journal::read_all(&journal)
+            .unwrap()
+            .is_empty(),
         "journal empty after delivery"
     );
 }

@@ -72,7 +72,11 @@ impl Rig {
     }
 }
 
-fn rig(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, dir: &std::path::Path, t_floor_us: u64) -> Rig {
+fn rig(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    dir: &std::path::Path,
+    t_floor_us: u64,
+) -> Rig {
     cluster.create_topic("dapb", 3, 1).unwrap();
     let mut cfg = Kafka {
         brokers: cluster.bootstrap_servers(),
@@ -108,9 +112,18 @@ fn higher_rtt_and_errors_lengthen_t_and_grow_b() {
         .broker_round_trip_time(1, Duration::from_millis(80))
         .unwrap();
     let slow = r.load(3000, 1.5);
-    println!("calm {:?} {:?}\nslow {:?} {:?}", calm.conditions, params(&calm), slow.conditions, params(&slow));
+    println!(
+        "calm {:?} {:?}\nslow {:?} {:?}",
+        calm.conditions,
+        params(&calm),
+        slow.conditions,
+        params(&slow)
+    );
     assert!(slow.conditions.rtt_us > calm.conditions.rtt_us + 40_000.0);
-    assert!(params(&slow).t_us > params(&calm).t_us, "T(t) grows with RTT");
+    assert!(
+        params(&slow).t_us > params(&calm).t_us,
+        "T(t) grows with RTT"
+    );
     assert!(
         params(&slow).b_adaptive > params(&calm).b_adaptive,
         "B(t) grows with RTT"
@@ -125,7 +138,13 @@ fn higher_rtt_and_errors_lengthen_t_and_grow_b() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 30],
     );
     let errs = r.load(2000, 1.0);
-    println!("before errors {:?} {:?}\nwith errors {:?} {:?}", before.conditions, params(&before), errs.conditions, params(&errs));
+    println!(
+        "before errors {:?} {:?}\nwith errors {:?} {:?}",
+        before.conditions,
+        params(&before),
+        errs.conditions,
+        params(&errs)
+    );
     assert!(errs.conditions.error_pct > 0.0, "retries counted: {errs:?}");
     assert!(
         params(&errs).t_us > params(&before).t_us,
@@ -156,7 +175,10 @@ fn urgent_messages_are_sent_at_once_while_t_is_long() {
     let s = r.b.snapshot();
     assert_eq!(s.buffered, 0, "the urgent message sent its buffer at once");
     assert_eq!(s.dapb.by_reason[0], 1, "released for urgency (eq. 6)");
-    assert_eq!(s.dapb.messages, 3, "the waiting messages went with it, in order");
+    assert_eq!(
+        s.dapb.messages, 3,
+        "the waiting messages went with it, in order"
+    );
     let t = Instant::now();
     while r.b.snapshot().delivered < 3 {
         r.b.step(&mut r.rx);

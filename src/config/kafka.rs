@@ -152,18 +152,33 @@ pub const OWNED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
         "output.kafka.max_in_flight",
     ),
     ("max.in.flight", "output.kafka.max_in_flight"),
-    ("queue.buffering.max.messages", "output.kafka.queue_high_water"),
+    (
+        "queue.buffering.max.messages",
+        "output.kafka.queue_high_water",
+    ),
     ("linger.ms", "output.kafka.dapb (klais batches)"),
-    ("queue.buffering.max.ms", "output.kafka.dapb (klais batches)"),
+    (
+        "queue.buffering.max.ms",
+        "output.kafka.dapb (klais batches)",
+    ),
     ("batch.num.messages", "output.kafka.dapb (klais batches)"),
     ("batch.size", "output.kafka.dapb (klais batches)"),
     (
         "message.timeout.ms",
         "output.kafka.journal (klais keeps messages)",
     ),
-    ("delivery.timeout.ms", "output.kafka.journal (klais keeps messages)"),
-    ("partitioner", "fixed: murmur2_random (Java client compatible)"),
-    ("statistics.interval.ms", "fixed: klais reads broker health from it"),
+    (
+        "delivery.timeout.ms",
+        "output.kafka.journal (klais keeps messages)",
+    ),
+    (
+        "partitioner",
+        "fixed: murmur2_random (Java client compatible)",
+    ),
+    (
+        "statistics.interval.ms",
+        "fixed: klais reads broker health from it",
+    ),
 ];
 
 fn default_brokers() -> String {
@@ -320,7 +335,10 @@ impl Kafka {
         if self.idempotence && self.acks != "all" && self.acks != "-1" {
             errs.push(invalid(
                 "output.kafka.idempotence, output.kafka.acks",
-                format!("an idempotent producer needs acks = \"all\", not {:?}", self.acks),
+                format!(
+                    "an idempotent producer needs acks = \"all\", not {:?}",
+                    self.acks
+                ),
                 "set acks = \"all\" or idempotence = false",
             ));
         }
@@ -373,14 +391,20 @@ impl Kafka {
         if d.b_min_bytes == 0 || d.b_min_bytes > d.b_max_bytes {
             errs.push(invalid(
                 "output.kafka.dapb.b_min_bytes, output.kafka.dapb.b_max_bytes",
-                format!("B_min {} must be > 0 and ≤ B_max {}", d.b_min_bytes, d.b_max_bytes),
+                format!(
+                    "B_min {} must be > 0 and ≤ B_max {}",
+                    d.b_min_bytes, d.b_max_bytes
+                ),
                 "e.g. b_min_bytes = 16384, b_max_bytes = 1048576",
             ));
         }
         if d.b_max_bytes > 64 << 20 {
             errs.push(invalid(
                 "output.kafka.dapb.b_max_bytes",
-                format!("{} bytes is larger than a produce request should be", d.b_max_bytes),
+                format!(
+                    "{} bytes is larger than a produce request should be",
+                    d.b_max_bytes
+                ),
                 "use at most 67108864",
             ));
         }

@@ -77,7 +77,7 @@ pub fn for_each(
     c.assign(&tpl)?;
     let mut count = 0u64;
     let mut last = Instant::now();
-    while stop.is_none_or(|s| count < s) && last.elapsed() < idle {
+    while stop.map_or(true, |s| count < s) && last.elapsed() < idle {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 last = Instant::now();
@@ -156,7 +156,10 @@ mod tests {
             (b"foobar", -790332482),
             (b"a-little-bit-long-string", -985981536),
             (b"a-little-bit-longer-string", -1486304829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
             (b"abc", 479470107),
         ];
         for (k, want) in cases {

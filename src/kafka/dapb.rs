@@ -244,13 +244,19 @@ mod tests {
     #[test]
     fn urgency_above_threshold_releases_at_once() {
         let p = Params::compute(&cfg(), &Conditions::default());
-        assert_eq!(release(&p, Class::Adaptive, 10, 1, 1, 0), Some(Release::Urgent));
+        assert_eq!(
+            release(&p, Class::Adaptive, 10, 1, 1, 0),
+            Some(Release::Urgent)
+        );
         assert_eq!(release(&p, Class::Adaptive, 10, 5, 0, 0), None);
         let mut c = cfg();
         c.urgency_threshold_pct = 50;
         let p = Params::compute(&c, &Conditions::default());
         assert_eq!(release(&p, Class::Adaptive, 10, 4, 2, 0), None);
-        assert_eq!(release(&p, Class::Adaptive, 10, 4, 3, 0), Some(Release::Urgent));
+        assert_eq!(
+            release(&p, Class::Adaptive, 10, 4, 3, 0),
+            Some(Release::Urgent)
+        );
     }
 
     #[test]

@@ -940,13 +940,13 @@ mod tests {
 
     fn drain(j: &mut Journal) -> Vec<(u64, u32)> {
         let mut out = Vec::new();
-        for _ in 0..1_000_000 {
+        loop {
             j.poll();
             let next = j.next_record().map(|(t, m, _)| (t, m.sequence));
             match next {
                 Some(x) => out.push(x),
                 None if j.inflight.is_none() && j.buf.is_empty() => break,
-                None => {}
+                None => j.wait_idle(),
             }
         }
         out
@@ -1024,7 +1024,10 @@ mod tests {
         j.close().unwrap();
         drop(j);
         // A crash mid-write: half a record at the end of the last segment.
-        let mut last: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut last: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         last.sort();
         let path = last.last().unwrap();
         let mut data = fs::read(path).unwrap();
@@ -1043,7 +1046,12 @@ mod tests {
             j.append(&meta(0, s), b"abcdef").unwrap();
         }
         j.close().unwrap();
-        let path = fs::read_dir(d.path()).unwrap().next().unwrap().unwrap().path();
+        let path = fs::read_dir(d.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let mut data = fs::read(&path).unwrap();
         let rec = 4 + RECORD_HEADER_LEN + 6;
         data[MAGIC.len() + 5 * rec + 4 + RECORD_HEADER_LEN] ^= 0xff; // payload of record 5

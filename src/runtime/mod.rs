@@ -34,8 +34,8 @@ use glommio::{LocalExecutorBuilder, Placement as GlommioPlacement};
 use crate::config::{Backend, Config, SinkKind};
 use crate::handoff::{record_ring, RecordRx, RecordTx, RingError};
 use crate::ingest::udp::{self, UdpError};
-use crate::shard::{Shard, ShardRings, ShardSettings, ShardSnapshot};
 use crate::kafka::KafkaSnapshot;
+use crate::shard::{Shard, ShardRings, ShardSettings, ShardSnapshot};
 use crate::sink::{self, SinkError, SinkSnapshot, SinkTarget};
 use crate::telemetry::Published;
 use crate::wire::{ParseOptions, Reject};
@@ -230,6 +230,26 @@ pub fn rx_queue_count(iface: &str) -> Option<usize> {
     })
 }
 
+/// Restricts the calling thread to `cpus` (threads it creates inherit it).
+fn set_affinity(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t filled with CPU_SET for valid indices, applied
+    // to the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            if c < libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(
+                "cannot restrict librdkafka's threads to CPUs {cpus:?}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Everything one shard core takes with it.
 struct ShardSeed {
     id: u16,
@@ -407,19 +427,34 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         let kstats = kafka_stats.clone();
         let kcfg = cfg.output.kafka.clone();
         let cpu = placement.output_cpu;
+        let mut others: Vec<usize> = placement::online_cpus()?
+            .into_iter()
+            .filter(|c| !placement.shard_cpus.contains(c))
+            .collect();
+        if others.is_empty() {
+            others.push(cpu);
+        }
         let (up_tx, up_rx) = std::sync::mpsc::channel::<Result<(), RunError>>();
         let h = std::thread::Builder::new()
             .name("klais-output".into())
             .spawn(move || -> Result<OutputEnd, RunError> {
-                // core_affinity only lists CPUs in the caller's mask; pin by id.
-                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                 match (target, kstats) {
                     (Some(target), _) => {
+                        // core_affinity only lists CPUs in the caller's mask; pin by id.
+                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                         let _ = up_tx.send(Ok(()));
                         let s = sink::run(target, out_rx, &stats, tick, &abandon)?;
-                        Ok(OutputEnd { sink: s, kafka: None })
+                        Ok(OutputEnd {
+                            sink: s,
+                            kafka: None,
+                        })
                     }
                     (None, Some(kstats)) => {
+                        // librdkafka's threads (broker I/O, compression)
+                        // inherit the mask of the thread that makes the
+                        // producer: every CPU but the shards', never the
+                        // shard cores. Then this thread pins itself.
+                        set_affinity(&others);
                         // The journal (io_uring) is made on this thread: it
                         // never leaves it.
                         let b = match crate::kafka::Batcher::new(&kcfg) {
@@ -432,6 +467,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                                 });
                             }
                         };
+                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                         let _ = up_tx.send(Ok(()));
                         let k = crate::kafka::run(b, out_rx, &kstats, tick, &abandon)?;
                         let sink = SinkSnapshot {
@@ -952,7 +988,12 @@ pub fn kafka_text(k: &KafkaSnapshot) -> String {
             k.dapb.by_reason
         ));
     }
-    let lat = |l: &[u64; 5]| format!("P50 {} P99 {} P99.9 {} max {} us (n={})", l[0], l[1], l[2], l[3], l[4]);
+    let lat = |l: &[u64; 5]| {
+        format!(
+            "P50 {} P99 {} P99.9 {} max {} us (n={})",
+            l[0], l[1], l[2], l[3], l[4]
+        )
+    };
     t.push_str(&format!(
         "    added latency (ring -> delivery report): normal {}; urgent {}\n    batcher CPU {:.0} ns per message\n",
         lat(&k.latency_normal_us),

@@ -23,10 +23,12 @@ pub fn free_port() -> u16 {
 
 /// The broker binary, or None (with the reason printed) when it is not built.
 pub fn binary() -> Option<PathBuf> {
-    let p = std::env::var_os("KLAIS_TANSU").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var("KLAIS_CACHE").unwrap_or_else(|_| "/var/cache/klais".into());
-        PathBuf::from(cache).join("tansu-0.6.0/bin/tansu")
-    });
+    let p = std::env::var_os("KLAIS_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var("KLAIS_CACHE").unwrap_or_else(|_| "/var/cache/klais".into());
+            PathBuf::from(cache).join("tansu-0.6.0/bin/tansu")
+        });
     if p.exists() {
         Some(p)
     } else {
@@ -84,7 +86,10 @@ impl Broker {
         };
         let t = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "broker did not listen");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "broker did not listen"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(b)

@@ -1,0 +1,320 @@
+//! The Kafka batching core alone, against the test broker (tansu) on loopback.
+//!
+//! 1. Throughput: a shard ring pre-filled (untimed) with N records of 200-byte
+//!    payloads from 10,000 devices; the batcher (this thread) drains it through
+//!    DAPB into librdkafka (lz4, idempotent, acks=all). Reported: messages per
+//!    second *into librdkafka* (every record handed to the producer), messages
+//!    per second *acknowledged* (every delivery report back), and batcher CPU per
+//!    message. Median of the rounds.
+//! 2. Added latency at 50% of the acknowledged rate: a feeder thread paces
+//!    records into the ring, 1% of them from an urgent device; the batcher's
+//!    histograms (ring pop → delivery report, µs) after a 1 s warm-up, normal and
+//!    urgent class, P50 / P99 / P99.9.
+//!
+//! `cargo bench --bench batcher` (needs `scripts/broker.sh install`). Under
+//! `cargo test` it runs one tiny round to prove it works. Results also go to
+//! target/bench-results/batcher.json.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use klais::config::Kafka;
+use klais::handoff::{record_ring, RecordMeta};
+use klais::kafka::{Batcher, KafkaSnapshot};
+
+const PAYLOAD: usize = 200;
+const DEVICES: u32 = 10_000;
+
+struct Broker(Child);
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tansu() -> Option<PathBuf> {
+    let p = std::env::var_os("KLAIS_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(
+                std::env::var("KLAIS_CACHE").unwrap_or_else(|_| "/var/cache/klais".into()),
+            )
+            .join("tansu-0.6.0/bin/tansu")
+        });
+    p.exists().then_some(p)
+}
+
+fn start_broker(bin: &PathBuf) -> (Broker, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu starts");
+    let b = Broker(child);
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ok = Command::new(bin)
+        .args([
+            "topic",
+            "create",
+            "--broker",
+            &url,
+            "--partitions",
+            "3",
+            "bench",
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "topic create");
+    (b, format!("127.0.0.1:{port}"))
+}
+
+fn meta(i: u64, urgent: bool) -> RecordMeta {
+    let mut raw_id = [0u8; 16];
+    let id = if urgent {
+        "urgent-0".to_string()
+    } else {
+        format!("dev-{:08}", i % u64::from(DEVICES))
+    };
+    raw_id[..id.len()].copy_from_slice(id.as_bytes());
+    RecordMeta {
+        raw_id,
+        sequence: (i / u64::from(DEVICES)) as u32,
+        recv_ts_ns: 1_795_000_000_000_000_000 + i,
+        shard: 0,
+        seq_event: 1,
+        flags: 0,
+    }
+}
+
+fn config(brokers: &str, dir: &std::path::Path) -> Kafka {
+    let mut c = Kafka {
+        brokers: brokers.into(),
+        topic: "bench".into(),
+        urgent_devices: vec!["urgent-0".into()],
+        queue_high_water: 2_000_000,
+        ..Kafka::default()
+    };
+    c.journal.dir = dir.to_path_buf();
+    c
+}
+
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Round {
+    into_rate: f64,
+    acked_rate: f64,
+    cpu_ns_per_msg: f64,
+    snap: KafkaSnapshot,
+}
+
+/// The batcher as the runtime runs it: librdkafka's threads made unpinned,
+/// then this thread pinned to the last CPU (the output core).
+fn batcher(brokers: &str, dir: &std::path::Path) -> Batcher {
+    // SAFETY: a zeroed cpu_set_t with every CPU set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    let b = Batcher::new(&config(brokers, dir)).unwrap();
+    let last = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+    core_affinity::set_for_current(core_affinity::CoreId { id: last });
+    b
+}
+
+fn throughput_round(brokers: &str, n: u64) -> Round {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = batcher(brokers, dir.path());
+    // Connection and producer id first, untimed.
+    let (mut tx, rx) = record_ring(((n as usize) * (PAYLOAD + 48)).max(1 << 20), 2048).unwrap();
+    let mut rings = vec![rx];
+    let payload = vec![b'x'; PAYLOAD];
+    tx.push(&meta(0, false), &payload).unwrap();
+    let t = Instant::now();
+    while b.progress().2 < 1 {
+        b.step(&mut rings);
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "broker never acknowledged"
+        );
+    }
+    for i in 1..=n {
+        tx.push(&meta(i, false), &payload).unwrap();
+    }
+    let (t0, c0) = (Instant::now(), cpu_ns());
+    let mut into = None;
+    loop {
+        b.step(&mut rings);
+        let s = b.progress();
+        if into.is_none() && s.0 == n + 1 && s.1 == 0 {
+            into = Some((t0.elapsed(), cpu_ns() - c0));
+        }
+        if s.2 == n + 1 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "stuck: {:?}",
+            b.snapshot()
+        );
+    }
+    let acked = t0.elapsed();
+    let (into_t, cpu) = into.unwrap();
+    let snap = b.shutdown().unwrap();
+    Round {
+        into_rate: n as f64 / into_t.as_secs_f64(),
+        acked_rate: n as f64 / acked.as_secs_f64(),
+        cpu_ns_per_msg: cpu as f64 / n as f64,
+        snap,
+    }
+}
+
+fn quantiles(h: &hdrhistogram::Histogram<u64>) -> [u64; 4] {
+    [
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.len(),
+    ]
+}
+
+fn latency_phase(brokers: &str, rate: f64, secs: f64) -> ([u64; 4], [u64; 4], KafkaSnapshot) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = batcher(brokers, dir.path());
+    let (mut tx, rx) = record_ring(64 << 20, 2048).unwrap();
+    let mut rings = vec![rx];
+    let total = (rate * (secs + 1.0)) as u64;
+    let feeder = std::thread::spawn(move || {
+        let payload = vec![b'y'; PAYLOAD];
+        let start = Instant::now();
+        // Paced in 200 µs steps with sleeps: a spinning feeder would take a
+        // whole core from the batcher, librdkafka and the broker.
+        let mut i = 0;
+        while i < total {
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            while i < due.min(total) {
+                while tx.push(&meta(i, i % 100 == 7), &payload).is_err() {
+                    std::thread::yield_now();
+                }
+                i += 1;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    let start = Instant::now();
+    let mut reset = false;
+    while !feeder.is_finished() {
+        b.step(&mut rings);
+        if !reset && start.elapsed() > Duration::from_secs(1) {
+            b.reset_latency();
+            reset = true;
+        }
+    }
+    feeder.join().unwrap();
+    let t = Instant::now();
+    while b.progress().2 < total && t.elapsed() < Duration::from_secs(120) {
+        b.step(&mut rings);
+    }
+    let (n, u) = b.latency();
+    let (n, u) = (quantiles(n), quantiles(u));
+    (n, u, b.shutdown().unwrap())
+}
+
+fn main() {
+    let Some(bin) = tansu() else {
+        println!("SKIPPED: the test broker is not built; `scripts/broker.sh install`");
+        return;
+    };
+    let bench = std::env::args().any(|a| a == "--bench");
+    let (rounds, n, secs) = if bench {
+        (3, 500_000u64, 10.0)
+    } else {
+        (1, 2_000u64, 0.5)
+    };
+    let (_broker, brokers) = start_broker(&bin);
+    let mut rs: Vec<Round> = (0..rounds).map(|_| throughput_round(&brokers, n)).collect();
+    rs.sort_by(|a, b| a.acked_rate.total_cmp(&b.acked_rate));
+    let m = &rs[rs.len() / 2];
+    println!(
+        "batcher alone, {n} x {PAYLOAD}-byte messages, lz4, acks=all, idempotent, tansu on loopback (median of {rounds}):"
+    );
+    println!(
+        "  into librdkafka {:>10.0} msg/s   acknowledged {:>10.0} msg/s   batcher CPU {:.0} ns/msg (into librdkafka)",
+        m.into_rate, m.acked_rate, m.cpu_ns_per_msg
+    );
+    println!(
+        "  DAPB: {} batches, mean {:.0} msgs/batch, efficiency {:.1}%, releases urgent/full/timeout/drain {:?}",
+        m.snap.dapb.batches,
+        m.snap.dapb.messages as f64 / m.snap.dapb.batches.max(1) as f64,
+        100.0 * m.snap.dapb.efficiency(),
+        m.snap.dapb.by_reason
+    );
+    if std::env::var_os("KLAIS_BENCH_THROUGHPUT_ONLY").is_some() {
+        return;
+    }
+    let rate = (m.acked_rate * 0.5).max(1000.0);
+    let (norm, urg, snap) = latency_phase(&brokers, rate, secs);
+    println!(
+        "added latency at {rate:.0} msg/s (50% of acknowledged), ring pop -> delivery report, us:"
+    );
+    println!(
+        "  normal  P50 {:>7}  P99 {:>7}  P99.9 {:>7}  (n={})",
+        norm[0], norm[1], norm[2], norm[3]
+    );
+    println!(
+        "  urgent  P50 {:>7}  P99 {:>7}  P99.9 {:>7}  (n={})",
+        urg[0], urg[1], urg[2], urg[3]
+    );
+    println!(
+        "  DAPB then: B(t) {} B, T(t) {} us, RTT {:.2} ms, jitter {:.2} ms, errors {:.2}%",
+        snap.params.map_or(0, |p| p.b_adaptive),
+        snap.params.map_or(0, |p| p.t_us),
+        snap.conditions.rtt_us / 1000.0,
+        snap.conditions.jitter_us / 1000.0,
+        snap.conditions.error_pct
+    );
+    let json = serde_json::json!({
+        "messages": n, "payload_bytes": PAYLOAD, "rounds": rounds,
+        "into_librdkafka_msg_per_s": m.into_rate, "acknowledged_msg_per_s": m.acked_rate,
+        "batcher_cpu_ns_per_msg": m.cpu_ns_per_msg,
+        "latency_rate_msg_per_s": rate,
+        "normal_us": {"p50": norm[0], "p99": norm[1], "p999": norm[2], "n": norm[3]},
+        "urgent_us": {"p50": urg[0], "p99": urg[1], "p999": urg[2], "n": urg[3]},
+    });
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join("batcher.json"), json.to_string());
+}
