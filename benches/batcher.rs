@@ -211,7 +211,11 @@ fn quantiles(h: &hdrhistogram::Histogram<u64>) -> [u64; 4] {
     ]
 }
 
-fn latency_phase(brokers: &str, rate: f64, secs: f64) -> ([u64; 4], [u64; 4], KafkaSnapshot) {
+fn latency_phase(
+    brokers: &str,
+    rate: f64,
+    secs: f64,
+) -> ([u64; 4], [u64; 4], [u64; 4], KafkaSnapshot) {
     let dir = tempfile::tempdir().unwrap();
     let mut b = batcher(brokers, dir.path());
     let (mut tx, rx) = record_ring(64 << 20, 2048).unwrap();
@@ -248,9 +252,9 @@ fn latency_phase(brokers: &str, rate: f64, secs: f64) -> ([u64; 4], [u64; 4], Ka
     while b.progress().2 < total && t.elapsed() < Duration::from_secs(120) {
         b.step(&mut rings);
     }
-    let (n, u) = b.latency();
-    let (n, u) = (quantiles(n), quantiles(u));
-    (n, u, b.shutdown().unwrap())
+    let (n, u, r) = b.latency();
+    let (n, u, r) = (quantiles(n), quantiles(u), quantiles(r));
+    (n, u, r, b.shutdown().unwrap())
 }
 
 fn main() {
@@ -260,21 +264,44 @@ fn main() {
     };
     let bench = std::env::args().any(|a| a == "--bench");
     let (rounds, n, secs) = if bench {
-        (3, 500_000u64, 10.0)
+        (5, 500_000u64, 10.0)
     } else {
         (1, 2_000u64, 0.5)
     };
-    let (_broker, brokers) = start_broker(&bin);
+    // KLAIS_BENCH_MOCK=1: librdkafka's in-process mock broker instead of tansu,
+    // to tell the batcher's and librdkafka's share of latency from the broker's.
+    let mock = std::env::var_os("KLAIS_BENCH_MOCK").map(|_| {
+        let m = rdkafka::mocking::MockCluster::new(1).unwrap();
+        m.create_topic("bench", 3, 1).unwrap();
+        m
+    });
+    let (_broker, brokers) = match &mock {
+        Some(m) => (None, m.bootstrap_servers()),
+        None => {
+            let (b, s) = start_broker(&bin);
+            (Some(b), s)
+        }
+    };
+    println!(
+        "broker: {}",
+        if mock.is_some() {
+            "librdkafka mock cluster (in process)"
+        } else {
+            "tansu on loopback"
+        }
+    );
     let mut rs: Vec<Round> = (0..rounds).map(|_| throughput_round(&brokers, n)).collect();
     rs.sort_by(|a, b| a.acked_rate.total_cmp(&b.acked_rate));
     let m = &rs[rs.len() / 2];
     println!(
-        "batcher alone, {n} x {PAYLOAD}-byte messages, lz4, acks=all, idempotent, tansu on loopback (median of {rounds}):"
+        "batcher alone, {n} x {PAYLOAD}-byte messages, lz4, acks=all, idempotent (median of {rounds}):"
     );
     println!(
         "  into librdkafka {:>10.0} msg/s   acknowledged {:>10.0} msg/s   batcher CPU {:.0} ns/msg (into librdkafka)",
         m.into_rate, m.acked_rate, m.cpu_ns_per_msg
     );
+    let into: Vec<String> = rs.iter().map(|r| format!("{:.0}", r.into_rate)).collect();
+    println!("  every round, into librdkafka msg/s: {}", into.join(", "));
     println!(
         "  DAPB: {} batches, mean {:.0} msgs/batch, efficiency {:.1}%, releases urgent/full/timeout/drain {:?}",
         m.snap.dapb.batches,
@@ -286,7 +313,7 @@ fn main() {
         return;
     }
     let rate = (m.acked_rate * 0.5).max(1000.0);
-    let (norm, urg, snap) = latency_phase(&brokers, rate, secs);
+    let (norm, urg, rtt, snap) = latency_phase(&brokers, rate, secs);
     println!(
         "added latency at {rate:.0} msg/s (50% of acknowledged), ring pop -> delivery report, us:"
     );
@@ -299,6 +326,10 @@ fn main() {
         urg[0], urg[1], urg[2], urg[3]
     );
     println!(
+        "  round trip (handed to librdkafka -> report)  P50 {:>7}  P99 {:>7}  P99.9 {:>7}",
+        rtt[0], rtt[1], rtt[2]
+    );
+    println!(
         "  DAPB then: B(t) {} B, T(t) {} us, RTT {:.2} ms, jitter {:.2} ms, errors {:.2}%",
         snap.params.map_or(0, |p| p.b_adaptive),
         snap.params.map_or(0, |p| p.t_us),
@@ -306,13 +337,37 @@ fn main() {
         snap.conditions.jitter_us / 1000.0,
         snap.conditions.error_pct
     );
+    // The same at a light load, to separate the broker's own round trip from
+    // queueing on this 2-core machine.
+    let light = if bench { 10_000.0 } else { 1000.0 };
+    let (lnorm, lurg, lrtt, _) = latency_phase(&brokers, light, secs);
+    println!("added latency at {light:.0} msg/s, us:");
+    println!(
+        "  normal  P50 {:>7}  P99 {:>7}  P99.9 {:>7}  (n={})",
+        lnorm[0], lnorm[1], lnorm[2], lnorm[3]
+    );
+    println!(
+        "  urgent  P50 {:>7}  P99 {:>7}  P99.9 {:>7}  (n={})",
+        lurg[0], lurg[1], lurg[2], lurg[3]
+    );
+    println!(
+        "  round trip (handed to librdkafka -> report)  P50 {:>7}  P99 {:>7}  P99.9 {:>7}",
+        lrtt[0], lrtt[1], lrtt[2]
+    );
     let json = serde_json::json!({
         "messages": n, "payload_bytes": PAYLOAD, "rounds": rounds,
-        "into_librdkafka_msg_per_s": m.into_rate, "acknowledged_msg_per_s": m.acked_rate,
+        "into_librdkafka_msg_per_s": m.into_rate,
+        "into_librdkafka_rounds": rs.iter().map(|r| r.into_rate).collect::<Vec<f64>>(), "acknowledged_msg_per_s": m.acked_rate,
         "batcher_cpu_ns_per_msg": m.cpu_ns_per_msg,
         "latency_rate_msg_per_s": rate,
         "normal_us": {"p50": norm[0], "p99": norm[1], "p999": norm[2], "n": norm[3]},
         "urgent_us": {"p50": urg[0], "p99": urg[1], "p999": urg[2], "n": urg[3]},
+        "light_rate_msg_per_s": light,
+        "light_normal_us": {"p50": lnorm[0], "p99": lnorm[1], "p999": lnorm[2], "n": lnorm[3]},
+        "light_urgent_us": {"p50": lurg[0], "p99": lurg[1], "p999": lurg[2], "n": lurg[3]},
+        "round_trip_us": {"p50": rtt[0], "p99": rtt[1], "p999": rtt[2]},
+        "light_round_trip_us": {"p50": lrtt[0], "p99": lrtt[1], "p999": lrtt[2]},
+        "broker": if mock.is_some() { "librdkafka mock" } else { "tansu" },
     });
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
     let _ = std::fs::create_dir_all(&out);

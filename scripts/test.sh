@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/setup.sh
+# The broker tier's Kafka-compatible broker (tansu), built once and cached in
+# /var/cache/klais (about 10-16 minutes the first time on 2 cores).
+scripts/broker.sh install
 
 echo "== cargo fmt --check"
 cargo fmt --check

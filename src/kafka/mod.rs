@@ -132,6 +132,9 @@ pub struct KafkaSnapshot {
     pub latency_normal_us: [u64; 5],
     /// The same for urgent messages.
     pub latency_urgent_us: [u64; 5],
+    /// Delivery round trip (handed to librdkafka → delivery report), µs, all
+    /// direct messages: the broker's and librdkafka's share of the above.
+    pub rtt_us: [u64; 5],
     /// Batcher thread CPU time, ns.
     pub cpu_ns: u64,
     /// Journal counters.
@@ -365,6 +368,7 @@ pub struct Batcher {
     reports: Reports,
     hist_normal: Histogram<u64>,
     hist_urgent: Histogram<u64>,
+    hist_rtt: Histogram<u64>,
     snap: KafkaSnapshot,
     cpu_at_start: u64,
     last_log_full: u64,
@@ -464,6 +468,7 @@ impl Batcher {
             reports: Reports::default(),
             hist_normal: hist(),
             hist_urgent: hist(),
+            hist_rtt: hist(),
             snap,
             cpu_at_start: thread_cpu_ns(),
             last_log_full: 0,
@@ -712,7 +717,9 @@ impl Batcher {
                 } else {
                     let _ = self.hist_normal.record(added.max(1));
                 }
-                self.cond.on_rtt(now.saturating_sub(s.sent) as f64 / 1000.0);
+                let rtt = now.saturating_sub(s.sent) / 1000;
+                let _ = self.hist_rtt.record(rtt.max(1));
+                self.cond.on_rtt(rtt as f64);
             }
         }
         ok.clear();
@@ -891,6 +898,7 @@ impl Batcher {
         self.snap.conditions = self.cond;
         self.snap.latency_normal_us = q(&self.hist_normal);
         self.snap.latency_urgent_us = q(&self.hist_urgent);
+        self.snap.rtt_us = q(&self.hist_rtt);
         self.snap.cpu_ns = thread_cpu_ns() - self.cpu_at_start;
         self.snap.journal = self.journal.stats();
         self.snap.journal_lost = self.snap.journal.lost;
@@ -907,11 +915,13 @@ impl Batcher {
     pub fn reset_latency(&mut self) {
         self.hist_normal.reset();
         self.hist_urgent.reset();
+        self.hist_rtt.reset();
     }
 
-    /// The added-latency histograms (normal, urgent), µs.
-    pub fn latency(&self) -> (&Histogram<u64>, &Histogram<u64>) {
-        (&self.hist_normal, &self.hist_urgent)
+    /// The added-latency histograms (normal, urgent) and the delivery round
+    /// trip, µs.
+    pub fn latency(&self) -> (&Histogram<u64>, &Histogram<u64>, &Histogram<u64>) {
+        (&self.hist_normal, &self.hist_urgent, &self.hist_rtt)
     }
 
     /// Stops: releases buffers, waits for delivery up to `shutdown_flush_ms`,

@@ -995,9 +995,10 @@ pub fn kafka_text(k: &KafkaSnapshot) -> String {
         )
     };
     t.push_str(&format!(
-        "    added latency (ring -> delivery report): normal {}; urgent {}\n    batcher CPU {:.0} ns per message\n",
+        "    added latency (ring -> delivery report): normal {}; urgent {}\n    of which delivery round trip (librdkafka + broker) {}\n    batcher CPU {:.0} ns per message\n",
         lat(&k.latency_normal_us),
         lat(&k.latency_urgent_us),
+        lat(&k.rtt_us),
         k.cpu_ns_per_msg()
     ));
     t
