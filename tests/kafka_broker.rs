@@ -195,7 +195,15 @@ fn a_broker_outage_under_load_loses_nothing_and_keeps_order() {
     );
     assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
     assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "klj"))
+            .count(),
         0,
         "journal empty afterwards"
     );

@@ -178,6 +178,8 @@ impl Cursor {
 
 /// The journal (owned by the batcher core).
 pub struct Journal {
+    /// `<dir>/lock`, flocked while this journal is open.
+    _lock: File,
     cfg: JournalConfig,
     segs: VecDeque<Segment>,
     tail: Option<Rc<File>>,
@@ -230,7 +232,9 @@ impl Journal {
             }
         }
         ids.sort_unstable();
+        let lock = lock_dir(&cfg.dir)?;
         let mut j = Journal {
+            _lock: lock,
             segs: VecDeque::new(),
             tail: None,
             submit_off: 0,
@@ -570,6 +574,9 @@ impl Journal {
                     self.submit();
                 }
                 self.reap();
+                if self.segs[pos].written > written {
+                    continue;
+                }
                 return None;
             }
             match self.read_at(seg_id, off, written) {
@@ -820,6 +827,27 @@ impl Journal {
     }
 }
 
+/// One journal, one klais: an exclusive flock on `<dir>/lock`.
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    // SAFETY: flock on a valid descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(JournalError::Io {
+            path,
+            source: io::Error::other(
+                "another klais holds this journal; give each instance its own output.kafka.journal.dir",
+            ),
+        });
+    }
+    Ok(f)
+}
+
 fn frame(out: &mut Vec<u8>, meta: &RecordMeta, payload: &[u8]) {
     let header = meta.encode(payload.len());
     let mut h = crc32fast::Hasher::new();
@@ -938,6 +966,26 @@ mod tests {
         }
     }
 
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "klj"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_second_journal_on_the_same_directory_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let _j = Journal::open(cfg(d.path(), 1 << 20, 64 << 20)).unwrap();
+        let e = Journal::open(cfg(d.path(), 1 << 20, 64 << 20))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("another klais"), "{e}");
+    }
+
     fn drain(j: &mut Journal) -> Vec<(u64, u32)> {
         let mut out = Vec::new();
         loop {
@@ -969,7 +1017,7 @@ mod tests {
         }
         assert_eq!(j.outstanding(), 0);
         assert_eq!(j.stats().bytes, 0);
-        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+        assert!(segment_files(d.path()).is_empty());
     }
 
     #[test]
@@ -1024,11 +1072,7 @@ mod tests {
         j.close().unwrap();
         drop(j);
         // A crash mid-write: half a record at the end of the last segment.
-        let mut last: Vec<_> = fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        last.sort();
+        let last = segment_files(d.path());
         let path = last.last().unwrap();
         let mut data = fs::read(path).unwrap();
         data.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7]);
@@ -1046,16 +1090,12 @@ mod tests {
             j.append(&meta(0, s), b"abcdef").unwrap();
         }
         j.close().unwrap();
-        let path = fs::read_dir(d.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let path = segment_files(d.path())[0].clone();
         let mut data = fs::read(&path).unwrap();
         let rec = 4 + RECORD_HEADER_LEN + 6;
         data[MAGIC.len() + 5 * rec + 4 + RECORD_HEADER_LEN] ^= 0xff; // payload of record 5
         fs::write(&path, &data).unwrap();
+        drop(j);
         // Opening cuts at the damaged record (it looks like a torn tail).
         let mut j = Journal::open(cfg(d.path(), 1 << 20, 64 << 20)).unwrap();
         assert_eq!(j.stats().recovered, 5);

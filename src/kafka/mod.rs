@@ -609,6 +609,9 @@ impl Batcher {
             in_flight = self.direct_in_flight,
             "circuit breaker open ({why}): accepted messages go to the spill journal"
         );
+        // What waits in DAPB buffers is older than anything accepted from now
+        // on: it goes to the journal first, so no device is reordered.
+        self.drain_buffers(mono_ns());
     }
 
     /// Releases buffers whose T(t) expired.
@@ -765,9 +768,7 @@ impl Batcher {
         let all_down = self.producer.context().all_down.load(Ordering::Relaxed);
         if self.breaker == Breaker::Closed {
             if all_down {
-                self.drain_buffers(now);
                 self.open_breaker("all brokers down");
-                self.drain_buffers(now);
             }
             return;
         }
