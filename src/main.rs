@@ -906,6 +906,10 @@ fn run(
     until: Option<&AtomicBool>,
     topology: bool,
 ) -> ExitCode {
+    // A signal during start-up (which can wait seconds for the broker) stops
+    // klais as soon as it runs, with the usual drain.
+    let early = Arc::new(AtomicBool::new(false));
+    register_signals(&early);
     let running = match runtime::start(cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -916,6 +920,9 @@ fn run(
     // Handlers first: once the line below is printed, a SIGTERM must drain.
     let stop = running.stop_flag();
     register_signals(&stop);
+    if early.load(Ordering::Relaxed) {
+        stop.store(true, Ordering::Relaxed);
+    }
     match running.xdp() {
         Some((iface, mode, recovered)) => eprintln!(
             "XDP filter attached to {iface} ({mode} mode){}; detached when klais exits",
@@ -1099,6 +1106,8 @@ fn demo(args: DemoArgs) -> ExitCode {
         }
         (None, None) => cfg.output.sink = SinkKind::Null,
     }
+    let early = Arc::new(AtomicBool::new(false));
+    register_signals(&early);
     let running = match runtime::start(&cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -1108,6 +1117,9 @@ fn demo(args: DemoArgs) -> ExitCode {
     };
     let stop = running.stop_flag();
     register_signals(&stop);
+    if early.load(Ordering::Relaxed) {
+        stop.store(true, Ordering::Relaxed);
+    }
     let mut t = args.traffic.clone();
     if t.malformed_ppm == 0 {
         t.malformed_ppm = 10_000; // 1 %: shows the reject counters at work

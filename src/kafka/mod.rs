@@ -186,6 +186,8 @@ struct Ctx {
     now: AtomicU64,
     reports: Mutex<Reports>,
     all_down: AtomicBool,
+    /// The idempotent producer has its producer id (statistics say so).
+    pid_assigned: AtomicBool,
     stats: Mutex<BrokerStats>,
 }
 
@@ -220,6 +222,9 @@ impl ClientContext for Ctx {
         }
         if s.up {
             self.all_down.store(false, Ordering::Relaxed);
+        }
+        if v["eos"]["idemp_state"].as_str() == Some("Assigned") {
+            self.pid_assigned.store(true, Ordering::Relaxed);
         }
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
@@ -384,11 +389,51 @@ impl Batcher {
             now: AtomicU64::new(mono_ns()),
             reports: Mutex::new(Reports::default()),
             all_down: AtomicBool::new(false),
+            pid_assigned: AtomicBool::new(false),
             stats: Mutex::new(BrokerStats::default()),
         };
         let producer: BaseProducer<Ctx> = client_config(cfg, &gateway)
             .create_with_context(ctx)
             .map_err(OutputError::Producer)?;
+        // Connect now (up to 3 s): the first messages then do not wait for it,
+        // and the operator learns at start whether the broker and the topic are
+        // there. Neither is required: without them klais spills.
+        match producer
+            .client()
+            .fetch_metadata(Some(&cfg.topic), Duration::from_secs(3))
+        {
+            Ok(md) => match md.topics().iter().find(|t| t.name() == cfg.topic) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    // An idempotent producer sends nothing before it has its
+                    // producer id: wait for it here (up to 3 s), not with the
+                    // first messages.
+                    let t0 = Instant::now();
+                    while cfg.idempotence
+                        && !producer.context().pid_assigned.load(Ordering::Relaxed)
+                        && t0.elapsed() < Duration::from_secs(3)
+                    {
+                        producer.poll(Duration::ZERO);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    tracing::info!(
+                        brokers = %cfg.brokers,
+                        topic = %cfg.topic,
+                        partitions = t.partitions().len(),
+                        ready_ms = t0.elapsed().as_millis() as u64,
+                        "Kafka broker reachable"
+                    )
+                }
+                _ => tracing::warn!(
+                    brokers = %cfg.brokers,
+                    topic = %cfg.topic,
+                    "the broker does not have the topic (create it, or let the broker create topics on demand); messages wait in librdkafka and the journal"
+                ),
+            },
+            Err(e) => tracing::warn!(
+                brokers = %cfg.brokers,
+                "Kafka broker not reachable at start ({e}); accepted messages will wait in the spill journal"
+            ),
+        }
         let topic = std::ffi::CString::new(cfg.topic.as_str())
             .map_err(|e| OutputError::Producer(KafkaError::from(e)))?;
         // SAFETY: a valid client and NUL-terminated name; NULL conf = defaults.
