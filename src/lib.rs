@@ -8,12 +8,15 @@
 //! [`config`] is the operator's contract; [`gen`] makes device traffic; [`xdp`]
 //! is the kernel filter; [`cores`] plans core maps.
 //!
-//! See DESIGN.md (shared) and the README for the full data flow; the Dam, the
-//! control core and the models arrive with their issues.
+//! [`control`] holds the Dam, the PID controller and the storm predictor (pure
+//! logic), and [`sim`] the storm simulator that drives them.
+//!
+//! See DESIGN.md (shared) and the README for the full data flow.
 
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod cores;
 pub mod gen;
 pub mod handoff;
@@ -21,6 +24,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod runtime;
 pub mod shard;
+pub mod sim;
 pub mod sink;
 pub mod telemetry;
 pub mod wire;

@@ -65,6 +65,10 @@ enum Command {
     /// The spill journal: what waits for the broker.
     #[command(subcommand)]
     Journal(JournalCmd),
+    /// The storm simulator: a seeded reconnection storm through the real Dam,
+    /// PID controller and predictor, against the static-limit baseline; prints
+    /// the KLAIS paper's Table 5.4 metrics and writes a PNG plot.
+    Simulate(SimArgs),
     /// Print the version, commit and build profile.
     Version,
 }
@@ -297,6 +301,40 @@ struct RunArgs {
     core_map: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+struct SimArgs {
+    /// Seed (same seed, same output).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Devices.
+    #[arg(long, default_value_t = 10_000)]
+    devices: u32,
+    /// Messages per second per device (Poisson).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Seconds the network is away.
+    #[arg(long, default_value_t = 30.0)]
+    outage: f64,
+    /// Share of devices reconnecting with their backlog, 0-1.
+    #[arg(long, default_value_t = 1.0)]
+    share: f64,
+    /// Reconnections spread over this many seconds.
+    #[arg(long, default_value_t = 0.5)]
+    jitter: f64,
+    /// Messages a device holds while offline.
+    #[arg(long, default_value_t = 100)]
+    backlog: u32,
+    /// Messages per second a device flushes its backlog at.
+    #[arg(long, default_value_t = 200.0)]
+    flush_rate: f64,
+    /// Downstream capacity, messages per second.
+    #[arg(long, default_value_t = 500_000.0)]
+    capacity: f64,
+    /// The PNG plot (backlog and admitted rate over time).
+    #[arg(long, default_value = "storm.png")]
+    plot: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum KafkaCmd {
     /// Read the topic from the beginning of every partition (no offsets are
@@ -468,6 +506,40 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => demo(args),
+        Command::Simulate(a) => {
+            let sc = klais::sim::Scenario {
+                seed: a.seed,
+                devices: a.devices,
+                rate_per_device: a.rate,
+                outage_s: a.outage,
+                reconnect_share: a.share,
+                reconnect_jitter_s: a.jitter,
+                backlog_max: a.backlog,
+                flush_rate: a.flush_rate,
+                capacity: a.capacity,
+                ..klais::sim::Scenario::default()
+            };
+            if !(0.0..=1.0).contains(&sc.reconnect_share) || sc.devices == 0 || sc.capacity <= 0.0 {
+                eprintln!("error: --share must be 0-1, --devices and --capacity above 0");
+                return ExitCode::from(2);
+            }
+            use klais::sim::Variant;
+            let outs: Vec<_> = [Variant::Klais, Variant::KlaisNoPrediction, Variant::Baseline]
+                .into_iter()
+                .map(|v| klais::sim::run(&sc, v))
+                .collect();
+            print!("{}", klais::sim::table(&sc, &outs));
+            match klais::sim::plot(&sc, &outs, &a.plot) {
+                Ok(()) => {
+                    println!("plot: {}", a.plot.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: writing {}: {e}", a.plot.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Kafka(KafkaCmd::Consume {
             brokers,
             topic,
