@@ -19,6 +19,7 @@ PACKAGES=(
   libelf-dev zlib1g-dev  # libbpf-sys builds its vendored libbpf against them
   linux-libc-dev    # linux/bpf.h, linux/if_ether.h ... for the XDP program
   libhwloc-dev      # hwloc2: CPU / NUMA topology discovery for `klais cores`
+  fonts-dejavu-core # axis labels and legends in the PNG plots of `klais simulate`
 )
 
 log=$(mktemp /tmp/klais-setup.XXXXXX.log)

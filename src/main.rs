@@ -524,10 +524,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             use klais::sim::Variant;
-            let outs: Vec<_> = [Variant::Klais, Variant::KlaisNoPrediction, Variant::Baseline]
-                .into_iter()
-                .map(|v| klais::sim::run(&sc, v))
-                .collect();
+            let outs: Vec<_> = [
+                Variant::Klais,
+                Variant::KlaisNoPrediction,
+                Variant::Baseline,
+            ]
+            .into_iter()
+            .map(|v| klais::sim::run(&sc, v))
+            .collect();
             print!("{}", klais::sim::table(&sc, &outs));
             match klais::sim::plot(&sc, &outs, &a.plot) {
                 Ok(()) => {

@@ -186,3 +186,47 @@ fn nonsense_durations_and_payload_sizes_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn simulate_is_deterministic_and_writes_its_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |png: &str| {
+        let out = Command::new(KLAIS)
+            .args([
+                "simulate",
+                "--devices",
+                "300",
+                "--outage",
+                "20",
+                "--capacity",
+                "20000",
+                "--plot",
+            ])
+            .arg(dir.path().join(png))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let a = run("a.png");
+    let b = run("b.png");
+    let table = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with("plot:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(table(&a), table(&b), "same seed, same output");
+    assert!(a.contains("klais (Dam + PID + predictor)") && a.contains("baseline"));
+    let png = std::fs::read(dir.path().join("a.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let bad = Command::new(KLAIS)
+        .args(["simulate", "--share", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -456,7 +456,11 @@ mod tests {
         }
         assert_eq!(d.admit(h(1), true, 0, 99), Admit::Urgent(99));
         assert_eq!(d.admit(h(1), true, 0, 100), Admit::Urgent(100), "burst 1");
-        assert_eq!(d.admit(h(1), true, 0, 101), Admit::Queued, "over its budget");
+        assert_eq!(
+            d.admit(h(1), true, 0, 101),
+            Admit::Queued,
+            "over its budget"
+        );
     }
 
     #[test]

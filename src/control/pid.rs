@@ -54,7 +54,7 @@ impl Pid {
 
     /// One step: `setpoint` and `meas` in the same unit, `dt` seconds.
     pub fn update(&mut self, setpoint: f64, meas: f64, dt: f64) -> f64 {
-        if !(dt > 0.0) || !meas.is_finite() || !setpoint.is_finite() {
+        if dt.is_nan() || dt <= 0.0 || !meas.is_finite() || !setpoint.is_finite() {
             return self.output;
         }
         let c = self.cfg;

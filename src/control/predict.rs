@@ -240,7 +240,10 @@ mod tests {
         };
         assert!(!p.tick(&wave, 100_000.0).storm, "debounced");
         let f = p.tick(&wave, 100_000.0);
-        assert!(f.storm && f.devices >= 100.0 && f.messages > 1000.0, "{f:?}");
+        assert!(
+            f.storm && f.devices >= 100.0 && f.messages > 1000.0,
+            "{f:?}"
+        );
         for _ in 0..60 {
             p.tick(&quiet_tick(), 100_000.0);
         }

@@ -201,7 +201,10 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
     let t_end = ((sc.warmup_s + sc.outage_s + sc.after_s) * SEC) as u64;
     let mut heap = BinaryHeap::new();
     for (i, d) in dev.iter_mut().enumerate() {
-        heap.push(Reverse((exp(&mut rng, sc.rate_per_device), Ev::Live(i as u32))));
+        heap.push(Reverse((
+            exp(&mut rng, sc.rate_per_device),
+            Ev::Live(i as u32),
+        )));
         d.flusher = rng.gen_bool(sc.reconnect_share.clamp(0.0, 1.0));
         let t = t_back + (rng.gen::<f64>() * sc.reconnect_jitter_s * SEC) as u64;
         heap.push(Reverse((t, Ev::Reconnect(i as u32))));
@@ -268,34 +271,38 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
         if t > t_end {
             break;
         }
-        let mut deliver = |i: usize, dev: &mut [Device], dam: &mut Dam<()>, report: &mut ShardReport| {
-            let d = &mut dev[i];
-            if !d.seen {
-                d.seen = true;
-                report.new_devices += 1;
-            } else if d.reset {
-                report.resets += 1;
-                report.resets_near_zero += 1;
-            }
-            d.reset = false;
-            d.seq += 1;
-            report.offered += 1;
-            report.id_hist[(d.hash >> 56) as usize] += 1;
-            out.offered += 1;
-            win_offered += 1;
-            match dam.admit(d.hash, false, t, ()) {
-                Admit::Pass(()) | Admit::Urgent(()) => {
-                    downstream += 1;
-                    win_admitted += 1;
+        let mut deliver =
+            |i: usize, dev: &mut [Device], dam: &mut Dam<()>, report: &mut ShardReport| {
+                let d = &mut dev[i];
+                if !d.seen {
+                    d.seen = true;
+                    report.new_devices += 1;
+                } else if d.reset {
+                    report.resets += 1;
+                    report.resets_near_zero += 1;
                 }
-                Admit::Queued => {}
-                Admit::Dropped(..) => out.lost += 1,
-            }
-        };
+                d.reset = false;
+                d.seq += 1;
+                report.offered += 1;
+                report.id_hist[(d.hash >> 56) as usize] += 1;
+                out.offered += 1;
+                win_offered += 1;
+                match dam.admit(d.hash, false, t, ()) {
+                    Admit::Pass(()) | Admit::Urgent(()) => {
+                        downstream += 1;
+                        win_admitted += 1;
+                    }
+                    Admit::Queued => {}
+                    Admit::Dropped(..) => out.lost += 1,
+                }
+            };
         match ev {
             Ev::Live(i) => {
                 let iu = i as usize;
-                heap.push(Reverse((t + exp(&mut rng, sc.rate_per_device), Ev::Live(i))));
+                heap.push(Reverse((
+                    t + exp(&mut rng, sc.rate_per_device),
+                    Ev::Live(i),
+                )));
                 let d = &mut dev[iu];
                 let offline = t >= t_out && !d.back;
                 if offline {
@@ -429,7 +436,8 @@ pub fn table(sc: &Scenario, outs: &[Outcome]) -> String {
         s.push_str(&format!(
             "{:<36} {:>12} {:>10.3} {:>10} {:>14} {:>10} {:>22}\n",
             o.variant.name(),
-            o.recovery_s.map_or("not recovered".into(), |r| format!("{r:.2}")),
+            o.recovery_s
+                .map_or("not recovered".into(), |r| format!("{r:.2}")),
             100.0 * o.lost as f64 / o.offered.max(1) as f64,
             o.lost,
             o.peak_backlog,
@@ -467,7 +475,12 @@ pub fn plot(sc: &Scenario, outs: &[Outcome], path: &Path) -> Result<(), String> 
     let back = sc.warmup_s + sc.outage_s;
     let (x0, x1) = (back - 2.0, (back + 6.0).min(back + sc.after_s));
     let colors = [RED, BLUE, BLACK];
-    let panels: [(&DrawingArea<_, _>, &str, fn(&Point) -> f64); 2] = [
+    type Panel<'a, DB> = (
+        &'a DrawingArea<DB, plotters::coord::Shift>,
+        &'a str,
+        fn(&Point) -> f64,
+    );
+    let panels: [Panel<'_, _>; 2] = [
         (&top, "backlog (queued + downstream), messages", |p| {
             p.queued + p.downstream
         }),
@@ -554,6 +567,10 @@ mod tests {
         assert_eq!(k.lost, 0);
         assert!(b.lost > 0, "baseline lost {} of {}", b.lost, b.offered);
         assert!(k.predicted_after_s.is_some(), "the storm was forecast");
-        assert_eq!(k.delivered + k.lost, k.offered, "everything delivered by the end");
+        assert_eq!(
+            k.delivered + k.lost,
+            k.offered,
+            "everything delivered by the end"
+        );
     }
 }
