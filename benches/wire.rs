@@ -145,6 +145,7 @@ fn shard_settings() -> ShardSettings {
         max_devices: 1 << 20,
         reset_window: 4,
         admission: None,
+        dam: None,
     }
 }
 

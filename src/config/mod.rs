@@ -37,9 +37,12 @@ pub struct Config {
     /// Rings between cores.
     #[serde(default)]
     pub pipeline: Pipeline,
-    /// Shard-wide admission (the Dam's bucket; the full Dam has its own issue).
+    /// Shard-wide admission (the shard bucket, of the Dam when `[dam]` is on).
     #[serde(default)]
     pub admission: Admission,
+    /// The Dam: per-device buckets and the overflow queue on every shard.
+    #[serde(default)]
+    pub dam: DamSection,
     /// Which CPU runs which role.
     #[serde(default)]
     pub cores: Cores,
@@ -219,6 +222,53 @@ pub struct Admission {
     /// Burst of that bucket, messages. Only with `shard_rate_pps`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_burst: Option<u64>,
+}
+
+/// `[dam]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DamSection {
+    /// Messages per second each device may send; over it (and its burst) its
+    /// messages wait in the shard's Dam queue and leave round-robin as budgets
+    /// allow. Omitted: the Dam is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_rate_pps: Option<u64>,
+    /// Messages a device may send at once above its rate. Omitted: twice the
+    /// rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_burst: Option<u64>,
+    /// Messages each shard's Dam queue holds in normal operation (the control
+    /// core may enlarge it up to `queue_bytes`); over it: `queue_full`.
+    #[serde(default = "default_dam_queue_messages")]
+    pub queue_messages: u64,
+    /// Memory of each shard's Dam queue for payloads, bytes (256-byte chunks).
+    #[serde(default = "default_dam_queue_bytes")]
+    pub queue_bytes: u64,
+    /// Devices each shard's Dam tracks (a bounded table).
+    #[serde(default = "default_dam_max_devices")]
+    pub max_devices: u64,
+}
+
+fn default_dam_queue_messages() -> u64 {
+    65_536
+}
+fn default_dam_queue_bytes() -> u64 {
+    64 << 20
+}
+fn default_dam_max_devices() -> u64 {
+    1 << 17
+}
+
+impl Default for DamSection {
+    fn default() -> Self {
+        DamSection {
+            device_rate_pps: None,
+            device_burst: None,
+            queue_messages: default_dam_queue_messages(),
+            queue_bytes: default_dam_queue_bytes(),
+            max_devices: default_dam_max_devices(),
+        }
+    }
 }
 
 /// `[ingest]`
@@ -705,6 +755,38 @@ impl Config {
             _ => {}
         }
         self.output.kafka.validate(&mut errs);
+        let d = &self.dam;
+        if d.device_rate_pps == Some(0) {
+            errs.push(invalid(
+                "dam.device_rate_pps",
+                "0 would queue every message forever".into(),
+                "give a rate above 0, or omit it to turn the Dam off",
+            ));
+        }
+        if d.device_burst.is_some() && d.device_rate_pps.is_none() {
+            errs.push(invalid(
+                "dam.device_burst, dam.device_rate_pps",
+                "a burst without a rate".into(),
+                "set dam.device_rate_pps too, or remove dam.device_burst",
+            ));
+        }
+        if d.queue_bytes < 1 << 16 || d.queue_bytes > 64 << 30 {
+            errs.push(invalid(
+                "dam.queue_bytes",
+                format!("{} is out of range", d.queue_bytes),
+                "use 65536 to 68719476736 (default 67108864)",
+            ));
+        }
+        if d.queue_messages == 0 || d.max_devices < 4 || d.max_devices > 1 << 26 {
+            errs.push(invalid(
+                "dam.queue_messages, dam.max_devices",
+                format!(
+                    "queue_messages {} and max_devices {} (need ≥ 1 and 4..=67108864)",
+                    d.queue_messages, d.max_devices
+                ),
+                "use the defaults 65536 and 131072",
+            ));
+        }
         let t = self.telemetry.stats_interval_ms;
         if t != 0 && !(10..=60_000).contains(&t) {
             errs.push(invalid(

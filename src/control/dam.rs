@@ -74,6 +74,19 @@ pub enum DropReason {
     Untracked,
 }
 
+/// What happened to one message ([`Dam::admit_lazy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted now.
+    Pass,
+    /// Admitted now through the urgent budget.
+    Urgent,
+    /// Waits in the overflow queue.
+    Queued,
+    /// Dropped.
+    Dropped(DropReason),
+}
+
 /// What happened to one message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admit<T> {
@@ -271,19 +284,38 @@ impl<T> Dam<T> {
 
     /// Decides for one message of the device with FNV-1a hash `hash`.
     pub fn admit(&mut self, hash: u64, urgent: bool, now: u64, item: T) -> Admit<T> {
+        let mut slot = Some(item);
+        match self.admit_lazy(hash, urgent, now, || slot.take()) {
+            Verdict::Pass => Admit::Pass(slot.take().expect("not taken")),
+            Verdict::Urgent => Admit::Urgent(slot.take().expect("not taken")),
+            Verdict::Queued => Admit::Queued,
+            Verdict::Dropped(r) => Admit::Dropped(slot.take().expect("not taken"), r),
+        }
+    }
+
+    /// [`Dam::admit`] for callers whose item is costly to make (a copy of the
+    /// payload): `make` runs only when the message is to be queued; `None`
+    /// from it (no room to store it) drops the message as queue full.
+    pub fn admit_lazy(
+        &mut self,
+        hash: u64,
+        urgent: bool,
+        now: u64,
+        make: impl FnOnce() -> Option<T>,
+    ) -> Verdict {
         if urgent && self.urgent.conforms(self.urgent_tat, now) {
             self.urgent.take(&mut self.urgent_tat, now);
             self.stats.urgent += 1;
-            return Admit::Urgent(item);
+            return Verdict::Urgent;
         }
         let Some(i) = self.lookup(hash, now) else {
             if self.shard.conforms(self.shard_tat, now) {
                 self.shard.take(&mut self.shard_tat, now);
                 self.stats.passed += 1;
-                return Admit::Pass(item);
+                return Verdict::Pass;
             }
             self.stats.dropped_untracked += 1;
-            return Admit::Dropped(item, DropReason::Untracked);
+            return Verdict::Dropped(DropReason::Untracked);
         };
         if self.slots[i].queued == 0
             && self.device.conforms(self.slots[i].tat, now)
@@ -292,16 +324,42 @@ impl<T> Dam<T> {
             self.device.take(&mut self.slots[i].tat, now);
             self.shard.take(&mut self.shard_tat, now);
             self.stats.passed += 1;
-            return Admit::Pass(item);
+            return Verdict::Pass;
         }
-        self.enqueue(i, now, item)
-    }
-
-    fn enqueue(&mut self, i: usize, now: u64, item: T) -> Admit<T> {
         if self.stats.depth as usize >= self.cfg.queue_capacity || self.free == NIL {
             self.stats.dropped_queue_full += 1;
-            return Admit::Dropped(item, DropReason::QueueFull);
+            return Verdict::Dropped(DropReason::QueueFull);
         }
+        let Some(item) = make() else {
+            self.stats.dropped_queue_full += 1;
+            return Verdict::Dropped(DropReason::QueueFull);
+        };
+        self.enqueue(i, now, item);
+        Verdict::Queued
+    }
+
+    /// Messages waiting.
+    pub fn depth(&self) -> u64 {
+        self.stats.depth
+    }
+
+    /// Releases every queued message regardless of budgets, round-robin
+    /// (shutdown: what waits is handed on, not lost).
+    pub fn take_all(&mut self, mut out: impl FnMut(T)) -> usize {
+        let (device, shard) = (self.device, self.shard);
+        let open = Rate {
+            interval: 0,
+            tolerance: u64::MAX / 4,
+        };
+        self.device = open;
+        self.shard = open;
+        let n = self.drain(0, usize::MAX, &mut out);
+        self.device = device;
+        self.shard = shard;
+        n
+    }
+
+    fn enqueue(&mut self, i: usize, now: u64, item: T) {
         let n = self.free;
         let node = &mut self.nodes[n as usize];
         self.free = node.next;
@@ -319,7 +377,6 @@ impl<T> Dam<T> {
         s.queued += 1;
         self.stats.queued += 1;
         self.stats.depth += 1;
-        Admit::Queued
     }
 
     /// Releases queued messages whose device and shard budgets allow, one per

@@ -230,6 +230,32 @@ pub fn rx_queue_count(iface: &str) -> Option<usize> {
     })
 }
 
+/// The Dam's settings per shard from `[dam]` and `[admission]`; None when
+/// `dam.device_rate_pps` is not set.
+pub fn dam_settings(cfg: &Config) -> Option<(crate::control::dam::DamConfig, usize)> {
+    let d = &cfg.dam;
+    let rate = d.device_rate_pps? as f64;
+    let slab = (d.queue_bytes / 256).max(1) as usize;
+    let shard_rate = cfg.admission.shard_rate_pps.map_or(1e12, |r| r as f64);
+    Some((
+        crate::control::dam::DamConfig {
+            device_rate: rate,
+            device_burst: d.device_burst.map_or(rate * 2.0, |b| b as f64),
+            shard_rate,
+            shard_burst: cfg
+                .admission
+                .shard_burst
+                .map_or(shard_rate.min(1e9), |b| b as f64),
+            urgent_rate: 0.0,
+            urgent_burst: 0.0,
+            queue_capacity: (d.queue_messages as usize).min(slab),
+            queue_max: slab,
+            max_devices: d.max_devices as usize,
+        },
+        d.queue_bytes as usize,
+    ))
+}
+
 /// Restricts the calling thread to `cpus` (threads it creates inherit it).
 fn set_affinity(cpus: &[usize]) {
     // SAFETY: a zeroed cpu_set_t filled with CPU_SET for valid indices, applied
@@ -400,6 +426,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                 .ok()
                 .map(|r| r.gcra())
         }),
+        dam: dam_settings(cfg),
     };
     let tick = Duration::from_millis(if cfg.telemetry.stats_interval_ms == 0 {
         1000
@@ -664,6 +691,7 @@ async fn run_shard(
     shard.close_mesh();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
+        shard.release_all();
         shard.pump();
         if shard.mesh_finished() && shard.queued() == 0 {
             break;
@@ -876,7 +904,7 @@ pub fn live_line(
         }
     }
     format!(
-        "[{:>7.1}s] rx {:>9.0}/s  accepted {:>9.0}/s  out {:>9.0}/s  totals: rx {} accepted {} out {}  rejected {}{}{}  resets {} gaps {}",
+        "[{:>7.1}s] rx {:>9.0}/s  accepted {:>9.0}/s  out {:>9.0}/s  totals: rx {} accepted {} out {}  rejected {}{}{}  resets {} gaps {}{}",
         elapsed.as_secs_f64(),
         rate(ps.received, ns.received),
         rate(ps.accepted, ns.accepted),
@@ -889,6 +917,11 @@ pub fn live_line(
         if rejects.is_empty() { String::new() } else { format!("{rejects})") },
         ns.seq.resets,
         ns.seq.gaps,
+        if ns.dam.depth > 0 {
+            format!("  dam waiting {} (oldest {} ms)", ns.dam.depth, ns.dam.oldest_age_ns / 1_000_000)
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -927,6 +960,13 @@ pub fn summary_text(s: &RunSummary) -> String {
         "  sequence: new devices {}, gaps {} ({} missing), late {}, resets {}, evictions {}\n",
         q.new_devices, q.gaps, q.missing, q.late, q.resets, q.evictions
     ));
+    let d = &sh.dam;
+    if d.queued > 0 || d.released > 0 || d.evictions > 0 {
+        t.push_str(&format!(
+            "  dam: waited {} (released {}, waiting {}), device evictions {}\n",
+            d.queued, d.released, d.depth, d.evictions
+        ));
+    }
     if let Some(k) = &s.kafka {
         t.push_str(&kafka_text(k));
     }

@@ -4,9 +4,9 @@
 //! ```text
 //! datagram ─► parse ─► owner = fnv1a64(id) % shards
 //!                        ├─ another shard: stage into the mesh ring to it ──► (its shard)
-//!                        └─ this shard: admission bucket ─► sequence tracking
+//!                        └─ this shard: the Dam (or the admission bucket) ─► sequence tracking
 //!                                        ─► output ring, or the overflow queue when full
-//! mesh rings from the other shards ─► admission ─► sequence tracking ─► output
+//! mesh rings from the other shards ─► the Dam ─► sequence tracking ─► output
 //! ```
 //!
 //! Pure logic plus rings: the I/O that feeds it lives in `ingest/`. Per packet
@@ -17,10 +17,19 @@
 //! Backpressure never blocks receive: a full output ring sends records to the
 //! shard's bounded overflow queue (in arrival order; later records queue behind
 //! earlier ones so no device is reordered), and only a full overflow queue
-//! drops, counted as `queue_full`. The Dam issue replaces the overflow queue
-//! and the shard-wide bucket with the full Dam.
+//! drops, counted as `queue_full`.
+//!
+//! With `[dam]` configured, the Dam ([`crate::control::dam`]) decides first:
+//! per-device and shard-wide buckets; a message over its device's budget
+//! waits in the Dam's queue (its payload in a [`store::ChunkStore`]) and is
+//! released round-robin across devices by [`Shard::pump`] as budgets allow. The
+//! Dam sits *before* sequence tracking, so a message it drops was never
+//! recorded and a resend of it is not a duplicate.
 
 mod seq;
+pub mod store;
+
+use crate::control::dam::{Dam, DamConfig, DamStats, DropReason, Verdict};
 
 pub use seq::{SeqCounters, SeqEvent, SeqTracker, WINDOW as SEQ_WINDOW};
 
@@ -28,7 +37,7 @@ use crate::handoff::{RecordMeta, RecordRx, RecordTx, FLAG_JSON_VALIDATED, RECORD
 use crate::wire::{self, ParseOptions, Reject, RejectCounters};
 
 /// Settings a shard needs, taken from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ShardSettings {
     /// Parser options (`[protocol]`).
     pub parse: ParseOptions,
@@ -37,8 +46,11 @@ pub struct ShardSettings {
     /// Sequence numbers at or below this, arriving behind, mean a restart.
     pub reset_window: u32,
     /// Shard-wide admission: (interval ns, tolerance ns) of a GCRA bucket, or
-    /// None for no limit (`[admission]`).
+    /// None for no limit (`[admission]`). Not used when the Dam is on (its
+    /// shard bucket takes the same rate).
     pub admission: Option<(u64, u64)>,
+    /// The Dam (`[dam]`), and the bytes its queue may hold; None: off.
+    pub dam: Option<(DamConfig, usize)>,
 }
 
 /// Counters of one shard at one moment (published per tick).
@@ -66,6 +78,38 @@ pub struct ShardSnapshot {
     pub rejects: RejectCounters,
     /// Sequence tracking counters.
     pub seq: SeqCounters,
+    /// The Dam's counters (zero when it is off).
+    pub dam: DamCounters,
+}
+
+/// The Dam's counters in a shard snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DamCounters {
+    /// Messages that waited in the Dam's queue.
+    pub queued: u64,
+    /// Messages released from it.
+    pub released: u64,
+    /// Messages waiting now.
+    pub depth: u64,
+    /// Devices with messages waiting now.
+    pub queued_devices: u64,
+    /// Age of the oldest waiting message, ns (at the last pump).
+    pub oldest_age_ns: u64,
+    /// Devices evicted from its table.
+    pub evictions: u64,
+}
+
+impl DamCounters {
+    fn from_stats(s: &DamStats, oldest_age_ns: u64) -> DamCounters {
+        DamCounters {
+            queued: s.queued,
+            released: s.drained,
+            depth: s.depth,
+            queued_devices: s.queued_devices,
+            oldest_age_ns,
+            evictions: s.evictions,
+        }
+    }
 }
 
 impl ShardSnapshot {
@@ -81,6 +125,12 @@ impl ShardSnapshot {
         self.queue_drops += o.queue_drops;
         self.rejects.add(&o.rejects);
         self.seq.add(&o.seq);
+        self.dam.queued += o.dam.queued;
+        self.dam.released += o.dam.released;
+        self.dam.depth += o.dam.depth;
+        self.dam.queued_devices += o.dam.queued_devices;
+        self.dam.oldest_age_ns = self.dam.oldest_age_ns.max(o.dam.oldest_age_ns);
+        self.dam.evictions += o.dam.evictions;
     }
 }
 
@@ -97,6 +147,31 @@ pub struct ShardRings {
     pub mesh_rx: Vec<RecordRx>,
 }
 
+/// A record waiting in the Dam: its header, device hash and stored payload.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    meta: RecordMeta,
+    hash: u64,
+    head: u32,
+    len: u32,
+}
+
+/// The Dam of a shard and where its waiting payloads live.
+struct DamSide {
+    dam: Dam<Waiting>,
+    store: store::ChunkStore,
+    scratch: Vec<u8>,
+    oldest_age_ns: u64,
+}
+
+impl std::fmt::Debug for DamSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DamSide")
+            .field("stats", &self.dam.stats())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What admission needs: everything but the mesh, so a record borrowed from a
 /// mesh ring can be admitted without copying it first.
 #[derive(Debug)]
@@ -109,12 +184,30 @@ struct Owner {
     /// GCRA theoretical arrival time of the shard-wide bucket.
     tat: u64,
     snap: ShardSnapshot,
+    dam: Option<Box<DamSide>>,
 }
 
 impl Owner {
     /// Admission, sequence tracking and hand-off for a message this shard owns.
     #[inline]
     fn admit(&mut self, hash: u64, meta: &RecordMeta, payload: &[u8]) -> Result<(), Reject> {
+        if let Some(d) = self.dam.as_mut() {
+            let DamSide { dam, store, .. } = &mut **d;
+            let v = dam.admit_lazy(hash, false, meta.recv_ts_ns, || {
+                store.put(payload).map(|head| Waiting {
+                    meta: *meta,
+                    hash,
+                    head,
+                    len: payload.len() as u32,
+                })
+            });
+            return match v {
+                Verdict::Pass | Verdict::Urgent => self.track_and_hand_off(hash, meta, payload),
+                Verdict::Queued => Ok(()),
+                Verdict::Dropped(DropReason::QueueFull) => Err(Reject::QueueFull),
+                Verdict::Dropped(DropReason::Untracked) => Err(Reject::RateLimited),
+            };
+        }
         if let Some((interval, tolerance)) = self.settings.admission {
             let now = meta.recv_ts_ns;
             let t = self.tat.max(now);
@@ -123,6 +216,17 @@ impl Owner {
             }
             self.tat = t + interval;
         }
+        self.track_and_hand_off(hash, meta, payload)
+    }
+
+    /// Sequence tracking and hand-off of an admitted message.
+    #[inline]
+    fn track_and_hand_off(
+        &mut self,
+        hash: u64,
+        meta: &RecordMeta,
+        payload: &[u8],
+    ) -> Result<(), Reject> {
         let ev = self.tracker.track(hash, meta.sequence);
         if ev == SeqEvent::Duplicate {
             return Err(Reject::DuplicateSequence);
@@ -177,6 +281,14 @@ impl Shard {
                 ovf_tx: rings.overflow.0,
                 tat: 0,
                 snap: ShardSnapshot::default(),
+                dam: settings.dam.map(|(cfg, bytes)| {
+                    Box::new(DamSide {
+                        dam: Dam::new(cfg),
+                        store: store::ChunkStore::new(bytes),
+                        scratch: Vec::with_capacity(wire::MAX_DATAGRAM),
+                        oldest_age_ns: 0,
+                    })
+                }),
             },
             ovf_rx: rings.overflow.1,
             mesh_tx: rings.mesh_tx,
@@ -287,6 +399,7 @@ impl Shard {
     /// staged record (one index store per ring per batch).
     #[inline]
     pub fn pump(&mut self) {
+        self.release_dam(false);
         self.drain_overflow();
         let owner = &mut self.owner;
         for rx in self.mesh_rx.iter_mut() {
@@ -311,6 +424,50 @@ impl Shard {
         self.owner.out.flush();
         for tx in self.mesh_tx.iter_mut().flatten() {
             tx.flush();
+        }
+    }
+
+    /// Releases what the Dam lets go now (or everything, at stop), each
+    /// through sequence tracking to the output. Reads the clock only when
+    /// something waits.
+    fn release_dam(&mut self, all: bool) {
+        let owner = &mut self.owner;
+        let Some(mut d) = owner.dam.take() else {
+            return;
+        };
+        if d.dam.depth() > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_nanos() as u64);
+            let DamSide {
+                dam,
+                store,
+                scratch,
+                oldest_age_ns,
+            } = &mut *d;
+            let mut hand_off = |w: Waiting| {
+                store.take(w.head, w.len as usize, scratch);
+                if let Err(r) = owner.track_and_hand_off(w.hash, &w.meta, scratch) {
+                    owner.snap.rejects.bump(r);
+                }
+            };
+            if all {
+                dam.take_all(&mut hand_off);
+            } else {
+                dam.drain(now, 4096, &mut hand_off);
+            }
+            *oldest_age_ns = dam.oldest_age(now);
+        } else {
+            d.oldest_age_ns = 0;
+        }
+        owner.dam = Some(d);
+    }
+
+    /// New Dam settings (the control core's setpoints); no effect when the
+    /// Dam is off.
+    pub fn set_dam(&mut self, cfg: DamConfig) {
+        if let Some(d) = self.owner.dam.as_mut() {
+            d.dam.set_config(cfg);
         }
     }
 
@@ -356,9 +513,15 @@ impl Shard {
         self.owner.snap.queue_drops = n;
     }
 
-    /// Messages still in the overflow queue.
+    /// Messages still in the overflow queue or the Dam's queue.
     pub fn queued(&self) -> u64 {
-        self.owner.snap.queued
+        self.owner.snap.queued + self.owner.dam.as_ref().map_or(0, |d| d.dam.depth())
+    }
+
+    /// At stop: everything waiting in the Dam goes on, regardless of budgets
+    /// (it was received; the stop must not lose it).
+    pub fn release_all(&mut self) {
+        self.release_dam(true);
     }
 
     /// Counts the remaining overflow as dropped (`queue_full`) at the end of a
@@ -377,6 +540,9 @@ impl Shard {
     pub fn snapshot(&self) -> ShardSnapshot {
         ShardSnapshot {
             seq: *self.owner.tracker.counters(),
+            dam: self.owner.dam.as_ref().map_or(DamCounters::default(), |d| {
+                DamCounters::from_stats(&d.dam.stats(), d.oldest_age_ns)
+            }),
             ..self.owner.snap
         }
     }
@@ -397,6 +563,7 @@ mod tests {
             max_devices: 1024,
             reset_window: 4,
             admission: None,
+            dam: None,
         }
     }
 
@@ -652,5 +819,82 @@ mod tests {
         s1.pump();
         assert!(s1.mesh_finished());
         assert!(!s0.mesh_finished());
+    }
+
+    fn dam_settings(rate: f64, burst: f64, queue: usize) -> ShardSettings {
+        ShardSettings {
+            dam: Some((
+                DamConfig {
+                    device_rate: rate,
+                    device_burst: burst,
+                    shard_rate: 1e12,
+                    shard_burst: 1e9,
+                    urgent_rate: 0.0,
+                    urgent_burst: 0.0,
+                    queue_capacity: queue,
+                    queue_max: 4096,
+                    max_devices: 1024,
+                },
+                1 << 20,
+            )),
+            ..settings(false)
+        }
+    }
+
+    #[test]
+    fn the_dam_queues_over_rate_messages_and_releases_them_in_order() {
+        // 1 msg/s, burst 1: two pass at once, the rest wait.
+        let (mut sh, mut rx) = shard_with(dam_settings(1.0, 1.0, 100), 1 << 20, 1 << 16);
+        let t0 = 1_000_000_000u64;
+        for seq in 0..6u32 {
+            sh.on_datagram(&dgram("dev-a", seq, b"{}"), t0).unwrap();
+        }
+        sh.on_datagram(&dgram("dev-b", 0, b"{}"), t0).unwrap();
+        sh.flush();
+        let first = drain(&mut rx);
+        assert_eq!(
+            first,
+            vec![
+                ("dev-a".into(), 0),
+                ("dev-a".into(), 1),
+                ("dev-b".into(), 0)
+            ]
+        );
+        let snap = sh.snapshot();
+        assert_eq!(snap.dam.depth, 4);
+        assert_eq!(snap.accepted, 3, "queued messages are not accepted yet");
+        assert_eq!(snap.seq.new_devices, 2, "tracked when they pass the Dam");
+        // At stop everything waiting goes on, in order.
+        sh.release_all();
+        sh.pump();
+        let rest = drain(&mut rx);
+        assert_eq!(
+            rest,
+            (2..6).map(|s| ("dev-a".to_string(), s)).collect::<Vec<_>>()
+        );
+        assert_eq!(sh.snapshot().accepted, 7);
+        assert_eq!(sh.queued(), 0);
+    }
+
+    #[test]
+    fn a_full_dam_queue_drops_as_queue_full_and_the_dropped_are_not_tracked() {
+        let (mut sh, mut rx) = shard_with(dam_settings(1.0, 0.0, 2), 1 << 20, 1 << 16);
+        let t0 = 1_000_000_000u64;
+        let mut rejected = 0;
+        for seq in 0..5u32 {
+            if sh.on_datagram(&dgram("dev-a", seq, b"{}"), t0) == Err(Reject::QueueFull) {
+                rejected += 1;
+            }
+        }
+        assert_eq!(rejected, 2, "1 passes, 2 wait, 2 dropped");
+        // A resend of a dropped message is new to the tracker, not a duplicate.
+        sh.release_all();
+        sh.pump();
+        assert_eq!(drain(&mut rx).len(), 3);
+        sh.on_datagram(&dgram("dev-a", 3, b"{}"), t0 + 10_000_000_000)
+            .unwrap();
+        sh.flush();
+        assert_eq!(drain(&mut rx), vec![("dev-a".into(), 3)]);
+        assert_eq!(sh.snapshot().rejects.get(Reject::DuplicateSequence), 0);
     }
 }
