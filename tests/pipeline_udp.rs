@@ -355,3 +355,55 @@ fn the_dam_holds_a_flooding_device_back_without_losing_or_reordering() {
     assert_eq!(calm_seen, 10);
     assert_eq!(flood, (0..200).collect::<Vec<u64>>(), "in order, complete");
 }
+
+#[test]
+fn the_control_core_forecasts_a_reconnection_wave_and_the_dam_admits_the_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("records.jsonl");
+    let mut cfg = test_config(&out);
+    cfg.sequence.max_devices = 8192;
+    // Steady telemetry needs 1 msg/s per device; a backlog flush far more.
+    cfg.dam.device_rate_pps = Some(2);
+    cfg.dam.device_burst = Some(2);
+    let Some(running) = start_or_skip(&cfg) else {
+        return;
+    };
+    let to = running.local_addr();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let devices = 2000u32;
+    let id = |d: u32| format!("gw-dev-{d:05}");
+    // Normal traffic: every device once, sequences 100.. (they ran before).
+    for d in 0..devices {
+        tx.send_to(&dgram(&id(d), 100, br#"{"v":0}"#), to).unwrap();
+    }
+    // Quiet long enough for the predictor's baseline to forget the start
+    // (every device was new then).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The wave: over about a second every device restarts at sequence 0 and
+    // flushes a backlog of 20 messages.
+    let start = std::time::Instant::now();
+    for d in 0..devices {
+        for seq in 0..20u32 {
+            tx.send_to(&dgram(&id(d), seq, br#"{"v":1}"#), to).unwrap();
+        }
+        let due = std::time::Duration::from_micros(500 * u64::from(d + 1));
+        if let Some(w) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(w);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let summary = running.stop().unwrap();
+    let c = summary.control.expect("the control core ran");
+    assert!(c.storms >= 1, "the wave was forecast: {c:?}");
+    let sh = &summary.shards;
+    assert_eq!(sh.rejects.total(), 0, "nothing dropped: {:?}", sh.rejects);
+    assert_eq!(summary.sink.records, u64::from(devices) * 21);
+    assert!(sh.seq.resets >= u64::from(devices) / 2, "{:?}", sh.seq);
+    // Without the forecast, 18 of each device's 20 flushed messages would
+    // wait behind its 2 msg/s limit; with it most devices flush unhindered.
+    assert!(
+        sh.dam.queued < u64::from(devices) * 18 / 2,
+        "storm settings admitted the flush: {:?}",
+        sh.dam
+    );
+}

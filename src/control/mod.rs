@@ -74,6 +74,23 @@ pub struct ControlConfig {
     pub capacity: f64,
 }
 
+/// What the control core publishes (per tick) and returns at stop.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ControlSnapshot {
+    /// Ticks run.
+    pub ticks: u64,
+    /// Storms forecast (onsets).
+    pub storms: u64,
+    /// A storm is forecast now.
+    pub storm_now: bool,
+    /// Milliseconds from start to the first forecast.
+    pub first_storm_ms: Option<u64>,
+    /// The last forecast's expected devices and messages.
+    pub predicted: (f64, f64),
+    /// Global admission rate set last, messages per second.
+    pub global_rate: f64,
+}
+
 /// What the controller sets for the next tick.
 #[derive(Debug, Clone, Copy)]
 pub struct Setpoints {

@@ -305,7 +305,8 @@ pub async fn receive_loop(
     let mut hashes: Vec<Option<u64>> = Vec::with_capacity(xsk.batch() as usize);
     let mut idle = 0u32;
     let mut polls = 0u32;
-    let publish_every = tick.min(Duration::from_millis(100));
+    // Published every 10 ms at most: the control core's tick.
+    let publish_every = tick.min(Duration::from_millis(10));
     let mut next_publish = Instant::now() + publish_every;
     loop {
         let ts = super::udp::now_ns();
@@ -335,6 +336,7 @@ pub async fn receive_loop(
             if now >= next_publish {
                 shard.set_queue_drops(xsk.kernel_drops());
                 published.publish(shard.snapshot());
+                shard.apply_setpoints();
                 next_publish = now + publish_every;
             }
             if stop.load(Ordering::Relaxed) {

@@ -110,6 +110,8 @@ pub struct RunSummary {
     pub sink: SinkSnapshot,
     /// The Kafka output's delivery accounting (sink = "kafka").
     pub kafka: Option<KafkaSnapshot>,
+    /// The control core's figures (with `[dam]`).
+    pub control: Option<crate::control::ControlSnapshot>,
     /// Where the roles ran.
     pub placement: Placement,
     /// Wall time from start to the end of the drain.
@@ -132,6 +134,8 @@ pub struct Running {
     shard_stats: Vec<Arc<Published<ShardSnapshot>>>,
     sink_stats: Arc<Published<SinkSnapshot>>,
     kafka_stats: Option<Arc<Published<KafkaSnapshot>>>,
+    control: Option<JoinHandle<crate::control::ControlSnapshot>>,
+    control_stats: Option<Arc<Published<crate::control::ControlSnapshot>>>,
     shards: Vec<glommio::ExecutorJoinHandle<std::io::Result<ShardSnapshot>>>,
     output: JoinHandle<Result<OutputEnd, RunError>>,
     local_addr: SocketAddr,
@@ -256,6 +260,85 @@ pub fn dam_settings(cfg: &Config) -> Option<(crate::control::dam::DamConfig, usi
     ))
 }
 
+/// What the control loop reads and writes.
+struct ControlInputs {
+    shards: Vec<Arc<Published<ShardSnapshot>>>,
+    setpoints: Vec<crate::shard::DamSetpoints>,
+    kafka: Option<Arc<Published<KafkaSnapshot>>>,
+    stop: Arc<AtomicBool>,
+    out: Arc<Published<crate::control::ControlSnapshot>>,
+}
+
+/// The control core: every 10 ms, the shards' counter deltas and the delivery
+/// backlog into the controller; per-shard Dam setpoints out. The shards
+/// publish no device-id histogram yet, so the predictor's entropy check is
+/// given a uniform one (many devices); the simulator feeds it real ones.
+fn control_loop(
+    cfg: crate::control::ControlConfig,
+    io: ControlInputs,
+) -> crate::control::ControlSnapshot {
+    use crate::control::{ControlSnapshot, Controller, ShardReport};
+    let n = io.shards.len();
+    let mut ctl = Controller::new(cfg);
+    let mut prev = vec![ShardSnapshot::default(); n];
+    let mut reports = vec![ShardReport::default(); n];
+    let mut rates = vec![0.0f64; n];
+    let mut snap = ControlSnapshot::default();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    while !io.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = Instant::now();
+        let dt = now.duration_since(last).as_secs_f64();
+        last = now;
+        for (i, s) in io.shards.iter().enumerate() {
+            let cur = s.read();
+            let p = &prev[i];
+            let resets = cur.seq.resets.saturating_sub(p.seq.resets);
+            reports[i] = ShardReport {
+                offered: (cur.received + cur.forwarded_in)
+                    .saturating_sub(p.received + p.forwarded_in),
+                new_devices: cur.seq.new_devices.saturating_sub(p.seq.new_devices),
+                resets,
+                resets_near_zero: resets,
+                depth: cur.dam.depth,
+                id_hist: [1; 256],
+            };
+            prev[i] = cur;
+        }
+        let backlog = io
+            .kafka
+            .as_ref()
+            .map_or(0.0, |k| {
+                let k = k.read();
+                (k.buffered + k.in_flight) as f64
+            });
+        let sp = ctl.tick(&reports, backlog, dt, &mut rates);
+        for (i, out) in io.setpoints.iter().enumerate() {
+            let mut c = sp.dam;
+            c.shard_rate = rates[i].max(1.0);
+            c.shard_burst = (c.shard_rate * 0.01).max(c.device_burst);
+            out.publish(Some(c));
+        }
+        snap.ticks += 1;
+        if sp.prediction.storm && !snap.storm_now {
+            snap.storms += 1;
+            snap.first_storm_ms
+                .get_or_insert(started.elapsed().as_millis() as u64);
+            tracing::warn!(
+                devices = sp.prediction.devices as u64,
+                messages = sp.prediction.messages as u64,
+                "reconnection storm forecast: Dam queues and device bursts enlarged"
+            );
+        }
+        snap.storm_now = sp.prediction.storm;
+        snap.predicted = (sp.prediction.devices, sp.prediction.messages);
+        snap.global_rate = sp.global_rate;
+        io.out.publish(snap);
+    }
+    snap
+}
+
 /// Restricts the calling thread to `cpus` (threads it creates inherit it).
 fn set_affinity(cpus: &[usize]) {
     // SAFETY: a zeroed cpu_set_t filled with CPU_SET for valid indices, applied
@@ -282,6 +365,7 @@ struct ShardSeed {
     cpu: usize,
     rings: ShardRings,
     socket: Option<socket2::Socket>,
+    setpoints: Option<crate::shard::DamSetpoints>,
 }
 
 /// Starts every core of klais for `cfg` (already validated) and returns once
@@ -394,6 +478,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             }
         }
     }
+    let settings_dam = dam_settings(cfg);
     let mut seeds = Vec::with_capacity(n);
     for (i, ((out, mtx), (mrx, socket))) in out_tx
         .into_iter()
@@ -411,6 +496,9 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                 mesh_rx: mrx,
             },
             socket,
+            setpoints: settings_dam
+                .is_some()
+                .then(Published::<Option<crate::control::dam::DamConfig>>::new),
         });
     }
 
@@ -535,6 +623,8 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
     let mut shards = Vec::with_capacity(n);
     let mut shards_done = Vec::with_capacity(n);
     let mut shard_stats = Vec::with_capacity(n);
+    let setpoints: Vec<crate::shard::DamSetpoints> =
+        seeds.iter().filter_map(|s| s.setpoints.clone()).collect();
     for seed in seeds {
         let done = Arc::new(AtomicBool::new(false));
         let stats = Published::<ShardSnapshot>::new();
@@ -568,6 +658,53 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
     }
     drop(ready_tx);
 
+    // The control core: with the Dam on, a thread beside the output stage that
+    // turns the shards' snapshots into Dam setpoints every 10 ms.
+    let (control, control_stats) = match settings_dam {
+        Some((base, _)) => {
+            let stats = Published::<crate::control::ControlSnapshot>::new();
+            let ceiling = cfg
+                .admission
+                .shard_rate_pps
+                .map_or(1e9, |r| r as f64 * n as f64);
+            let ccfg = crate::control::ControlConfig {
+                backlog_target: f64::from(cfg.output.kafka.queue_high_water) / 4.0,
+                pid: crate::control::pid::PidConfig {
+                    kp: 2.0,
+                    ki: 4.0,
+                    kd: 0.0,
+                    min: ceiling * 0.05,
+                    max: ceiling,
+                },
+                rule: crate::control::predict::RuleConfig::default(),
+                dam: base,
+                storm_device_burst: (base.device_burst * 50.0).max(100.0),
+                storm_device_rate: base.device_rate * 10.0,
+                capacity: ceiling.min(1e6),
+            };
+            let inputs = ControlInputs {
+                shards: shard_stats.clone(),
+                setpoints: setpoints.clone(),
+                kafka: kafka_stats.clone(),
+                stop: stop.clone(),
+                out: stats.clone(),
+            };
+            let cpu = placement.output_cpu;
+            let h = std::thread::Builder::new()
+                .name("klais-control".into())
+                .spawn(move || {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                    control_loop(ccfg, inputs)
+                })
+                .map_err(|e| RunError::Core {
+                    role: "control thread",
+                    reason: e.to_string(),
+                })?;
+            (Some(h), Some(stats))
+        }
+        None => (None, None),
+    };
+
     let running = Running {
         stop,
         abandon,
@@ -575,6 +712,8 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         shard_stats,
         sink_stats,
         kafka_stats,
+        control,
+        control_stats,
         shards,
         output,
         local_addr,
@@ -639,6 +778,9 @@ async fn run_shard(
             return Err(e);
         }
     };
+    if let Some(sp) = seed.setpoints {
+        shard.follow_setpoints(sp);
+    }
     match backend {
         Backend::Udp => {
             let Some(socket) = seed.socket else {
@@ -755,6 +897,10 @@ impl Running {
     pub fn kafka_snapshot(&self) -> Option<KafkaSnapshot> {
         self.kafka_stats.as_ref().map(|k| k.read())
     }
+    /// The control core's latest figures (with `[dam]`).
+    pub fn control_snapshot(&self) -> Option<crate::control::ControlSnapshot> {
+        self.control_stats.as_ref().map(|c| c.read())
+    }
     /// Latest published counters of each shard.
     pub fn shard_snapshots(&self) -> Vec<ShardSnapshot> {
         self.shard_stats.iter().map(|s| s.read()).collect()
@@ -816,6 +962,7 @@ impl Running {
                 }
             }
         }
+        let control = self.control.and_then(|h| h.join().ok());
         let OutputEnd { sink, kafka } = out?;
         let xdp = match self.kernel {
             Some(k) => {
@@ -829,6 +976,7 @@ impl Running {
             shards,
             sink,
             kafka,
+            control,
             placement: self.placement,
             elapsed: self.started.elapsed(),
             xdp,
@@ -965,6 +1113,16 @@ pub fn summary_text(s: &RunSummary) -> String {
         t.push_str(&format!(
             "  dam: waited {} (released {}, waiting {}), device evictions {}\n",
             d.queued, d.released, d.depth, d.evictions
+        ));
+    }
+    if let Some(c) = &s.control {
+        t.push_str(&format!(
+            "  control: {} ticks, storms forecast {}{}, global admission rate {:.0}/s\n",
+            c.ticks,
+            c.storms,
+            c.first_storm_ms
+                .map_or(String::new(), |ms| format!(" (first at {:.2} s)", ms as f64 / 1000.0)),
+            c.global_rate
         ));
     }
     if let Some(k) = &s.kafka {

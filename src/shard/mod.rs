@@ -252,11 +252,15 @@ impl Owner {
     }
 }
 
+/// Where a shard takes the control core's Dam settings from.
+pub type DamSetpoints = std::sync::Arc<crate::telemetry::Published<Option<DamConfig>>>;
+
 /// One shard's pipeline state.
 #[derive(Debug)]
 pub struct Shard {
     shards: u64,
     owner: Owner,
+    setpoints: Option<DamSetpoints>,
     ovf_rx: RecordRx,
     mesh_tx: Vec<Option<RecordTx>>,
     mesh_rx: Vec<RecordRx>,
@@ -273,6 +277,7 @@ impl Shard {
     ) -> std::io::Result<Self> {
         Ok(Self {
             shards: u64::from(shards.max(1)),
+            setpoints: None,
             owner: Owner {
                 id,
                 settings,
@@ -461,6 +466,20 @@ impl Shard {
             d.oldest_age_ns = 0;
         }
         owner.dam = Some(d);
+    }
+
+    /// Takes Dam settings from the control core from now on (read by
+    /// [`Shard::apply_setpoints`], once per publication tick).
+    pub fn follow_setpoints(&mut self, from: DamSetpoints) {
+        self.setpoints = Some(from);
+    }
+
+    /// Applies the control core's latest Dam settings, if any (once per tick,
+    /// not per packet: one uncontended lock).
+    pub fn apply_setpoints(&mut self) {
+        if let Some(cfg) = self.setpoints.as_ref().and_then(|p| p.read()) {
+            self.set_dam(cfg);
+        }
     }
 
     /// New Dam settings (the control core's setpoints); no effect when the
