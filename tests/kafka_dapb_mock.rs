@@ -249,3 +249,47 @@ fn the_breaker_spills_while_the_broker_is_down_and_replays_in_order_after() {
     .unwrap();
     assert_eq!(n, end.accepted, "exactly once");
 }
+
+#[test]
+fn a_journaled_record_the_broker_refuses_for_good_is_dropped_and_counted_not_retried_forever() {
+    let cluster = MockCluster::new(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rig(&cluster, dir.path(), 1000);
+    r.load(100, 0.1);
+    cluster.broker_down(1).unwrap();
+    let t = Instant::now();
+    let mut pushed = 0u64;
+    while r.b.snapshot().journal.appended < 500 {
+        r.push(&format!("dev-{}", pushed % 16));
+        pushed += 1;
+        r.b.step(&mut r.rx);
+        assert!(t.elapsed() < Duration::from_secs(60));
+    }
+    // The first produce requests after the broker returns — the direct ones
+    // librdkafka held, then replayed ones — are refused for good.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP; 40],
+    );
+    cluster.broker_up(1).unwrap();
+    let t = Instant::now();
+    loop {
+        r.b.step(&mut r.rx);
+        let s = r.b.snapshot();
+        if s.journaled == 0
+            && s.in_flight == 0
+            && s.buffered == 0
+            && s.breaker == klais::kafka::Breaker::Closed
+        {
+            assert!(s.dropped_rejected > 0, "{s:?}");
+            assert!(
+                s.replay_failures > 0,
+                "replayed records were refused: {s:?}"
+            );
+            assert_eq!(s.delivered + s.dropped_rejected, s.accepted, "{s:?}");
+            assert_eq!(s.reconcile().0, s.reconcile().1, "{s:?}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "stuck: {s:?}");
+    }
+}

@@ -187,6 +187,8 @@ pub struct Journal {
     submit_off: u64,
     buf: Vec<u8>,
     buf_records: u64,
+    /// When the first record of `buf` was framed.
+    buf_since: Instant,
     spare: Option<Vec<u8>>,
     inflight: Option<InFlight>,
     fsync_inflight: bool,
@@ -217,6 +219,7 @@ impl Journal {
             .mode(0o700)
             .create(&cfg.dir)
             .map_err(io_err(&cfg.dir))?;
+        let lock = lock_dir(&cfg.dir)?;
         let mut ids = Vec::new();
         for e in fs::read_dir(&cfg.dir).map_err(io_err(&cfg.dir))? {
             let e = e.map_err(io_err(&cfg.dir))?;
@@ -232,7 +235,6 @@ impl Journal {
             }
         }
         ids.sort_unstable();
-        let lock = lock_dir(&cfg.dir)?;
         let mut j = Journal {
             _lock: lock,
             segs: VecDeque::new(),
@@ -240,6 +242,7 @@ impl Journal {
             submit_off: 0,
             buf: Vec::with_capacity(BUF_BYTES + 70_000),
             buf_records: 0,
+            buf_since: Instant::now(),
             spare: Some(Vec::with_capacity(BUF_BYTES + 70_000)),
             inflight: None,
             fsync_inflight: false,
@@ -320,6 +323,9 @@ impl Journal {
         let mut h = crc32fast::Hasher::new();
         h.update(&header);
         h.update(payload);
+        if self.buf.is_empty() {
+            self.buf_since = Instant::now();
+        }
         self.buf.extend_from_slice(&h.finalize().to_le_bytes());
         self.buf.extend_from_slice(&header);
         self.buf.extend_from_slice(payload);
@@ -419,17 +425,42 @@ impl Journal {
         };
         // SAFETY: the buffer and the file stay alive in `inflight` until the
         // completion is reaped.
-        unsafe {
+        let pushed = unsafe {
             let mut sq = self.ring.submission();
-            let _ = sq.push(&write);
-            if always {
+            let ok = sq.push(&write).is_ok();
+            if ok && always {
                 let f = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
                     .flags(types::FsyncFlags::DATASYNC)
                     .build()
                     .user_data(2);
-                let _ = sq.push(&f);
-                self.fsync_inflight = true;
+                self.fsync_inflight = sq.push(&f).is_ok();
             }
+            ok
+        };
+        if !pushed {
+            // No room in the submission queue (never expected: one write in
+            // flight): write synchronously instead.
+            let records = self.buf_records;
+            let w = InFlight {
+                buf,
+                _file: file,
+                seg_id,
+                end,
+                records,
+            };
+            self.buf_records = 0;
+            self.submit_off = end;
+            if w._file.write_all_at(&w.buf, start).is_ok() {
+                if let Some(s) = self.segs.iter_mut().find(|s| s.id == seg_id) {
+                    s.written = end;
+                }
+            } else {
+                self.write_failed(&w, -libc::EIO);
+            }
+            let mut b = w.buf;
+            b.clear();
+            self.spare = Some(b);
+            return;
         }
         self.inflight = Some(InFlight {
             buf,
@@ -446,9 +477,21 @@ impl Journal {
         }
     }
 
-    /// Reaps completions without blocking; fsyncs on the interval policy.
+    /// Reaps completions without blocking; writes a partly filled buffer once
+    /// it is older than the fsync period (so a quiet outage does not keep
+    /// records in memory for hours); fsyncs on the interval policy.
     pub fn poll(&mut self) {
         self.reap();
+        if !self.buf.is_empty() && self.inflight.is_none() {
+            let max_age = match self.cfg.fsync {
+                Fsync::Always => Duration::ZERO,
+                Fsync::Interval(d) => d,
+                Fsync::Segment | Fsync::Never => Duration::from_secs(1),
+            };
+            if self.buf_since.elapsed() >= max_age {
+                self.submit();
+            }
+        }
         if let Fsync::Interval(every) = self.cfg.fsync {
             if self.dirty
                 && !self.fsync_inflight
@@ -490,23 +533,22 @@ impl Journal {
                         continue;
                     };
                     let want = w.buf.len();
+                    let start = w.end - want as u64;
                     let ok = if res >= 0 && res as usize == want {
                         true
-                    } else if res >= 0 {
-                        // Short write: finish it synchronously.
-                        let done = res as usize;
-                        w._file
-                            .write_all_at(&w.buf[done..], w.end - (want - done) as u64)
-                            .is_ok()
                     } else {
-                        false
+                        // Short or failed write: finish it synchronously.
+                        let done = res.max(0) as usize;
+                        w._file
+                            .write_all_at(&w.buf[done..], start + done as u64)
+                            .is_ok()
                     };
-                    if !ok {
-                        self.stats.io_errors += 1;
-                        tracing::error!(error = %io::Error::from_raw_os_error(-res), records = w.records, "spill journal: write failed; the replay will count these records as lost");
-                    }
-                    if let Some(s) = self.segs.iter_mut().find(|s| s.id == w.seg_id) {
-                        s.written = w.end;
+                    if ok {
+                        if let Some(s) = self.segs.iter_mut().find(|s| s.id == w.seg_id) {
+                            s.written = w.end;
+                        }
+                    } else {
+                        self.write_failed(&w, res);
                     }
                     let mut buf = w.buf;
                     buf.clear();
@@ -523,13 +565,52 @@ impl Journal {
         }
     }
 
-    /// Waits for every submitted operation.
+    /// A write that failed twice (io_uring, then synchronously): its records,
+    /// and those still buffered behind them, are lost — counted as journal
+    /// damage and logged. The segment ends at its last good record and is
+    /// sealed; the next append begins a new segment, so the replay never
+    /// stalls at the gap.
+    fn write_failed(&mut self, w: &InFlight, res: i32) {
+        let buffered = self.buf_records;
+        let lost = w.records + buffered;
+        self.stats.io_errors += 1;
+        self.stats.lost += lost;
+        self.stats.outstanding -= lost;
+        tracing::error!(error = %io::Error::from_raw_os_error(-res.min(-1)), records = lost, "spill journal: write failed twice: these records are LOST (counted as journal damage)");
+        let start = w.end - w.buf.len() as u64;
+        if let Some(s) = self.segs.iter_mut().find(|s| s.id == w.seg_id) {
+            self.stats.bytes -= s.len.saturating_sub(start);
+            s.records = s.records.saturating_sub(lost);
+            let records = s.records;
+            s.acked_count = (0..records).filter(|&i| s.is_acked(i)).count() as u64;
+            s.len = start;
+            s.written = start;
+            s.sealed = true;
+        }
+        self.buf.clear();
+        self.buf_records = 0;
+        self.tail = None;
+        self.delete_done();
+    }
+
+    /// Waits for every submitted operation. An operation is never abandoned
+    /// while the kernel may still use its buffer: on repeated failure of the
+    /// wait itself the buffer is leaked rather than freed.
     fn wait_idle(&mut self) {
+        let mut failures = 0;
         while self.inflight.is_some() || self.fsync_inflight {
             if let Err(e) = self.ring.submit_and_wait(1) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "spill journal: io_uring wait failed");
-                    break;
+                    failures += 1;
+                    if failures > 100 {
+                        tracing::error!(error = %e, "spill journal: io_uring wait keeps failing; leaking the write buffer");
+                        if let Some(w) = self.inflight.take() {
+                            std::mem::forget(w);
+                        }
+                        self.fsync_inflight = false;
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
             self.reap();
@@ -596,6 +677,7 @@ impl Journal {
                 Err(()) => {
                     // Damaged: everything from here in this segment is lost.
                     let more = pos + 1 < self.segs.len();
+                    let is_tail = !more && self.tail.is_some();
                     let s = &mut self.segs[pos];
                     let mut lost = 0;
                     for i in self.cursor.index..s.records {
@@ -604,13 +686,19 @@ impl Journal {
                         }
                     }
                     tracing::error!(segment = %s.path.display(), offset = off, lost, "spill journal: damaged record (CRC mismatch or unreadable); the rest of the segment is lost");
-                    s.acked_count += lost;
                     self.stats.lost += lost;
                     self.stats.outstanding -= lost;
                     s.records = self.cursor.index;
-                    s.acked_count = s.acked_count.min(s.records);
-                    if more {
-                        s.sealed = true;
+                    let records = s.records;
+                    s.acked_count = (0..records).filter(|&i| s.is_acked(i)).count() as u64;
+                    s.sealed = true;
+                    if is_tail {
+                        // Nothing more goes after the damage: buffered records
+                        // (counted lost above) are dropped, the next append
+                        // begins a new segment.
+                        self.tail = None;
+                        self.buf.clear();
+                        self.buf_records = 0;
                     }
                     self.delete_done();
                     self.cursor = Cursor::start_of(seg_id + 1);
@@ -828,6 +916,15 @@ impl Journal {
 }
 
 /// One journal, one klais: an exclusive flock on `<dir>/lock`.
+impl Drop for Journal {
+    /// Nothing buffered is left behind and no buffer is freed under the
+    /// kernel: the last buffer is written and every operation awaited.
+    fn drop(&mut self) {
+        self.submit();
+        self.wait_idle();
+    }
+}
+
 fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join("lock");
     let f = OpenOptions::new()

@@ -289,11 +289,15 @@ struct Buffer {
     urgent: u64,
 }
 
+/// What the batcher keeps about a message librdkafka holds (a slab entry;
+/// its index travels as the delivery opaque, freed by the delivery report).
 #[derive(Clone, Copy, Default)]
 struct Slot {
     meta: RecordMeta,
     popped: u64,
     sent: u64,
+    /// Send order (messages given back are journaled oldest first).
+    ord: u64,
 }
 
 fn dec(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
@@ -358,7 +362,11 @@ pub struct Batcher {
     journal: Journal,
     buffers: [Buffer; 3],
     slots: Vec<Slot>,
-    next_ord: usize,
+    free_slots: Vec<u32>,
+    next_ord: u64,
+    /// Messages librdkafka gave back, waiting to go ahead of the journal once
+    /// librdkafka holds no older one.
+    returned: Vec<(u64, RecordMeta, Vec<u8>)>,
     params: Params,
     cond: Conditions,
     last_stats: BrokerStats,
@@ -378,6 +386,7 @@ pub struct Batcher {
     cpu_at_start: u64,
     last_log_full: u64,
     full_since_log: u64,
+    fatal_logged: bool,
 }
 
 impl Batcher {
@@ -434,6 +443,13 @@ impl Batcher {
                 "Kafka broker not reachable at start ({e}); accepted messages will wait in the spill journal"
             ),
         }
+        // The journal first: if it cannot open, nothing below needs undoing.
+        let journal = Journal::open(JournalConfig {
+            dir: cfg.journal.dir.clone(),
+            segment_bytes: cfg.journal.segment_bytes,
+            budget_bytes: cfg.journal.budget_bytes,
+            fsync: Fsync::from_config(&cfg.journal.fsync, cfg.journal.fsync_interval_ms),
+        })?;
         let topic = std::ffi::CString::new(cfg.topic.as_str())
             .map_err(|e| OutputError::Producer(KafkaError::from(e)))?;
         // SAFETY: a valid client and NUL-terminated name; NULL conf = defaults.
@@ -450,12 +466,7 @@ impl Batcher {
                 cfg.topic
             ))));
         }
-        let journal = Journal::open(JournalConfig {
-            dir: cfg.journal.dir.clone(),
-            segment_bytes: cfg.journal.segment_bytes,
-            budget_bytes: cfg.journal.budget_bytes,
-            fsync: Fsync::from_config(&cfg.journal.fsync, cfg.journal.fsync_interval_ms),
-        })?;
+
         let mut classes = HashMap::new();
         let raw = |s: &String| {
             let mut id = [0u8; 16];
@@ -499,7 +510,9 @@ impl Batcher {
             journal,
             buffers: Default::default(),
             slots: vec![Slot::default(); (high_water * 2 + 1024) as usize],
+            free_slots: (0..(high_water * 2 + 1024) as u32).rev().collect(),
             next_ord: 0,
+            returned: Vec::new(),
             cond,
             last_stats: BrokerStats::default(),
             reports_total: 0,
@@ -518,6 +531,7 @@ impl Batcher {
             cpu_at_start: thread_cpu_ns(),
             last_log_full: 0,
             full_since_log: 0,
+            fatal_logged: false,
         })
     }
 
@@ -616,15 +630,21 @@ impl Batcher {
                 self.spill(&e.meta, payload);
                 continue;
             }
-            let ord = self.next_ord & ORD_MASK;
-            self.next_ord = self.next_ord.wrapping_add(1);
-            let opaque = ord | if e.urgent { URGENT } else { 0 };
-            let slot = ord % self.slots.len();
-            self.slots[slot] = Slot {
+            // A slot per message librdkafka holds: never reused before its
+            // delivery report (there are more slots than librdkafka's queue).
+            let Some(slot) = self.free_slots.pop() else {
+                self.open_breaker("every delivery slot in use");
+                self.spill(&e.meta, payload);
+                continue;
+            };
+            let opaque = slot as usize | if e.urgent { URGENT } else { 0 };
+            self.slots[slot as usize] = Slot {
                 meta: e.meta,
                 popped: e.popped,
                 sent: now,
+                ord: self.next_ord,
             };
+            self.next_ord += 1;
             match self.send(&e.meta, payload, opaque) {
                 Ok(()) => {
                     self.direct_in_flight += 1;
@@ -633,6 +653,7 @@ impl Batcher {
                     }
                 }
                 Err(e2) => {
+                    self.free_slots.push(slot);
                     tracing::debug!("produce refused: {e2}");
                     self.open_breaker("librdkafka refused a message (queue full)");
                     self.spill(&e.meta, payload);
@@ -755,10 +776,11 @@ impl Batcher {
             if opaque & FROM_JOURNAL != 0 {
                 self.replay_in_flight -= 1;
                 self.journal.ack((opaque & !FROM_JOURNAL) as u64);
-                self.snap.journaled -= 1;
             } else {
                 self.direct_in_flight -= 1;
-                let s = self.slots[(opaque & ORD_MASK) % self.slots.len()];
+                let idx = opaque & ORD_MASK;
+                let s = self.slots[idx];
+                self.free_slots.push(idx as u32);
                 let added = now.saturating_sub(s.popped) / 1000;
                 if opaque & URGENT != 0 {
                     let _ = self.hist_urgent.record(added.max(1));
@@ -773,39 +795,61 @@ impl Batcher {
         ok.clear();
         self.reports.ok = ok;
         let mut failed = std::mem::take(&mut self.reports.failed);
-        let mut returned: Vec<(usize, RecordMeta, Vec<u8>)> = Vec::new();
         for (opaque, code, payload) in failed.drain(..) {
+            if code == RDKafkaErrorCode::Fatal && !self.fatal_logged {
+                self.fatal_logged = true;
+                tracing::error!("librdkafka's producer failed fatally (idempotence fenced?): nothing more is delivered; messages go to the journal; restart klais");
+            }
             if opaque & FROM_JOURNAL != 0 {
                 self.replay_in_flight -= 1;
                 self.snap.replay_failures += 1;
-                self.replay_failed = true;
+                if is_permanent(code) {
+                    // Never deliverable: sending it again would block the
+                    // journal for good. Dropped, counted, said.
+                    self.journal.ack((opaque & !FROM_JOURNAL) as u64);
+                    self.snap.dropped_rejected += 1;
+                    tracing::error!(error = %code, "the broker refused a journaled record permanently: DROPPED (counted as rejected)");
+                } else {
+                    self.replay_failed = true;
+                }
                 continue;
             }
             self.direct_in_flight -= 1;
-            let s = self.slots[(opaque & ORD_MASK) % self.slots.len()];
+            let idx = opaque & ORD_MASK;
+            let s = self.slots[idx];
+            self.free_slots.push(idx as u32);
             if is_permanent(code) {
                 self.snap.dropped_rejected += 1;
                 tracing::error!(device = s.meta.device_id(), sequence = s.meta.sequence, error = %code, "the broker refused a record permanently: DROPPED (counted as rejected)");
             } else {
-                returned.push((opaque & ORD_MASK, s.meta, payload));
+                self.returned.push((s.ord, s.meta, payload));
             }
         }
         self.reports.failed = failed;
-        if !returned.is_empty() {
-            // Older than anything journaled: ahead of it, oldest first.
-            returned.sort_by_key(|r| r.0);
-            let recs: Vec<(RecordMeta, Vec<u8>)> =
-                returned.into_iter().map(|(_, m, p)| (m, p)).collect();
-            let n = recs.len() as u64;
-            match self.journal.prepend(&recs) {
-                Ok(()) => self.snap.journaled += n,
-                Err(e) => {
-                    tracing::error!(records = n, error = %e, "cannot journal records librdkafka gave back: DROPPED");
-                    self.snap.dropped_journal_full += n;
-                }
-            }
+        if !self.returned.is_empty() {
             self.open_breaker("librdkafka gave messages back");
+            if self.direct_in_flight == 0 {
+                self.journal_returned();
+            }
         }
+        self.snap.journaled = self.journal.outstanding();
+    }
+
+    /// Writes the messages librdkafka gave back ahead of the journal, oldest
+    /// first, in one segment (once librdkafka holds none older).
+    fn journal_returned(&mut self) {
+        if self.returned.is_empty() {
+            return;
+        }
+        let mut ret = std::mem::take(&mut self.returned);
+        ret.sort_by_key(|r| r.0);
+        let recs: Vec<(RecordMeta, Vec<u8>)> = ret.into_iter().map(|(_, m, p)| (m, p)).collect();
+        let n = recs.len() as u64;
+        if let Err(e) = self.journal.prepend(&recs) {
+            tracing::error!(records = n, error = %e, "cannot journal records librdkafka gave back: DROPPED");
+            self.snap.dropped_journal_full += n;
+        }
+        self.snap.journaled = self.journal.outstanding();
     }
 
     /// The circuit breaker and the replay.
@@ -938,7 +982,8 @@ impl Batcher {
                 h.len(),
             ]
         };
-        self.snap.in_flight = self.direct_in_flight;
+        self.snap.in_flight = self.direct_in_flight + self.returned.len() as u64;
+        self.snap.journaled = self.journal.outstanding();
         self.snap.broker_up = self.last_stats.up;
         self.snap.params = Some(self.params);
         self.snap.conditions = self.cond;
@@ -993,6 +1038,7 @@ impl Batcher {
                 self.poll_producer(Duration::from_millis(1));
             }
         }
+        self.journal_returned();
         self.journal.close()?;
         let s = self.snapshot();
         Ok(s)
@@ -1078,6 +1124,11 @@ fn is_permanent(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::InvalidTopic
             | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidTimestamp
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
     )
 }
 

@@ -306,13 +306,10 @@ fn control_loop(
             };
             prev[i] = cur;
         }
-        let backlog = io
-            .kafka
-            .as_ref()
-            .map_or(0.0, |k| {
-                let k = k.read();
-                (k.buffered + k.in_flight) as f64
-            });
+        let backlog = io.kafka.as_ref().map_or(0.0, |k| {
+            let k = k.read();
+            (k.buffered + k.in_flight) as f64
+        });
         let sp = ctl.tick(&reports, backlog, dt, &mut rates);
         for (i, out) in io.setpoints.iter().enumerate() {
             let mut c = sp.dam;
@@ -1120,8 +1117,10 @@ pub fn summary_text(s: &RunSummary) -> String {
             "  control: {} ticks, storms forecast {}{}, global admission rate {:.0}/s\n",
             c.ticks,
             c.storms,
-            c.first_storm_ms
-                .map_or(String::new(), |ms| format!(" (first at {:.2} s)", ms as f64 / 1000.0)),
+            c.first_storm_ms.map_or(String::new(), |ms| format!(
+                " (first at {:.2} s)",
+                ms as f64 / 1000.0
+            )),
             c.global_rate
         ));
     }
