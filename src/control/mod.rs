@@ -89,6 +89,8 @@ pub struct ControlSnapshot {
     pub predicted: (f64, f64),
     /// Global admission rate set last, messages per second.
     pub global_rate: f64,
+    /// Writes of the kernel's limits (storm start and end).
+    pub kernel_writes: u64,
 }
 
 /// What the controller sets for the next tick.

@@ -5,7 +5,7 @@
 //! Features per tick (summed over shards): message rate and its derivative,
 //! new-device rate, sequence-reset rate, the share of resets landing near
 //! sequence 0 (devices restarting: the reconnect fingerprint), and the
-//! entropy of the device ids seen (many devices vs a few flooding).
+//! entropy of the reconnecting devices' ids (many devices vs a few cycling).
 //!
 //! Rule: a storm starts when reconnects (new devices + resets) per second
 //! exceed both an absolute floor and `factor` × their slow baseline for two
@@ -62,8 +62,10 @@ pub struct RuleConfig {
     pub confirm_ticks: u32,
     /// Quiet ticks that end a storm.
     pub quiet_ticks: u32,
-    /// Lowest id entropy (bits) of a storm: below it the traffic comes from
-    /// few devices (a flood, not a reconnection storm).
+    /// Id entropy (bits) that always counts as many devices; with fewer
+    /// events a storm needs 80 % of log2(events) (the most they can show):
+    /// below it the reconnects come from few devices cycling (a flood, not a
+    /// reconnection storm).
     pub min_entropy: f64,
 }
 
@@ -132,7 +134,12 @@ impl Predictor for RulePredictor {
             .min_reconnects_per_s
             .max(self.cfg.factor * self.base_reconnects);
         let fingerprint = f.resets == 0 || f.resets_near_zero * 2 >= f.resets;
-        let many = f.id_entropy >= self.cfg.min_entropy;
+        // Many distinct devices: the ids' entropy near its maximum for the
+        // number of events (log2 n, at most 8 bits), and at least
+        // `min_entropy` when there are enough events to show it.
+        let events = (f.new_devices + f.resets).max(1) as f64;
+        let max_h = events.min(256.0).log2();
+        let many = f.id_entropy >= (0.8 * max_h).min(self.cfg.min_entropy);
         if !self.storm {
             if rec_rate > threshold && fingerprint && many && self.warm > 0 {
                 self.over += 1;

@@ -262,6 +262,8 @@ pub fn dam_settings(cfg: &Config) -> Option<(crate::control::dam::DamConfig, usi
 
 /// What the control loop reads and writes.
 struct ControlInputs {
+    /// The XDP filter's maps and the configured limits (the normal ones).
+    kernel: Option<(Arc<crate::xdp::KernelMaps>, crate::xdp::Limits)>,
     shards: Vec<Arc<Published<ShardSnapshot>>>,
     setpoints: Vec<crate::shard::DamSetpoints>,
     kafka: Option<Arc<Published<KafkaSnapshot>>>,
@@ -269,10 +271,12 @@ struct ControlInputs {
     out: Arc<Published<crate::control::ControlSnapshot>>,
 }
 
-/// The control core: every 10 ms, the shards' counter deltas and the delivery
-/// backlog into the controller; per-shard Dam setpoints out. The shards
-/// publish no device-id histogram yet, so the predictor's entropy check is
-/// given a uniform one (many devices); the simulator feeds it real ones.
+/// The control core: every 10 ms, the shards' counter deltas (with the
+/// histogram of reconnecting device ids) and the delivery backlog into the
+/// controller; per-shard Dam setpoints out; and, with the XDP filter, the
+/// kernel's per-device limit relaxed while a storm is forecast (rate × 10,
+/// burst × 50, at least 100) and restored after, so reconnecting devices'
+/// backlogs reach the Dam instead of being dropped in the kernel.
 fn control_loop(
     cfg: crate::control::ControlConfig,
     io: ControlInputs,
@@ -295,6 +299,13 @@ fn control_loop(
             let cur = s.read();
             let p = &prev[i];
             let resets = cur.seq.resets.saturating_sub(p.seq.resets);
+            let mut id_hist = [0u32; 256];
+            for (h, (c, q)) in id_hist
+                .iter_mut()
+                .zip(cur.reconnect_ids.0.iter().zip(p.reconnect_ids.0.iter()))
+            {
+                *h = c.wrapping_sub(*q);
+            }
             reports[i] = ShardReport {
                 offered: (cur.received + cur.forwarded_in)
                     .saturating_sub(p.received + p.forwarded_in),
@@ -302,7 +313,7 @@ fn control_loop(
                 resets,
                 resets_near_zero: resets,
                 depth: cur.dam.depth,
-                id_hist: [1; 256],
+                id_hist,
             };
             prev[i] = cur;
         }
@@ -327,6 +338,28 @@ fn control_loop(
                 messages = sp.prediction.messages as u64,
                 "reconnection storm forecast: Dam queues and device bursts enlarged"
             );
+        }
+        if sp.prediction.storm != snap.storm_now {
+            if let Some((maps, base)) = &io.kernel {
+                let limits = if sp.prediction.storm {
+                    crate::xdp::Limits {
+                        device: base.device.and_then(|r| {
+                            crate::xdp::Rate::new(
+                                r.pps().saturating_mul(10),
+                                r.burst().saturating_mul(50).max(100),
+                            )
+                            .ok()
+                        }),
+                        ..*base
+                    }
+                } else {
+                    *base
+                };
+                match maps.set_limits(&limits, crate::xdp::possible_cpus()) {
+                    Ok(()) => snap.kernel_writes += 1,
+                    Err(e) => tracing::warn!("control core: cannot write the XDP limits: {e}"),
+                }
+            }
         }
         snap.storm_now = sp.prediction.storm;
         snap.predicted = (sp.prediction.devices, sp.prediction.messages);
@@ -679,7 +712,9 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                 storm_device_rate: base.device_rate * 10.0,
                 capacity: ceiling.min(1e6),
             };
+            let base_limits = cfg.xdp.limits().ok();
             let inputs = ControlInputs {
+                kernel: maps.clone().zip(base_limits),
                 shards: shard_stats.clone(),
                 setpoints: setpoints.clone(),
                 kafka: kafka_stats.clone(),
@@ -1114,14 +1149,15 @@ pub fn summary_text(s: &RunSummary) -> String {
     }
     if let Some(c) = &s.control {
         t.push_str(&format!(
-            "  control: {} ticks, storms forecast {}{}, global admission rate {:.0}/s\n",
+            "  control: {} ticks, storms forecast {}{}, global admission rate {:.0}/s, kernel limit writes {}\n",
             c.ticks,
             c.storms,
             c.first_storm_ms.map_or(String::new(), |ms| format!(
                 " (first at {:.2} s)",
                 ms as f64 / 1000.0
             )),
-            c.global_rate
+            c.global_rate,
+            c.kernel_writes
         ));
     }
     if let Some(k) = &s.kafka {

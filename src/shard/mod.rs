@@ -80,6 +80,26 @@ pub struct ShardSnapshot {
     pub seq: SeqCounters,
     /// The Dam's counters (zero when it is off).
     pub dam: DamCounters,
+    /// Devices that appeared or restarted, by the high byte of their hash
+    /// (cumulative): the control core's device-id entropy of reconnects.
+    pub reconnect_ids: IdHistogram,
+}
+
+/// A 256-bin histogram of device-hash high bytes (cumulative counts).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IdHistogram(pub [u32; 256]);
+
+impl Default for IdHistogram {
+    fn default() -> Self {
+        IdHistogram([0; 256])
+    }
+}
+
+impl std::fmt::Debug for IdHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: u64 = self.0.iter().map(|&c| u64::from(c)).sum();
+        write!(f, "IdHistogram({total} events)")
+    }
 }
 
 /// The Dam's counters in a shard snapshot.
@@ -131,6 +151,14 @@ impl ShardSnapshot {
         self.dam.queued_devices += o.dam.queued_devices;
         self.dam.oldest_age_ns = self.dam.oldest_age_ns.max(o.dam.oldest_age_ns);
         self.dam.evictions += o.dam.evictions;
+        for (a, b) in self
+            .reconnect_ids
+            .0
+            .iter_mut()
+            .zip(o.reconnect_ids.0.iter())
+        {
+            *a = a.wrapping_add(*b);
+        }
     }
 }
 
@@ -228,6 +256,10 @@ impl Owner {
         payload: &[u8],
     ) -> Result<(), Reject> {
         let ev = self.tracker.track(hash, meta.sequence);
+        if matches!(ev, SeqEvent::New | SeqEvent::Reset) {
+            let b = &mut self.snap.reconnect_ids.0[(hash >> 56) as usize];
+            *b = b.wrapping_add(1);
+        }
         if ev == SeqEvent::Duplicate {
             return Err(Reject::DuplicateSequence);
         }
