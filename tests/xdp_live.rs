@@ -348,6 +348,7 @@ fn a_reconnection_storm_on_veth_is_forecast_and_the_kernel_limit_relaxed() {
         &cfg,
         format!(
             "[ingest]\nlisten = \"10.213.0.1:7700\"\n[sequence]\nmax_devices = 16384\n\
+             [admission]\nshard_rate_pps = 50000\n\
              [dam]\ndevice_rate_pps = 2\ndevice_burst = 2\n[output]\nsink = \"null\"\n\
              [xdp]\niface = \"{ia}\"\nmode = \"native\"\ndevice_rate_pps = 2\ndevice_burst = 2\n"
         ),
@@ -429,6 +430,10 @@ fn a_reconnection_storm_on_veth_is_forecast_and_the_kernel_limit_relaxed() {
     };
     assert!(num_after("storms forecast") >= 1, "{rest}");
     assert!(num_after("kernel limit writes") >= 1, "{rest}");
+    // The PID's rate (ceiling 50,000/s from admission.shard_rate_pps) sets the
+    // kernel's global budget at twice it, never above that.
+    let budget = num_after("global budget");
+    assert!((1000..=100_000).contains(&budget), "{control}");
     let rate_limited = rest
         .split("xdp filter")
         .nth(1)
@@ -448,5 +453,130 @@ fn a_reconnection_storm_on_veth_is_forecast_and_the_kernel_limit_relaxed() {
     assert!(
         rate_limited < u64::from(devices) * 18 / 2,
         "kernel drops {rate_limited}:\n{rest}"
+    );
+}
+
+/// During a storm the kernel's per-device limit is relaxed for everyone —
+/// except a device that floods instead of flushing a backlog: with more
+/// waiting in its Dam than even the storm burst, the control core pins it in
+/// the kernel to the normal limit, and the kernel drops its excess.
+#[test]
+fn a_device_flooding_during_a_storm_is_pinned_to_the_normal_kernel_limit() {
+    if !usable() {
+        return;
+    }
+    use std::io::BufRead;
+    let t = topology("f", 1);
+    let (ns_a, ns_b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("klais.toml");
+    // The kernel allows 100 msg/s per device (a 20-message flush passes it);
+    // the Dam 2 msg/s (in a storm 20 msg/s, burst 100).
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ingest]\nlisten = \"10.213.0.1:7700\"\n[sequence]\nmax_devices = 16384\n\
+             [dam]\ndevice_rate_pps = 2\ndevice_burst = 2\n[output]\nsink = \"null\"\n\
+             [xdp]\niface = \"{ia}\"\nmode = \"native\"\ndevice_rate_pps = 100\ndevice_burst = 100\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns_a,
+            env!("CARGO_BIN_EXE_klais"),
+            "run",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut head = String::new();
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("klais run did not start:\n{head}");
+        }
+        head.push_str(&line);
+    }
+    let devices = 2000u32;
+    let sender = {
+        let ns_b = ns_b.clone();
+        std::thread::spawn(move || {
+            enter(&ns_b);
+            let tx = UdpSocket::bind(format!("{ADDR_B}:0")).unwrap();
+            let to = format!("{ADDR_A}:7700");
+            let id = |d: u32| format!("w-{d:05}");
+            for d in 0..devices {
+                tx.send_to(&v1(&id(d), 100), &to).unwrap();
+            }
+            tx.send_to(&v1("flood-0", 1000), &to).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            let start = std::time::Instant::now();
+            let mut flood_seq = 1001u32;
+            for d in 0..devices {
+                for seq in 0..20u32 {
+                    tx.send_to(&v1(&id(d), seq), &to).unwrap();
+                }
+                // The flood keeps counting up: no restart, just volume.
+                for _ in 0..3 {
+                    tx.send_to(&v1("flood-0", flood_seq), &to).unwrap();
+                    flood_seq += 1;
+                }
+                let due = Duration::from_micros(500 * u64::from(d + 1));
+                if let Some(w) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(w);
+                }
+            }
+        })
+    };
+    sender.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on the `ip netns exec` child, which execs klais in place.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
+    let control = rest
+        .lines()
+        .find(|l| l.trim_start().starts_with("control:"))
+        .unwrap_or_else(|| panic!("no control line in:\n{rest}"))
+        .to_string();
+    println!("{control}");
+    let pinned: u64 = control
+        .split("flooding devices pinned")
+        .nth(1)
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pinned count in {control}"));
+    assert_eq!(pinned, 1, "the flood, and no reconnecting device: {rest}");
+    let rate_limited = rest
+        .split("xdp filter")
+        .nth(1)
+        .and_then(|sec| {
+            sec.lines()
+                .find(|l| l.trim_start().starts_with("rate_limited"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .unwrap_or_else(|| panic!("no rate_limited in:\n{rest}"));
+    println!(
+        "kernel rate_limited {rate_limited} (the flood sent {})",
+        devices * 3
+    );
+    // Relaxed (1,000/s, burst 5,000) the kernel would have let nearly all of
+    // the flood's 6,000 through; pinned (100/s, burst 100) most are dropped
+    // there. Reconnecting devices (20 each) stay under 100/s, burst 100.
+    assert!(
+        rate_limited > u64::from(devices) * 3 / 2,
+        "the pinned flood met the normal kernel limit: {rest}"
     );
 }

@@ -235,6 +235,27 @@ impl<T> Dam<T> {
         }
     }
 
+    /// Up to `out.len()` devices with the most messages waiting, as (device
+    /// hash, waiting), most first; returns how many were written. Looks at
+    /// no more than the first 1,024 devices in the drain ring (once per tick).
+    pub fn top_waiting(&self, out: &mut [(u64, u32)]) -> usize {
+        let mut n = 0;
+        for &i in self.rr.iter().take(1024) {
+            let s = &self.slots[i as usize];
+            let e = (s.tag, s.queued);
+            if n < out.len() {
+                out[n] = e;
+                n += 1;
+            } else if let Some(min) = (0..n).min_by_key(|&k| out[k].1) {
+                if out[min].1 < e.1 {
+                    out[min] = e;
+                }
+            }
+        }
+        out[..n].sort_by_key(|e| std::cmp::Reverse(e.1));
+        n
+    }
+
     /// Age of the oldest queued message at `now`, ns (0 if none). Walks the
     /// heads of the queued devices: once per tick, not per message.
     pub fn oldest_age(&self, now: u64) -> u64 {
@@ -246,7 +267,8 @@ impl<T> Dam<T> {
     }
 
     fn lookup(&mut self, hash: u64, now: u64) -> Option<usize> {
-        let tag = hash | 1;
+        // 0 marks an empty way; a device hash of 0 (odds 2^-64) shares tag 1.
+        let tag = hash.max(1);
         let sets = self.slots.len() / WAYS;
         let base = ((hash >> 8) as usize % sets) * WAYS;
         let mut victim = None;
@@ -503,6 +525,20 @@ mod tests {
         for dev in 2..=5 {
             assert!(firsts.contains(&dev), "{firsts:?}");
         }
+    }
+
+    #[test]
+    fn the_devices_with_most_waiting_are_reported_by_their_hash() {
+        let mut d = Dam::new(cfg());
+        for (dev, n) in [(1u64, 5u32), (2, 40), (3, 12), (4, 3), (5, 25)] {
+            for seq in 0..n {
+                let _ = d.admit(h(dev), false, 0, seq);
+            }
+        }
+        let mut top = [(0u64, 0u32); 3];
+        assert_eq!(d.top_waiting(&mut top), 3);
+        // Burst 2 + 1 pass first: waiting = n - 3.
+        assert_eq!(top, [(h(2), 37), (h(5), 22), (h(3), 9)]);
     }
 
     #[test]

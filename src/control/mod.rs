@@ -91,6 +91,10 @@ pub struct ControlSnapshot {
     pub global_rate: f64,
     /// Writes of the kernel's limits (storm start and end).
     pub kernel_writes: u64,
+    /// Devices held to the normal kernel limit during storms (floods).
+    pub floods_pinned: u64,
+    /// The kernel's global budget written last, packets per second.
+    pub kernel_budget_pps: u64,
 }
 
 /// What the controller sets for the next tick.

@@ -288,6 +288,10 @@ fn control_loop(
     let mut reports = vec![ShardReport::default(); n];
     let mut rates = vec![0.0f64; n];
     let mut snap = ControlSnapshot::default();
+    // Devices held to the normal kernel limit during a storm (floods).
+    let mut pinned: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    let flood_waiting = cfg.storm_device_burst as u32;
+    let mut written: Option<crate::xdp::Limits> = None;
     let started = Instant::now();
     let mut last = Instant::now();
     while !io.stop.load(Ordering::Relaxed) {
@@ -339,25 +343,72 @@ fn control_loop(
                 "reconnection storm forecast: Dam queues and device bursts enlarged"
             );
         }
-        if sp.prediction.storm != snap.storm_now {
-            if let Some((maps, base)) = &io.kernel {
-                let limits = if sp.prediction.storm {
-                    crate::xdp::Limits {
-                        device: base.device.and_then(|r| {
-                            crate::xdp::Rate::new(
-                                r.pps().saturating_mul(10),
-                                r.burst().saturating_mul(50).max(100),
-                            )
-                            .ok()
-                        }),
-                        ..*base
-                    }
-                } else {
-                    *base
-                };
+        // The kernel's limits: the per-device limit relaxed while a storm is
+        // forecast; the global budget at twice the admission rate the PID
+        // sets (overload is shed in the kernel, cheaply, before it reaches
+        // the Dams), never above the operator's `xdp.global_budget_pps`.
+        // Written when they change by more than 10 %.
+        if let Some((maps, base)) = &io.kernel {
+            let device = if sp.prediction.storm {
+                base.device.and_then(|r| {
+                    crate::xdp::Rate::new(
+                        r.pps().saturating_mul(10),
+                        r.burst().saturating_mul(50).max(100),
+                    )
+                    .ok()
+                })
+            } else {
+                base.device
+            };
+            let operator = base.global.map_or(1_000_000_000, |r| r.pps());
+            let pps = ((sp.global_rate * 2.0) as u64).clamp(1000, operator);
+            let global = crate::xdp::Rate::new(pps, (pps / 10).max(1000)).ok();
+            let limits = crate::xdp::Limits {
+                device,
+                global,
+                ..*base
+            };
+            let moved = |a: Option<crate::xdp::Rate>, b: Option<crate::xdp::Rate>| match (a, b) {
+                (Some(a), Some(b)) => {
+                    a.pps().abs_diff(b.pps()) * 10 > b.pps() || a.burst() != b.burst()
+                }
+                (a, b) => a.is_some() != b.is_some(),
+            };
+            let changed = match &written {
+                None => true,
+                Some(w) => moved(limits.device, w.device) || moved(limits.global, w.global),
+            };
+            if changed {
                 match maps.set_limits(&limits, crate::xdp::possible_cpus()) {
-                    Ok(()) => snap.kernel_writes += 1,
+                    Ok(()) => {
+                        snap.kernel_writes += 1;
+                        snap.kernel_budget_pps = pps;
+                        written = Some(limits);
+                    }
                     Err(e) => tracing::warn!("control core: cannot write the XDP limits: {e}"),
+                }
+            }
+        }
+        // During a storm, a device with more waiting in a Dam than even the
+        // storm burst is flooding, not flushing a backlog: the kernel holds it
+        // to the normal per-device limit while the others are relaxed.
+        if let Some((maps, base)) = &io.kernel {
+            if sp.prediction.storm {
+                for cur in io.shards.iter().map(|s| s.read()) {
+                    for &(hash, waiting) in &cur.dam.top_waiting {
+                        if waiting > flood_waiting && pinned.insert(hash) {
+                            match maps.set_override(hash, base.device) {
+                                Ok(()) => snap.floods_pinned += 1,
+                                Err(e) => tracing::warn!(
+                                    "control core: cannot pin a flooding device: {e}"
+                                ),
+                            }
+                        }
+                    }
+                }
+            } else if !pinned.is_empty() {
+                for hash in pinned.drain() {
+                    let _ = maps.set_override(hash, None);
                 }
             }
         }
@@ -1149,7 +1200,7 @@ pub fn summary_text(s: &RunSummary) -> String {
     }
     if let Some(c) = &s.control {
         t.push_str(&format!(
-            "  control: {} ticks, storms forecast {}{}, global admission rate {:.0}/s, kernel limit writes {}\n",
+            "  control: {} ticks, storms forecast {}{}, global admission rate {:.0}/s, kernel limit writes {} (global budget {}/s), flooding devices pinned {}\n",
             c.ticks,
             c.storms,
             c.first_storm_ms.map_or(String::new(), |ms| format!(
@@ -1157,7 +1208,9 @@ pub fn summary_text(s: &RunSummary) -> String {
                 ms as f64 / 1000.0
             )),
             c.global_rate,
-            c.kernel_writes
+            c.kernel_writes,
+            c.kernel_budget_pps,
+            c.floods_pinned
         ));
     }
     if let Some(k) = &s.kafka {

@@ -117,11 +117,14 @@ pub struct DamCounters {
     pub oldest_age_ns: u64,
     /// Devices evicted from its table.
     pub evictions: u64,
+    /// The devices with the most messages waiting: (device hash, waiting).
+    pub top_waiting: [(u64, u32); 4],
 }
 
 impl DamCounters {
-    fn from_stats(s: &DamStats, oldest_age_ns: u64) -> DamCounters {
+    fn from_stats(s: &DamStats, oldest_age_ns: u64, top: [(u64, u32); 4]) -> DamCounters {
         DamCounters {
+            top_waiting: top,
             queued: s.queued,
             released: s.drained,
             depth: s.depth,
@@ -592,7 +595,11 @@ impl Shard {
         ShardSnapshot {
             seq: *self.owner.tracker.counters(),
             dam: self.owner.dam.as_ref().map_or(DamCounters::default(), |d| {
-                DamCounters::from_stats(&d.dam.stats(), d.oldest_age_ns)
+                let mut top = [(0u64, 0u32); 4];
+                if d.dam.depth() > 0 {
+                    d.dam.top_waiting(&mut top);
+                }
+                DamCounters::from_stats(&d.dam.stats(), d.oldest_age_ns, top)
             }),
             ..self.owner.snap
         }
