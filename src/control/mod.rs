@@ -95,6 +95,12 @@ pub struct ControlSnapshot {
     pub floods_pinned: u64,
     /// The kernel's global budget written last, packets per second.
     pub kernel_budget_pps: u64,
+    /// Most messages waiting in the Dams at once (summed over shards) since
+    /// the last storm began: its peak backlog before the batcher.
+    pub storm_peak_waiting: u64,
+    /// Milliseconds from the last storm's onset until the Dams held no more
+    /// than their normal queue again (None: not yet, or no storm).
+    pub storm_recovery_ms: Option<u64>,
 }
 
 /// What the controller sets for the next tick.

@@ -292,6 +292,8 @@ fn control_loop(
     let mut pinned: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let flood_waiting = cfg.storm_device_burst as u32;
     let mut written: Option<crate::xdp::Limits> = None;
+    let mut storm_began: Option<Instant> = None;
+    let normal_queue = cfg.dam.queue_capacity as u64 / 100;
     let started = Instant::now();
     let mut last = Instant::now();
     while !io.stop.load(Ordering::Relaxed) {
@@ -333,6 +335,22 @@ fn control_loop(
             out.publish(Some(c));
         }
         snap.ticks += 1;
+        // The storm's own figures, as the simulator reports them: peak
+        // waiting and the time until the Dams are back under their normal
+        // queue.
+        let waiting: u64 = reports.iter().map(|r| r.depth).sum();
+        if sp.prediction.storm && !snap.storm_now {
+            storm_began = Some(now);
+            snap.storm_peak_waiting = waiting;
+            snap.storm_recovery_ms = None;
+        }
+        if let Some(t0) = storm_began {
+            snap.storm_peak_waiting = snap.storm_peak_waiting.max(waiting);
+            if waiting <= normal_queue && now.duration_since(t0) > Duration::from_millis(20) {
+                snap.storm_recovery_ms = Some(now.duration_since(t0).as_millis() as u64);
+                storm_began = None;
+            }
+        }
         if sp.prediction.storm && !snap.storm_now {
             snap.storms += 1;
             snap.first_storm_ms
@@ -1212,6 +1230,17 @@ pub fn summary_text(s: &RunSummary) -> String {
             c.kernel_budget_pps,
             c.floods_pinned
         ));
+        if c.storms > 0 {
+            t.push_str(&format!(
+                "  last storm: peak waiting in the Dams {}, recovered {}\n",
+                c.storm_peak_waiting,
+                c.storm_recovery_ms
+                    .map_or("not yet".to_string(), |ms| format!(
+                        "in {:.2} s (back under 1 % of the normal queue)",
+                        ms as f64 / 1000.0
+                    ))
+            ));
+        }
     }
     if let Some(k) = &s.kafka {
         t.push_str(&kafka_text(k));
