@@ -16,7 +16,6 @@
 //! target/bench-results/batcher.json.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use klais::config::Kafka;
@@ -26,70 +25,11 @@ use klais::kafka::{Batcher, KafkaSnapshot};
 const PAYLOAD: usize = 200;
 const DEVICES: u32 = 10_000;
 
-struct Broker(Child);
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tansu() -> Option<PathBuf> {
-    let p = std::env::var_os("KLAIS_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(
-                std::env::var("KLAIS_CACHE").unwrap_or_else(|_| "/var/cache/klais".into()),
-            )
-            .join("tansu-0.6.0/bin/tansu")
-        });
-    p.exists().then_some(p)
-}
-
-fn start_broker(bin: &PathBuf) -> (Broker, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu starts");
-    let b = Broker(child);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let ok = Command::new(bin)
-        .args([
-            "topic",
-            "create",
-            "--broker",
-            &url,
-            "--partitions",
-            "3",
-            "bench",
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok, "topic create");
-    (b, format!("127.0.0.1:{port}"))
-}
+/// The broker tier's own helpers: the tansu binary, start on a free port,
+/// topic creation (one copy for tests and benchmarks).
+#[path = "../tests/common/broker.rs"]
+#[allow(dead_code)]
+mod broker;
 
 fn meta(i: u64, urgent: bool) -> RecordMeta {
     let mut raw_id = [0u8; 16];
@@ -119,16 +59,6 @@ fn config(brokers: &str, dir: &std::path::Path) -> Kafka {
     };
     c.journal.dir = dir.to_path_buf();
     c
-}
-
-fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 struct Round {
@@ -174,13 +104,13 @@ fn throughput_round(brokers: &str, n: u64) -> Round {
     for i in 1..=n {
         tx.push(&meta(i, false), &payload).unwrap();
     }
-    let (t0, c0) = (Instant::now(), cpu_ns());
+    let (t0, c0) = (Instant::now(), klais::kafka::thread_cpu_ns());
     let mut into = None;
     loop {
         b.step(&mut rings);
         let s = b.progress();
         if into.is_none() && s.0 == n + 1 && s.1 == 0 {
-            into = Some((t0.elapsed(), cpu_ns() - c0));
+            into = Some((t0.elapsed(), klais::kafka::thread_cpu_ns() - c0));
         }
         if s.2 == n + 1 {
             break;
@@ -257,11 +187,21 @@ fn latency_phase(
     (n, u, r, b.shutdown().unwrap())
 }
 
+/// Percentiles of one latency phase: normal, urgent, round trip (µs).
+fn print_latency(norm: &[u64; 4], urg: &[u64; 4], rtt: &[u64; 4]) {
+    for (name, q) in [("normal", norm), ("urgent", urg)] {
+        println!(
+            "  {name}  P50 {:>7}  P99 {:>7}  P99.9 {:>7}  (n={})",
+            q[0], q[1], q[2], q[3]
+        );
+    }
+    println!(
+        "  round trip (handed to librdkafka -> report)  P50 {:>7}  P99 {:>7}  P99.9 {:>7}",
+        rtt[0], rtt[1], rtt[2]
+    );
+}
+
 fn main() {
-    let Some(bin) = tansu() else {
-        println!("SKIPPED: the test broker is not built; `scripts/broker.sh install`");
-        return;
-    };
     let bench = std::env::args().any(|a| a == "--bench");
     let (rounds, n, secs) = if bench {
         (5, 500_000u64, 10.0)
@@ -278,7 +218,11 @@ fn main() {
     let (_broker, brokers) = match &mock {
         Some(m) => (None, m.bootstrap_servers()),
         None => {
-            let (b, s) = start_broker(&bin);
+            let Some(b) = broker::Broker::start(None) else {
+                return;
+            };
+            b.create_topic("bench", 3);
+            let s = b.brokers();
             (Some(b), s)
         }
     };
@@ -317,18 +261,7 @@ fn main() {
     println!(
         "added latency at {rate:.0} msg/s (50% of acknowledged), ring pop -> delivery report, us:"
     );
-    println!(
-        "  normal  P50 {:>7}  P99 {:>7}  P99.9 {:>7}  (n={})",
-        norm[0], norm[1], norm[2], norm[3]
-    );
-    println!(
-        "  urgent  P50 {:>7}  P99 {:>7}  P99.9 {:>7}  (n={})",
-        urg[0], urg[1], urg[2], urg[3]
-    );
-    println!(
-        "  round trip (handed to librdkafka -> report)  P50 {:>7}  P99 {:>7}  P99.9 {:>7}",
-        rtt[0], rtt[1], rtt[2]
-    );
+    print_latency(&norm, &urg, &rtt);
     println!(
         "  DAPB then: B(t) {} B, T(t) {} us, RTT {:.2} ms, jitter {:.2} ms, errors {:.2}%",
         snap.params.map_or(0, |p| p.b_adaptive),
@@ -342,18 +275,7 @@ fn main() {
     let light = if bench { 10_000.0 } else { 1000.0 };
     let (lnorm, lurg, lrtt, _) = latency_phase(&brokers, light, secs);
     println!("added latency at {light:.0} msg/s, us:");
-    println!(
-        "  normal  P50 {:>7}  P99 {:>7}  P99.9 {:>7}  (n={})",
-        lnorm[0], lnorm[1], lnorm[2], lnorm[3]
-    );
-    println!(
-        "  urgent  P50 {:>7}  P99 {:>7}  P99.9 {:>7}  (n={})",
-        lurg[0], lurg[1], lurg[2], lurg[3]
-    );
-    println!(
-        "  round trip (handed to librdkafka -> report)  P50 {:>7}  P99 {:>7}  P99.9 {:>7}",
-        lrtt[0], lrtt[1], lrtt[2]
-    );
+    print_latency(&lnorm, &lurg, &lrtt);
     let json = serde_json::json!({
         "messages": n, "payload_bytes": PAYLOAD, "rounds": rounds,
         "into_librdkafka_msg_per_s": m.into_rate,

@@ -217,12 +217,139 @@ fn a_program_left_by_a_klais_that_died_is_recovered_and_a_foreign_one_is_left_al
     .unwrap();
 }
 
+/// `klais run --config CFG` inside network namespace `ns`, up and listening.
+struct KlaisInNs {
+    child: std::process::Child,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    /// What it printed up to the "listening" line.
+    head: String,
+}
+
+impl KlaisInNs {
+    fn start(ns: &str, cfg: &std::path::Path) -> KlaisInNs {
+        use std::io::BufRead;
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                env!("CARGO_BIN_EXE_klais"),
+                "run",
+                "--config",
+            ])
+            .arg(cfg)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut head = String::new();
+        let mut line = String::new();
+        while !line.contains("listening") {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                let _ = child.kill();
+                panic!("klais run did not start:\n{head}");
+            }
+            head.push_str(&line);
+        }
+        KlaisInNs {
+            child,
+            stderr,
+            head,
+        }
+    }
+
+    /// SIGTERM; the rest of its output (the summary); it must exit 0.
+    fn stop(mut self) -> String {
+        // SAFETY: kill(2) on the `ip netns exec` child, which execs klais in place.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        assert_eq!(self.child.wait().unwrap().code(), Some(0), "{rest}");
+        rest
+    }
+}
+
+/// The count on the line starting with `name` after `section` in a summary.
+fn summary_count(rest: &str, section: &str, name: &str) -> u64 {
+    rest.split(section)
+        .nth(1)
+        .and_then(|sec| {
+            sec.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {name} under {section} in:\n{rest}"))
+}
+
+/// The summary's control line, and the first number after `label` in it.
+fn control_line(rest: &str) -> &str {
+    rest.lines()
+        .find(|l| l.trim_start().starts_with("control:"))
+        .unwrap_or_else(|| panic!("no control line in:\n{rest}"))
+}
+
+fn num_after(line: &str, label: &str) -> u64 {
+    line.split(label)
+        .nth(1)
+        .and_then(|s| {
+            s.split(|c: char| !c.is_ascii_digit())
+                .find(|x| !x.is_empty())
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label} in {line}"))
+}
+
+/// From namespace `ns`: every device once (sequence 100), 1.5 s of quiet (the
+/// predictor's baseline forgets the start, when every device was new), then
+/// within about a second every device restarts at sequence 0 and flushes 20
+/// messages; with `flood`, device "flood-0" sends 3 messages per device
+/// meanwhile, counting up without a restart.
+fn reconnect_wave(ns: &str, devices: u32, flood: bool) {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter(&ns);
+        let tx = UdpSocket::bind(format!("{ADDR_B}:0")).unwrap();
+        let to = format!("{ADDR_A}:7700");
+        let id = |d: u32| format!("w-{d:05}");
+        for d in 0..devices {
+            tx.send_to(&v1(&id(d), 100), &to).unwrap();
+        }
+        if flood {
+            tx.send_to(&v1("flood-0", 1000), &to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let start = std::time::Instant::now();
+        let mut flood_seq = 1001u32;
+        for d in 0..devices {
+            for seq in 0..20u32 {
+                tx.send_to(&v1(&id(d), seq), &to).unwrap();
+            }
+            if flood {
+                for _ in 0..3 {
+                    tx.send_to(&v1("flood-0", flood_seq), &to).unwrap();
+                    flood_seq += 1;
+                }
+            }
+            let due = Duration::from_micros(500 * u64::from(d + 1));
+            if let Some(w) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(w);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 #[test]
 fn klais_run_attaches_the_filter_reports_its_counters_and_detaches_on_sigterm() {
     if !usable() {
         return;
     }
-    use std::io::BufRead;
     let t = topology("k", 1);
     let (ns_a, ns_b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -235,33 +362,13 @@ fn klais_run_attaches_the_filter_reports_its_counters_and_detaches_on_sigterm() 
         ),
     )
     .unwrap();
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns_a,
-            env!("CARGO_BIN_EXE_klais"),
-            "run",
-            "--config",
-        ])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut head = String::new();
-    let mut line = String::new();
-    while !line.contains("listening") {
-        line.clear();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            panic!("klais run did not start:\n{head}");
-        }
-        head.push_str(&line);
-    }
+    let klais = KlaisInNs::start(&ns_a, &cfg);
     assert!(
-        head.contains(&format!("XDP filter attached to {ia} (native mode)")),
-        "{head}"
+        klais
+            .head
+            .contains(&format!("XDP filter attached to {ia} (native mode)")),
+        "{}",
+        klais.head
     );
 
     let sender = {
@@ -283,31 +390,20 @@ fn klais_run_attaches_the_filter_reports_its_counters_and_detaches_on_sigterm() 
     };
     sender.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: kill(2) on the `ip netns exec` child, which execs klais in place.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{rest}");
-    let value = |name: &str, section: &str| -> u64 {
-        let sec = rest
-            .split(section)
-            .nth(1)
-            .unwrap_or_else(|| panic!("no {section} in:\n{rest}"));
-        sec.lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} under {section} in:\n{rest}"))
-    };
+    let rest = klais.stop();
     // The kernel dropped the bad magic; user space saw only the valid ones.
-    assert_eq!(value("bad_magic", "xdp filter"), 100, "{rest}");
-    assert_eq!(value("pass", "xdp filter"), 100, "{rest}");
-    assert_eq!(value("accepted", "klais stopped"), 100, "{rest}");
-    assert_eq!(value("bad_magic", "rejected"), 0, "{rest}");
+    assert_eq!(
+        summary_count(&rest, "xdp filter", "bad_magic"),
+        100,
+        "{rest}"
+    );
+    assert_eq!(summary_count(&rest, "xdp filter", "pass"), 100, "{rest}");
+    assert_eq!(
+        summary_count(&rest, "klais stopped", "accepted"),
+        100,
+        "{rest}"
+    );
+    assert_eq!(summary_count(&rest, "rejected", "bad_magic"), 0, "{rest}");
     let st = Command::new("ip")
         .args([
             "netns",
@@ -339,7 +435,6 @@ fn a_reconnection_storm_on_veth_is_forecast_and_the_kernel_limit_relaxed() {
     if !usable() {
         return;
     }
-    use std::io::BufRead;
     let t = topology("s", 1);
     let (ns_a, ns_b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -354,96 +449,19 @@ fn a_reconnection_storm_on_veth_is_forecast_and_the_kernel_limit_relaxed() {
         ),
     )
     .unwrap();
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns_a,
-            env!("CARGO_BIN_EXE_klais"),
-            "run",
-            "--config",
-        ])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut head = String::new();
-    let mut line = String::new();
-    while !line.contains("listening") {
-        line.clear();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            panic!("klais run did not start:\n{head}");
-        }
-        head.push_str(&line);
-    }
+    let klais = KlaisInNs::start(&ns_a, &cfg);
     let devices = 2000u32;
-    let sender = {
-        let ns_b = ns_b.clone();
-        std::thread::spawn(move || {
-            enter(&ns_b);
-            let tx = UdpSocket::bind(format!("{ADDR_B}:0")).unwrap();
-            let to = format!("{ADDR_A}:7700");
-            let id = |d: u32| format!("w-{d:05}");
-            for d in 0..devices {
-                tx.send_to(&v1(&id(d), 100), &to).unwrap();
-            }
-            // Quiet: the predictor's baseline forgets the start.
-            std::thread::sleep(Duration::from_millis(1500));
-            let start = std::time::Instant::now();
-            for d in 0..devices {
-                for seq in 0..20u32 {
-                    tx.send_to(&v1(&id(d), seq), &to).unwrap();
-                }
-                let due = Duration::from_micros(500 * u64::from(d + 1));
-                if let Some(w) = due.checked_sub(start.elapsed()) {
-                    std::thread::sleep(w);
-                }
-            }
-        })
-    };
-    sender.join().unwrap();
+    reconnect_wave(&ns_b, devices, false);
     std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill(2) on the `ip netns exec` child, which execs klais in place.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
-    let control = rest
-        .lines()
-        .find(|l| l.trim_start().starts_with("control:"))
-        .unwrap_or_else(|| panic!("no control line in:\n{rest}"));
-    let num_after = |label: &str| -> u64 {
-        control
-            .split(label)
-            .nth(1)
-            .and_then(|s| {
-                s.split(|c: char| !c.is_ascii_digit())
-                    .find(|x| !x.is_empty())
-            })
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {label} in {control}"))
-    };
-    assert!(num_after("storms forecast") >= 1, "{rest}");
-    assert!(num_after("kernel limit writes") >= 1, "{rest}");
+    let rest = klais.stop();
+    let control = control_line(&rest);
+    assert!(num_after(control, "storms forecast") >= 1, "{rest}");
+    assert!(num_after(control, "kernel limit writes") >= 1, "{rest}");
     // The PID's rate (ceiling 50,000/s from admission.shard_rate_pps) sets the
     // kernel's global budget at twice it, never above that.
-    let budget = num_after("global budget");
+    let budget = num_after(control, "global budget");
     assert!((1000..=100_000).contains(&budget), "{control}");
-    let rate_limited = rest
-        .split("xdp filter")
-        .nth(1)
-        .and_then(|sec| {
-            sec.lines()
-                .find(|l| l.trim_start().starts_with("rate_limited"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .unwrap_or_else(|| panic!("no rate_limited in:\n{rest}"));
+    let rate_limited = summary_count(&rest, "xdp filter", "rate_limited");
     let storm = rest
         .lines()
         .find(|l| l.trim_start().starts_with("last storm:"))
@@ -451,16 +469,7 @@ fn a_reconnection_storm_on_veth_is_forecast_and_the_kernel_limit_relaxed() {
     // The simulator's metrics, live: loss of valid messages (kernel + user
     // space), peak backlog in the Dams, recovery (printed; not asserted as a
     // time).
-    let rejected: u64 = rest
-        .split("klais stopped")
-        .nth(1)
-        .and_then(|sec| {
-            sec.lines()
-                .find(|l| l.trim_start().starts_with("rejected"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no rejected line in:\n{rest}"));
+    let rejected = summary_count(&rest, "klais stopped", "rejected");
     let valid = u64::from(devices) * 21;
     println!(
         "{control}\n{storm}\nloss of valid messages: {} of {valid} ({:.2} %): kernel rate_limited {rate_limited}, rejected in user space {rejected}",
@@ -488,7 +497,6 @@ fn a_device_flooding_during_a_storm_is_pinned_to_the_normal_kernel_limit() {
     if !usable() {
         return;
     }
-    use std::io::BufRead;
     let t = topology("f", 1);
     let (ns_a, ns_b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -504,93 +512,19 @@ fn a_device_flooding_during_a_storm_is_pinned_to_the_normal_kernel_limit() {
         ),
     )
     .unwrap();
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns_a,
-            env!("CARGO_BIN_EXE_klais"),
-            "run",
-            "--config",
-        ])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut head = String::new();
-    let mut line = String::new();
-    while !line.contains("listening") {
-        line.clear();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            panic!("klais run did not start:\n{head}");
-        }
-        head.push_str(&line);
-    }
+    let klais = KlaisInNs::start(&ns_a, &cfg);
     let devices = 2000u32;
-    let sender = {
-        let ns_b = ns_b.clone();
-        std::thread::spawn(move || {
-            enter(&ns_b);
-            let tx = UdpSocket::bind(format!("{ADDR_B}:0")).unwrap();
-            let to = format!("{ADDR_A}:7700");
-            let id = |d: u32| format!("w-{d:05}");
-            for d in 0..devices {
-                tx.send_to(&v1(&id(d), 100), &to).unwrap();
-            }
-            tx.send_to(&v1("flood-0", 1000), &to).unwrap();
-            std::thread::sleep(Duration::from_millis(1500));
-            let start = std::time::Instant::now();
-            let mut flood_seq = 1001u32;
-            for d in 0..devices {
-                for seq in 0..20u32 {
-                    tx.send_to(&v1(&id(d), seq), &to).unwrap();
-                }
-                // The flood keeps counting up: no restart, just volume.
-                for _ in 0..3 {
-                    tx.send_to(&v1("flood-0", flood_seq), &to).unwrap();
-                    flood_seq += 1;
-                }
-                let due = Duration::from_micros(500 * u64::from(d + 1));
-                if let Some(w) = due.checked_sub(start.elapsed()) {
-                    std::thread::sleep(w);
-                }
-            }
-        })
-    };
-    sender.join().unwrap();
+    reconnect_wave(&ns_b, devices, true);
     std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill(2) on the `ip netns exec` child, which execs klais in place.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
-    let control = rest
-        .lines()
-        .find(|l| l.trim_start().starts_with("control:"))
-        .unwrap_or_else(|| panic!("no control line in:\n{rest}"))
-        .to_string();
+    let rest = klais.stop();
+    let control = control_line(&rest);
     println!("{control}");
-    let pinned: u64 = control
-        .split("flooding devices pinned")
-        .nth(1)
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pinned count in {control}"));
-    assert_eq!(pinned, 1, "the flood, and no reconnecting device: {rest}");
-    let rate_limited = rest
-        .split("xdp filter")
-        .nth(1)
-        .and_then(|sec| {
-            sec.lines()
-                .find(|l| l.trim_start().starts_with("rate_limited"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .unwrap_or_else(|| panic!("no rate_limited in:\n{rest}"));
+    assert_eq!(
+        num_after(control, "flooding devices pinned"),
+        1,
+        "the flood, and no reconnecting device: {rest}"
+    );
+    let rate_limited = summary_count(&rest, "xdp filter", "rate_limited");
     println!(
         "kernel rate_limited {rate_limited} (the flood sent {})",
         devices * 3

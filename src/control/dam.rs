@@ -367,18 +367,8 @@ impl<T> Dam<T> {
 
     /// Releases every queued message regardless of budgets, round-robin
     /// (shutdown: what waits is handed on, not lost).
-    pub fn take_all(&mut self, mut out: impl FnMut(T)) -> usize {
-        let (device, shard) = (self.device, self.shard);
-        let open = Rate {
-            interval: 0,
-            tolerance: u64::MAX / 4,
-        };
-        self.device = open;
-        self.shard = open;
-        let n = self.drain(0, usize::MAX, &mut out);
-        self.device = device;
-        self.shard = shard;
-        n
+    pub fn take_all(&mut self, out: impl FnMut(T)) -> usize {
+        self.release(0, usize::MAX, false, out)
     }
 
     fn enqueue(&mut self, i: usize, now: u64, item: T) {
@@ -403,23 +393,30 @@ impl<T> Dam<T> {
 
     /// Releases queued messages whose device and shard budgets allow, one per
     /// device per turn, at most `max`; returns how many.
-    pub fn drain(&mut self, now: u64, max: usize, mut out: impl FnMut(T)) -> usize {
+    pub fn drain(&mut self, now: u64, max: usize, out: impl FnMut(T)) -> usize {
+        self.release(now, max, true, out)
+    }
+
+    /// Round-robin release, with or without the buckets' consent.
+    fn release(&mut self, now: u64, max: usize, budgets: bool, mut out: impl FnMut(T)) -> usize {
         let mut done = 0;
         let mut blocked = 0;
         while done < max && blocked < self.rr.len() {
-            if !self.shard.conforms(self.shard_tat, now) {
+            if budgets && !self.shard.conforms(self.shard_tat, now) {
                 break;
             }
             let Some(i) = self.rr.pop_front() else { break };
             let i = i as usize;
-            if !self.device.conforms(self.slots[i].tat, now) {
-                self.rr.push_back(i as u32);
-                blocked += 1;
-                continue;
+            if budgets {
+                if !self.device.conforms(self.slots[i].tat, now) {
+                    self.rr.push_back(i as u32);
+                    blocked += 1;
+                    continue;
+                }
+                self.device.take(&mut self.slots[i].tat, now);
+                self.shard.take(&mut self.shard_tat, now);
             }
             blocked = 0;
-            self.device.take(&mut self.slots[i].tat, now);
-            self.shard.take(&mut self.shard_tat, now);
             let s = &mut self.slots[i];
             let n = s.head;
             let node = &mut self.nodes[n as usize];

@@ -263,7 +263,8 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn thread_cpu_ns() -> u64 {
+/// CPU time of the calling thread, ns.
+pub fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -483,7 +484,6 @@ impl Batcher {
         let cond = Conditions::default();
         let mut snap = KafkaSnapshot {
             recovered: journal.stats().recovered,
-            journaled: journal.outstanding(),
             ..KafkaSnapshot::default()
         };
         let breaker = if journal.outstanding() > 0 {
@@ -577,7 +577,7 @@ impl Batcher {
 
     fn spill(&mut self, meta: &RecordMeta, payload: &[u8]) {
         match self.journal.append(meta, payload) {
-            Ok(()) => self.snap.journaled += 1,
+            Ok(()) => {}
             Err(journal::JournalFull) => {
                 self.snap.dropped_journal_full += 1;
                 self.full_since_log += 1;
@@ -832,7 +832,6 @@ impl Batcher {
                 self.journal_returned();
             }
         }
-        self.snap.journaled = self.journal.outstanding();
     }
 
     /// Writes the messages librdkafka gave back ahead of the journal, oldest
@@ -849,7 +848,6 @@ impl Batcher {
             tracing::error!(records = n, error = %e, "cannot journal records librdkafka gave back: DROPPED");
             self.snap.dropped_journal_full += n;
         }
-        self.snap.journaled = self.journal.outstanding();
     }
 
     /// The circuit breaker and the replay.
