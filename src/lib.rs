@@ -23,6 +23,7 @@ pub mod handoff;
 pub mod ingest;
 pub mod kafka;
 pub mod runtime;
+pub mod scenario;
 pub mod shard;
 pub mod sim;
 pub mod sink;
