@@ -230,6 +230,8 @@ pub struct Spec {
     pub devices: u32,
     /// Mean messages per second per device.
     pub rate_per_device: f64,
+    /// Per-device rates are spread over rate/spread … rate·spread (1 = all equal).
+    pub rate_spread: f64,
     /// Share of devices reporting on a fixed period (the rest are Poisson).
     pub periodic_share: f64,
     /// Diurnal modulation: rate × (1 + a·sin(2πt/period)), a in 0–1.
@@ -258,6 +260,7 @@ impl Default for Spec {
             seed: 1,
             devices: 10_000,
             rate_per_device: 1.0,
+            rate_spread: 2.0,
             periodic_share: 0.5,
             diurnal_amplitude: 0.3,
             diurnal_period_s: 120.0,
@@ -389,6 +392,7 @@ pub fn suite(split: Split, n: u32) -> Vec<Spec> {
                 seed,
                 devices,
                 rate_per_device: r.gen_range(0.3..2.0),
+                rate_spread: 2.0,
                 periodic_share: r.gen_range(0.0..1.0),
                 diurnal_amplitude: r.gen_range(0.0..0.5),
                 diurnal_period_s: r.gen_range(30.0..120.0),
@@ -475,7 +479,12 @@ impl Generator {
             crate::gen::device_name(i, &mut raw);
             ids.push((raw, wire::fnv1a64(&raw)));
             let periodic = rng.gen_bool(spec.periodic_share.clamp(0.0, 1.0));
-            let interval = mean * rng.gen_range(0.5..2.0);
+            let spread = spec.rate_spread.max(1.0);
+            let interval = if spread > 1.0 {
+                mean * rng.gen_range(1.0 / spread..spread)
+            } else {
+                mean
+            };
             let first = if periodic {
                 rng.gen_range(0.0..interval) as u64
             } else {

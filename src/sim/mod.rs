@@ -22,17 +22,13 @@
 //! "Kafka lag"), and when the storm was forecast against when the queue would
 //! have saturated.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::path::Path;
-
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use crate::control::dam::{Admit, Dam, DamConfig};
 use crate::control::pid::PidConfig;
 use crate::control::predict::RuleConfig;
 use crate::control::{ControlConfig, Controller, ShardReport};
+use crate::scenario::{Generator, Label, Spec, Storm};
 
 const TICK_NS: u64 = 10_000_000;
 const SEC: f64 = 1e9;
@@ -70,6 +66,34 @@ pub struct Scenario {
     pub queue_normal: usize,
     /// The memory limit of the Dam queue, messages.
     pub queue_max: usize,
+}
+
+impl Scenario {
+    /// The traffic of this scenario as a [`crate::scenario::Spec`]: Poisson
+    /// devices at a flat rate (no diurnal curve, periodic devices or bursts),
+    /// one storm, nothing hostile.
+    pub fn spec(&self) -> Spec {
+        Spec {
+            seed: self.seed,
+            devices: self.devices,
+            rate_per_device: self.rate_per_device,
+            rate_spread: 1.0,
+            periodic_share: 0.0,
+            diurnal_amplitude: 0.0,
+            burst_prob: 0.0,
+            malformed_share: 0.0,
+            duration_s: self.warmup_s + self.outage_s + self.after_s,
+            storm: Some(Storm {
+                at_s: self.warmup_s,
+                outage_s: self.outage_s,
+                reconnect_share: self.reconnect_share,
+                jitter_s: self.reconnect_jitter_s,
+                backlog_max: self.backlog_max,
+                flush_rate: self.flush_rate,
+            }),
+            ..Spec::default()
+        }
+    }
 }
 
 impl Default for Scenario {
@@ -152,65 +176,23 @@ pub struct Outcome {
     pub recovery_s: Option<f64>,
     /// When the predictor first said storm, seconds after the network's return.
     pub predicted_after_s: Option<f64>,
-    /// When the normal queue would have been full (queued > queue_normal),
-    /// seconds after the network's return.
+    /// When a queue of `queue_normal` drained at `capacity` would be full of
+    /// the arrivals since the network's return (the same for every variant),
+    /// seconds after the return.
     pub saturation_after_s: Option<f64>,
     /// The time series.
     pub series: Vec<Point>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Ev {
-    Tick,
-    Live(u32),
-    Reconnect(u32),
-    Flush(u32),
-}
-
-#[derive(Clone, Copy, Default)]
-struct Device {
-    hash: u64,
-    seq: u32,
-    pending: u32,
-    /// Reconnected after the outage.
-    back: bool,
-    /// Reconnects with its backlog (else discards it).
-    flusher: bool,
-    seen: bool,
-    reset: bool,
-}
-
-fn exp(rng: &mut ChaCha8Rng, rate: f64) -> u64 {
-    let u: f64 = rng.gen_range(f64::EPSILON..1.0);
-    (-u.ln() / rate * SEC) as u64
-}
-
 /// Runs one variant of a scenario.
 pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
-    let mut rng = ChaCha8Rng::seed_from_u64(sc.seed);
+    let spec = sc.spec();
     let n = sc.devices as usize;
-    let mut dev = vec![Device::default(); n];
-    for (i, d) in dev.iter_mut().enumerate() {
-        let id = format!("dev-{i:08}");
-        let mut raw = [0u8; 16];
-        raw[..id.len()].copy_from_slice(id.as_bytes());
-        d.hash = crate::wire::fnv1a64(&raw);
-    }
+    let mut gen = Generator::new(spec);
+    let t_back = gen.storm_back_ns().unwrap_or(0);
     let t_out = (sc.warmup_s * SEC) as u64;
-    let t_back = ((sc.warmup_s + sc.outage_s) * SEC) as u64;
     let t_end = ((sc.warmup_s + sc.outage_s + sc.after_s) * SEC) as u64;
-    let mut heap = BinaryHeap::new();
-    for (i, d) in dev.iter_mut().enumerate() {
-        heap.push(Reverse((
-            exp(&mut rng, sc.rate_per_device),
-            Ev::Live(i as u32),
-        )));
-        d.flusher = rng.gen_bool(sc.reconnect_share.clamp(0.0, 1.0));
-        let t = t_back + (rng.gen::<f64>() * sc.reconnect_jitter_s * SEC) as u64;
-        heap.push(Reverse((t, Ev::Reconnect(i as u32))));
-    }
-    heap.push(Reverse((TICK_NS, Ev::Tick)));
-
+    let mut seen = vec![false; n];
     let baseline = variant == Variant::Baseline;
     let dam_cfg = DamConfig {
         device_rate: sc.device_rate,
@@ -267,131 +249,101 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
     let (mut win_admitted, mut win_offered) = (0u64, 0u64);
     let mut warm_backlog = (0.0f64, 0u64);
 
-    while let Some(Reverse((t, ev))) = heap.pop() {
+    let mut fluid = 0.0f64;
+    let mut next_tick = TICK_NS;
+    let mut packets = gen.by_ref().peekable();
+    loop {
+        let next_packet = packets.peek().map_or(u64::MAX, |p| p.t_ns);
+        if next_packet < next_tick {
+            let p = packets.next().expect("peeked");
+            if p.label != Label::Normal {
+                continue;
+            }
+            let t = p.t_ns;
+            let i = p.device as usize;
+            if !seen[i] {
+                seen[i] = true;
+                report.new_devices += 1;
+            } else if p.reconnect {
+                report.resets += 1;
+                report.resets_near_zero += 1;
+            }
+            report.offered += 1;
+            report.id_hist[(p.hash >> 56) as usize] += 1;
+            out.offered += 1;
+            win_offered += 1;
+            match dam.admit(p.hash, false, t, ()) {
+                Admit::Pass(()) | Admit::Urgent(()) => {
+                    downstream += 1;
+                    win_admitted += 1;
+                }
+                Admit::Queued => {}
+                Admit::Dropped(..) => out.lost += 1,
+            }
+            continue;
+        }
+        let t = next_tick;
         if t > t_end {
             break;
         }
-        let mut deliver =
-            |i: usize, dev: &mut [Device], dam: &mut Dam<()>, report: &mut ShardReport| {
-                let d = &mut dev[i];
-                if !d.seen {
-                    d.seen = true;
-                    report.new_devices += 1;
-                } else if d.reset {
-                    report.resets += 1;
-                    report.resets_near_zero += 1;
-                }
-                d.reset = false;
-                d.seq += 1;
-                report.offered += 1;
-                report.id_hist[(d.hash >> 56) as usize] += 1;
-                out.offered += 1;
-                win_offered += 1;
-                match dam.admit(d.hash, false, t, ()) {
-                    Admit::Pass(()) | Admit::Urgent(()) => {
-                        downstream += 1;
-                        win_admitted += 1;
-                    }
-                    Admit::Queued => {}
-                    Admit::Dropped(..) => out.lost += 1,
-                }
-            };
-        match ev {
-            Ev::Live(i) => {
-                let iu = i as usize;
-                heap.push(Reverse((
-                    t + exp(&mut rng, sc.rate_per_device),
-                    Ev::Live(i),
-                )));
-                let d = &mut dev[iu];
-                let offline = t >= t_out && !d.back;
-                if offline {
-                    if d.pending >= sc.backlog_max {
-                        out.device_lost += 1;
-                    } else {
-                        d.pending += 1;
-                    }
-                } else if d.pending > 0 {
-                    // Behind its own backlog, which is being flushed.
-                    d.pending += 1;
-                } else {
-                    deliver(iu, &mut dev, &mut dam, &mut report);
+        next_tick += TICK_NS;
+        {
+            let dt = TICK_NS as f64 / SEC;
+            if !baseline {
+                dam.drain(t, usize::MAX, |()| {
+                    downstream += 1;
+                    win_admitted += 1;
+                });
+            }
+            carry += sc.capacity * dt;
+            let n = (carry as u64).min(downstream);
+            carry -= n as f64;
+            carry = carry.min(sc.capacity * dt);
+            downstream -= n;
+            out.delivered += n;
+            if !baseline {
+                report.depth = dam.stats().depth;
+                let s = ctl.tick(&[report], downstream as f64, dt, &mut rates);
+                let mut c = s.dam;
+                c.shard_rate = rates[0];
+                c.shard_burst = (rates[0] * 0.01).max(1.0);
+                dam.set_config(c);
+                if s.prediction.storm && out.predicted_after_s.is_none() && t >= t_back {
+                    out.predicted_after_s = Some((t - t_back) as f64 / SEC);
                 }
             }
-            Ev::Reconnect(i) => {
-                let d = &mut dev[i as usize];
-                d.seq = 0;
-                d.reset = true;
-                d.back = true;
-                if d.flusher {
-                    heap.push(Reverse((t, Ev::Flush(i))));
-                } else {
-                    out.device_lost += u64::from(d.pending);
-                    d.pending = 0;
-                }
-            }
-            Ev::Flush(i) => {
-                let iu = i as usize;
-                if dev[iu].pending > 0 {
-                    dev[iu].pending -= 1;
-                    deliver(iu, &mut dev, &mut dam, &mut report);
-                    heap.push(Reverse((t + (SEC / sc.flush_rate) as u64, Ev::Flush(i))));
-                }
-            }
-            Ev::Tick => {
-                heap.push(Reverse((t + TICK_NS, Ev::Tick)));
-                let dt = TICK_NS as f64 / SEC;
-                if !baseline {
-                    dam.drain(t, usize::MAX, |()| {
-                        downstream += 1;
-                        win_admitted += 1;
-                    });
-                }
-                carry += sc.capacity * dt;
-                let n = (carry as u64).min(downstream);
-                carry -= n as f64;
-                carry = carry.min(sc.capacity * dt);
-                downstream -= n;
-                out.delivered += n;
-                if !baseline {
-                    report.depth = dam.stats().depth;
-                    let s = ctl.tick(&[report], downstream as f64, dt, &mut rates);
-                    let mut c = s.dam;
-                    c.shard_rate = rates[0];
-                    c.shard_burst = (rates[0] * 0.01).max(1.0);
-                    dam.set_config(c);
-                    if s.prediction.storm && out.predicted_after_s.is_none() && t >= t_back {
-                        out.predicted_after_s = Some((t - t_back) as f64 / SEC);
-                    }
-                }
-                report = ShardReport::default();
-                let queued = dam.stats().depth;
-                let total = queued + downstream;
-                out.peak_backlog = out.peak_backlog.max(total);
-                if queued as usize > sc.queue_normal
-                    && out.saturation_after_s.is_none()
-                    && t >= t_back
-                {
+            // Saturation, the same for every variant: when a queue of
+            // `queue_normal` drained at `capacity` would be full of what the
+            // devices offer after the network's return (a fluid model of the
+            // arrivals, independent of any admission decision).
+            if t >= t_back {
+                fluid = (fluid + report.offered as f64 - sc.capacity * dt).max(0.0);
+                if fluid >= sc.queue_normal as f64 && out.saturation_after_s.is_none() {
                     out.saturation_after_s = Some((t - t_back) as f64 / SEC);
                 }
-                if t < t_out && t > t_out / 2 {
-                    warm_backlog.0 += total as f64;
-                    warm_backlog.1 += 1;
-                }
-                if (t / TICK_NS) % 10 == 0 {
-                    out.series.push(Point {
-                        t: t as f64 / SEC,
-                        queued: queued as f64,
-                        downstream: downstream as f64,
-                        admitted_rate: win_admitted as f64 * 10.0,
-                        offered_rate: win_offered as f64 * 10.0,
-                    });
-                    win_admitted = 0;
-                    win_offered = 0;
-                }
+            }
+            report = ShardReport::default();
+            let queued = dam.stats().depth;
+            let total = queued + downstream;
+            out.peak_backlog = out.peak_backlog.max(total);
+            if t < t_out && t > t_out / 2 {
+                warm_backlog.0 += total as f64;
+                warm_backlog.1 += 1;
+            }
+            if (t / TICK_NS) % 10 == 0 {
+                out.series.push(Point {
+                    t: t as f64 / SEC,
+                    queued: queued as f64,
+                    downstream: downstream as f64,
+                    admitted_rate: win_admitted as f64 * 10.0,
+                    offered_rate: win_offered as f64 * 10.0,
+                });
+                win_admitted = 0;
+                win_offered = 0;
             }
         }
     }
+    out.device_lost = gen.device.overflowed + gen.device.discarded;
     // Recovery: the last point after the network's return with the backlog
     // over max(1,000, 3 × the warm-up mean); recovered from the next point on.
     let warm_mean = warm_backlog.0 / warm_backlog.1.max(1) as f64;
@@ -428,9 +380,9 @@ pub fn table(sc: &Scenario, outs: &[Outcome]) -> String {
     ));
     for o in outs {
         let fc = match (o.predicted_after_s, o.saturation_after_s) {
-            (Some(p), Some(q)) => format!("+{:.2}s (queue full +{:.2}s)", p, q),
-            (Some(p), None) => format!("+{:.2}s (never full)", p),
-            (None, Some(q)) => format!("none (queue full +{:.2}s)", q),
+            (Some(p), Some(q)) => format!("+{:.2}s ({:.0} ms ahead)", p, (q - p) * 1e3),
+            (Some(p), None) => format!("+{p:.2}s (never full)"),
+            (None, Some(q)) => format!("none (full at +{q:.2}s)"),
             (None, None) => "none".into(),
         };
         s.push_str(&format!(
