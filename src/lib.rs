@@ -22,6 +22,7 @@ pub mod gen;
 pub mod handoff;
 pub mod ingest;
 pub mod kafka;
+pub mod model;
 pub mod runtime;
 pub mod scenario;
 pub mod shard;
