@@ -46,6 +46,13 @@ const volatile __u32 bucket_set_mask = (1 << 18) - 1;	 /* sets in `buckets` minu
 const volatile enum klais_verdict klais_verdict_type = KLAIS_V__COUNT;
 const volatile enum klais_event_kind klais_event_kind_type = KLAIS_EV_NEW_DEVICE;
 const volatile struct klais_event klais_event_type = {};
+/* Exported for the skeleton's types (never read). */
+const volatile struct klais_model klais_model_type = {};
+const volatile struct klais_model_ctl klais_model_ctl_type = {};
+const volatile struct klais_model_scratch klais_model_scratch_type = {};
+const volatile struct klais_flow klais_flow_type = {};
+const volatile struct klais_xdp_meta klais_xdp_meta_type = {};
+const volatile enum klais_model_action klais_model_action_type = KLAIS_ACT_PASS;
 
 /* Every map, its purpose and its writer. */
 struct {
@@ -94,6 +101,34 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps"); /* sampled device events; read by the control core */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u64);
+	__type(value, struct klais_flow);
+} flows SEC(".maps"); /* per-device classifier features; written here (size set by the loader) */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct klais_model);
+} model SEC(".maps"); /* two model slots; written by `klais model load` / the loader */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct klais_model_ctl);
+} model_ctl SEC(".maps"); /* classifier on/off and the active slot */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct klais_model_scratch);
+} model_scratch SEC(".maps"); /* classifier working memory; last packet's values */
 
 struct vlan_hdr {
 	__be16 tci;
@@ -195,6 +230,174 @@ static __always_inline int is_klais_port(__u16 port)
 			return 1;
 	}
 	return 0;
+}
+
+/* log2(v) in Q16 for v >= 1: integer part from the top bit, 16 bits of fraction. */
+static __always_inline __s64 log2_fixed(__u32 v)
+{
+	__u32 msb = 0, t = v, frac;
+
+	if (!v)
+		return 0;
+	if (t >= (1U << 16)) {
+		t >>= 16;
+		msb += 16;
+	}
+	if (t >= (1U << 8)) {
+		t >>= 8;
+		msb += 8;
+	}
+	if (t >= (1U << 4)) {
+		t >>= 4;
+		msb += 4;
+	}
+	if (t >= (1U << 2)) {
+		t >>= 2;
+		msb += 2;
+	}
+	if (t >= 2)
+		msb += 1;
+	if (msb >= 16)
+		frac = (v >> (msb - 16)) & 0xffff;
+	else
+		frac = (v << (16 - msb)) & 0xffff;
+	return ((__s64)msb << 16) | frac;
+}
+
+static __always_inline __s64 ema(__s64 avg, __s64 x)
+{
+	return avg + ((x - avg) >> KLAIS_EMA_SHIFT);
+}
+
+static __always_inline __s64 sabs(__s64 v)
+{
+	return v < 0 ? -v : v;
+}
+
+/* Updates (or creates) the flow and writes its features into sc->x. */
+static __always_inline void flow_features(__u64 hash, __u64 now, __u32 len, __u32 seq,
+					  struct klais_model_scratch *sc)
+{
+	struct klais_flow *f = bpf_map_lookup_elem(&flows, &hash);
+	struct klais_flow fresh;
+	__s64 x1 = (__s64)len << 16, x3 = 0, x5 = 0, x6 = KLAIS_LOG_IVAL_MAX;
+
+	if (!f) {
+		fresh.last_ns = now;
+		fresh.last_seq = seq;
+		fresh.num = 1;
+		fresh.ema_len = x1;
+		fresh.ema_back = 0;
+		fresh.ema_lival = KLAIS_LOG_IVAL_MAX;
+		bpf_map_update_elem(&flows, &hash, &fresh, BPF_ANY);
+		f = &fresh;
+	} else {
+		__u64 dt = now > f->last_ns ? (now - f->last_ns) / 1000 : 0;
+		__s32 d;
+
+		if (dt > (1U << 27))
+			dt = 1U << 27;
+		x6 = log2_fixed((__u32)dt + 1);
+		if (x6 > KLAIS_LOG_IVAL_MAX)
+			x6 = KLAIS_LOG_IVAL_MAX;
+		d = (__s32)(seq - f->last_seq);
+		if (d > KLAIS_DSEQ_MAX)
+			d = KLAIS_DSEQ_MAX;
+		if (d < -KLAIS_DSEQ_MAX)
+			d = -KLAIS_DSEQ_MAX;
+		x5 = d <= 0 ? (1LL << 16) : 0;
+		x3 = (__s64)d << 16;
+		if (f->num < KLAIS_FLOW_NUM_MAX)
+			f->num++;
+		f->ema_len = ema(f->ema_len, x1);
+		f->ema_back = ema(f->ema_back, x5);
+		f->ema_lival = ema(f->ema_lival, x6);
+		f->last_ns = now;
+		f->last_seq = seq;
+	}
+	sc->x[0] = x1;
+	sc->x[1] = (__s64)(seq < 65535 ? seq : 65535) << 16;
+	sc->x[2] = x3;
+	sc->x[3] = (__s64)f->num << 16;
+	sc->x[4] = x5;
+	sc->x[5] = x6;
+	sc->x[6] = f->ema_len;
+	sc->x[7] = f->ema_back;
+	sc->x[8] = f->ema_lival;
+	sc->x[9] = sabs(x1 - f->ema_len);
+	sc->x[10] = sabs(x5 - f->ema_back);
+	sc->x[11] = sabs(x6 - f->ema_lival);
+}
+
+static __always_inline __s64 quant_in(__s64 v, __s64 sig)
+{
+	__s64 q = (v * sig + (1LL << 31)) >> 32;
+
+	if (q > 127)
+		q = 127;
+	if (q < -127)
+		q = -127;
+	return q;
+}
+
+/* Integer-only inference (see src/model/classifier.rs); returns the class. */
+static __always_inline __u32 classify(const struct klais_model *m, struct klais_model_scratch *sc)
+{
+	int i, j;
+	__u32 best = 0;
+
+#pragma unroll
+	for (i = 0; i < KLAIS_MODEL_IN; i++) {
+		__s64 v = sc->x[i], lo = m->norm_min[i], hi = m->norm_max[i];
+
+		if (v < lo)
+			v = lo;
+		if (v > hi)
+			v = hi;
+		sc->n[i] = (__s64)(((__u64)(v - lo) << 16) / (__u64)(hi - lo));
+		sc->q[i] = quant_in(sc->n[i], m->in_scale[0]);
+	}
+#pragma unroll
+	for (j = 0; j < KLAIS_MODEL_H; j++) {
+		__s64 acc = 0, y;
+
+#pragma unroll
+		for (i = 0; i < KLAIS_MODEL_IN; i++)
+			acc += sc->q[i] * (__s64)m->w1[j][i];
+		y = ((acc * m->deq1[j] + (1LL << 15)) >> 16) + m->b1[j];
+		sc->h1[j] = y < 0 ? 0 : y;
+	}
+#pragma unroll
+	for (i = 0; i < KLAIS_MODEL_H; i++)
+		sc->q[i] = quant_in(sc->h1[i], m->in_scale[1]);
+#pragma unroll
+	for (j = 0; j < KLAIS_MODEL_H; j++) {
+		__s64 acc = 0, y;
+
+#pragma unroll
+		for (i = 0; i < KLAIS_MODEL_H; i++)
+			acc += sc->q[i] * (__s64)m->w2[j][i];
+		y = ((acc * m->deq2[j] + (1LL << 15)) >> 16) + m->b2[j];
+		sc->h2[j] = y < 0 ? 0 : y;
+	}
+#pragma unroll
+	for (i = 0; i < KLAIS_MODEL_H; i++)
+		sc->q[i] = quant_in(sc->h2[i], m->in_scale[2]);
+#pragma unroll
+	for (j = 0; j < KLAIS_MODEL_OUT; j++) {
+		__s64 acc = 0;
+
+#pragma unroll
+		for (i = 0; i < KLAIS_MODEL_H; i++)
+			acc += sc->q[i] * (__s64)m->w3[j][i];
+		sc->out[j] = ((acc * m->deq3[j] + (1LL << 15)) >> 16) + m->b3[j];
+	}
+#pragma unroll
+	for (j = 1; j < KLAIS_MODEL_OUT; j++) {
+		if (sc->out[j] > sc->out[best])
+			best = j;
+	}
+	return best;
 }
 
 SEC("xdp")
@@ -311,6 +514,39 @@ int klais_xdp(struct xdp_md *ctx)
 			now = bpf_ktime_get_ns();
 	}
 
+	/* The classifier, when on: features, inference, the class's action. */
+	__u32 mark = 0, mark_class = 0, mark_version = 0;
+	{
+		struct klais_model_ctl *mc = bpf_map_lookup_elem(&model_ctl, &zero);
+
+		if (mc && mc->enabled) {
+			__u32 slot = mc->active & 1;
+			struct klais_model *m = bpf_map_lookup_elem(&model, &slot);
+			struct klais_model_scratch *sc = bpf_map_lookup_elem(&model_scratch, &zero);
+
+			if (m && sc) {
+				__u32 plen = ulen - sizeof(*udp) - KLAIS_HEADER_LEN;
+				__u32 cls, act;
+
+				sc->now_ns = now;
+				flow_features(hash, now, plen, seq, sc);
+				cls = classify(m, sc) & (KLAIS_MODEL_OUT - 1);
+				act = m->action[cls];
+				sc->class = cls;
+				sc->action = act;
+				if (c)
+					c->model_class[cls]++;
+				if (act == KLAIS_ACT_DROP)
+					return drop(c, KLAIS_V_MODEL_DROP);
+				mark = 1;
+				mark_class = cls;
+				mark_version = m->version;
+				if (act != KLAIS_ACT_MARK)
+					mark_class = 0xff; /* classified, nothing to flag */
+			}
+		}
+	}
+
 	__u64 tag = hash ? hash : 1;
 	__u32 set_idx = (__u32)(tag >> 32) & bucket_set_mask;
 	struct klais_bucket_set *set = bpf_map_lookup_elem(&buckets, &set_idx);
@@ -404,7 +640,25 @@ global:
 		return drop(c, KLAIS_V_GLOBAL_BUDGET);
 
 	__u32 q = ctx->rx_queue_index;
-	if (bpf_map_lookup_elem(&xsks, &q))
+	if (bpf_map_lookup_elem(&xsks, &q)) {
+		/*
+		 * With the classifier on, every redirected frame carries its class
+		 * in front (the AF_XDP metadata area), so the shard never reads a
+		 * stale one; 0xff = not marked.
+		 */
+		if (mark && bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct klais_xdp_meta)) == 0) {
+			struct klais_xdp_meta *meta = (void *)(long)ctx->data_meta;
+
+			if ((void *)(meta + 1) <= (void *)(long)ctx->data) {
+				meta->tag = KLAIS_META_TAG;
+				meta->class = mark_class;
+				meta->action = mark_class == 0xff ? KLAIS_ACT_PASS : KLAIS_ACT_MARK;
+				meta->version = mark_version;
+				if (c && mark_class != 0xff)
+					c->model_marked++;
+			}
+		}
 		return record(c, KLAIS_V_REDIRECT, bpf_redirect_map(&xsks, q, XDP_PASS));
+	}
 	return record(c, KLAIS_V_PASS, XDP_PASS);
 }

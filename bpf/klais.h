@@ -21,7 +21,8 @@ enum klais_verdict {
 	KLAIS_V_GLOBAL_BUDGET = 6, /* global budget exceeded: XDP_DROP */
 	KLAIS_V_REDIRECT = 7,	  /* to the AF_XDP socket of the receive queue */
 	KLAIS_V_PASS = 8,	  /* no socket on the queue: kernel UDP path */
-	KLAIS_V__COUNT = 9,
+	KLAIS_V_MODEL_DROP = 9,	  /* the classifier's class has action drop: XDP_DROP */
+	KLAIS_V__COUNT = 10,
 };
 
 /* Per-CPU counters, one slot per verdict. Written by the program, read by `klais xdp stats`. */
@@ -33,6 +34,8 @@ struct klais_counters {
 	__u64 bucket_retries; /* compare-and-swap retries on a device bucket */
 	__u64 bucket_evictions; /* devices replaced in a full set */
 	__u64 bucket_untracked; /* no way free of debt, or lost the race twice: admitted without a bucket */
+	__u64 model_class[4];	/* packets the classifier put in each class */
+	__u64 model_marked;	/* redirected with a mark in the AF_XDP metadata */
 };
 
 /*
@@ -119,6 +122,90 @@ struct klais_event {
 	__u8 device_id[16];
 	__u32 kind; /* enum klais_event_kind */
 	__u32 seq;
+};
+
+/*
+ * The in-kernel classifier (Hara & Sasabe): per-flow features in 64-bit fixed
+ * point with 16 fractional bits, an int8 MLP 12 -> 16 -> 16 -> 4 with one
+ * calibrated scale per layer input and one per weight column. The Rust mirror
+ * (src/model/features.rs, src/model/classifier.rs) computes the same bits.
+ */
+#define KLAIS_MODEL_IN 12
+#define KLAIS_MODEL_H 16
+#define KLAIS_MODEL_OUT 4
+#define KLAIS_FIXED_FRAC 16
+#define KLAIS_LOG_IVAL_MAX (26LL << 16)
+#define KLAIS_FLOW_NUM_MAX 64
+#define KLAIS_DSEQ_MAX 1024
+#define KLAIS_EMA_SHIFT 3
+
+/* What the program does with a class. */
+enum klais_model_action {
+	KLAIS_ACT_PASS = 0,
+	KLAIS_ACT_DROP = 1,
+	KLAIS_ACT_MARK = 2, /* pass, with the class in the AF_XDP metadata -> Kafka header */
+};
+
+/* Per-flow (per-device) state, LRU hash keyed by the device hash. */
+struct klais_flow {
+	__u64 last_ns;
+	__u32 last_seq;
+	__u32 num;
+	__s64 ema_len;
+	__s64 ema_back;
+	__s64 ema_lival;
+};
+
+/*
+ * One model (array map of two slots: `klais model load` fills the idle slot,
+ * then flips `klais_model_ctl.active`, so a packet never sees half a model).
+ */
+struct klais_model {
+	__s64 norm_min[KLAIS_MODEL_IN];
+	__s64 norm_max[KLAIS_MODEL_IN];
+	__s64 in_scale[3]; /* sigma of each layer's input, Q16 */
+	__s64 deq1[KLAIS_MODEL_H]; /* round(2^32 / (sigma * sigma_w)) per column */
+	__s64 b1[KLAIS_MODEL_H];   /* Q16 */
+	__s64 deq2[KLAIS_MODEL_H];
+	__s64 b2[KLAIS_MODEL_H];
+	__s64 deq3[KLAIS_MODEL_OUT];
+	__s64 b3[KLAIS_MODEL_OUT];
+	__s8 w1[KLAIS_MODEL_H][KLAIS_MODEL_IN]; /* [out][in] */
+	__s8 w2[KLAIS_MODEL_H][KLAIS_MODEL_H];
+	__s8 w3[KLAIS_MODEL_OUT][KLAIS_MODEL_H];
+	__u8 action[KLAIS_MODEL_OUT]; /* enum klais_model_action per class */
+	__u32 version;
+};
+
+struct klais_model_ctl {
+	__u32 enabled; /* 0: classifier off (no flow state, no cost beyond one lookup) */
+	__u32 active;  /* slot of `model` in use */
+};
+
+/*
+ * Per-CPU working memory of the classifier (the BPF stack is too small for
+ * it), left holding the last packet's inputs and outputs: tests compare
+ * them with the Rust int8 path bit for bit.
+ */
+struct klais_model_scratch {
+	__u64 now_ns;
+	__s64 x[KLAIS_MODEL_IN];
+	__s64 n[KLAIS_MODEL_IN];
+	__s64 q[KLAIS_MODEL_H];
+	__s64 h1[KLAIS_MODEL_H];
+	__s64 h2[KLAIS_MODEL_H];
+	__s64 out[KLAIS_MODEL_OUT];
+	__u32 class;
+	__u32 action;
+};
+
+/* AF_XDP metadata in front of a redirected frame while the classifier runs. */
+#define KLAIS_META_TAG 0xC1A5
+struct klais_xdp_meta {
+	__u16 tag;
+	__u8 class;
+	__u8 action;
+	__u32 version;
 };
 
 #endif /* KLAIS_H */

@@ -69,6 +69,10 @@ enum Command {
     /// PID controller and predictor, against the static-limit baseline; prints
     /// the KLAIS paper's Table 5.4 metrics and writes a PNG plot.
     Simulate(SimArgs),
+    /// The models: train from the scenario generator, evaluate on the test
+    /// split, load the classifier into a running XDP program.
+    #[command(subcommand)]
+    Model(klais::model::cli::ModelCmd),
     /// Print the version, commit and build profile.
     Version,
 }
@@ -506,6 +510,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => demo(args),
+        Command::Model(cmd) => klais::model::cli::run(cmd),
         Command::Simulate(a) => {
             let sc = klais::sim::Scenario {
                 seed: a.seed,

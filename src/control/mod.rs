@@ -39,6 +39,8 @@ pub struct ShardReport {
     pub depth: u64,
     /// Histogram of the high byte of device hashes seen in the tick.
     pub id_hist: [u32; 256],
+    /// Storm probability from the shard's window model (0 when none runs).
+    pub storm_p: f32,
 }
 
 impl Default for ShardReport {
@@ -50,6 +52,7 @@ impl Default for ShardReport {
             resets_near_zero: 0,
             depth: 0,
             id_hist: [0; 256],
+            storm_p: 0.0,
         }
     }
 }
@@ -157,6 +160,7 @@ impl Controller {
             f.new_devices += r.new_devices;
             f.resets += r.resets;
             f.resets_near_zero += r.resets_near_zero;
+            f.model_storm = f.model_storm.max(r.storm_p);
             for (h, x) in self.hist.iter_mut().zip(r.id_hist.iter()) {
                 *h += x;
             }

@@ -30,6 +30,9 @@ pub struct Features {
     pub resets_near_zero: u64,
     /// Entropy of the device-id hash histogram of the tick, bits (0–8).
     pub id_entropy: f64,
+    /// The largest storm probability the shards' window models reported
+    /// this tick (0 when none runs).
+    pub model_storm: f32,
 }
 
 /// A storm forecast.
@@ -67,6 +70,22 @@ pub struct RuleConfig {
     /// below it the reconnects come from few devices cycling (a flood, not a
     /// reconnection storm).
     pub min_entropy: f64,
+    /// What decides that a storm starts and ends; the sizing (devices,
+    /// messages, duration) is the rule's in both cases.
+    pub source: StormSource,
+}
+
+/// What decides storm onset and end (`[control] predictor` in the config).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StormSource {
+    /// The rule below.
+    Rule,
+    /// The shards' GGML window models: a storm while the largest reported
+    /// probability is at or above `threshold`.
+    Window {
+        /// Probability threshold.
+        threshold: f32,
+    },
 }
 
 impl Default for RuleConfig {
@@ -77,6 +96,7 @@ impl Default for RuleConfig {
             confirm_ticks: 2,
             quiet_ticks: 50,
             min_entropy: 5.0,
+            source: StormSource::Rule,
         }
     }
 }
@@ -140,8 +160,12 @@ impl Predictor for RulePredictor {
         let events = (f.new_devices + f.resets).max(1) as f64;
         let max_h = events.min(256.0).log2();
         let many = f.id_entropy >= (0.8 * max_h).min(self.cfg.min_entropy);
+        let onset = match self.cfg.source {
+            StormSource::Rule => rec_rate > threshold && fingerprint && many && self.warm > 0,
+            StormSource::Window { threshold } => f.model_storm >= threshold,
+        };
         if !self.storm {
-            if rec_rate > threshold && fingerprint && many && self.warm > 0 {
+            if onset {
                 self.over += 1;
             } else {
                 self.over = 0;
@@ -163,7 +187,11 @@ impl Predictor for RulePredictor {
             self.ticks_in_storm += 1;
             self.seen_reconnects += reconnects;
             self.seen_excess += ((msg_rate - self.base_messages) * f.dt).max(0.0);
-            if rec_rate < 2.0 * self.base_reconnects.max(1.0) {
+            let calm = match self.cfg.source {
+                StormSource::Rule => rec_rate < 2.0 * self.base_reconnects.max(1.0),
+                StormSource::Window { threshold } => f.model_storm < threshold,
+            };
+            if calm {
                 self.quiet += 1;
             } else {
                 self.quiet = 0;
@@ -230,6 +258,7 @@ mod tests {
             resets: 0,
             resets_near_zero: 0,
             id_entropy: 6.5,
+            model_storm: 0.0,
         }
     }
 

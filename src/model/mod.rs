@@ -11,6 +11,7 @@
 //! Trained weights ship in `models/` with the seed and command that made them.
 
 pub mod classifier;
+pub mod cli;
 pub mod features;
 pub mod window;
 
@@ -223,4 +224,239 @@ pub fn save_json<T: serde::Serialize>(v: &T, path: &Path) -> Result<(), ModelErr
         path: path.display().to_string(),
         source,
     })
+}
+
+/// The simulator settings for a generated spec: the default scenario's
+/// proportions (downstream 50 × the population's mean rate, normal queue
+/// 1.6 messages per device).
+pub fn sim_scenario_for(spec: &scenario::Spec) -> crate::sim::Scenario {
+    let mean = f64::from(spec.devices) * spec.rate_per_device;
+    crate::sim::Scenario {
+        seed: spec.seed,
+        devices: spec.devices,
+        rate_per_device: spec.rate_per_device,
+        capacity: (mean * 50.0).max(1000.0),
+        queue_normal: ((f64::from(spec.devices) * 1.6) as usize).max(256),
+        ..crate::sim::Scenario::default()
+    }
+}
+
+/// Per-tick windows of a split's scenarios with their labels, from the
+/// simulator running Dam + PID without prediction.
+pub fn window_dataset(split: Split, n: u32) -> Vec<window::Sample> {
+    use window::{Tick, Window};
+    let mut out = Vec::new();
+    for spec in scenario::suite(split, n) {
+        let storm = Generator::new(spec.clone()).storm_window_ns();
+        let sc = sim_scenario_for(&spec);
+        let mut ticks: Vec<(u64, Tick)> = Vec::new();
+        let mut obs = |t: u64, k: &Tick| ticks.push((t, *k));
+        crate::sim::run_with(
+            &sc,
+            crate::sim::Variant::KlaisNoPrediction,
+            crate::sim::Extras {
+                traffic: Some(spec.clone()),
+                window: None,
+                observe: Some(&mut obs),
+            },
+        );
+        let mut w = Window::default();
+        for i in 0..ticks.len() {
+            let (t, k) = ticks[i];
+            let x = w.push(&k);
+            let y = storm.is_some_and(|(a, b)| t >= a && t < b);
+            let ahead = &ticks[i + 1..(i + 1 + window::W).min(ticks.len())];
+            let next = if ahead.is_empty() {
+                k.offered as f64
+            } else {
+                ahead.iter().map(|(_, k)| k.offered as f64).sum::<f64>() / ahead.len() as f64
+            };
+            out.push((x, f32::from(u8::from(y)), ((1.0 + next).log2() / 20.0) as f32));
+        }
+    }
+    out
+}
+
+/// Trains the window model (train split) and picks its storm threshold on
+/// the validation split (the most accurate of 0.1 … 0.9).
+pub fn train_window(seed: u64, epochs: u32) -> window::FloatWindow {
+    let train = window_dataset(Split::Train, SCENARIOS_PER_SPLIT);
+    let mut m = window::train(&train, seed, epochs);
+    let val = window_dataset(Split::Validation, SCENARIOS_PER_SPLIT);
+    let mut g = window::GgmlWindow::new(&m).expect("trained shapes fit");
+    let probs: Vec<f32> = val.iter().map(|s| g.infer(&s.0).storm).collect();
+    let mut best = (0.0f64, 0.5f32);
+    for k in 1..10 {
+        let th = k as f32 / 10.0;
+        let ok = probs
+            .iter()
+            .zip(&val)
+            .filter(|(p, s)| (**p >= th) == (s.1 > 0.5))
+            .count();
+        let acc = ok as f64 / val.len().max(1) as f64;
+        if acc > best.0 {
+            best = (acc, th);
+        }
+    }
+    m.threshold = best.1;
+    m.provenance = format!(
+        "klais model train --seed {seed}: {} windows from {} train-split scenarios (seeds {}..), {epochs} epochs; threshold {:.1} chosen on the validation split (accuracy {:.4})",
+        train.len(),
+        SCENARIOS_PER_SPLIT,
+        Split::Train.seed_base(),
+        best.1,
+        best.0
+    );
+    m
+}
+
+/// Reads a window model file.
+pub fn load_window(path: &Path) -> Result<window::FloatWindow, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let m: window::FloatWindow = serde_json::from_str(&text).map_err(|e| ModelError::Format {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    m.validate().map_err(|reason| ModelError::Format {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    Ok(m)
+}
+
+/// The window model against the rule on a split.
+#[derive(Debug, Clone, Default)]
+pub struct WindowEval {
+    /// Split evaluated.
+    pub split: String,
+    /// Ticks, and those the Q4_0 model got right (storm under way or not).
+    pub ticks: u64,
+    /// Correct ticks.
+    pub correct: u64,
+    /// Mean absolute error of the next-window rate, messages per tick.
+    pub rate_mae: f64,
+    /// Mean offered messages per tick (scale for the error).
+    pub rate_mean: f64,
+    /// Per storm scenario that saturates: (rule lead ms, window lead ms);
+    /// None = not forecast before saturation.
+    pub leads: Vec<(Option<f64>, Option<f64>)>,
+    /// Storm onsets outside storms, per hour of traffic without a storm:
+    /// (rule, window), and the hours.
+    pub false_alarms: (u64, u64, f64),
+    /// The default storm scenario (`klais simulate`): (rule, window) lead, ms.
+    pub default_lead: (Option<f64>, Option<f64>),
+    /// Mean µs per Q4_0 inference measured over the split.
+    pub us_per_inference: f64,
+}
+
+fn lead_ms(o: &crate::sim::Outcome) -> Option<f64> {
+    match (o.predicted_after_s, o.saturation_after_s) {
+        (Some(p), Some(q)) if p <= q => Some((q - p) * 1e3),
+        _ => None,
+    }
+}
+
+/// Evaluates the window model (through GGML) and the rule on a split.
+pub fn eval_window(m: &window::FloatWindow, split: Split) -> Result<WindowEval, String> {
+    use crate::sim::{run_with, Extras, Variant};
+    let mut e = WindowEval {
+        split: format!("{split:?}"),
+        ..WindowEval::default()
+    };
+    // Tick accuracy and rate error.
+    let data = window_dataset(split, SCENARIOS_PER_SPLIT);
+    let mut g = window::GgmlWindow::new(m)?;
+    let t0 = std::time::Instant::now();
+    let mut abs_err = 0.0;
+    let mut sum = 0.0;
+    for (x, y, r) in &data {
+        let f = g.infer(x);
+        e.ticks += 1;
+        e.correct += u64::from((f.storm >= m.threshold) == (*y > 0.5));
+        let truth = f64::from(r * 20.0).exp2() - 1.0;
+        abs_err += (f64::from(f.next_rate) - truth).abs();
+        sum += truth;
+    }
+    e.us_per_inference = t0.elapsed().as_secs_f64() * 1e6 / data.len().max(1) as f64;
+    e.rate_mae = abs_err / data.len().max(1) as f64;
+    e.rate_mean = sum / data.len().max(1) as f64;
+    // Lead times and false alarms, closed loop in the simulator.
+    let mut quiet_hours = 0.0;
+    for spec in scenario::suite(split, SCENARIOS_PER_SPLIT) {
+        let sc = sim_scenario_for(&spec);
+        let run = |v: Variant| {
+            run_with(
+                &sc,
+                v,
+                Extras {
+                    traffic: Some(spec.clone()),
+                    window: Some(m),
+                    observe: None,
+                },
+            )
+        };
+        let (r, w) = (run(Variant::Klais), run(Variant::KlaisWindow));
+        if spec.storm.is_some() {
+            if r.saturation_after_s.is_some() {
+                e.leads.push((lead_ms(&r), lead_ms(&w)));
+            }
+        } else {
+            quiet_hours += spec.duration_s / 3600.0;
+            e.false_alarms.0 += r.storm_onsets.len() as u64;
+            e.false_alarms.1 += w.storm_onsets.len() as u64;
+        }
+    }
+    e.false_alarms.2 = quiet_hours;
+    let sc = crate::sim::Scenario::default();
+    let ex = || Extras {
+        traffic: None,
+        window: Some(m),
+        observe: None,
+    };
+    e.default_lead = (
+        lead_ms(&run_with(&sc, Variant::Klais, ex())),
+        lead_ms(&run_with(&sc, Variant::KlaisWindow, ex())),
+    );
+    Ok(e)
+}
+
+/// The comparison as text.
+pub fn window_table(e: &WindowEval) -> String {
+    let fmt = |v: Option<f64>| v.map_or("missed".to_string(), |ms| format!("{ms:.0} ms"));
+    let mut s = format!(
+        "window model (GGML Q4_0) on the {} split: storm-tick accuracy {:.4} ({} of {} ticks); next-window rate MAE {:.1} msgs/tick (mean {:.1}); {:.2} us per inference\n",
+        e.split,
+        e.correct as f64 / e.ticks.max(1) as f64,
+        e.correct,
+        e.ticks,
+        e.rate_mae,
+        e.rate_mean,
+        e.us_per_inference
+    );
+    s.push_str(&format!("{:<34} {:>14} {:>14}\n", "storm forecast", "rule", "window model"));
+    for (i, (r, w)) in e.leads.iter().enumerate() {
+        s.push_str(&format!(
+            "{:<34} {:>14} {:>14}\n",
+            format!("  scenario {} ahead of saturation", i + 1),
+            fmt(*r),
+            fmt(*w)
+        ));
+    }
+    let (fr, fw, h) = e.false_alarms;
+    s.push_str(&format!(
+        "{:<34} {:>14} {:>14}\n",
+        format!("  false alarms ({:.2} h without storm)", h),
+        format!("{fr} ({:.0}/h)", fr as f64 / h.max(1e-9)),
+        format!("{fw} ({:.0}/h)", fw as f64 / h.max(1e-9))
+    ));
+    s.push_str(&format!(
+        "{:<34} {:>14} {:>14}\n",
+        "  default storm (klais simulate)",
+        fmt(e.default_lead.0),
+        fmt(e.default_lead.1)
+    ));
+    s
 }

@@ -320,6 +320,7 @@ fn control_loop(
                 resets_near_zero: resets,
                 depth: cur.dam.depth,
                 id_hist,
+                storm_p: 0.0,
             };
             prev[i] = cur;
         }

@@ -26,7 +26,7 @@ use std::path::Path;
 
 use crate::control::dam::{Admit, Dam, DamConfig};
 use crate::control::pid::PidConfig;
-use crate::control::predict::RuleConfig;
+use crate::control::predict::{entropy, RuleConfig, StormSource};
 use crate::control::{ControlConfig, Controller, ShardReport};
 use crate::scenario::{Generator, Label, Spec, Storm};
 
@@ -121,8 +121,11 @@ impl Default for Scenario {
 /// Which admission stage runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// Dam + PID + storm predictor.
+    /// Dam + PID + the rule-based storm predictor.
     Klais,
+    /// Dam + PID + the GGML window model deciding storms (needs a model,
+    /// see [`Extras::window`]).
+    KlaisWindow,
     /// Dam + PID, the predictor's settings never applied.
     KlaisNoPrediction,
     /// Static per-device rate limit, no queue (the paper's comparison).
@@ -133,6 +136,7 @@ impl Variant {
     /// Display name.
     pub fn name(self) -> &'static str {
         match self {
+            Variant::KlaisWindow => "klais (Dam + PID + window model)",
             Variant::Klais => "klais (Dam + PID + predictor)",
             Variant::KlaisNoPrediction => "klais, no prediction (Dam + PID)",
             Variant::Baseline => "baseline (static limit, no queue)",
@@ -182,16 +186,44 @@ pub struct Outcome {
     pub saturation_after_s: Option<f64>,
     /// The time series.
     pub series: Vec<Point>,
+    /// When each forecast storm began, seconds from the start.
+    pub storm_onsets: Vec<f64>,
+}
+
+/// What a run can take beyond the scenario.
+#[derive(Default)]
+pub struct Extras<'a> {
+    /// Traffic instead of [`Scenario::spec`] (its storm, if any, defines the
+    /// network's return; the scenario's own storm fields are then unused).
+    pub traffic: Option<Spec>,
+    /// The window model for [`Variant::KlaisWindow`] (run through GGML, Q4_0).
+    pub window: Option<&'a crate::model::window::FloatWindow>,
+    /// Called every tick with its time (ns) and what the shard saw.
+    pub observe: Option<&'a mut dyn FnMut(u64, &crate::model::window::Tick)>,
 }
 
 /// Runs one variant of a scenario.
 pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
-    let spec = sc.spec();
-    let n = sc.devices as usize;
+    run_with(sc, variant, Extras::default())
+}
+
+/// Runs one variant with [`Extras`].
+///
+/// # Panics
+/// When `variant` is [`Variant::KlaisWindow`] without a model, or the model
+/// does not fit GGML (validated files always do).
+pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome {
+    use crate::model::window::{GgmlWindow, Tick, Window};
+    let spec = ex.traffic.take().unwrap_or_else(|| sc.spec());
+    let t_end = (spec.duration_s * SEC) as u64;
+    let n = spec.devices as usize;
+    let mut ggml = (variant == Variant::KlaisWindow).then(|| {
+        GgmlWindow::new(ex.window.expect("the window variant needs a model")).expect("model fits GGML")
+    });
+    let mut window = Window::default();
     let mut gen = Generator::new(spec);
-    let t_back = gen.storm_back_ns().unwrap_or(0);
-    let t_out = (sc.warmup_s * SEC) as u64;
-    let t_end = ((sc.warmup_s + sc.outage_s + sc.after_s) * SEC) as u64;
+    let t_back = gen.storm_back_ns().unwrap_or(u64::MAX);
+    let t_out = gen.spec().storm.map_or(t_end, |s| (s.at_s * SEC) as u64);
     let mut seen = vec![false; n];
     let baseline = variant == Variant::Baseline;
     let dam_cfg = DamConfig {
@@ -215,13 +247,18 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
             min: sc.capacity * 0.05,
             max: sc.capacity * 1.5,
         },
-        rule: if variant == Variant::KlaisNoPrediction {
-            RuleConfig {
+        rule: match variant {
+            Variant::KlaisNoPrediction => RuleConfig {
                 min_reconnects_per_s: f64::INFINITY,
                 ..RuleConfig::default()
-            }
-        } else {
-            RuleConfig::default()
+            },
+            Variant::KlaisWindow => RuleConfig {
+                source: StormSource::Window {
+                    threshold: ggml.as_ref().map_or(0.5, |g| g.threshold()),
+                },
+                ..RuleConfig::default()
+            },
+            _ => RuleConfig::default(),
         },
         dam: dam_cfg,
         storm_device_burst: sc.backlog_max as f64 * 2.0,
@@ -243,6 +280,7 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
         predicted_after_s: None,
         saturation_after_s: None,
         series: Vec::new(),
+        storm_onsets: Vec::new(),
     };
     let mut downstream = 0u64;
     let mut carry = 0.0f64;
@@ -250,18 +288,22 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
     let mut warm_backlog = (0.0f64, 0u64);
 
     let mut fluid = 0.0f64;
+    let mut storm_was = false;
     let mut next_tick = TICK_NS;
     let mut packets = gen.by_ref().peekable();
     loop {
         let next_packet = packets.peek().map_or(u64::MAX, |p| p.t_ns);
         if next_packet < next_tick {
             let p = packets.next().expect("peeked");
-            if p.label != Label::Normal {
-                continue;
+            if p.label == Label::Malformed {
+                continue; // rejected by the parser before the Dam
             }
             let t = p.t_ns;
+            let valid = p.label == Label::Normal;
             let i = p.device as usize;
-            if !seen[i] {
+            if i >= n {
+                report.new_devices += 1; // a spoofed id: always new
+            } else if !seen[i] {
                 seen[i] = true;
                 report.new_devices += 1;
             } else if p.reconnect {
@@ -270,7 +312,9 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
             }
             report.offered += 1;
             report.id_hist[(p.hash >> 56) as usize] += 1;
-            out.offered += 1;
+            if valid {
+                out.offered += 1;
+            }
             win_offered += 1;
             match dam.admit(p.hash, false, t, ()) {
                 Admit::Pass(()) | Admit::Urgent(()) => {
@@ -278,7 +322,7 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
                     win_admitted += 1;
                 }
                 Admit::Queued => {}
-                Admit::Dropped(..) => out.lost += 1,
+                Admit::Dropped(..) => out.lost += u64::from(valid),
             }
             continue;
         }
@@ -301,9 +345,27 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
             carry = carry.min(sc.capacity * dt);
             downstream -= n;
             out.delivered += n;
+            report.depth = dam.stats().depth;
+            let tick = Tick {
+                offered: report.offered,
+                new_devices: report.new_devices,
+                resets: report.resets,
+                resets_near_zero: report.resets_near_zero,
+                id_entropy: entropy(&report.id_hist),
+                depth: report.depth,
+            };
+            if let Some(f) = ex.observe.as_mut() {
+                f(t, &tick);
+            }
+            if let Some(g) = ggml.as_mut() {
+                report.storm_p = g.infer(&window.push(&tick)).storm;
+            }
             if !baseline {
-                report.depth = dam.stats().depth;
                 let s = ctl.tick(&[report], downstream as f64, dt, &mut rates);
+                if s.prediction.storm && !storm_was {
+                    out.storm_onsets.push(t as f64 / SEC);
+                }
+                storm_was = s.prediction.storm;
                 let mut c = s.dam;
                 c.shard_rate = rates[0];
                 c.shard_burst = (rates[0] * 0.01).max(1.0);

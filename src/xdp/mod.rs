@@ -52,7 +52,10 @@ mod empty_skel {
     include!(concat!(env!("OUT_DIR"), "/empty.skel.rs"));
 }
 
-use skel::types::{klais_counters, klais_event, klais_policy, klais_settings, klais_verdict};
+use skel::types::{
+    klais_counters, klais_event, klais_model, klais_model_ctl, klais_model_scratch, klais_policy,
+    klais_settings, klais_verdict,
+};
 
 /// Every exit of the XDP program. Discriminants are the C enum's values
 /// (checked at compile time below).
@@ -77,13 +80,15 @@ pub enum Verdict {
     Redirect = klais_verdict::KLAIS_V_REDIRECT.0,
     /// No socket on the queue: passed to the kernel UDP path.
     Pass = klais_verdict::KLAIS_V_PASS.0,
+    /// The classifier put it in a class whose action is drop.
+    ModelDrop = klais_verdict::KLAIS_V_MODEL_DROP.0,
 }
 
 const _: () = assert!(klais_verdict::KLAIS_V__COUNT.0 as usize == Verdict::ALL.len());
 
 impl Verdict {
     /// Every verdict, in counter order.
-    pub const ALL: [Verdict; 9] = [
+    pub const ALL: [Verdict; 10] = [
         Verdict::NotKlais,
         Verdict::Truncated,
         Verdict::TooShort,
@@ -93,6 +98,7 @@ impl Verdict {
         Verdict::GlobalBudget,
         Verdict::Redirect,
         Verdict::Pass,
+        Verdict::ModelDrop,
     ];
 
     /// Stable snake_case name.
@@ -107,6 +113,7 @@ impl Verdict {
             Verdict::GlobalBudget => "global_budget",
             Verdict::Redirect => "redirect",
             Verdict::Pass => "pass",
+            Verdict::ModelDrop => "model_drop",
         }
     }
 
@@ -117,7 +124,8 @@ impl Verdict {
             | Verdict::BadMagic
             | Verdict::Denied
             | Verdict::RateLimited
-            | Verdict::GlobalBudget => XDP_DROP,
+            | Verdict::GlobalBudget
+            | Verdict::ModelDrop => XDP_DROP,
             Verdict::Redirect => XDP_REDIRECT,
             Verdict::NotKlais | Verdict::Truncated | Verdict::Pass => XDP_PASS,
         }
@@ -135,7 +143,7 @@ pub const XDP_REDIRECT: u32 = 4;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XdpCounters {
     /// Packets per verdict, indexed by `Verdict as usize`.
-    pub packets: [u64; 9],
+    pub packets: [u64; 10],
     /// Events written to the ring buffer.
     pub events_sent: u64,
     /// Events not sent: over the per-second cap.
@@ -149,6 +157,10 @@ pub struct XdpCounters {
     /// New devices admitted without a bucket: every way of their set belonged
     /// to a device over its rate (or the race for a way was lost twice).
     pub bucket_untracked: u64,
+    /// Packets the classifier put in each class (normal, flood, sweep, replay).
+    pub model_class: [u64; 4],
+    /// Redirected with a mark for the Kafka header.
+    pub model_marked: u64,
 }
 
 impl XdpCounters {
@@ -166,6 +178,10 @@ impl XdpCounters {
         self.bucket_retries += c.bucket_retries;
         self.bucket_evictions += c.bucket_evictions;
         self.bucket_untracked += c.bucket_untracked;
+        for (a, b) in self.model_class.iter_mut().zip(c.model_class.iter()) {
+            *a += b;
+        }
+        self.model_marked += c.model_marked;
     }
 }
 
@@ -314,10 +330,22 @@ pub struct KernelMaps {
     events: MapHandle,
     /// AF_XDP sockets per queue (only in the process that loaded the program).
     xsks: Option<MapHandle>,
+    /// Classifier slots, switch and working memory.
+    model: MapHandle,
+    model_ctl: MapHandle,
+    model_scratch: MapHandle,
 }
 
 /// Names under which maps are pinned, in `pin_dir(iface)`.
-pub(crate) const PINNED_MAPS: [&str; 4] = ["counters", "settings", "policy", "events"];
+pub(crate) const PINNED_MAPS: [&str; 7] = [
+    "counters",
+    "settings",
+    "policy",
+    "events",
+    "model",
+    "model_ctl",
+    "model_scratch",
+];
 
 /// `KLAIS_POLICY_DENY` (bpf/klais.h).
 const POLICY_DENY: u64 = 1;
@@ -346,7 +374,93 @@ impl KernelMaps {
             policy: open("policy")?,
             events: open("events")?,
             xsks: None,
+            model: open("model")?,
+            model_ctl: open("model_ctl")?,
+            model_scratch: open("model_scratch")?,
         })
+    }
+
+    /// Loads a classifier into the idle model slot, then switches the
+    /// program to it (and on) in one write: packets see the old model or the
+    /// new one, never half of each. `None` switches the classifier off.
+    /// Returns the slot now active.
+    pub fn set_model(&self, f: Option<&crate::model::classifier::ClassifierFile>) -> Result<u32, XdpError> {
+        let key = 0u32.to_ne_bytes();
+        let mut ctl = self.model_ctl_now()?;
+        let Some(f) = f else {
+            ctl.enabled = 0;
+            self.write_model_ctl(&ctl)?;
+            return Ok(ctl.active);
+        };
+        let slot = if ctl.enabled != 0 { ctl.active ^ 1 } else { ctl.active };
+        let m = model_value(f);
+        self.model
+            .update(&slot.to_ne_bytes(), model_bytes(&m), MapFlags::ANY)
+            .map_err(map_err("writing the classifier's model slot"))?;
+        ctl.active = slot;
+        ctl.enabled = 1;
+        self.write_model_ctl(&ctl)?;
+        let _ = key;
+        Ok(slot)
+    }
+
+    fn model_ctl_now(&self) -> Result<klais_model_ctl, XdpError> {
+        let bytes = self
+            .model_ctl
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("reading the classifier switch"))?
+            .unwrap_or_default();
+        if bytes.len() < std::mem::size_of::<klais_model_ctl>() {
+            return Ok(klais_model_ctl::default());
+        }
+        // SAFETY: the map's value type is `struct klais_model_ctl` (u32 only); length checked.
+        Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    }
+
+    fn write_model_ctl(&self, c: &klais_model_ctl) -> Result<(), XdpError> {
+        // SAFETY: two u32 fields, no padding.
+        let b = unsafe {
+            std::slice::from_raw_parts((c as *const klais_model_ctl).cast::<u8>(), std::mem::size_of::<klais_model_ctl>())
+        };
+        self.model_ctl
+            .update(&0u32.to_ne_bytes(), b, MapFlags::ANY)
+            .map_err(map_err("writing the classifier switch"))
+    }
+
+    /// Whether the classifier is on, and its active slot.
+    pub fn model_enabled(&self) -> Result<(bool, u32), XdpError> {
+        let c = self.model_ctl_now()?;
+        Ok((c.enabled != 0, c.active))
+    }
+
+    /// The classifier's last inputs and outputs on each CPU (tests; the
+    /// kernel leaves them in its per-CPU working memory): the entry with the
+    /// latest time is the last packet classified.
+    pub fn model_last(&self) -> Result<Option<ModelTrace>, XdpError> {
+        let per_cpu = self
+            .model_scratch
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("reading the classifier's scratch"))?
+            .unwrap_or_default();
+        let mut best: Option<ModelTrace> = None;
+        for bytes in per_cpu {
+            if bytes.len() < std::mem::size_of::<klais_model_scratch>() {
+                continue;
+            }
+            // SAFETY: the map's value type is `struct klais_model_scratch`
+            // (integers only); the length was checked.
+            let sc: klais_model_scratch = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            if sc.now_ns != 0 && best.as_ref().is_none_or(|b| sc.now_ns > b.now_ns) {
+                best = Some(ModelTrace {
+                    now_ns: sc.now_ns,
+                    x: sc.x,
+                    out: sc.out,
+                    class: sc.class,
+                    action: sc.action,
+                });
+            }
+        }
+        Ok(best)
     }
 
     /// Per-verdict counters summed over CPUs.
@@ -518,6 +632,56 @@ impl KernelMaps {
     }
 }
 
+/// The classifier's last packet as the kernel saw it ([`KernelMaps::model_last`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelTrace {
+    /// The time the features used, ns (kernel monotonic clock).
+    pub now_ns: u64,
+    /// Features, Q16.
+    pub x: [i64; 12],
+    /// Logits, Q16.
+    pub out: [i64; 4],
+    /// Class.
+    pub class: u32,
+    /// `KLAIS_ACT_*`.
+    pub action: u32,
+}
+
+/// The kernel's `struct klais_model` of a classifier file.
+fn model_value(f: &crate::model::classifier::ClassifierFile) -> klais_model {
+    let q = &f.quant;
+    let mut m = klais_model::default();
+    m.norm_min = q.norm.min;
+    m.norm_max = q.norm.max;
+    m.in_scale = q.in_scale;
+    m.deq1 = q.deq1;
+    m.b1 = q.b1;
+    m.deq2 = q.deq2;
+    m.b2 = q.b2;
+    m.deq3 = q.deq3;
+    m.b3 = q.b3;
+    for (d, s) in m.w1.iter_mut().zip(&q.w1) {
+        *d = *s;
+    }
+    for (d, s) in m.w2.iter_mut().zip(&q.w2) {
+        *d = *s;
+    }
+    for (d, s) in m.w3.iter_mut().zip(&q.w3) {
+        *d = *s;
+    }
+    for (d, a) in m.action.iter_mut().zip(f.actions.iter()) {
+        *d = a.code();
+    }
+    m.version = 1;
+    m
+}
+
+fn model_bytes(m: &klais_model) -> &[u8] {
+    // SAFETY: `struct klais_model` is integers only; its tail padding (if
+    // any) is zeroed by `Default` and the kernel ignores it.
+    unsafe { std::slice::from_raw_parts((m as *const klais_model).cast::<u8>(), std::mem::size_of::<klais_model>()) }
+}
+
 /// The bytes of a generated C struct of integers.
 fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
     // SAFETY: only called with skeleton types generated from C structs made of
@@ -586,6 +750,11 @@ impl XdpProgram {
             .buckets
             .set_max_entries(bucket_sets(opts.max_devices))
             .map_err(XdpError::Load)?;
+        // Classifier flow state (preallocated LRU, ~100 bytes an entry).
+        open.maps
+            .flows
+            .set_max_entries(opts.max_devices.clamp(1024, 1 << 18))
+            .map_err(XdpError::Load)?;
         let skel = open.load().map_err(XdpError::Load)?;
         let handle = |m: &libbpf_rs::MapMut<'_>, name: &str| {
             MapHandle::try_from(m).map_err(map_err(format!("opening map {name}")))
@@ -596,6 +765,9 @@ impl XdpProgram {
             policy: handle(&skel.maps.policy, "policy")?,
             events: handle(&skel.maps.events, "events")?,
             xsks: Some(handle(&skel.maps.xsks, "xsks")?),
+            model: handle(&skel.maps.model, "model")?,
+            model_ctl: handle(&skel.maps.model_ctl, "model_ctl")?,
+            model_scratch: handle(&skel.maps.model_scratch, "model_scratch")?,
         };
         let prog = Self {
             skel,
@@ -633,11 +805,14 @@ impl XdpProgram {
     }
 
     pub(crate) fn pin_all(&self, dir: &Path) -> Result<(), XdpError> {
-        let pins: [(&str, &libbpf_rs::MapMut<'_>); 4] = [
+        let pins: [(&str, &libbpf_rs::MapMut<'_>); 7] = [
             ("counters", &self.skel.maps.counters),
             ("settings", &self.skel.maps.settings),
             ("policy", &self.skel.maps.policy),
             ("events", &self.skel.maps.events),
+            ("model", &self.skel.maps.model),
+            ("model_ctl", &self.skel.maps.model_ctl),
+            ("model_scratch", &self.skel.maps.model_scratch),
         ];
         for (name, map) in pins {
             let mut h = MapHandle::try_from(map).map_err(map_err(format!("opening map {name}")))?;
