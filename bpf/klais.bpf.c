@@ -354,7 +354,7 @@ static __always_inline __u32 classify(const struct klais_model *m, struct klais_
 			v = lo;
 		if (v > hi)
 			v = hi;
-		sc->n[i] = (__s64)(((__u64)(v - lo) << 16) / (__u64)(hi - lo));
+		sc->n[i] = (__s64)(((__u64)(v - lo) * m->norm_recip[i]) >> 32);
 		sc->q[i] = quant_in(sc->n[i], m->in_scale[0]);
 	}
 #pragma unroll
@@ -528,8 +528,11 @@ int klais_xdp(struct xdp_md *ctx)
 				__u32 plen = ulen - sizeof(*udp) - KLAIS_HEADER_LEN;
 				__u32 cls, act;
 
-				sc->now_ns = now;
-				flow_features(hash, now, plen, seq, sc);
+				/* Intervals need the precise clock (the coarse one ticks in ms). */
+				__u64 fnow = bpf_ktime_get_ns();
+
+				sc->now_ns = fnow;
+				flow_features(hash, fnow, plen, seq, sc);
 				cls = classify(m, sc) & (KLAIS_MODEL_OUT - 1);
 				act = m->action[cls];
 				sc->class = cls;

@@ -163,6 +163,7 @@ struct klais_flow {
 struct klais_model {
 	__s64 norm_min[KLAIS_MODEL_IN];
 	__s64 norm_max[KLAIS_MODEL_IN];
+	__u64 norm_recip[KLAIS_MODEL_IN]; /* floor(2^48 / (max - min)): no division per packet */
 	__s64 in_scale[3]; /* sigma of each layer's input, Q16 */
 	__s64 deq1[KLAIS_MODEL_H]; /* round(2^32 / (sigma * sigma_w)) per column */
 	__s64 b1[KLAIS_MODEL_H];   /* Q16 */

@@ -284,6 +284,10 @@ enum XdpCmd {
         /// this interface (e.g. a veth end) into the program's XSKMAP.
         #[arg(long, value_name = "IFACE")]
         redirect_iface: Option<String>,
+        /// Also measure the known-device paths with this int8 classifier on
+        /// (every class passed, so the exit is the same as without it).
+        #[arg(long, value_name = "FILE")]
+        model: Option<PathBuf>,
     },
 }
 
@@ -911,13 +915,23 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
             repeat,
             rounds,
             redirect_iface,
-        } => match klais::xdp::bench::run(repeat, rounds.max(1), redirect_iface.as_deref()) {
+            model,
+        } => {
+            let model = match model.map(|p| klais::model::load_classifier(&p)).transpose() {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match klais::xdp::bench::run(repeat, rounds.max(1), redirect_iface.as_deref(), model.as_ref()) {
             Ok(rows) => {
                 print!("{}", klais::xdp::bench::table(&rows, repeat));
                 ExitCode::SUCCESS
             }
             Err(e) => runtime_fail(e),
-        },
+            }
+        }
     }
 }
 

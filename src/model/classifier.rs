@@ -6,7 +6,8 @@
 //!
 //! Integer inference, all in i64 with 16 fractional bits (eq. 3):
 //! 1. clamp each feature to the training range and min-max normalize it:
-//!    `n = ((x − min) << 16) / (max − min)` (unsigned division);
+//!    `n = ((x − min) · r) >> 32` with `r = ⌊2⁴⁸ / (max − min)⌋` computed at
+//!    load (no division per packet);
 //! 2. per layer: quantize its input `q = clamp((v·σ + 2³¹) >> 32, ±127)`
 //!    (σ in Q16), multiply-accumulate with the int8 weights, dequantize with
 //!    the per-column factor `d = round(2³² / (σ·σw))`:
@@ -100,14 +101,21 @@ impl Norm {
         Norm { min, max }
     }
 
-    /// Normalized features in fixed point (0..=1<<16), as the kernel does it.
+    /// floor(2⁴⁸ / (max − min)) per feature: the kernel multiplies by it
+    /// instead of dividing (`norm_recip` in `struct klais_model`).
+    pub fn recip(&self) -> [u64; N_FEATURES] {
+        std::array::from_fn(|i| (1u64 << 48) / (self.max[i] - self.min[i]).max(1) as u64)
+    }
+
+    /// Normalized features in fixed point (0..=1<<16), as the kernel does it:
+    /// `((x − min) · recip) >> 32` with x clamped to the range.
     #[inline]
     pub fn apply_fixed(&self, x: &[i64; N_FEATURES]) -> [i64; N_FEATURES] {
+        let r = self.recip();
         let mut n = [0i64; N_FEATURES];
         for i in 0..N_FEATURES {
             let v = x[i].clamp(self.min[i], self.max[i]);
-            let num = ((v - self.min[i]) as u64) << 16;
-            n[i] = (num / (self.max[i] - self.min[i]) as u64) as i64;
+            n[i] = (((v - self.min[i]) as u64).wrapping_mul(r[i]) >> 32) as i64;
         }
         n
     }

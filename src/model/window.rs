@@ -375,7 +375,15 @@ impl GgmlWindow {
             };
             let w1 = q4(&m.w1, IN);
             let w2 = q4(&m.w2, HID);
-            let w3 = q4(&m.w3, HID);
+            // The 2×64 output layer stays f32 (as llama.cpp keeps its output
+            // layer above 4 bits): at Q4_0 the rate output came out biased
+            // low by a factor ~4 against the float network (README).
+            let w3 = {
+                let t = g::ggml_new_tensor_2d(ctx, g::ggml_type_GGML_TYPE_F32, HID as i64, OUT as i64);
+                let flat: Vec<f32> = m.w3.iter().flatten().copied().collect();
+                std::ptr::copy_nonoverlapping(flat.as_ptr(), (*t).data.cast::<f32>(), flat.len());
+                t
+            };
             let (b1, b2, b3) = (f32v(&m.b1), f32v(&m.b2), f32v(&m.b3));
             let input = g::ggml_new_tensor_1d(ctx, g::ggml_type_GGML_TYPE_F32, IN as i64);
             let h1 = g::ggml_relu(ctx, g::ggml_add(ctx, g::ggml_mul_mat(ctx, w1, input), b1));

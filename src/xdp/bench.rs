@@ -63,10 +63,15 @@ fn measure(
 /// Measures every path. Needs root. With `redirect_iface`, an AF_XDP socket is
 /// opened on its queue 0 and bound in a program's XSKMAP, so the known-device
 /// path is also measured all the way to `XDP_REDIRECT`.
+///
+/// With `model`, the known-device path is also measured with the int8
+/// classifier on (every class's action set to pass, so each run goes through
+/// features, inference and on to the same exit as without it).
 pub fn run(
     repeat: u32,
     rounds: u32,
     redirect_iface: Option<&str>,
+    model: Option<&crate::model::classifier::ClassifierFile>,
 ) -> Result<Vec<BenchRow>, XdpError> {
     let port = 7700;
     let opts = LoadOptions::default();
@@ -86,6 +91,23 @@ pub fn run(
         },
     )?;
     let denying = XdpProgram::load(&opts, &Limits::default())?;
+    let bucket_limits = Limits {
+        device: Some(Rate::new(1_000_000_000, 1_000_000_000)?),
+        ..Limits::default()
+    };
+    let all_pass = model.map(|m| {
+        let mut m = m.clone();
+        m.actions = [crate::model::classifier::Action::Pass; 4];
+        m
+    });
+    let classifying = match &all_pass {
+        Some(m) => {
+            let p = XdpProgram::load(&opts, &bucket_limits)?;
+            p.maps().set_model(Some(m))?;
+            Some(p)
+        }
+        None => None,
+    };
     let empty = EmptyProgram::load()?;
     denying.maps().set_denied(
         wire::device_hash(&wire::raw_device_id("banned-device").unwrap_or([0; 16])),
@@ -95,7 +117,7 @@ pub fn run(
     let known = udp_frame(port, &payload("dev-00000042"));
     let mut bad_magic = payload("dev-00000042");
     bad_magic[0] = 0x12;
-    let cases: Vec<(&'static str, &XdpProgram, Vec<u8>)> = vec![
+    let mut cases: Vec<(&'static str, &XdpProgram, Vec<u8>)> = vec![
         (
             "UDP to another port (not klais) -> pass",
             &unlimited,
@@ -133,8 +155,16 @@ pub fn run(
             known.clone(),
         ),
     ];
+    if let Some(p) = &classifying {
+        cases.push((
+            "known device, token bucket + int8 classifier -> XSKMAP lookup -> pass",
+            p,
+            known.clone(),
+        ));
+    }
     // Kept alive until the measurements are done.
     let mut _xsk = None;
+    let mut _xsk2 = None;
     let redirecting = match redirect_iface {
         Some(iface) => {
             let prog = XdpProgram::load(
@@ -159,10 +189,37 @@ pub fn run(
         }
         None => None,
     };
-    let mut cases = cases;
     if let Some(prog) = &redirecting {
         cases.push((
             "known device, token bucket (CAS) -> XSKMAP hit -> redirect",
+            prog,
+            known.clone(),
+        ));
+    }
+    // The same with the classifier on (its mark written in the metadata);
+    // queue 1 of the interface, as queue 0 holds the first socket.
+    let redirect_classifying = match (redirect_iface, &all_pass) {
+        (Some(iface), Some(m)) => {
+            let prog = XdpProgram::load(&opts, &bucket_limits)?;
+            prog.maps().set_model(Some(m))?;
+            let sock = crate::ingest::af_xdp::XskSocket::open(
+                iface,
+                0,
+                &crate::ingest::af_xdp::XskConfig::default(),
+            )
+            .map_err(|e| XdpError::Io {
+                what: format!("opening a second AF_XDP socket on {iface} queue 0"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            prog.maps().bind_socket(0, sock.fd())?;
+            _xsk2 = Some(sock);
+            Some(prog)
+        }
+        _ => None,
+    };
+    if let Some(prog) = &redirect_classifying {
+        cases.push((
+            "known device, token bucket + int8 classifier -> redirect",
             prog,
             known.clone(),
         ));

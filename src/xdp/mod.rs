@@ -653,6 +653,7 @@ fn model_value(f: &crate::model::classifier::ClassifierFile) -> klais_model {
     let mut m = klais_model::default();
     m.norm_min = q.norm.min;
     m.norm_max = q.norm.max;
+    m.norm_recip = q.norm.recip();
     m.in_scale = q.in_scale;
     m.deq1 = q.deq1;
     m.b1 = q.b1;
