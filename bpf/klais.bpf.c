@@ -283,6 +283,20 @@ static __always_inline void flow_features(__u64 hash, __u64 now, __u32 len, __u3
 	__s64 x1 = (__s64)len << 16, x3 = 0, x5 = 0, x6 = KLAIS_LOG_IVAL_MAX;
 
 	if (!f) {
+		if (!sc->last_new_ns) {
+			sc->ema_new_lival = KLAIS_LOG_IVAL_MAX;
+		} else {
+			__u64 ndt = now > sc->last_new_ns ? (now - sc->last_new_ns) / 1000 : 0;
+			__s64 l;
+
+			if (ndt > (1U << 27))
+				ndt = 1U << 27;
+			l = log2_fixed((__u32)ndt + 1);
+			if (l > KLAIS_LOG_IVAL_MAX)
+				l = KLAIS_LOG_IVAL_MAX;
+			sc->ema_new_lival = ema(sc->ema_new_lival, l);
+		}
+		sc->last_new_ns = now;
 		fresh.last_ns = now;
 		fresh.last_seq = seq;
 		fresh.num = 1;
@@ -325,7 +339,7 @@ static __always_inline void flow_features(__u64 hash, __u64 now, __u32 len, __u3
 	sc->x[7] = f->ema_back;
 	sc->x[8] = f->ema_lival;
 	sc->x[9] = sabs(x1 - f->ema_len);
-	sc->x[10] = sabs(x5 - f->ema_back);
+	sc->x[10] = sc->ema_new_lival;
 	sc->x[11] = sabs(x6 - f->ema_lival);
 }
 

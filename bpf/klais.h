@@ -198,6 +198,9 @@ struct klais_model_scratch {
 	__s64 out[KLAIS_MODEL_OUT];
 	__u32 class;
 	__u32 action;
+	/* Kept across packets: new flows' arrival on this CPU (feature x11). */
+	__u64 last_new_ns;
+	__s64 ema_new_lival;
 };
 
 /* AF_XDP metadata in front of a redirected frame while the classifier runs. */

@@ -537,3 +537,72 @@ fn a_device_flooding_during_a_storm_is_pinned_to_the_normal_kernel_limit() {
         "the pinned flood met the normal kernel limit: {rest}"
     );
 }
+
+/// The models live, on the af_xdp backend: the in-kernel classifier loaded
+/// at start classifies every klais datagram, and each mark it writes in front
+/// of a redirected frame reaches the shard (kernel marks = shard marks); the
+/// shard's GGML window model runs every tick and, as the configured
+/// predictor, forecasts the reconnection storm.
+#[test]
+fn the_classifier_marks_reach_the_shards_and_the_window_model_forecasts_the_storm() {
+    if !usable() {
+        return;
+    }
+    let t = topology("m", 1);
+    let (ns_a, ns_b, ia) = (t.a.clone(), t.b.clone(), t.ia.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("klais.toml");
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ingest]\nlisten = \"10.213.0.1:7700\"\nbackend = \"af_xdp\"\n[sequence]\nmax_devices = 16384\n\
+             [admission]\nshard_rate_pps = 50000\n\
+             [dam]\ndevice_rate_pps = 2\ndevice_burst = 2\n[output]\nsink = \"null\"\n\
+             [xdp]\niface = \"{ia}\"\nmode = \"native\"\n\
+             [model]\nclassifier = \"{c}\"\npredictor = \"window\"\nwindow = \"{w}\"\n",
+            c = models.join("classifier.json").display(),
+            w = models.join("window.json").display(),
+        ),
+    )
+    .unwrap();
+    let klais = KlaisInNs::start(&ns_a, &cfg);
+    let devices = 2000u32;
+    reconnect_wave(&ns_b, devices, false);
+    // A sweep of spoofed ids with arbitrary sequences (marked by default).
+    {
+        let ns_b = ns_b.clone();
+        std::thread::spawn(move || {
+            enter(&ns_b);
+            let tx = UdpSocket::bind(format!("{ADDR_B}:0")).unwrap();
+            for i in 0..500u32 {
+                let seq = i.wrapping_mul(2_654_435_761) | 0x100_0000;
+                tx.send_to(&v1(&format!("x{i:012x}"), seq), format!("{ADDR_A}:7700"))
+                    .unwrap();
+                if i % 32 == 31 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let rest = klais.stop();
+    println!("{rest}");
+    let classifier = rest
+        .lines()
+        .find(|l| l.trim_start().starts_with("classifier:"))
+        .unwrap_or_else(|| panic!("no classifier line:\n{rest}"));
+    let kernel_marked = num_after(classifier, "marked for Kafka");
+    let models_line = rest
+        .lines()
+        .find(|l| l.trim_start().starts_with("models:"))
+        .unwrap_or_else(|| panic!("no models line:\n{rest}"));
+    let shard_marked = num_after(models_line, "in-kernel classifier");
+    assert!(kernel_marked > 0, "the sweep is marked: {classifier}");
+    assert_eq!(kernel_marked, shard_marked, "every mark reached the shard:\n{rest}");
+    assert!(num_after(models_line, "window model (GGML Q4_0)") > 100, "{models_line}");
+    let control = control_line(&rest);
+    assert!(num_after(control, "storms forecast") >= 1, "{rest}");
+}

@@ -53,9 +53,17 @@ fn kernel_and_rust_int8_agree_bit_for_bit() {
     if !privileged() {
         return;
     }
+    // One CPU: the kernel keeps the new-flow rate (x11) per CPU.
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
     let model = shipped();
     let prog = XdpProgram::load(&LoadOptions::default(), &no_limits()).expect("loads");
     prog.maps().set_model(Some(&model)).unwrap();
+    let mut cpu = features::CpuState::default();
     let spec = scenario::preset("mixed", 11).unwrap();
     let mut flows: HashMap<u64, FlowState> = HashMap::new();
     let mut per_label: HashMap<Label, u32> = HashMap::new();
@@ -77,7 +85,7 @@ fn kernel_and_rust_int8_agree_bit_for_bit() {
         let (action, _) = prog.test_run(&frame_of(&p), 1).unwrap();
         let t = prog.maps().model_last().unwrap().expect("the classifier ran");
         let mut st = flows.get(&p.hash).copied();
-        let x = features::update(&mut st, t.now_ns, u32::from(p.payload_len), p.seq);
+        let x = features::update(&mut cpu, &mut st, t.now_ns, u32::from(p.payload_len), p.seq);
         flows.insert(p.hash, st.unwrap());
         assert_eq!(x, t.x, "features of {p:?}");
         let out = model.quant.infer(&x);

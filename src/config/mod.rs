@@ -55,6 +55,57 @@ pub struct Config {
     /// The XDP filter in the kernel.
     #[serde(default)]
     pub xdp: Xdp,
+    /// The models: in-kernel classifier, per-shard window model.
+    #[serde(default)]
+    pub model: ModelSection,
+}
+
+/// What decides storms in the control core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictorKind {
+    /// The rule-based predictor (src/control/predict.rs).
+    #[default]
+    Rule,
+    /// Each shard's GGML window model (`model.window`).
+    Window,
+}
+
+/// `[model]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The in-kernel int8 classifier to load into the XDP program at start
+    /// (needs `xdp.iface`). Omitted: off. `klais model load` swaps it live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<std::path::PathBuf>,
+    /// Classes the classifier drops in the kernel (flood, sweep, replay);
+    /// the others are marked (Kafka header `model`). Default: none dropped.
+    #[serde(default)]
+    pub drop_classes: Vec<String>,
+    /// What decides storm onset and end in the control core: "rule" or
+    /// "window" (every shard runs `window` through GGML once per tick; needs
+    /// the control core, i.e. `[dam]` on).
+    #[serde(default)]
+    pub predictor: PredictorKind,
+    /// The window model file (read when `predictor = "window"`).
+    #[serde(default = "default_window_model")]
+    pub window: std::path::PathBuf,
+}
+
+fn default_window_model() -> std::path::PathBuf {
+    "models/window.json".into()
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            classifier: None,
+            drop_classes: Vec::new(),
+            predictor: PredictorKind::Rule,
+            window: default_window_model(),
+        }
+    }
 }
 
 /// `[xdp]`
@@ -580,6 +631,48 @@ impl Config {
                 ),
                 "set it to 65485 or less",
             ));
+        }
+        if let Some(c) = &self.model.classifier {
+            if self.xdp.iface.is_none() {
+                errs.push(invalid(
+                    "model.classifier",
+                    "the classifier runs inside the XDP filter, which is off".to_string(),
+                    "set xdp.iface to the interface devices send to, or remove model.classifier",
+                ));
+            } else {
+                match crate::model::load_classifier(c) {
+                    Err(e) => errs.push(invalid(
+                        "model.classifier",
+                        e.to_string(),
+                        "point it at a file `klais model train` wrote (models/classifier.json)",
+                    )),
+                    Ok(f) => {
+                        if let Err(e) = crate::model::with_drops(f, &self.model.drop_classes) {
+                            errs.push(invalid(
+                                "model.drop_classes",
+                                e,
+                                "list some of \"flood\", \"sweep\", \"replay\"",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if self.model.predictor == PredictorKind::Window {
+            if self.dam.device_rate_pps.is_none() {
+                errs.push(invalid(
+                    "model.predictor",
+                    "\"window\" feeds the control core, which runs only with the Dam on".to_string(),
+                    "set dam.device_rate_pps, or predictor = \"rule\"",
+                ));
+            }
+            if let Err(e) = crate::model::load_window(&self.model.window) {
+                errs.push(invalid(
+                    "model.window",
+                    e.to_string(),
+                    "point it at a file `klais model train` wrote (models/window.json)",
+                ));
+            }
         }
         if self.ingest.listen.port() == 0 {
             errs.push(invalid(

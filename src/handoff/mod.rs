@@ -21,6 +21,12 @@ pub const RECORD_HEADER_LEN: usize = 40;
 
 /// Record flag: the payload was validated as JSON on the shard.
 pub const FLAG_JSON_VALIDATED: u8 = 1;
+/// Record flag: the in-kernel classifier marked the datagram; its class
+/// (0–3: normal, flood, sweep, replay) is in bits 4–6.
+pub const FLAG_MODEL_MARK: u8 = 0x80;
+
+/// Class names of the classifier's marks (the Kafka `model` header's values).
+pub const MODEL_CLASSES: [&str; 4] = ["normal", "flood", "sweep", "replay"];
 
 /// What a shard hands to the output stage about one accepted message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,6 +46,11 @@ pub struct RecordMeta {
 }
 
 impl RecordMeta {
+    /// The classifier's class when it marked this message.
+    pub fn model_mark(&self) -> Option<&'static str> {
+        (self.flags & FLAG_MODEL_MARK != 0).then(|| MODEL_CLASSES[usize::from((self.flags >> 4) & 0x3)])
+    }
+
     /// The device id as text (padding trimmed); the parser guaranteed UTF-8.
     pub fn device_id(&self) -> &str {
         let len = self.raw_id.iter().position(|&b| b == 0).unwrap_or(16);

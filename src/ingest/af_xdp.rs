@@ -24,6 +24,11 @@ use std::ptr::NonNull;
 
 use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User};
 
+/// `KLAIS_META_TAG` (bpf/klais.h).
+const KLAIS_META_TAG: u16 = 0xC1A5;
+/// `KLAIS_ACT_MARK` (bpf/klais.h).
+const KLAIS_ACT_MARK: u8 = 2;
+
 /// The two passes [`XskSocket::recv_batch`] makes over a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -96,6 +101,9 @@ pub struct XskSocket {
     pub frames: u64,
     /// Frames whose descriptor pointed outside the UMEM (never expected).
     pub bad_descriptors: u64,
+    /// Read the classifier's mark in front of each frame (see
+    /// [`XskSocket::set_read_marks`]).
+    read_marks: bool,
 }
 
 impl std::fmt::Debug for XskSocket {
@@ -203,6 +211,7 @@ impl XskSocket {
             recycle: Vec::with_capacity(cfg.batch.max(1) as usize),
             frames: 0,
             bad_descriptors: 0,
+            read_marks: false,
         })
     }
 
@@ -216,14 +225,33 @@ impl XskSocket {
         self.user.as_raw_fd()
     }
 
+    /// Reads the in-kernel classifier's mark (`struct klais_xdp_meta`, the
+    /// 8 bytes of XDP metadata in front of a redirected frame) from now on:
+    /// [`XskSocket::recv_batch_marked`] then hands it to the caller as record
+    /// flags. Only while the classifier runs: then the program writes the
+    /// metadata in front of every frame it redirects, and this clears the
+    /// tag after reading, so a frame never shows a stale mark.
+    pub fn set_read_marks(&mut self, on: bool) {
+        self.read_marks = on;
+    }
+
+    /// Takes up to a batch of frames (see [`XskSocket::recv_batch_marked`]),
+    /// without marks.
+    #[inline]
+    pub fn recv_batch(&mut self, mut on_frame: impl FnMut(Pass, &[u8])) -> u32 {
+        self.recv_batch_marked(|pass, f, _| on_frame(pass, f))
+    }
+
     /// Receives up to one batch and calls `on_frame` twice per frame with its
     /// bytes (an Ethernet frame): first [`Pass::Prefetch`] for every frame of
     /// the batch, then [`Pass::Process`] for every frame, so the caller can
     /// start the cache misses of the whole batch before working on any of it.
     /// Then returns the frames to the fill ring in one step. Returns the
     /// number of frames. Allocates nothing.
+    /// The third argument is the classifier's mark as record flags (0 when
+    /// none, or when marks are not read).
     #[inline]
-    pub fn recv_batch(&mut self, mut on_frame: impl FnMut(Pass, &[u8])) -> u32 {
+    pub fn recv_batch_marked(&mut self, mut on_frame: impl FnMut(Pass, &[u8], u8)) -> u32 {
         let area_len = self.area.len() as u64;
         self.descs.clear();
         {
@@ -240,11 +268,24 @@ impl XskSocket {
             }
             return 0;
         }
+        let read_marks = self.read_marks;
         for pass in [Pass::Prefetch, Pass::Process] {
             for desc in &self.descs {
                 let end = desc.addr + u64::from(desc.len);
                 if end <= area_len {
-                    on_frame(pass, &self.area[desc.addr as usize..end as usize]);
+                    let mut flags = 0u8;
+                    if read_marks && pass == Pass::Process && desc.addr >= 8 {
+                        let m = desc.addr as usize - 8;
+                        let meta = &mut self.area[m..m + 8];
+                        if u16::from_ne_bytes([meta[0], meta[1]]) == KLAIS_META_TAG {
+                            if meta[3] == KLAIS_ACT_MARK {
+                                flags = crate::handoff::FLAG_MODEL_MARK | ((meta[2] & 0x7) << 4);
+                            }
+                            meta[0] = 0;
+                            meta[1] = 0;
+                        }
+                    }
+                    on_frame(pass, &self.area[desc.addr as usize..end as usize], flags);
                 } else if pass == Pass::Process {
                     self.bad_descriptors += 1;
                 }
@@ -312,12 +353,12 @@ pub async fn receive_loop(
         let ts = super::udp::now_ns();
         hashes.clear();
         let mut k = 0;
-        let n = xsk.recv_batch(|pass, frame| match (pass, udp_payload(frame)) {
+        let n = xsk.recv_batch_marked(|pass, frame, flags| match (pass, udp_payload(frame)) {
             (Pass::Prefetch, p) => hashes.push(p.and_then(|p| shard.prefetch(p))),
             (Pass::Process, Some(p)) => {
                 let h = hashes.get(k).copied().flatten();
                 k += 1;
-                let _ = shard.on_prefetched(p, ts, h);
+                let _ = shard.on_prefetched_flags(p, ts, h, flags);
             }
             (Pass::Process, None) => {
                 k += 1;
@@ -335,6 +376,7 @@ pub async fn receive_loop(
             let now = Instant::now();
             if now >= next_publish {
                 shard.set_queue_drops(xsk.kernel_drops());
+                shard.tick_model();
                 published.publish(shard.snapshot());
                 shard.apply_setpoints();
                 next_publish = now + publish_every;

@@ -185,6 +185,7 @@ pub async fn receive_loop(
                     shard.set_queue_drops(d);
                 }
             }
+            shard.tick_model();
             published.publish(shard.snapshot());
             shard.apply_setpoints();
             next_publish = t + publish_every;

@@ -1068,7 +1068,7 @@ fn send_raw(
     // payload, key and header values (RD_KAFKA_MSG_F_COPY, header_add) and
     // owns the headers on success; on failure they are destroyed here.
     unsafe {
-        let h = rd::rd_kafka_headers_new(4);
+        let h = rd::rd_kafka_headers_new(5);
         let add = |k: &str, v: &[u8]| {
             rd::rd_kafka_header_add(
                 h,
@@ -1082,6 +1082,9 @@ fn send_raw(
         add("recv_ts_ns", dec(&mut b, meta.recv_ts_ns));
         add("gateway", gateway);
         add("shard", dec(&mut b, u64::from(meta.shard)));
+        if let Some(class) = meta.model_mark() {
+            add("model", class.as_bytes());
+        }
         let err = rd::rd_kafka_producev(
             rk,
             RD_KAFKA_VTYPE_RKT,

@@ -478,18 +478,49 @@ fn q16(v: f64) -> i64 {
 }
 
 /// Quantizes a trained network, calibrating activation ranges on `calib`
-/// (normalized float inputs from the training split).
-pub fn quantize(m: &FloatMlp, norm: &Norm, calib: &[[f32; N_FEATURES]]) -> QuantModel {
-    let mut a0 = Vec::new();
+/// (normalized float inputs from the training split, with their labels).
+///
+/// The first layer's input is min-max normalized into [0, 1] by
+/// construction: its range is exactly 1 (σ = 127). Each hidden layer's range
+/// is either the KL-calibrated one or the largest activation seen, whichever
+/// pair classifies `calib` best in int8 (KL alone clipped the rare large
+/// activations that single out a class: measured, README).
+pub fn quantize(
+    m: &FloatMlp,
+    norm: &Norm,
+    calib: &[[f32; N_FEATURES]],
+    raw: &[[i64; N_FEATURES]],
+    labels: &[u8],
+) -> QuantModel {
     let mut a1 = Vec::new();
     let mut a2 = Vec::new();
     for x in calib {
         let (h1, h2, _) = m.forward(x);
-        a0.extend_from_slice(x);
         a1.extend_from_slice(&h1);
         a2.extend_from_slice(&h2);
     }
-    let alpha = [kl_calibrate(&a0), kl_calibrate(&a1), kl_calibrate(&a2)];
+    let amax = |v: &[f32]| v.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-6);
+    let c1 = [kl_calibrate(&a1), amax(&a1)];
+    let c2 = [kl_calibrate(&a2), amax(&a2)];
+    let mut best: Option<(usize, QuantModel)> = None;
+    for &x1 in &c1 {
+        for &x2 in &c2 {
+            let q = quantize_with(m, norm, [1.0, x1, x2]);
+            let ok = raw
+                .iter()
+                .zip(labels)
+                .filter(|(x, &y)| q.classify(x) == y as usize)
+                .count();
+            if best.as_ref().is_none_or(|(b, _)| ok > *b) {
+                best = Some((ok, q));
+            }
+        }
+    }
+    best.expect("four candidates").1
+}
+
+/// Quantizes with the given layer-input ranges α.
+pub fn quantize_with(m: &FloatMlp, norm: &Norm, alpha: [f32; 3]) -> QuantModel {
     let sig: [f64; 3] = std::array::from_fn(|l| 127.0 / f64::from(alpha[l].max(1e-6)));
     // The integer path uses σ as rounded to Q16: dequantize with that one.
     let in_scale: [i64; 3] = std::array::from_fn(|l| q16(sig[l]).max(1));
@@ -618,7 +649,7 @@ mod tests {
                 ..TrainConfig::default()
             },
         );
-        let q = quantize(&m, &norm, &xf[..1000]);
+        let q = quantize(&m, &norm, &xf[..1000], &raw[..1000], &y[..1000]);
         let (mut ok_f, mut ok_q) = (0, 0);
         for (i, x) in raw.iter().enumerate() {
             ok_f += usize::from(m.classify(&xf[i]) == y[i] as usize);

@@ -55,6 +55,10 @@ pub enum ModelCmd {
         /// Disable the classifier instead.
         #[arg(long)]
         off: bool,
+        /// Drop these classes in the kernel (flood, sweep, replay); the
+        /// others are marked. Default: none dropped.
+        #[arg(long, value_delimiter = ',')]
+        drop: Vec<String>,
     },
 }
 
@@ -141,7 +145,12 @@ pub fn run(cmd: ModelCmd) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        ModelCmd::Load { iface, file, off } => {
+        ModelCmd::Load {
+            iface,
+            file,
+            off,
+            drop,
+        } => {
             let maps = match crate::xdp::KernelMaps::from_pins(&iface) {
                 Ok(m) => m,
                 Err(e) => {
@@ -156,6 +165,13 @@ pub fn run(cmd: ModelCmd) -> ExitCode {
                     Ok(f) => f,
                     Err(e) => {
                         eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let f = match super::with_drops(f, &drop) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        eprintln!("error: --drop: {e}");
                         return ExitCode::from(2);
                     }
                 };

@@ -20,7 +20,14 @@
 //! | x5 | 1 when the sequence did not advance (replay, duplicate, reset), else 0 |
 //! | x6 | log2(1 + interval in µs), capped at 26 (26 on a new flow: "long ago") |
 //! | x7–x9 | moving averages of x1, x5, x6 |
-//! | x10–x12 | \|x1 − x7\|, \|x5 − x8\|, \|x6 − x9\| |
+//! | x10 | \|x1 − x7\| |
+//! | x11 | moving average of log2(1 + µs between new flows) on this CPU (a sweep of spoofed ids makes it small) |
+//! | x12 | \|x6 − x9\| |
+//!
+//! x11 replaces the paper's deviation of the direction flag: one packet of a
+//! new id cannot tell a device klais has not seen yet from a spoofed one, but
+//! the rate at which new ids arrive can (a reconnection storm also brings
+//! many new or restarted devices, but they restart near sequence 0, x2).
 
 /// Fractional bits of the fixed point.
 pub const FRAC: u32 = 16;
@@ -54,6 +61,16 @@ pub struct FlowState {
     pub ema_lival: i64,
 }
 
+/// Per-CPU state: new flows' arrival (the kernel keeps it in the per-CPU
+/// `model_scratch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuState {
+    /// Last new flow, ns (0: none yet).
+    pub last_new_ns: u64,
+    /// Moving average of log2(1 + µs between new flows).
+    pub ema_new_lival: i64,
+}
+
 /// log2(v) in fixed point for v ≥ 1 (integer part from the top bit, fraction
 /// from the next 16 bits: piecewise linear between powers of two).
 #[inline]
@@ -78,10 +95,24 @@ fn ema(avg: i64, x: i64) -> i64 {
 /// Updates `state` (None: a new flow, created) with a packet and returns its
 /// features.
 #[inline]
-pub fn update(state: &mut Option<FlowState>, now_ns: u64, len: u32, seq: u32) -> [i64; N_FEATURES] {
+pub fn update(
+    cpu: &mut CpuState,
+    state: &mut Option<FlowState>,
+    now_ns: u64,
+    len: u32,
+    seq: u32,
+) -> [i64; N_FEATURES] {
     let x1 = i64::from(len) << FRAC;
     let (x3, x5, x6, st) = match state {
         None => {
+            if cpu.last_new_ns == 0 {
+                cpu.ema_new_lival = LOG_IVAL_MAX;
+            } else {
+                let dt = (now_ns.saturating_sub(cpu.last_new_ns) / 1000).min(1 << 27) as u32;
+                let l = log2_fixed(dt + 1).min(LOG_IVAL_MAX);
+                cpu.ema_new_lival = ema(cpu.ema_new_lival, l);
+            }
+            cpu.last_new_ns = now_ns;
             *state = Some(FlowState {
                 last_ns: now_ns,
                 last_seq: seq,
@@ -120,7 +151,7 @@ pub fn update(state: &mut Option<FlowState>, now_ns: u64, len: u32, seq: u32) ->
         st.ema_back,
         st.ema_lival,
         (x1 - st.ema_len).abs(),
-        (x5 - st.ema_back).abs(),
+        cpu.ema_new_lival,
         (x6 - st.ema_lival).abs(),
     ]
 }
@@ -128,7 +159,7 @@ pub fn update(state: &mut Option<FlowState>, now_ns: u64, len: u32, seq: u32) ->
 /// Feature names, for reports.
 pub const NAMES: [&str; N_FEATURES] = [
     "len", "seq", "dseq", "num", "back", "log_ival", "ema_len", "ema_back", "ema_log_ival",
-    "dev_len", "dev_back", "dev_log_ival",
+    "dev_len", "cpu_new_log_ival", "dev_log_ival",
 ];
 
 #[cfg(test)]
@@ -152,13 +183,14 @@ mod tests {
     #[test]
     fn a_flow_going_backwards_is_flagged_and_a_fast_one_has_a_small_interval() {
         let mut st = None;
-        let x = update(&mut st, 0, 100, 500);
+        let mut cpu = CpuState::default();
+        let x = update(&mut cpu, &mut st, 0, 100, 500);
         assert_eq!(x[3], ONE);
         assert_eq!(x[5], LOG_IVAL_MAX);
-        let x = update(&mut st, 1_000_000_000, 100, 501);
+        let x = update(&mut cpu, &mut st, 1_000_000_000, 100, 501);
         assert_eq!(x[4], 0);
         assert_eq!(x[2], ONE);
-        let x = update(&mut st, 1_000_100_000, 100, 498);
+        let x = update(&mut cpu, &mut st, 1_000_100_000, 100, 498);
         assert_eq!(x[4], ONE, "went backwards");
         assert_eq!(x[2], -3 * ONE);
         assert!(x[5] < 7 * ONE, "100 µs apart: {}", x[5]);

@@ -36,12 +36,13 @@ pub fn packet_dataset(split: Split, n: u32, keep_normal: f64) -> (Vec<[i64; N_FE
     for spec in scenario::suite(split, n) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed ^ 0x6b65_6570);
         let mut flows: HashMap<u64, FlowState> = HashMap::new();
+        let mut cpu = features::CpuState::default();
         for p in Generator::new(spec) {
             if p.label == Label::Malformed {
                 continue;
             }
             let mut st = flows.get(&p.hash).copied();
-            let x = features::update(&mut st, p.t_ns, u32::from(p.payload_len), p.seq);
+            let x = features::update(&mut cpu, &mut st, p.t_ns, u32::from(p.payload_len), p.seq);
             if let Some(s) = st {
                 flows.insert(p.hash, s);
             }
@@ -55,11 +56,25 @@ pub fn packet_dataset(split: Split, n: u32, keep_normal: f64) -> (Vec<[i64; N_FE
     (xs, ys)
 }
 
-/// The default actions per class: floods dropped in the kernel; sweeps and
-/// replays marked, not dropped (a device klais has not seen since its flow
-/// state was evicted, or since klais started, looks like a sweep on its
-/// first datagram; dropping it would lose real telemetry).
-pub const DEFAULT_ACTIONS: [Action; K] = [Action::Pass, Action::Drop, Action::Mark, Action::Mark];
+/// The default actions per class: every suspect class marked, none dropped.
+/// Dropping is the operator's choice (`model.drop_classes`, `klais model load
+/// --drop`): a reconnecting device flushing its backlog faster than any
+/// training scenario did was classified flood on veth (README), and a device
+/// klais has not seen yet looks like a sweep on its first datagram. The
+/// kernel's token buckets stay the enforcement of rates.
+pub const DEFAULT_ACTIONS: [Action; K] = [Action::Pass, Action::Mark, Action::Mark, Action::Mark];
+
+/// Sets the classes named in `drop` (flood, sweep, replay) to be dropped.
+pub fn with_drops(mut f: ClassifierFile, drop: &[String]) -> Result<ClassifierFile, String> {
+    for name in drop {
+        match Label::CLASSES.iter().position(|l| l.name() == name) {
+            Some(0) => return Err("normal traffic cannot be dropped".into()),
+            Some(c) => f.actions[c] = Action::Drop,
+            None => return Err(format!("unknown class {name:?} (flood, sweep or replay)")),
+        }
+    }
+    Ok(f)
+}
 
 /// Trains the classifier from scratch (train split), calibrates its int8
 /// form (train split), and returns the file to ship.
@@ -78,7 +93,9 @@ pub fn train_classifier(seed: u64, epochs: u32) -> ClassifierFile {
     );
     let stride = (xf.len() / 20_000).max(1);
     let calib: Vec<_> = xf.iter().step_by(stride).copied().collect();
-    let quant = classifier::quantize(&float, &norm, &calib);
+    let calib_raw: Vec<_> = raw.iter().step_by(stride).copied().collect();
+    let calib_y: Vec<_> = y.iter().step_by(stride).copied().collect();
+    let quant = classifier::quantize(&float, &norm, &calib, &calib_raw, &calib_y);
     ClassifierFile {
         provenance: format!(
             "klais model train --seed {seed} --epochs {epochs}: {} training packets from {} train-split scenarios (seeds {}..)",

@@ -82,6 +82,9 @@ pub enum RunError {
     /// The XDP filter could not be loaded or attached.
     #[error(transparent)]
     Xdp(#[from] crate::xdp::XdpError),
+    /// A model file could not be used.
+    #[error("model: {0}")]
+    Model(String),
     /// Fewer NIC queues than shards.
     #[error("{iface} has {queues} receive queues but ingest.shards = {shards}; fix: lower ingest.shards or raise the queue count (`ethtool -L {iface} combined {shards}`)")]
     Queues {
@@ -320,7 +323,7 @@ fn control_loop(
                 resets_near_zero: resets,
                 depth: cur.dam.depth,
                 id_hist,
-                storm_p: 0.0,
+                storm_p: cur.storm_ppm as f32 / 1e6,
             };
             prev[i] = cur;
         }
@@ -494,6 +497,14 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             };
             let limits = cfg.xdp.limits().map_err(crate::xdp::XdpError::from)?;
             let program = crate::xdp::XdpProgram::load(&opts, &limits)?;
+            if let Some(path) = &cfg.model.classifier {
+                let f = crate::model::load_classifier(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| crate::model::with_drops(f, &cfg.model.drop_classes))
+                    .map_err(RunError::Model)?;
+                program.maps().set_model(Some(&f))?;
+                tracing::info!(file = %path.display(), "in-kernel classifier loaded");
+            }
             let attachment = program.attach(iface, cfg.xdp.mode)?;
             if let Some(old) = attachment.recovered() {
                 tracing::warn!(
@@ -720,6 +731,16 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
     let maps = kernel.as_ref().map(|k| k.program.maps_arc());
+    let window_model = match cfg.model.predictor {
+        crate::config::PredictorKind::Window => Some(Arc::new(
+            crate::model::load_window(&cfg.model.window).map_err(|e| RunError::Model(e.to_string()))?,
+        )),
+        crate::config::PredictorKind::Rule => None,
+    };
+    let models = ShardModels {
+        window: window_model.clone(),
+        read_marks: cfg.model.classifier.is_some(),
+    };
     let mut shards = Vec::with_capacity(n);
     let mut shards_done = Vec::with_capacity(n);
     let mut shard_stats = Vec::with_capacity(n);
@@ -731,6 +752,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         shards_done.push(done.clone());
         shard_stats.push(stats.clone());
         let (stop, ready, maps) = (stop.clone(), ready_tx.clone(), maps.clone());
+        let models = models.clone();
         let iface = cfg.xdp.iface.clone().unwrap_or_default();
         let xcfg = crate::ingest::af_xdp::XskConfig {
             frames: cfg.ingest.af_xdp.frames,
@@ -744,7 +766,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             .spawn(move || async move {
                 let r = run_shard(
                     seed, shards_n, settings, backend, &iface, xcfg, maps, &stop, &stats, tick,
-                    &ready,
+                    &ready, models,
                 )
                 .await;
                 done.store(true, Ordering::Relaxed);
@@ -776,7 +798,15 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                     min: ceiling * 0.05,
                     max: ceiling,
                 },
-                rule: crate::control::predict::RuleConfig::default(),
+                rule: crate::control::predict::RuleConfig {
+                    source: match &window_model {
+                        Some(w) => crate::control::predict::StormSource::Window {
+                            threshold: w.threshold,
+                        },
+                        None => crate::control::predict::StormSource::Rule,
+                    },
+                    ..crate::control::predict::RuleConfig::default()
+                },
                 dam: base,
                 storm_device_burst: (base.device_burst * 50.0).max(100.0),
                 storm_device_rate: base.device_rate * 10.0,
@@ -859,6 +889,15 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
 
 /// One shard core, from setup to the end of its drain.
 #[allow(clippy::too_many_arguments)]
+/// What a shard runs beside its pipeline.
+#[derive(Clone, Default)]
+struct ShardModels {
+    /// The window model (each shard builds its own GGML context from it).
+    window: Option<Arc<crate::model::window::FloatWindow>>,
+    /// Read the in-kernel classifier's marks from the AF_XDP metadata.
+    read_marks: bool,
+}
+
 async fn run_shard(
     seed: ShardSeed,
     shards: u16,
@@ -871,6 +910,7 @@ async fn run_shard(
     stats: &Published<ShardSnapshot>,
     tick: Duration,
     ready: &std::sync::mpsc::Sender<Result<u16, String>>,
+    models: ShardModels,
 ) -> std::io::Result<ShardSnapshot> {
     let id = seed.id;
     let mut shard = match Shard::new(id, shards, settings, seed.rings) {
@@ -880,6 +920,16 @@ async fn run_shard(
             return Err(e);
         }
     };
+    if let Some(w) = &models.window {
+        // The shard's own GGML context, made on its core.
+        match crate::model::window::GgmlWindow::new(w) {
+            Ok(g) => shard.set_window_model(g),
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {id}: window model: {e}")));
+                return Err(std::io::Error::other(e));
+            }
+        }
+    }
     if let Some(sp) = seed.setpoints {
         shard.follow_setpoints(sp);
     }
@@ -905,6 +955,7 @@ async fn run_shard(
                 let _ = ready.send(Err("af_xdp needs the XDP filter (xdp.iface)".into()));
                 return Err(std::io::Error::other("no XDP program"));
             };
+            xsk.set_read_marks(models.read_marks);
             if let Err(e) = maps.bind_socket(queue, xsk.fd()) {
                 let _ = ready.send(Err(e.to_string()));
                 return Err(std::io::Error::other(e.to_string()));
@@ -1217,6 +1268,15 @@ pub fn summary_text(s: &RunSummary) -> String {
             d.queued, d.released, d.depth, d.evictions
         ));
     }
+    if sh.window_runs > 0 || sh.model_marked > 0 {
+        t.push_str(&format!(
+            "  models: window model (GGML Q4_0) {} inferences, {:.2} us each on average, last storm probability (highest shard) {:.3}; datagrams marked by the in-kernel classifier {}\n",
+            sh.window_runs,
+            sh.window_ns as f64 / 1000.0 / sh.window_runs.max(1) as f64,
+            f64::from(sh.storm_ppm) / 1e6,
+            sh.model_marked
+        ));
+    }
     if let Some(c) = &s.control {
         t.push_str(&format!(
             "  control: {} ticks, storms forecast {}{}, global admission rate {:.0}/s, kernel limit writes {} (global budget {}/s), flooding devices pinned {}\n",
@@ -1330,5 +1390,12 @@ pub fn xdp_counters_text(x: &crate::xdp::XdpCounters) -> String {
         "    events: sent {}, over cap {}, lost (ring full) {}; buckets: CAS retries {}, evictions {}, untracked {}\n",
         x.events_sent, x.events_capped, x.events_lost, x.bucket_retries, x.bucket_evictions, x.bucket_untracked
     ));
+    let classified: u64 = x.model_class.iter().sum();
+    if classified > 0 {
+        t.push_str(&format!(
+            "    classifier: normal {}, flood {}, sweep {}, replay {}; marked for Kafka {}\n",
+            x.model_class[0], x.model_class[1], x.model_class[2], x.model_class[3], x.model_marked
+        ));
+    }
     t
 }

@@ -370,7 +370,8 @@ pub fn suite(split: Split, n: u32) -> Vec<Spec> {
                 reconnect_share: r.gen_range(0.5..1.0),
                 jitter_s: r.gen_range(0.5..2.0),
                 backlog_max: r.gen_range(5..40),
-                flush_rate: r.gen_range(20.0..200.0),
+                // From a trickle to a device dumping its buffer at once.
+                flush_rate: r.gen_range(20f64.ln()..5000f64.ln()).exp(),
             });
             let floods = vec![Flood {
                 at_s: r.gen_range(2.0..50.0),
@@ -737,7 +738,8 @@ impl Iterator for Generator {
                         hash: wire::fnv1a64(&id),
                         device: u32::MAX,
                         seq: self.rng.gen(),
-                        payload_len: 100,
+                        // Lengths like real devices', so length gives nothing away.
+                        payload_len: self.rng.gen_range(60..248),
                         label: Label::Sweep,
                         malformed: None,
                         reconnect: false,

@@ -83,6 +83,15 @@ pub struct ShardSnapshot {
     /// Devices that appeared or restarted, by the high byte of their hash
     /// (cumulative): the control core's device-id entropy of reconnects.
     pub reconnect_ids: IdHistogram,
+    /// Datagrams the in-kernel classifier marked (AF_XDP metadata).
+    pub model_marked: u64,
+    /// The shard's window model: storm probability of the last tick, in
+    /// parts per million (0 when no model runs).
+    pub storm_ppm: u32,
+    /// Window-model inferences run, and the time they took (ns, summed).
+    pub window_runs: u64,
+    /// See `window_runs`.
+    pub window_ns: u64,
 }
 
 /// A 256-bin histogram of device-hash high bytes (cumulative counts).
@@ -154,6 +163,10 @@ impl ShardSnapshot {
         self.dam.queued_devices += o.dam.queued_devices;
         self.dam.oldest_age_ns = self.dam.oldest_age_ns.max(o.dam.oldest_age_ns);
         self.dam.evictions += o.dam.evictions;
+        self.model_marked += o.model_marked;
+        self.storm_ppm = self.storm_ppm.max(o.storm_ppm);
+        self.window_runs += o.window_runs;
+        self.window_ns += o.window_ns;
         for (a, b) in self
             .reconnect_ids
             .0
@@ -287,6 +300,19 @@ impl Owner {
     }
 }
 
+/// A shard's window model and its history.
+struct WindowSide {
+    model: crate::model::window::GgmlWindow,
+    win: crate::model::window::Window,
+    prev: ShardSnapshot,
+}
+
+impl std::fmt::Debug for WindowSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowSide").finish_non_exhaustive()
+    }
+}
+
 /// Where a shard takes the control core's Dam settings from.
 pub type DamSetpoints = std::sync::Arc<crate::telemetry::Published<Option<DamConfig>>>;
 
@@ -295,6 +321,7 @@ pub type DamSetpoints = std::sync::Arc<crate::telemetry::Published<Option<DamCon
 pub struct Shard {
     shards: u64,
     owner: Owner,
+    window: Option<Box<WindowSide>>,
     setpoints: Option<DamSetpoints>,
     ovf_rx: RecordRx,
     mesh_tx: Vec<Option<RecordTx>>,
@@ -312,6 +339,7 @@ impl Shard {
     ) -> std::io::Result<Self> {
         Ok(Self {
             shards: u64::from(shards.max(1)),
+            window: None,
             setpoints: None,
             owner: Owner {
                 id,
@@ -394,9 +422,25 @@ impl Shard {
         recv_ts_ns: u64,
         hash: Option<u64>,
     ) -> Result<(), Reject> {
+        self.on_prefetched_flags(buf, recv_ts_ns, hash, 0)
+    }
+
+    /// [`Shard::on_prefetched`] with extra record flags (the in-kernel
+    /// classifier's mark, [`crate::handoff::FLAG_MODEL_MARK`]).
+    #[inline]
+    pub fn on_prefetched_flags(
+        &mut self,
+        buf: &[u8],
+        recv_ts_ns: u64,
+        hash: Option<u64>,
+        flags: u8,
+    ) -> Result<(), Reject> {
         self.owner.snap.received += 1;
         self.owner.snap.received_bytes += buf.len() as u64;
-        let r = self.route(buf, recv_ts_ns, hash);
+        if flags & crate::handoff::FLAG_MODEL_MARK != 0 {
+            self.owner.snap.model_marked += 1;
+        }
+        let r = self.route(buf, recv_ts_ns, hash, flags);
         if let Err(reason) = r {
             self.owner.snap.rejects.bump(reason);
         }
@@ -404,7 +448,7 @@ impl Shard {
     }
 
     #[inline]
-    fn route(&mut self, buf: &[u8], recv_ts_ns: u64, hash: Option<u64>) -> Result<(), Reject> {
+    fn route(&mut self, buf: &[u8], recv_ts_ns: u64, hash: Option<u64>, flags: u8) -> Result<(), Reject> {
         let d = wire::parse(buf, &self.owner.settings.parse)?;
         // A prefetched hash was computed over these same 16 id bytes.
         let hash = hash.unwrap_or_else(|| d.device_hash());
@@ -414,11 +458,12 @@ impl Shard {
             recv_ts_ns,
             shard: self.owner.id,
             seq_event: 0,
-            flags: if self.owner.settings.parse.validate_json {
-                FLAG_JSON_VALIDATED
-            } else {
-                0
-            },
+            flags: flags
+                | if self.owner.settings.parse.validate_json {
+                    FLAG_JSON_VALIDATED
+                } else {
+                    0
+                },
         };
         let owner = (hash % self.shards) as usize;
         if owner != usize::from(self.owner.id) {
@@ -501,6 +546,50 @@ impl Shard {
             d.oldest_age_ns = 0;
         }
         owner.dam = Some(d);
+    }
+
+    /// Runs `model` (this shard's own GGML context) once per publication
+    /// tick from now on ([`Shard::tick_model`]).
+    pub fn set_window_model(&mut self, model: crate::model::window::GgmlWindow) {
+        self.window = Some(Box::new(WindowSide {
+            model,
+            win: crate::model::window::Window::default(),
+            prev: self.owner.snap,
+        }));
+    }
+
+    /// One tick of the window model, if any: this tick's counters (since the
+    /// last call) in, the storm probability into the snapshot. Called once
+    /// per publication, never per packet.
+    pub fn tick_model(&mut self) {
+        let Some(w) = self.window.as_mut() else {
+            return;
+        };
+        let t0 = std::time::Instant::now();
+        let cur = &self.owner.snap;
+        let p = &w.prev;
+        let mut hist = [0u32; 256];
+        for (h, (c, q)) in hist
+            .iter_mut()
+            .zip(cur.reconnect_ids.0.iter().zip(p.reconnect_ids.0.iter()))
+        {
+            *h = c.wrapping_sub(*q);
+        }
+        let resets = cur.seq.resets.saturating_sub(p.seq.resets);
+        let tick = crate::model::window::Tick {
+            offered: (cur.received + cur.forwarded_in).saturating_sub(p.received + p.forwarded_in),
+            new_devices: cur.seq.new_devices.saturating_sub(p.seq.new_devices),
+            resets,
+            resets_near_zero: resets,
+            id_entropy: crate::control::predict::entropy(&hist),
+            depth: cur.dam.depth,
+        };
+        let f = w.model.infer(&w.win.push(&tick));
+        w.prev = *cur;
+        let snap = &mut self.owner.snap;
+        snap.storm_ppm = (f.storm.clamp(0.0, 1.0) * 1e6) as u32;
+        snap.window_runs += 1;
+        snap.window_ns += t0.elapsed().as_nanos() as u64;
     }
 
     /// Takes Dam settings from the control core from now on (read by
