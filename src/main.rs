@@ -924,12 +924,17 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match klais::xdp::bench::run(repeat, rounds.max(1), redirect_iface.as_deref(), model.as_ref()) {
-            Ok(rows) => {
-                print!("{}", klais::xdp::bench::table(&rows, repeat));
-                ExitCode::SUCCESS
-            }
-            Err(e) => runtime_fail(e),
+            match klais::xdp::bench::run(
+                repeat,
+                rounds.max(1),
+                redirect_iface.as_deref(),
+                model.as_ref(),
+            ) {
+                Ok(rows) => {
+                    print!("{}", klais::xdp::bench::table(&rows, repeat));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => runtime_fail(e),
             }
         }
     }

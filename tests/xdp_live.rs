@@ -601,8 +601,14 @@ fn the_classifier_marks_reach_the_shards_and_the_window_model_forecasts_the_stor
         .unwrap_or_else(|| panic!("no models line:\n{rest}"));
     let shard_marked = num_after(models_line, "in-kernel classifier");
     assert!(kernel_marked > 0, "the sweep is marked: {classifier}");
-    assert_eq!(kernel_marked, shard_marked, "every mark reached the shard:\n{rest}");
-    assert!(num_after(models_line, "window model (GGML Q4_0)") > 100, "{models_line}");
+    assert_eq!(
+        kernel_marked, shard_marked,
+        "every mark reached the shard:\n{rest}"
+    );
+    assert!(
+        num_after(models_line, "window model (GGML Q4_0)") > 100,
+        "{models_line}"
+    );
     let control = control_line(&rest);
     assert!(num_after(control, "storms forecast") >= 1, "{rest}");
 }

@@ -58,7 +58,10 @@ fn kernel_and_rust_int8_agree_bit_for_bit() {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
     let model = shipped();
     let prog = XdpProgram::load(&LoadOptions::default(), &no_limits()).expect("loads");
@@ -83,7 +86,11 @@ fn kernel_and_rust_int8_agree_bit_for_bit() {
         }
         *n += 1;
         let (action, _) = prog.test_run(&frame_of(&p), 1).unwrap();
-        let t = prog.maps().model_last().unwrap().expect("the classifier ran");
+        let t = prog
+            .maps()
+            .model_last()
+            .unwrap()
+            .expect("the classifier ran");
         let mut st = flows.get(&p.hash).copied();
         let x = features::update(&mut cpu, &mut st, t.now_ns, u32::from(p.payload_len), p.seq);
         flows.insert(p.hash, st.unwrap());
@@ -100,7 +107,10 @@ fn kernel_and_rust_int8_agree_bit_for_bit() {
     }
     assert!(checked >= 1600, "checked {checked}");
     println!("kernel = Rust int8 on {checked} packets; classes {classes:?}");
-    assert!(classes.iter().filter(|&&c| c > 0).count() >= 2, "more than one class seen: {classes:?}");
+    assert!(
+        classes.iter().filter(|&&c| c > 0).count() >= 2,
+        "more than one class seen: {classes:?}"
+    );
 }
 
 #[test]
@@ -111,11 +121,16 @@ fn a_model_switches_slots_live_and_turns_off() {
     let model = shipped();
     let prog = XdpProgram::load(&LoadOptions::default(), &no_limits()).expect("loads");
     let maps = prog.maps();
-    assert_eq!(maps.model_enabled().unwrap().0, false, "off until loaded");
-    let p = Generator::new(scenario::preset("normal", 3).unwrap()).next().unwrap();
+    assert!(!maps.model_enabled().unwrap().0, "off until loaded");
+    let p = Generator::new(scenario::preset("normal", 3).unwrap())
+        .next()
+        .unwrap();
     let f = frame_of(&p);
     prog.test_run(&f, 1).unwrap();
-    assert!(maps.model_last().unwrap().is_none(), "nothing classified while off");
+    assert!(
+        maps.model_last().unwrap().is_none(),
+        "nothing classified while off"
+    );
 
     let s0 = maps.set_model(Some(&model)).unwrap();
     let s1 = maps.set_model(Some(&model)).unwrap();
@@ -131,14 +146,23 @@ fn a_model_switches_slots_live_and_turns_off() {
     let (action, _) = prog.test_run(&f, 1).unwrap();
     assert_eq!(action, XDP_DROP);
     let after = maps.counters().unwrap();
-    assert_eq!(after.get(Verdict::ModelDrop) - before.get(Verdict::ModelDrop), 1);
+    assert_eq!(
+        after.get(Verdict::ModelDrop) - before.get(Verdict::ModelDrop),
+        1
+    );
 
     maps.set_model(None).unwrap();
-    assert_eq!(maps.model_enabled().unwrap().0, false);
+    assert!(!maps.model_enabled().unwrap().0);
     let (action, _) = prog.test_run(&f, 1).unwrap();
     assert_ne!(action, XDP_DROP, "off again: the model no longer drops");
     let last = maps.model_last().unwrap().unwrap();
-    assert!(last.now_ns >= t.now_ns, "the drop run was the last classified");
+    assert!(
+        last.now_ns >= t.now_ns,
+        "the drop run was the last classified"
+    );
     let c = maps.counters().unwrap();
-    assert_eq!(c.model_class.iter().sum::<u64>(), after.model_class.iter().sum::<u64>());
+    assert_eq!(
+        c.model_class.iter().sum::<u64>(),
+        after.model_class.iter().sum::<u64>()
+    );
 }

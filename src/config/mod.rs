@@ -662,7 +662,8 @@ impl Config {
             if self.dam.device_rate_pps.is_none() {
                 errs.push(invalid(
                     "model.predictor",
-                    "\"window\" feeds the control core, which runs only with the Dam on".to_string(),
+                    "\"window\" feeds the control core, which runs only with the Dam on"
+                        .to_string(),
                     "set dam.device_rate_pps, or predictor = \"rule\"",
                 ));
             }

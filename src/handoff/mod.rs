@@ -48,7 +48,8 @@ pub struct RecordMeta {
 impl RecordMeta {
     /// The classifier's class when it marked this message.
     pub fn model_mark(&self) -> Option<&'static str> {
-        (self.flags & FLAG_MODEL_MARK != 0).then(|| MODEL_CLASSES[usize::from((self.flags >> 4) & 0x3)])
+        (self.flags & FLAG_MODEL_MARK != 0)
+            .then(|| MODEL_CLASSES[usize::from((self.flags >> 4) & 0x3)])
     }
 
     /// The device id as text (padding trimmed); the parser guaranteed UTF-8.

@@ -146,7 +146,9 @@ impl FloatMlp {
             r.gen_range(-a..a)
         };
         FloatMlp {
-            w1: (0..H).map(|_| std::array::from_fn(|_| init(N_FEATURES))).collect(),
+            w1: (0..H)
+                .map(|_| std::array::from_fn(|_| init(N_FEATURES)))
+                .collect(),
             b1: [0.0; H],
             w2: (0..H).map(|_| std::array::from_fn(|_| init(H))).collect(),
             b2: [0.0; H],
@@ -225,7 +227,13 @@ pub fn train(x: &[[f32; N_FEATURES]], y: &[u8], cfg: &TrainConfig) -> FloatMlp {
     }
     let cw: Vec<f32> = counts
         .iter()
-        .map(|&c| if c == 0 { 0.0 } else { (n as f32 / c as f32).sqrt() })
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                (n as f32 / c as f32).sqrt()
+            }
+        })
         .collect();
     let cw_mean = cw.iter().sum::<f32>() / K as f32;
     let cw: Vec<f32> = cw.iter().map(|w| w / cw_mean.max(1e-9)).collect();
@@ -275,11 +283,17 @@ fn flatten(m: &FloatMlp) -> Vec<f32> {
 
 fn unflatten(m: &mut FloatMlp, v: &[f32]) {
     let mut it = v.iter().copied();
-    m.w1.iter_mut().flat_map(|r| r.iter_mut()).for_each(|w| *w = it.next().unwrap_or(0.0));
+    m.w1.iter_mut()
+        .flat_map(|r| r.iter_mut())
+        .for_each(|w| *w = it.next().unwrap_or(0.0));
     m.b1.iter_mut().for_each(|w| *w = it.next().unwrap_or(0.0));
-    m.w2.iter_mut().flat_map(|r| r.iter_mut()).for_each(|w| *w = it.next().unwrap_or(0.0));
+    m.w2.iter_mut()
+        .flat_map(|r| r.iter_mut())
+        .for_each(|w| *w = it.next().unwrap_or(0.0));
     m.b2.iter_mut().for_each(|w| *w = it.next().unwrap_or(0.0));
-    m.w3.iter_mut().flat_map(|r| r.iter_mut()).for_each(|w| *w = it.next().unwrap_or(0.0));
+    m.w3.iter_mut()
+        .flat_map(|r| r.iter_mut())
+        .for_each(|w| *w = it.next().unwrap_or(0.0));
     m.b3.iter_mut().for_each(|w| *w = it.next().unwrap_or(0.0));
 }
 
@@ -511,7 +525,7 @@ pub fn quantize(
                 .zip(labels)
                 .filter(|(x, &y)| q.classify(x) == y as usize)
                 .count();
-            if best.as_ref().is_none_or(|(b, _)| ok > *b) {
+            if best.as_ref().map_or(true, |(b, _)| ok > *b) {
                 best = Some((ok, q));
             }
         }
@@ -605,7 +619,11 @@ impl Metrics {
         let sup: u64 = self.confusion[c].iter().sum();
         let p = if pred == 0 { 0.0 } else { tp / pred as f64 };
         let r = if sup == 0 { 0.0 } else { tp / sup as f64 };
-        let f = if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) };
+        let f = if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        };
         (p, r, f, sup)
     }
 }

@@ -88,7 +88,11 @@ pub fn run(cmd: ModelCmd) -> ExitCode {
                     eprintln!("error: {e}");
                     return ExitCode::from(1);
                 }
-                println!("classifier: {} ({:.1}s)", path.display(), t0.elapsed().as_secs_f64());
+                println!(
+                    "classifier: {} ({:.1}s)",
+                    path.display(),
+                    t0.elapsed().as_secs_f64()
+                );
                 let e = super::eval_classifier(&f, Split::Validation);
                 print!("validation split:\n{}", super::classifier_table(&e));
             }
@@ -182,7 +186,10 @@ pub fn run(cmd: ModelCmd) -> ExitCode {
                     if off {
                         println!("{iface}: classifier off");
                     } else {
-                        println!("{iface}: classifier {} loaded into slot {slot}", file.display());
+                        println!(
+                            "{iface}: classifier {} loaded into slot {slot}",
+                            file.display()
+                        );
                     }
                     ExitCode::SUCCESS
                 }

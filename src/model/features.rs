@@ -158,8 +158,18 @@ pub fn update(
 
 /// Feature names, for reports.
 pub const NAMES: [&str; N_FEATURES] = [
-    "len", "seq", "dseq", "num", "back", "log_ival", "ema_len", "ema_back", "ema_log_ival",
-    "dev_len", "cpu_new_log_ival", "dev_log_ival",
+    "len",
+    "seq",
+    "dseq",
+    "num",
+    "back",
+    "log_ival",
+    "ema_len",
+    "ema_back",
+    "ema_log_ival",
+    "dev_len",
+    "cpu_new_log_ival",
+    "dev_log_ival",
 ];
 
 #[cfg(test)]

@@ -212,7 +212,9 @@ pub fn load_classifier(path: &Path) -> Result<ClassifierFile, ModelError> {
 fn validate(q: &QuantModel, f: &FloatMlp) -> Result<(), String> {
     use classifier::H;
     if q.w1.len() != H || q.w2.len() != H || q.w3.len() != K {
-        return Err(format!("int8 layers must be {H}x{N_FEATURES}, {H}x{H}, {K}x{H}"));
+        return Err(format!(
+            "int8 layers must be {H}x{N_FEATURES}, {H}x{H}, {K}x{H}"
+        ));
     }
     if f.w1.len() != H || f.w2.len() != H || f.w3.len() != K {
         return Err("float layers have the wrong shape".into());
@@ -288,7 +290,11 @@ pub fn window_dataset(split: Split, n: u32) -> Vec<window::Sample> {
             } else {
                 ahead.iter().map(|(_, k)| k.offered as f64).sum::<f64>() / ahead.len() as f64
             };
-            out.push((x, f32::from(u8::from(y)), ((1.0 + next).log2() / 20.0) as f32));
+            out.push((
+                x,
+                f32::from(u8::from(y)),
+                ((1.0 + next).log2() / 20.0) as f32,
+            ));
         }
     }
     out
@@ -395,12 +401,20 @@ pub fn eval_window(m: &window::FloatWindow, split: Split) -> Result<WindowEval, 
         let truth = f64::from(*r) * 20.0;
         errs.push((f64::from(f.next_rate).max(0.0).ln_1p() / std::f64::consts::LN_2 - truth).abs());
         if std::env::var_os("KLAIS_DEBUG_WINDOW").is_some() && e.ticks % 5000 == 0 {
-            eprintln!("tick {}: truth {truth:.3} q4 {:.3} float {:.3}", e.ticks, f64::from(f.next_rate).ln_1p() / std::f64::consts::LN_2, f64::from(m.infer(x).next_rate).ln_1p() / std::f64::consts::LN_2);
+            eprintln!(
+                "tick {}: truth {truth:.3} q4 {:.3} float {:.3}",
+                e.ticks,
+                f64::from(f.next_rate).ln_1p() / std::f64::consts::LN_2,
+                f64::from(m.infer(x).next_rate).ln_1p() / std::f64::consts::LN_2
+            );
         }
     }
     e.us_per_inference = t0.elapsed().as_secs_f64() * 1e6 / data.len().max(1) as f64;
     errs.sort_by(f64::total_cmp);
-    let pick = |q: f64| errs.get(((errs.len() as f64 * q) as usize).min(errs.len().saturating_sub(1))).map_or(1.0, |v| v.exp2());
+    let pick = |q: f64| {
+        errs.get(((errs.len() as f64 * q) as usize).min(errs.len().saturating_sub(1)))
+            .map_or(1.0, |v| v.exp2())
+    };
     e.rate_err_median = pick(0.5);
     e.rate_err_p90 = pick(0.9);
     // Lead times and false alarms, closed loop in the simulator.
@@ -456,7 +470,10 @@ pub fn window_table(e: &WindowEval) -> String {
         e.rate_err_p90,
         e.us_per_inference
     );
-    s.push_str(&format!("{:<34} {:>14} {:>14}\n", "storm forecast", "rule", "window model"));
+    s.push_str(&format!(
+        "{:<34} {:>14} {:>14}\n",
+        "storm forecast", "rule", "window model"
+    ));
     for (i, (r, w)) in e.leads.iter().enumerate() {
         s.push_str(&format!(
             "{:<34} {:>14} {:>14}\n",

@@ -79,7 +79,11 @@ impl Window {
         let lm = lg(t.offered as f64);
         let lr = lg(rec);
         let max_h = rec.clamp(1.0, 256.0).log2();
-        let rel_h = if max_h > 0.0 { (t.id_entropy / max_h).min(1.0) as f32 } else { 0.0 };
+        let rel_h = if max_h > 0.0 {
+            (t.id_entropy / max_h).min(1.0) as f32
+        } else {
+            0.0
+        };
         let near0 = if t.resets > 0 {
             t.resets_near_zero as f32 / t.resets as f32
         } else {
@@ -152,7 +156,9 @@ impl FloatWindow {
         let mut r = ChaCha8Rng::seed_from_u64(seed);
         let mut mat = |o: usize, i: usize| -> Vec<Vec<f32>> {
             let a = (6.0 / i as f32).sqrt();
-            (0..o).map(|_| (0..i).map(|_| r.gen_range(-a..a)).collect()).collect()
+            (0..o)
+                .map(|_| (0..i).map(|_| r.gen_range(-a..a)).collect())
+                .collect()
         };
         FloatWindow {
             provenance: String::new(),
@@ -167,18 +173,10 @@ impl FloatWindow {
     }
 
     fn forward(&self, x: &[f32]) -> ([f32; HID], [f32; HID], [f32; OUT]) {
-        let mut h1 = [0f32; HID];
-        for j in 0..HID {
-            h1[j] = (self.b1[j] + self.w1[j].iter().zip(x).map(|(a, b)| a * b).sum::<f32>()).max(0.0);
-        }
-        let mut h2 = [0f32; HID];
-        for j in 0..HID {
-            h2[j] = (self.b2[j] + self.w2[j].iter().zip(&h1).map(|(a, b)| a * b).sum::<f32>()).max(0.0);
-        }
-        let mut o = [0f32; OUT];
-        for j in 0..OUT {
-            o[j] = self.b3[j] + self.w3[j].iter().zip(&h2).map(|(a, b)| a * b).sum::<f32>();
-        }
+        let dot = |w: &[f32], v: &[f32]| w.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
+        let h1: [f32; HID] = std::array::from_fn(|j| (self.b1[j] + dot(&self.w1[j], x)).max(0.0));
+        let h2: [f32; HID] = std::array::from_fn(|j| (self.b2[j] + dot(&self.w2[j], &h1)).max(0.0));
+        let o: [f32; OUT] = std::array::from_fn(|j| self.b3[j] + dot(&self.w3[j], &h2));
         (h1, h2, o)
     }
 
@@ -205,7 +203,9 @@ impl FloatWindow {
         if ok {
             Ok(())
         } else {
-            Err(format!("window model layers must be {HID}x{IN}, {HID}x{HID}, {OUT}x{HID}"))
+            Err(format!(
+                "window model layers must be {HID}x{IN}, {HID}x{HID}, {OUT}x{HID}"
+            ))
         }
     }
 }
@@ -289,15 +289,14 @@ pub fn train(samples: &[Sample], seed: u64, epochs: u32) -> FloatWindow {
 }
 
 fn pack(m: &FloatWindow, v: &mut [f32]) {
-    let it = m
-        .w1
-        .iter()
-        .flatten()
-        .chain(&m.b1)
-        .chain(m.w2.iter().flatten())
-        .chain(&m.b2)
-        .chain(m.w3.iter().flatten())
-        .chain(&m.b3);
+    let it =
+        m.w1.iter()
+            .flatten()
+            .chain(&m.b1)
+            .chain(m.w2.iter().flatten())
+            .chain(&m.b2)
+            .chain(m.w3.iter().flatten())
+            .chain(&m.b3);
     for (d, s) in v.iter_mut().zip(it) {
         *d = *s;
     }
@@ -305,15 +304,14 @@ fn pack(m: &FloatWindow, v: &mut [f32]) {
 
 fn unpack(m: &mut FloatWindow, v: &[f32]) {
     let mut it = v.iter().copied();
-    let dst = m
-        .w1
-        .iter_mut()
-        .flatten()
-        .chain(m.b1.iter_mut())
-        .chain(m.w2.iter_mut().flatten())
-        .chain(m.b2.iter_mut())
-        .chain(m.w3.iter_mut().flatten())
-        .chain(m.b3.iter_mut());
+    let dst =
+        m.w1.iter_mut()
+            .flatten()
+            .chain(m.b1.iter_mut())
+            .chain(m.w2.iter_mut().flatten())
+            .chain(m.b2.iter_mut())
+            .chain(m.w3.iter_mut().flatten())
+            .chain(m.b3.iter_mut());
     for d in dst {
         *d = it.next().unwrap_or(0.0);
     }
@@ -356,7 +354,12 @@ impl GgmlWindow {
                 return Err("ggml_init failed (out of memory)".into());
             }
             let q4 = |rows: &[Vec<f32>], k: usize| {
-                let t = g::ggml_new_tensor_2d(ctx, g::ggml_type_GGML_TYPE_Q4_0, k as i64, rows.len() as i64);
+                let t = g::ggml_new_tensor_2d(
+                    ctx,
+                    g::ggml_type_GGML_TYPE_Q4_0,
+                    k as i64,
+                    rows.len() as i64,
+                );
                 let flat: Vec<f32> = rows.iter().flatten().copied().collect();
                 let mut hist = [0i64; 16];
                 g::ggml_quantize_q4_0(
@@ -379,7 +382,8 @@ impl GgmlWindow {
             // layer above 4 bits): at Q4_0 the rate output came out biased
             // low by a factor ~4 against the float network (README).
             let w3 = {
-                let t = g::ggml_new_tensor_2d(ctx, g::ggml_type_GGML_TYPE_F32, HID as i64, OUT as i64);
+                let t =
+                    g::ggml_new_tensor_2d(ctx, g::ggml_type_GGML_TYPE_F32, HID as i64, OUT as i64);
                 let flat: Vec<f32> = m.w3.iter().flatten().copied().collect();
                 std::ptr::copy_nonoverlapping(flat.as_ptr(), (*t).data.cast::<f32>(), flat.len());
                 t

@@ -733,7 +733,8 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
     let maps = kernel.as_ref().map(|k| k.program.maps_arc());
     let window_model = match cfg.model.predictor {
         crate::config::PredictorKind::Window => Some(Arc::new(
-            crate::model::load_window(&cfg.model.window).map_err(|e| RunError::Model(e.to_string()))?,
+            crate::model::load_window(&cfg.model.window)
+                .map_err(|e| RunError::Model(e.to_string()))?,
         )),
         crate::config::PredictorKind::Rule => None,
     };
@@ -888,7 +889,6 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
 }
 
 /// One shard core, from setup to the end of its drain.
-#[allow(clippy::too_many_arguments)]
 /// What a shard runs beside its pipeline.
 #[derive(Clone, Default)]
 struct ShardModels {
@@ -898,6 +898,7 @@ struct ShardModels {
     read_marks: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_shard(
     seed: ShardSeed,
     shards: u16,

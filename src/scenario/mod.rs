@@ -757,7 +757,8 @@ impl Iterator for Generator {
                     let v = (self.rng.gen_range(0..victims) * 7919) % self.spec.devices;
                     let d = &self.dev[v as usize];
                     let back = self.rng.gen_range(1..8u32);
-                    let (seq, len) = self.history[v as usize][(d.seq.wrapping_sub(back) % 8) as usize];
+                    let (seq, len) =
+                        self.history[v as usize][(d.seq.wrapping_sub(back) % 8) as usize];
                     if len == 0 {
                         continue; // nothing captured yet
                     }
@@ -846,8 +847,17 @@ mod tests {
                 assert_eq!(d.device_hash(), p.hash);
             }
         }
-        for l in [Label::Normal, Label::Flood, Label::Sweep, Label::Replay, Label::Malformed] {
-            assert!(seen.get(&l).copied().unwrap_or(0) > 0, "{l:?} missing: {seen:?}");
+        for l in [
+            Label::Normal,
+            Label::Flood,
+            Label::Sweep,
+            Label::Replay,
+            Label::Malformed,
+        ] {
+            assert!(
+                seen.get(&l).copied().unwrap_or(0) > 0,
+                "{l:?} missing: {seen:?}"
+            );
         }
         assert!(resets > 200, "devices reconnect after the outage: {resets}");
     }
@@ -858,22 +868,33 @@ mod tests {
         let pk: Vec<Packet> = g.by_ref().collect();
         let in_outage = pk
             .iter()
-            .filter(|p| p.label == Label::Normal && p.t_ns > 5_100_000_000 && p.t_ns < 9_900_000_000)
+            .filter(|p| {
+                p.label == Label::Normal && p.t_ns > 5_100_000_000 && p.t_ns < 9_900_000_000
+            })
             .count();
         assert_eq!(in_outage, 0, "nothing normal while the network is away");
         let (back, until) = g.storm_window_ns().unwrap();
-        let after = pk.iter().filter(|p| p.t_ns >= back && p.t_ns < until).count();
+        let after = pk
+            .iter()
+            .filter(|p| p.t_ns >= back && p.t_ns < until)
+            .count();
         let before = pk
             .iter()
             .filter(|p| p.label == Label::Normal && p.t_ns < 5_000_000_000)
             .count();
-        assert!(after as f64 > before as f64 * 0.5, "backlog flush: {after} vs {before}");
+        assert!(
+            after as f64 > before as f64 * 0.5,
+            "backlog flush: {after} vs {before}"
+        );
     }
 
     #[test]
     fn splits_use_disjoint_seeds() {
         let t: Vec<u64> = suite(Split::Train, 20).iter().map(|s| s.seed).collect();
-        let v: Vec<u64> = suite(Split::Validation, 20).iter().map(|s| s.seed).collect();
+        let v: Vec<u64> = suite(Split::Validation, 20)
+            .iter()
+            .map(|s| s.seed)
+            .collect();
         let x: Vec<u64> = suite(Split::Test, 20).iter().map(|s| s.seed).collect();
         for s in &t {
             assert!(!v.contains(s) && !x.contains(s));

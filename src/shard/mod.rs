@@ -448,7 +448,13 @@ impl Shard {
     }
 
     #[inline]
-    fn route(&mut self, buf: &[u8], recv_ts_ns: u64, hash: Option<u64>, flags: u8) -> Result<(), Reject> {
+    fn route(
+        &mut self,
+        buf: &[u8],
+        recv_ts_ns: u64,
+        hash: Option<u64>,
+        flags: u8,
+    ) -> Result<(), Reject> {
         let d = wire::parse(buf, &self.owner.settings.parse)?;
         // A prefetched hash was computed over these same 16 id bytes.
         let hash = hash.unwrap_or_else(|| d.device_hash());

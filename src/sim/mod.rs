@@ -190,6 +190,9 @@ pub struct Outcome {
     pub storm_onsets: Vec<f64>,
 }
 
+/// A per-tick callback: the tick's time (ns) and what the shard saw.
+pub type TickObserver<'a> = dyn FnMut(u64, &crate::model::window::Tick) + 'a;
+
 /// What a run can take beyond the scenario.
 #[derive(Default)]
 pub struct Extras<'a> {
@@ -199,7 +202,7 @@ pub struct Extras<'a> {
     /// The window model for [`Variant::KlaisWindow`] (run through GGML, Q4_0).
     pub window: Option<&'a crate::model::window::FloatWindow>,
     /// Called every tick with its time (ns) and what the shard saw.
-    pub observe: Option<&'a mut dyn FnMut(u64, &crate::model::window::Tick)>,
+    pub observe: Option<&'a mut TickObserver<'a>>,
 }
 
 /// Runs one variant of a scenario.
@@ -218,7 +221,8 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
     let t_end = (spec.duration_s * SEC) as u64;
     let n = spec.devices as usize;
     let mut ggml = (variant == Variant::KlaisWindow).then(|| {
-        GgmlWindow::new(ex.window.expect("the window variant needs a model")).expect("model fits GGML")
+        GgmlWindow::new(ex.window.expect("the window variant needs a model"))
+            .expect("model fits GGML")
     });
     let mut window = Window::default();
     let mut gen = Generator::new(spec);

@@ -384,7 +384,10 @@ impl KernelMaps {
     /// program to it (and on) in one write: packets see the old model or the
     /// new one, never half of each. `None` switches the classifier off.
     /// Returns the slot now active.
-    pub fn set_model(&self, f: Option<&crate::model::classifier::ClassifierFile>) -> Result<u32, XdpError> {
+    pub fn set_model(
+        &self,
+        f: Option<&crate::model::classifier::ClassifierFile>,
+    ) -> Result<u32, XdpError> {
         let key = 0u32.to_ne_bytes();
         let mut ctl = self.model_ctl_now()?;
         let Some(f) = f else {
@@ -392,7 +395,11 @@ impl KernelMaps {
             self.write_model_ctl(&ctl)?;
             return Ok(ctl.active);
         };
-        let slot = if ctl.enabled != 0 { ctl.active ^ 1 } else { ctl.active };
+        let slot = if ctl.enabled != 0 {
+            ctl.active ^ 1
+        } else {
+            ctl.active
+        };
         let m = model_value(f);
         self.model
             .update(&slot.to_ne_bytes(), model_bytes(&m), MapFlags::ANY)
@@ -420,7 +427,10 @@ impl KernelMaps {
     fn write_model_ctl(&self, c: &klais_model_ctl) -> Result<(), XdpError> {
         // SAFETY: two u32 fields, no padding.
         let b = unsafe {
-            std::slice::from_raw_parts((c as *const klais_model_ctl).cast::<u8>(), std::mem::size_of::<klais_model_ctl>())
+            std::slice::from_raw_parts(
+                (c as *const klais_model_ctl).cast::<u8>(),
+                std::mem::size_of::<klais_model_ctl>(),
+            )
         };
         self.model_ctl
             .update(&0u32.to_ne_bytes(), b, MapFlags::ANY)
@@ -449,8 +459,9 @@ impl KernelMaps {
             }
             // SAFETY: the map's value type is `struct klais_model_scratch`
             // (integers only); the length was checked.
-            let sc: klais_model_scratch = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-            if sc.now_ns != 0 && best.as_ref().is_none_or(|b| sc.now_ns > b.now_ns) {
+            let sc: klais_model_scratch =
+                unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            if sc.now_ns != 0 && best.as_ref().map_or(true, |b| sc.now_ns > b.now_ns) {
                 best = Some(ModelTrace {
                     now_ns: sc.now_ns,
                     x: sc.x,
@@ -650,17 +661,20 @@ pub struct ModelTrace {
 /// The kernel's `struct klais_model` of a classifier file.
 fn model_value(f: &crate::model::classifier::ClassifierFile) -> klais_model {
     let q = &f.quant;
-    let mut m = klais_model::default();
-    m.norm_min = q.norm.min;
-    m.norm_max = q.norm.max;
-    m.norm_recip = q.norm.recip();
-    m.in_scale = q.in_scale;
-    m.deq1 = q.deq1;
-    m.b1 = q.b1;
-    m.deq2 = q.deq2;
-    m.b2 = q.b2;
-    m.deq3 = q.deq3;
-    m.b3 = q.b3;
+    let mut m = klais_model {
+        norm_min: q.norm.min,
+        norm_max: q.norm.max,
+        norm_recip: q.norm.recip(),
+        in_scale: q.in_scale,
+        deq1: q.deq1,
+        b1: q.b1,
+        deq2: q.deq2,
+        b2: q.b2,
+        deq3: q.deq3,
+        b3: q.b3,
+        version: 1,
+        ..Default::default()
+    };
     for (d, s) in m.w1.iter_mut().zip(&q.w1) {
         *d = *s;
     }
@@ -673,14 +687,18 @@ fn model_value(f: &crate::model::classifier::ClassifierFile) -> klais_model {
     for (d, a) in m.action.iter_mut().zip(f.actions.iter()) {
         *d = a.code();
     }
-    m.version = 1;
     m
 }
 
 fn model_bytes(m: &klais_model) -> &[u8] {
     // SAFETY: `struct klais_model` is integers only; its tail padding (if
     // any) is zeroed by `Default` and the kernel ignores it.
-    unsafe { std::slice::from_raw_parts((m as *const klais_model).cast::<u8>(), std::mem::size_of::<klais_model>()) }
+    unsafe {
+        std::slice::from_raw_parts(
+            (m as *const klais_model).cast::<u8>(),
+            std::mem::size_of::<klais_model>(),
+        )
+    }
 }
 
 /// The bytes of a generated C struct of integers.
