@@ -359,6 +359,7 @@ static __always_inline __u32 classify(const struct klais_model *m, struct klais_
 {
 	int i, j;
 	__u32 best = 0;
+	__s64 qsum = 0;
 
 #pragma unroll
 	for (i = 0; i < KLAIS_MODEL_IN; i++) {
@@ -370,40 +371,50 @@ static __always_inline __u32 classify(const struct klais_model *m, struct klais_
 			v = hi;
 		sc->n[i] = (__s64)(((__u64)(v - lo) * m->norm_recip[i]) >> 32);
 		sc->q[i] = quant_in(sc->n[i], m->in_scale[0]);
+		qsum += sc->q[i];
 	}
+	qsum <<= 7;
 #pragma unroll
 	for (j = 0; j < KLAIS_MODEL_H; j++) {
-		__s64 acc = 0, y;
+		__s64 acc = -qsum, y;
 
 #pragma unroll
 		for (i = 0; i < KLAIS_MODEL_IN; i++)
-			acc += sc->q[i] * (__s64)m->w1[j][i];
+			acc += sc->q[i] * m->w1[j][i];
 		y = ((acc * m->deq1[j] + (1LL << 15)) >> 16) + m->b1[j];
 		sc->h1[j] = y < 0 ? 0 : y;
 	}
+	qsum = 0;
 #pragma unroll
-	for (i = 0; i < KLAIS_MODEL_H; i++)
+	for (i = 0; i < KLAIS_MODEL_H; i++) {
 		sc->q[i] = quant_in(sc->h1[i], m->in_scale[1]);
+		qsum += sc->q[i];
+	}
+	qsum <<= 7;
 #pragma unroll
 	for (j = 0; j < KLAIS_MODEL_H; j++) {
-		__s64 acc = 0, y;
+		__s64 acc = -qsum, y;
 
 #pragma unroll
 		for (i = 0; i < KLAIS_MODEL_H; i++)
-			acc += sc->q[i] * (__s64)m->w2[j][i];
+			acc += sc->q[i] * m->w2[j][i];
 		y = ((acc * m->deq2[j] + (1LL << 15)) >> 16) + m->b2[j];
 		sc->h2[j] = y < 0 ? 0 : y;
 	}
+	qsum = 0;
 #pragma unroll
-	for (i = 0; i < KLAIS_MODEL_H; i++)
+	for (i = 0; i < KLAIS_MODEL_H; i++) {
 		sc->q[i] = quant_in(sc->h2[i], m->in_scale[2]);
+		qsum += sc->q[i];
+	}
+	qsum <<= 7;
 #pragma unroll
 	for (j = 0; j < KLAIS_MODEL_OUT; j++) {
-		__s64 acc = 0;
+		__s64 acc = -qsum;
 
 #pragma unroll
 		for (i = 0; i < KLAIS_MODEL_H; i++)
-			acc += sc->q[i] * (__s64)m->w3[j][i];
+			acc += sc->q[i] * m->w3[j][i];
 		sc->out[j] = ((acc * m->deq3[j] + (1LL << 15)) >> 16) + m->b3[j];
 	}
 #pragma unroll

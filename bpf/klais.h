@@ -171,9 +171,14 @@ struct klais_model {
 	__s64 b2[KLAIS_MODEL_H];
 	__s64 deq3[KLAIS_MODEL_OUT];
 	__s64 b3[KLAIS_MODEL_OUT];
-	__s8 w1[KLAIS_MODEL_H][KLAIS_MODEL_IN]; /* [out][in] */
-	__s8 w2[KLAIS_MODEL_H][KLAIS_MODEL_H];
-	__s8 w3[KLAIS_MODEL_OUT][KLAIS_MODEL_H];
+	/*
+	 * int8 weights [out][in], stored as w + 128 in a byte: a zero-extending
+	 * load is one BPF instruction where a sign-extending one is three, and
+	 * sum(q * (w + 128)) - 128 * sum(q) is the same integer.
+	 */
+	__u8 w1[KLAIS_MODEL_H][KLAIS_MODEL_IN];
+	__u8 w2[KLAIS_MODEL_H][KLAIS_MODEL_H];
+	__u8 w3[KLAIS_MODEL_OUT][KLAIS_MODEL_H];
 	__u8 action[KLAIS_MODEL_OUT]; /* enum klais_model_action per class */
 	__u32 version;
 };

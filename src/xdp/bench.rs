@@ -164,7 +164,6 @@ pub fn run(
     }
     // Kept alive until the measurements are done.
     let mut _xsk = None;
-    let mut _xsk2 = None;
     let redirecting = match redirect_iface {
         Some(iface) => {
             let prog = XdpProgram::load(
@@ -198,21 +197,13 @@ pub fn run(
     }
     // The same with the classifier on (its mark written in the metadata);
     // queue 1 of the interface, as queue 0 holds the first socket.
-    let redirect_classifying = match (redirect_iface, &all_pass) {
-        (Some(iface), Some(m)) => {
+    // The same with the classifier on (its mark written in the metadata),
+    // the same socket bound in this program's XSKMAP too.
+    let redirect_classifying = match (&_xsk, &all_pass) {
+        (Some(sock), Some(m)) => {
             let prog = XdpProgram::load(&opts, &bucket_limits)?;
             prog.maps().set_model(Some(m))?;
-            let sock = crate::ingest::af_xdp::XskSocket::open(
-                iface,
-                0,
-                &crate::ingest::af_xdp::XskConfig::default(),
-            )
-            .map_err(|e| XdpError::Io {
-                what: format!("opening a second AF_XDP socket on {iface} queue 0"),
-                source: std::io::Error::other(e.to_string()),
-            })?;
             prog.maps().bind_socket(0, sock.fd())?;
-            _xsk2 = Some(sock);
             Some(prog)
         }
         _ => None,

@@ -675,14 +675,16 @@ fn model_value(f: &crate::model::classifier::ClassifierFile) -> klais_model {
         version: 1,
         ..Default::default()
     };
+    // Stored biased by 128 (see `struct klais_model`).
+    let biased = |w: i8| (i16::from(w) + 128) as u8;
     for (d, s) in m.w1.iter_mut().zip(&q.w1) {
-        *d = *s;
+        *d = s.map(biased);
     }
     for (d, s) in m.w2.iter_mut().zip(&q.w2) {
-        *d = *s;
+        *d = s.map(biased);
     }
     for (d, s) in m.w3.iter_mut().zip(&q.w3) {
-        *d = *s;
+        *d = s.map(biased);
     }
     for (d, a) in m.action.iter_mut().zip(f.actions.iter()) {
         *d = a.code();
