@@ -338,6 +338,10 @@ struct SimArgs {
     /// Downstream capacity, messages per second.
     #[arg(long, default_value_t = 500_000.0)]
     capacity: f64,
+    /// Also run klais with this window model deciding storms (GGML Q4_0),
+    /// e.g. models/window.json.
+    #[arg(long, value_name = "FILE")]
+    window: Option<PathBuf>,
     /// The PNG plot (backlog and admitted rate over time).
     #[arg(long, default_value = "storm.png")]
     plot: PathBuf,
@@ -533,14 +537,31 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             use klais::sim::Variant;
-            let outs: Vec<_> = [
-                Variant::Klais,
-                Variant::KlaisNoPrediction,
-                Variant::Baseline,
-            ]
-            .into_iter()
-            .map(|v| klais::sim::run(&sc, v))
-            .collect();
+            let window = match a.window.as_deref().map(klais::model::load_window).transpose() {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("error: --window: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut variants = vec![Variant::Klais];
+            if window.is_some() {
+                variants.push(Variant::KlaisWindow);
+            }
+            variants.extend([Variant::KlaisNoPrediction, Variant::Baseline]);
+            let outs: Vec<_> = variants
+                .into_iter()
+                .map(|v| {
+                    klais::sim::run_with(
+                        &sc,
+                        v,
+                        klais::sim::Extras {
+                            window: window.as_ref(),
+                            ..klais::sim::Extras::default()
+                        },
+                    )
+                })
+                .collect();
             print!("{}", klais::sim::table(&sc, &outs));
             match klais::sim::plot(&sc, &outs, &a.plot) {
                 Ok(()) => {
