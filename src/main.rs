@@ -429,6 +429,17 @@ struct GenArgs {
     /// Stop after this many datagrams.
     #[arg(long)]
     count: Option<u64>,
+    /// Send a scenario of the traffic generator instead (normal, storm,
+    /// flood, mixed: labeled devices, storms, floods, sweeps, replays) at its
+    /// own pace, for at most --duration seconds.
+    #[arg(long, value_name = "NAME")]
+    scenario: Option<String>,
+    /// Seed of --scenario.
+    #[arg(long, default_value_t = 1)]
+    scenario_seed: u64,
+    /// Speed-up of --scenario (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
     #[command(flatten)]
     traffic: Traffic,
 }
@@ -494,6 +505,46 @@ fn main() -> ExitCode {
                 args.print_topology || cli.verbose > 0,
             )
         }
+        Command::Gen(args) if args.scenario.is_some() => {
+            let name = args.scenario.clone().unwrap_or_default();
+            let Some(spec) = klais::scenario::preset(&name, args.scenario_seed) else {
+                eprintln!(
+                    "error: --scenario {name:?}: one of {}",
+                    klais::scenario::PRESETS.join(", ")
+                );
+                return ExitCode::from(2);
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            register_signals(&stop);
+            match gen::run_scenario(
+                spec,
+                args.to,
+                args.speed,
+                Some(Duration::from_secs_f64(args.duration)),
+                &stop,
+            ) {
+                Ok(r) => {
+                    let names = ["normal", "flood", "sweep", "replay", "malformed"];
+                    let parts: Vec<String> = names
+                        .iter()
+                        .zip(r.sent.iter())
+                        .map(|(n, c)| format!("{n} {c}"))
+                        .collect();
+                    eprintln!(
+                        "scenario {name} (seed {}): sent {} ({} send errors) in {:.2}s",
+                        args.scenario_seed,
+                        parts.join(", "),
+                        r.send_errors,
+                        r.elapsed_ns as f64 / 1e9
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: sending to {}: {e}", args.to);
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Gen(args) => {
             let spec = spec_from(&args.traffic, args.to, Some(args.duration), args.count);
             let stop = Arc::new(AtomicBool::new(false));
@@ -537,7 +588,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             use klais::sim::Variant;
-            let window = match a.window.as_deref().map(klais::model::load_window).transpose() {
+            let window = match a
+                .window
+                .as_deref()
+                .map(klais::model::load_window)
+                .transpose()
+            {
                 Ok(w) => w,
                 Err(e) => {
                     eprintln!("error: --window: {e}");
