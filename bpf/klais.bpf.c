@@ -540,7 +540,7 @@ int klais_xdp(struct xdp_md *ctx)
 	}
 
 	/* The classifier, when on: features, inference, the class's action. */
-	__u32 mark = 0, mark_class = 0, mark_version = 0;
+	__u32 mark_class = 0xff, classified = 0;
 	{
 		struct klais_model_ctl *mc = bpf_map_lookup_elem(&model_ctl, &zero);
 
@@ -566,11 +566,9 @@ int klais_xdp(struct xdp_md *ctx)
 					c->model_class[cls]++;
 				if (act == KLAIS_ACT_DROP)
 					return drop(c, KLAIS_V_MODEL_DROP);
-				mark = 1;
-				mark_class = cls;
-				mark_version = m->version;
-				if (act != KLAIS_ACT_MARK)
-					mark_class = 0xff; /* classified, nothing to flag */
+				classified = 1;
+				if (act == KLAIS_ACT_MARK)
+					mark_class = cls;
 			}
 		}
 	}
@@ -670,18 +668,18 @@ global:
 	__u32 q = ctx->rx_queue_index;
 	if (bpf_map_lookup_elem(&xsks, &q)) {
 		/*
-		 * With the classifier on, every redirected frame carries its class
-		 * in front (the AF_XDP metadata area), so the shard never reads a
-		 * stale one; 0xff = not marked.
+		 * While the classifier runs, every redirected frame carries its mark
+		 * in front (the AF_XDP metadata area; 0xff = none) with the device
+		 * hash's low bits. Off, nothing is written (~10 ns saved).
 		 */
-		if (mark && bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct klais_xdp_meta)) == 0) {
+		if (classified && bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct klais_xdp_meta)) == 0) {
 			struct klais_xdp_meta *meta = (void *)(long)ctx->data_meta;
 
 			if ((void *)(meta + 1) <= (void *)(long)ctx->data) {
 				meta->tag = KLAIS_META_TAG;
 				meta->class = mark_class;
 				meta->action = mark_class == 0xff ? KLAIS_ACT_PASS : KLAIS_ACT_MARK;
-				meta->version = mark_version;
+				meta->hash_lo = (__u32)hash;
 				if (c && mark_class != 0xff)
 					c->model_marked++;
 			}

@@ -208,13 +208,18 @@ struct klais_model_scratch {
 	__s64 ema_new_lival;
 };
 
-/* AF_XDP metadata in front of a redirected frame while the classifier runs. */
+/*
+ * AF_XDP metadata in front of every frame redirected while the classifier
+ * runs: its class (0xff: not a marked class) and action, and the low 32 bits
+ * of the device hash, which the shard compares with the frame's own: a stale
+ * tag left in a reused frame's headroom does not pass for this frame's mark.
+ */
 #define KLAIS_META_TAG 0xC1A5
 struct klais_xdp_meta {
 	__u16 tag;
 	__u8 class;
 	__u8 action;
-	__u32 version;
+	__u32 hash_lo;
 };
 
 #endif /* KLAIS_H */

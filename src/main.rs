@@ -866,6 +866,11 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                 events: cfg.xdp.events,
                 reset_window: cfg.sequence.reset_window,
                 max_devices: cfg.xdp.max_devices,
+                flow_entries: if cfg.model.classifier.is_some() {
+                    cfg.xdp.max_devices
+                } else {
+                    1 << 16
+                },
             };
             let limits = match cfg.xdp.limits() {
                 Ok(l) => l,
@@ -875,6 +880,22 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return runtime_fail(e),
             };
+            if let Some(path) = &cfg.model.classifier {
+                let f = klais::model::load_classifier(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| klais::model::with_drops(f, &cfg.model.drop_classes));
+                let loaded = match f {
+                    Ok(f) => program
+                        .maps()
+                        .set_model(Some(&f))
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = loaded {
+                    eprintln!("error: model.classifier: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             match program.attach(&iface, mode.unwrap_or(cfg.xdp.mode)) {
                 Ok(a) => {
                     if let Some(old) = a.recovered() {

@@ -230,3 +230,73 @@ fn simulate_is_deterministic_and_writes_its_plot() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// The shipped window model as the storm decider in the simulator (the
+/// default storm): it forecasts the storm before saturation and the klais
+/// variant loses nothing, like the rule.
+#[test]
+fn the_window_model_forecasts_the_default_storm_ahead_of_saturation() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/window.json");
+    let out = Command::new(KLAIS)
+        .args(["simulate", "--window"])
+        .arg(&model)
+        .arg("--plot")
+        .arg(dir.path().join("w.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("klais (Dam + PID + window model)"))
+        .unwrap_or_else(|| panic!("no window row:\n{text}"));
+    assert!(
+        row.contains("ms ahead"),
+        "forecast before saturation: {row}"
+    );
+    let lost: u64 = row.split_whitespace().nth(9).unwrap().parse().unwrap();
+    assert_eq!(lost, 0, "{row}");
+}
+
+/// `klais model eval` on the shipped files prints the classifier's per-class
+/// table (float and int8) and the window model's comparison with the rule.
+#[test]
+fn model_eval_reports_both_models() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let out = Command::new(KLAIS)
+        .args([
+            "model",
+            "eval",
+            "--only",
+            "classifier",
+            "--split",
+            "validation",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for class in ["normal", "flood", "sweep", "replay"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(class)),
+            "{class}: {text}"
+        );
+    }
+    assert!(text.contains("accuracy: float"), "{text}");
+    let bad = Command::new(KLAIS)
+        .args(["model", "eval", "--split", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -293,3 +293,36 @@ fn a_journaled_record_the_broker_refuses_for_good_is_dropped_and_counted_not_ret
         assert!(t.elapsed() < Duration::from_secs(60), "stuck: {s:?}");
     }
 }
+
+/// A record the in-kernel classifier marked (flags from the AF_XDP metadata)
+/// carries its class in the `model` header; an unmarked one has no such
+/// header.
+#[test]
+fn a_classifier_mark_becomes_the_model_header() {
+    let cluster = MockCluster::new(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rig(&cluster, dir.path(), 1000);
+    let mut marked = meta("dev-marked", 1);
+    marked.flags = klais::handoff::FLAG_MODEL_MARK | (3 << 4); // replay
+    r.tx.push(&marked, b"{\"v\":1}").unwrap();
+    r.tx.push(&meta("dev-plain", 1), b"{\"v\":2}").unwrap();
+    let s = r.settle();
+    assert_eq!(s.delivered, 2);
+    r.b.shutdown().unwrap();
+    let mut seen = std::collections::HashMap::new();
+    klais::kafka::consume::for_each(
+        &cluster.bootstrap_servers(),
+        "dapb",
+        None,
+        Duration::from_secs(3),
+        |m| {
+            seen.insert(
+                String::from_utf8(m.key.clone()).unwrap(),
+                m.header("model").map(str::to_string),
+            );
+        },
+    )
+    .unwrap();
+    assert_eq!(seen.get("dev-marked"), Some(&Some("replay".to_string())));
+    assert_eq!(seen.get("dev-plain"), Some(&None));
+}

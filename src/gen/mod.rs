@@ -226,14 +226,12 @@ pub fn run_scenario(
         if max.is_some_and(|m| due >= m) {
             break;
         }
-        if k % 64 == 0 {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let el = start.elapsed();
-            if due > el + Duration::from_micros(200) {
-                std::thread::sleep(due - el);
-            }
+        if k % 64 == 0 && stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let el = start.elapsed();
+        if due > el + Duration::from_micros(200) {
+            std::thread::sleep(due - el);
         }
         let n = p.write(crate::ingest::udp::now_ns(), &mut buf);
         match sock.send(&buf[..n]) {

@@ -29,6 +29,31 @@ const KLAIS_META_TAG: u16 = 0xC1A5;
 /// `KLAIS_ACT_MARK` (bpf/klais.h).
 const KLAIS_ACT_MARK: u8 = 2;
 
+/// The classifier's mark in front of a redirected frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpMark {
+    /// Class (0–3), 0xff when not classified.
+    pub class: u8,
+    /// The class's action is mark.
+    pub marked: bool,
+    /// Low 32 bits of the device hash the kernel saw.
+    pub hash_lo: u32,
+}
+
+impl XdpMark {
+    /// Record flags for a frame whose device hash is `hash`: the mark when
+    /// it is one and belongs to this frame, else 0.
+    #[inline]
+    pub fn flags_for(mark: Option<XdpMark>, hash: Option<u64>) -> u8 {
+        match (mark, hash) {
+            (Some(m), Some(h)) if m.marked && m.hash_lo == h as u32 => {
+                crate::handoff::FLAG_MODEL_MARK | ((m.class & 0x3) << 4)
+            }
+            _ => 0,
+        }
+    }
+}
+
 /// The two passes [`XskSocket::recv_batch`] makes over a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -226,11 +251,11 @@ impl XskSocket {
     }
 
     /// Reads the in-kernel classifier's mark (`struct klais_xdp_meta`, the
-    /// 8 bytes of XDP metadata in front of a redirected frame) from now on:
-    /// [`XskSocket::recv_batch_marked`] then hands it to the caller as record
-    /// flags. Only while the classifier runs: then the program writes the
-    /// metadata in front of every frame it redirects, and this clears the
-    /// tag after reading, so a frame never shows a stale mark.
+    /// 8 bytes of XDP metadata the program writes in front of every frame it
+    /// redirects) from now on: [`XskSocket::recv_batch_marked`] hands it to
+    /// the caller, who checks its hash bits against the frame's device (a
+    /// stale mark in a reused frame never matches); the tag is cleared after
+    /// reading.
     pub fn set_read_marks(&mut self, on: bool) {
         self.read_marks = on;
     }
@@ -248,10 +273,13 @@ impl XskSocket {
     /// start the cache misses of the whole batch before working on any of it.
     /// Then returns the frames to the fill ring in one step. Returns the
     /// number of frames. Allocates nothing.
-    /// The third argument is the classifier's mark as record flags (0 when
-    /// none, or when marks are not read).
+    /// The third argument is the classifier's mark in front of the frame
+    /// (None when marks are not read or no tag is there).
     #[inline]
-    pub fn recv_batch_marked(&mut self, mut on_frame: impl FnMut(Pass, &[u8], u8)) -> u32 {
+    pub fn recv_batch_marked(
+        &mut self,
+        mut on_frame: impl FnMut(Pass, &[u8], Option<XdpMark>),
+    ) -> u32 {
         let area_len = self.area.len() as u64;
         self.descs.clear();
         {
@@ -273,19 +301,21 @@ impl XskSocket {
             for desc in &self.descs {
                 let end = desc.addr + u64::from(desc.len);
                 if end <= area_len {
-                    let mut flags = 0u8;
+                    let mut mark = None;
                     if read_marks && pass == Pass::Process && desc.addr >= 8 {
                         let m = desc.addr as usize - 8;
                         let meta = &mut self.area[m..m + 8];
                         if u16::from_ne_bytes([meta[0], meta[1]]) == KLAIS_META_TAG {
-                            if meta[3] == KLAIS_ACT_MARK {
-                                flags = crate::handoff::FLAG_MODEL_MARK | ((meta[2] & 0x7) << 4);
-                            }
+                            mark = Some(XdpMark {
+                                class: meta[2],
+                                marked: meta[3] == KLAIS_ACT_MARK,
+                                hash_lo: u32::from_ne_bytes([meta[4], meta[5], meta[6], meta[7]]),
+                            });
                             meta[0] = 0;
                             meta[1] = 0;
                         }
                     }
-                    on_frame(pass, &self.area[desc.addr as usize..end as usize], flags);
+                    on_frame(pass, &self.area[desc.addr as usize..end as usize], mark);
                 } else if pass == Pass::Process {
                     self.bad_descriptors += 1;
                 }
@@ -353,11 +383,12 @@ pub async fn receive_loop(
         let ts = super::udp::now_ns();
         hashes.clear();
         let mut k = 0;
-        let n = xsk.recv_batch_marked(|pass, frame, flags| match (pass, udp_payload(frame)) {
+        let n = xsk.recv_batch_marked(|pass, frame, mark| match (pass, udp_payload(frame)) {
             (Pass::Prefetch, p) => hashes.push(p.and_then(|p| shard.prefetch(p))),
             (Pass::Process, Some(p)) => {
                 let h = hashes.get(k).copied().flatten();
                 k += 1;
+                let flags = XdpMark::flags_for(mark, h);
                 let _ = shard.on_prefetched_flags(p, ts, h, flags);
             }
             (Pass::Process, None) => {

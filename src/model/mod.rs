@@ -18,16 +18,17 @@ pub mod window;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::scenario::{self, Generator, Label, Split};
+use crate::scenario::{self, Generator, Label, Malformed, Split};
 use classifier::{Action, ClassifierFile, FloatMlp, Metrics, Norm, QuantModel, TrainConfig, K};
 use features::{FlowState, N_FEATURES};
 
 /// Scenarios per split used by training and evaluation.
 pub const SCENARIOS_PER_SPLIT: u32 = 9;
 
-/// Labeled per-packet features of a split (malformed datagrams excluded: the
-/// kernel drops bad magic and short datagrams before the classifier, and a
-/// datagram with invalid JSON is rejected in user space whatever its class).
+/// Labeled per-packet features of a split. Short and bad-magic datagrams
+/// never reach the kernel's classifier; bad-JSON ones move their flow's
+/// state (as in the kernel) but are not samples (user space rejects them
+/// whatever their class).
 /// Normal packets are kept with probability `keep_normal` (seeded).
 pub fn packet_dataset(split: Split, n: u32, keep_normal: f64) -> (Vec<[i64; N_FEATURES]>, Vec<u8>) {
     use rand::{Rng, SeedableRng};
@@ -38,13 +39,19 @@ pub fn packet_dataset(split: Split, n: u32, keep_normal: f64) -> (Vec<[i64; N_FE
         let mut flows: HashMap<u64, FlowState> = HashMap::new();
         let mut cpu = features::CpuState::default();
         for p in Generator::new(spec) {
-            if p.label == Label::Malformed {
+            // The kernel drops short and bad-magic datagrams before the
+            // classifier; one with bad JSON it classifies like any other (its
+            // flow state moves), and user space rejects it later.
+            if matches!(p.malformed, Some(Malformed::TooShort | Malformed::BadMagic)) {
                 continue;
             }
             let mut st = flows.get(&p.hash).copied();
             let x = features::update(&mut cpu, &mut st, p.t_ns, u32::from(p.payload_len), p.seq);
             if let Some(s) = st {
                 flows.insert(p.hash, s);
+            }
+            if p.label == Label::Malformed {
+                continue; // not a class of its own
             }
             if p.label == Label::Normal && keep_normal < 1.0 && !rng.gen_bool(keep_normal) {
                 continue;

@@ -494,6 +494,14 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                 events: cfg.xdp.events,
                 reset_window: cfg.sequence.reset_window,
                 max_devices: cfg.xdp.max_devices,
+                // Every device when the classifier runs from the start; a
+                // small table otherwise (a live `klais model load` then works,
+                // with evictions beyond 65,536 devices).
+                flow_entries: if cfg.model.classifier.is_some() {
+                    cfg.xdp.max_devices
+                } else {
+                    1 << 16
+                },
             };
             let limits = cfg.xdp.limits().map_err(crate::xdp::XdpError::from)?;
             let program = crate::xdp::XdpProgram::load(&opts, &limits)?;
@@ -740,7 +748,8 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
     };
     let models = ShardModels {
         window: window_model.clone(),
-        read_marks: cfg.model.classifier.is_some(),
+        // Always: a classifier loaded later with `klais model load` marks too.
+        read_marks: true,
     };
     let mut shards = Vec::with_capacity(n);
     let mut shards_done = Vec::with_capacity(n);

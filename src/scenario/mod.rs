@@ -441,7 +441,8 @@ struct Device {
     back: bool,
     flusher: bool,
     reset: bool,
-    flooding_until: u64,
+    /// The flood this device takes part in: [from, until) ns (0, 0: none).
+    flooding: (u64, u64),
 }
 
 /// The packet stream of a [`Spec`] (an iterator, in time order).
@@ -457,7 +458,6 @@ pub struct Generator {
     t_back: u64,
     /// Recent (seq, len) per device, for replays: a small ring.
     history: Vec<[(u32, u16); 8]>,
-    flood_members: Vec<u32>,
     /// Device-side losses.
     pub device: DeviceStats,
 }
@@ -512,15 +512,26 @@ impl Generator {
                 heap.push(Reverse((t, Ev::Reconnect(i as u32))));
             }
         }
-        // Flood members: a seeded pick of distinct devices.
-        let mut flood_members = Vec::new();
+        // Flood members: a seeded pick of distinct devices, each in at most
+        // one flood.
         for (k, f) in spec.floods.iter().enumerate() {
-            for j in 0..f.devices.min(spec.devices) {
+            let from = (f.at_s * SEC) as u64;
+            let until = ((f.at_s + f.duration_s) * SEC) as u64;
+            let want = f.devices.min(spec.devices);
+            let mut picked = 0;
+            let mut tries = 0;
+            while picked < want && tries < want * 100 {
+                tries += 1;
                 let m = rng.gen_range(0..spec.devices.max(1));
-                flood_members.push(m);
-                let t0 = (f.at_s * SEC) as u64 + j as u64 * 1_000;
-                heap.push(Reverse((t0, Ev::Flood(k as u16, m))));
-                dev[m as usize].flooding_until = ((f.at_s + f.duration_s) * SEC) as u64;
+                if dev[m as usize].flooding != (0, 0) {
+                    continue;
+                }
+                dev[m as usize].flooding = (from, until);
+                heap.push(Reverse((
+                    from + u64::from(picked) * 1_000,
+                    Ev::Flood(k as u16, m),
+                )));
+                picked += 1;
             }
         }
         for (k, s) in spec.sweeps.iter().enumerate() {
@@ -539,7 +550,6 @@ impl Generator {
             ids,
             t_out,
             t_back,
-            flood_members,
             device: DeviceStats::default(),
         }
     }
@@ -628,7 +638,8 @@ impl Generator {
     }
 
     fn normal_label(&self, i: u32, t: u64) -> Label {
-        if t < self.dev[i as usize].flooding_until && self.flood_members.contains(&i) {
+        let (from, until) = self.dev[i as usize].flooding;
+        if t >= from && t < until {
             // A flooding device's own telemetry is part of its flow.
             Label::Flood
         } else {
@@ -713,12 +724,12 @@ impl Iterator for Generator {
                     if t >= stop {
                         continue;
                     }
-                    let d = &self.dev[i as usize];
-                    if t >= self.t_out && !d.back {
-                        continue; // the network is away for it too
-                    }
                     let gap = exp(&mut self.rng, SEC / f.rate.max(1e-3)).max(1);
                     self.heap.push(Reverse((t + gap, Ev::Flood(k, i))));
+                    let d = &self.dev[i as usize];
+                    if t >= self.t_out && !d.back {
+                        continue; // the network is away for it too; it resumes after
+                    }
                     return Some(self.packet(i, t, Label::Flood));
                 }
                 Ev::Sweep(k) => {

@@ -305,17 +305,26 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
             let t = p.t_ns;
             let valid = p.label == Label::Normal;
             let i = p.device as usize;
-            if i >= n {
-                report.new_devices += 1; // a spoofed id: always new
+            // As the shards count: new or restarted devices only, and their
+            // id hashes (the reconnect entropy).
+            let reconnect = if i >= n {
+                true // a spoofed id: always new
             } else if !seen[i] {
                 seen[i] = true;
-                report.new_devices += 1;
-            } else if p.reconnect {
-                report.resets += 1;
-                report.resets_near_zero += 1;
+                true
+            } else {
+                p.reconnect
+            };
+            if reconnect {
+                if i < n && p.reconnect {
+                    report.resets += 1;
+                    report.resets_near_zero += 1;
+                } else {
+                    report.new_devices += 1;
+                }
+                report.id_hist[(p.hash >> 56) as usize] += 1;
             }
             report.offered += 1;
-            report.id_hist[(p.hash >> 56) as usize] += 1;
             if valid {
                 out.offered += 1;
             }
@@ -366,7 +375,8 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
             }
             if !baseline {
                 let s = ctl.tick(&[report], downstream as f64, dt, &mut rates);
-                if s.prediction.storm && !storm_was {
+                let onset = s.prediction.storm && !storm_was;
+                if onset {
                     out.storm_onsets.push(t as f64 / SEC);
                 }
                 storm_was = s.prediction.storm;
@@ -374,7 +384,10 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
                 c.shard_rate = rates[0];
                 c.shard_burst = (rates[0] * 0.01).max(1.0);
                 dam.set_config(c);
-                if s.prediction.storm && out.predicted_after_s.is_none() && t >= t_back {
+                // The forecast counts from a storm that begins after the
+                // network's return: a flag already up then (a false alarm
+                // that persisted) is not a forecast of this storm.
+                if onset && out.predicted_after_s.is_none() && t >= t_back {
                     out.predicted_after_s = Some((t - t_back) as f64 / SEC);
                 }
             }
@@ -446,7 +459,8 @@ pub fn table(sc: &Scenario, outs: &[Outcome]) -> String {
     ));
     for o in outs {
         let fc = match (o.predicted_after_s, o.saturation_after_s) {
-            (Some(p), Some(q)) => format!("+{:.2}s ({:.0} ms ahead)", p, (q - p) * 1e3),
+            (Some(p), Some(q)) if p <= q => format!("+{:.2}s ({:.0} ms ahead)", p, (q - p) * 1e3),
+            (Some(p), Some(q)) => format!("+{:.2}s ({:.0} ms late)", p, (p - q) * 1e3),
             (Some(p), None) => format!("+{p:.2}s (never full)"),
             (None, Some(q)) => format!("none (full at +{q:.2}s)"),
             (None, None) => "none".into(),

@@ -305,6 +305,11 @@ pub struct LoadOptions {
     pub reset_window: u32,
     /// Devices the kernel keeps buckets for (4-way sets; see `xdp.max_devices`).
     pub max_devices: u32,
+    /// Flows the classifier keeps state for (an LRU hash, ~100 bytes each,
+    /// preallocated; 1,024 to 4M). An evicted device's next datagram looks
+    /// like a new one (and counts toward the new-flow rate): size it for
+    /// every device when the classifier runs.
+    pub flow_entries: u32,
 }
 
 impl Default for LoadOptions {
@@ -315,6 +320,7 @@ impl Default for LoadOptions {
             events: true,
             reset_window: 4,
             max_devices: 1 << 20,
+            flow_entries: 1 << 16,
         }
     }
 }
@@ -408,6 +414,9 @@ impl KernelMaps {
         ctl.enabled = 1;
         self.write_model_ctl(&ctl)?;
         let _ = key;
+        // Grace period: a packet that read the old slot number finishes with
+        // it (microseconds) before a next load may overwrite that slot.
+        std::thread::sleep(std::time::Duration::from_millis(10));
         Ok(slot)
     }
 
@@ -774,7 +783,7 @@ impl XdpProgram {
         // Classifier flow state (preallocated LRU, ~100 bytes an entry).
         open.maps
             .flows
-            .set_max_entries(opts.max_devices.clamp(1024, 1 << 18))
+            .set_max_entries(opts.flow_entries.clamp(1024, 1 << 22))
             .map_err(XdpError::Load)?;
         let skel = open.load().map_err(XdpError::Load)?;
         let handle = |m: &libbpf_rs::MapMut<'_>, name: &str| {
