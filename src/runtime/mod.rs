@@ -1280,10 +1280,11 @@ pub fn summary_text(s: &RunSummary) -> String {
     }
     if sh.window_runs > 0 || sh.model_marked > 0 {
         t.push_str(&format!(
-            "  models: window model (GGML Q4_0) {} inferences, {:.2} us each on average, last storm probability (highest shard) {:.3}; datagrams marked by the in-kernel classifier {}\n",
+            "  models: window model (GGML Q4_0) {} inferences, {:.2} us each on average, storm probability last {:.3} peak {:.3} (highest shard); datagrams marked by the in-kernel classifier {}\n",
             sh.window_runs,
             sh.window_ns as f64 / 1000.0 / sh.window_runs.max(1) as f64,
             f64::from(sh.storm_ppm) / 1e6,
+            f64::from(sh.storm_ppm_peak) / 1e6,
             sh.model_marked
         ));
     }

@@ -371,7 +371,7 @@ pub fn suite(split: Split, n: u32) -> Vec<Spec> {
                 jitter_s: r.gen_range(0.5..2.0),
                 backlog_max: r.gen_range(5..40),
                 // From a trickle to a device dumping its buffer at once.
-                flush_rate: r.gen_range(20f64.ln()..5000f64.ln()).exp(),
+                flush_rate: r.gen_range(20f64.ln()..50_000f64.ln()).exp(),
             });
             let floods = vec![Flood {
                 at_s: r.gen_range(2.0..50.0),
@@ -393,7 +393,8 @@ pub fn suite(split: Split, n: u32) -> Vec<Spec> {
             Spec {
                 seed,
                 devices,
-                rate_per_device: r.gen_range(0.3..2.0),
+                // From near-silent populations (a storm out of quiet) to busy ones.
+                rate_per_device: r.gen_range(0.01f64.ln()..2f64.ln()).exp(),
                 rate_spread: 2.0,
                 periodic_share: r.gen_range(0.0..1.0),
                 diurnal_amplitude: r.gen_range(0.0..0.5),

@@ -88,6 +88,8 @@ pub struct ShardSnapshot {
     /// The shard's window model: storm probability of the last tick, in
     /// parts per million (0 when no model runs).
     pub storm_ppm: u32,
+    /// The highest storm probability so far, parts per million.
+    pub storm_ppm_peak: u32,
     /// Window-model inferences run, and the time they took (ns, summed).
     pub window_runs: u64,
     /// See `window_runs`.
@@ -165,6 +167,7 @@ impl ShardSnapshot {
         self.dam.evictions += o.dam.evictions;
         self.model_marked += o.model_marked;
         self.storm_ppm = self.storm_ppm.max(o.storm_ppm);
+        self.storm_ppm_peak = self.storm_ppm_peak.max(o.storm_ppm_peak);
         self.window_runs += o.window_runs;
         self.window_ns += o.window_ns;
         for (a, b) in self
@@ -560,7 +563,7 @@ impl Shard {
         self.window = Some(Box::new(WindowSide {
             model,
             win: crate::model::window::Window::default(),
-            prev: self.owner.snap,
+            prev: self.snapshot(),
         }));
     }
 
@@ -568,11 +571,15 @@ impl Shard {
     /// last call) in, the storm probability into the snapshot. Called once
     /// per publication, never per packet.
     pub fn tick_model(&mut self) {
+        if self.window.is_none() {
+            return;
+        }
+        // The full snapshot: sequence and Dam counters live in their owners.
+        let cur = self.snapshot();
+        let t0 = std::time::Instant::now();
         let Some(w) = self.window.as_mut() else {
             return;
         };
-        let t0 = std::time::Instant::now();
-        let cur = &self.owner.snap;
         let p = &w.prev;
         let mut hist = [0u32; 256];
         for (h, (c, q)) in hist
@@ -591,9 +598,10 @@ impl Shard {
             depth: cur.dam.depth,
         };
         let f = w.model.infer(&w.win.push(&tick));
-        w.prev = *cur;
+        w.prev = cur;
         let snap = &mut self.owner.snap;
         snap.storm_ppm = (f.storm.clamp(0.0, 1.0) * 1e6) as u32;
+        snap.storm_ppm_peak = snap.storm_ppm_peak.max(snap.storm_ppm);
         snap.window_runs += 1;
         snap.window_ns += t0.elapsed().as_nanos() as u64;
     }

@@ -292,6 +292,7 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
     let mut warm_backlog = (0.0f64, 0u64);
 
     let mut fluid = 0.0f64;
+    let mut tick_valid = 0u64;
     let mut storm_was = false;
     let mut next_tick = TICK_NS;
     let mut packets = gen.by_ref().peekable();
@@ -327,6 +328,7 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
             report.offered += 1;
             if valid {
                 out.offered += 1;
+                tick_valid += 1;
             }
             win_offered += 1;
             match dam.admit(p.hash, false, t, ()) {
@@ -396,12 +398,14 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
             // devices offer after the network's return (a fluid model of the
             // arrivals, independent of any admission decision).
             if t >= t_back {
-                fluid = (fluid + report.offered as f64 - sc.capacity * dt).max(0.0);
+                // Valid traffic only: a flood after the storm is not the storm.
+                fluid = (fluid + tick_valid as f64 - sc.capacity * dt).max(0.0);
                 if fluid >= sc.queue_normal as f64 && out.saturation_after_s.is_none() {
                     out.saturation_after_s = Some((t - t_back) as f64 / SEC);
                 }
             }
             report = ShardReport::default();
+            tick_valid = 0;
             let queued = dam.stats().depth;
             let total = queued + downstream;
             out.peak_backlog = out.peak_backlog.max(total);
