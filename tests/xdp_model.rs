@@ -14,16 +14,11 @@ use klais::scenario::{self, Generator, Label};
 use klais::xdp::frame::{self, UdpFrame};
 use klais::xdp::{Limits, LoadOptions, Verdict, XdpProgram, XDP_DROP};
 
-const PORT: u16 = 7700;
+mod common;
 
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: BPF_PROG_TEST_RUN needs root (CI runs as root)");
-        return false;
-    }
-    true
-}
+use common::privileged;
+
+const PORT: u16 = 7700;
 
 fn shipped() -> ClassifierFile {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/classifier.json");

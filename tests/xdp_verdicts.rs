@@ -14,16 +14,11 @@ use klais::xdp::{
     EventKind, Limits, LoadOptions, Rate, Verdict, XdpCounters, XdpProgram, XDP_DROP, XDP_PASS,
 };
 
-const PORT: u16 = 7700;
+mod common;
 
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: BPF_PROG_TEST_RUN needs root (CI runs as root)");
-        return false;
-    }
-    true
-}
+use common::privileged;
+
+const PORT: u16 = 7700;
 
 fn load(opts: LoadOptions, limits: Limits) -> XdpProgram {
     XdpProgram::load(&opts, &limits).expect("the XDP program loads (verifier, privileges)")

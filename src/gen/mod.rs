@@ -120,6 +120,18 @@ fn build(spec: &GenSpec, seqs: &mut [u32], n: u64, malformed: Option<u8>, buf: &
     }
 }
 
+/// A UDP socket of `to`'s family on an ephemeral port, connected to `to`.
+fn connect(to: SocketAddr) -> io::Result<UdpSocket> {
+    let bind: SocketAddr = if to.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let sock = UdpSocket::bind(bind)?;
+    sock.connect(to)?;
+    Ok(sock)
+}
+
 /// Sends until `count`, `duration` or `stop`, pacing to `rate_pps` in batches.
 pub fn run(spec: &GenSpec, stop: &AtomicBool) -> io::Result<GenReport> {
     if spec.devices == 0 {
@@ -128,13 +140,7 @@ pub fn run(spec: &GenSpec, stop: &AtomicBool) -> io::Result<GenReport> {
             "devices must be at least 1",
         ));
     }
-    let bind: SocketAddr = if spec.target.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let sock = UdpSocket::bind(bind)?;
-    sock.connect(spec.target)?;
+    let sock = connect(spec.target)?;
     let mut buf = vec![0u8; HEADER_LEN + spec.payload_bytes.max(64)];
     let mut seqs = vec![0u32; spec.devices as usize];
     let mut rng = spec.seed | 1;
@@ -210,13 +216,7 @@ pub fn run_scenario(
     max: Option<Duration>,
     stop: &AtomicBool,
 ) -> io::Result<ScenarioReport> {
-    let bind: SocketAddr = if to.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let sock = UdpSocket::bind(bind)?;
-    sock.connect(to)?;
+    let sock = connect(to)?;
     let mut buf = vec![0u8; 2048];
     let mut r = ScenarioReport::default();
     let start = Instant::now();

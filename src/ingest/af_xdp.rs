@@ -407,8 +407,9 @@ pub async fn receive_loop(
             let now = Instant::now();
             if now >= next_publish {
                 shard.set_queue_drops(xsk.kernel_drops());
-                shard.tick_model();
-                published.publish(shard.snapshot());
+                let mut snap = shard.snapshot();
+                shard.tick_model(&mut snap);
+                published.publish(snap);
                 shard.apply_setpoints();
                 next_publish = now + publish_every;
             }

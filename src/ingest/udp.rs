@@ -185,8 +185,9 @@ pub async fn receive_loop(
                     shard.set_queue_drops(d);
                 }
             }
-            shard.tick_model();
-            published.publish(shard.snapshot());
+            let mut snap = shard.snapshot();
+            shard.tick_model(&mut snap);
+            published.publish(snap);
             shard.apply_setpoints();
             next_publish = t + publish_every;
         }

@@ -239,34 +239,15 @@ pub fn train(x: &[[f32; N_FEATURES]], y: &[u8], cfg: &TrainConfig) -> FloatMlp {
     let cw: Vec<f32> = cw.iter().map(|w| w / cw_mean.max(1e-9)).collect();
 
     let mut flat = flatten(&m);
-    let mut adam_m = vec![0f32; flat.len()];
-    let mut adam_v = vec![0f32; flat.len()];
-    let mut step = 0i32;
-    let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xadad);
-    for _epoch in 0..cfg.epochs {
-        for i in (1..n).rev() {
-            idx.swap(i, rng.gen_range(0..=i));
+    let mut adam = super::optim::Adam::new(flat.len(), cfg.lr);
+    super::optim::minibatches(n, cfg.batch, cfg.epochs, cfg.seed ^ 0xadad, |chunk| {
+        let mut g = vec![0f32; flat.len()];
+        for &s in chunk {
+            backprop(&m, &x[s], y[s] as usize, cw[y[s] as usize], &mut g);
         }
-        for chunk in idx.chunks(cfg.batch) {
-            let mut g = vec![0f32; flat.len()];
-            for &s in chunk {
-                backprop(&m, &x[s], y[s] as usize, cw[y[s] as usize], &mut g);
-            }
-            step += 1;
-            let (b1, b2) = (0.9f32, 0.999f32);
-            let bc1 = 1.0 - b1.powi(step);
-            let bc2 = 1.0 - b2.powi(step);
-            let scale = 1.0 / chunk.len() as f32;
-            for i in 0..flat.len() {
-                let gi = g[i] * scale;
-                adam_m[i] = b1 * adam_m[i] + (1.0 - b1) * gi;
-                adam_v[i] = b2 * adam_v[i] + (1.0 - b2) * gi * gi;
-                flat[i] -= cfg.lr * (adam_m[i] / bc1) / ((adam_v[i] / bc2).sqrt() + 1e-8);
-            }
-            unflatten(&mut m, &flat);
-        }
-    }
+        adam.step(&mut flat, &g, 1.0 / chunk.len() as f32);
+        unflatten(&mut m, &flat);
+    });
     m
 }
 

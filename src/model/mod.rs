@@ -13,6 +13,7 @@
 pub mod classifier;
 pub mod cli;
 pub mod features;
+pub mod optim;
 pub mod window;
 
 use std::collections::HashMap;

@@ -12,8 +12,6 @@
 //! log queue depth, and the message and reconnect counts against their slow
 //! baselines (learned outside storms, so a busy shard is not a storm).
 
-use std::ffi::c_void;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -44,6 +42,20 @@ pub struct Tick {
     pub id_entropy: f64,
     /// Messages waiting in the Dam.
     pub depth: u64,
+}
+
+impl Tick {
+    /// The tick as the control core's per-shard report has it.
+    pub fn from_report(r: &crate::control::ShardReport) -> Tick {
+        Tick {
+            offered: r.offered,
+            new_devices: r.new_devices,
+            resets: r.resets,
+            resets_near_zero: r.resets_near_zero,
+            id_entropy: crate::control::predict::entropy(&r.id_hist),
+            depth: r.depth,
+        }
+    }
 }
 
 fn lg(v: f64) -> f32 {
@@ -223,68 +235,49 @@ pub fn train(samples: &[Sample], seed: u64, epochs: u32) -> FloatWindow {
     let n_params = HID * IN + HID + HID * HID + HID + OUT * HID + OUT;
     let mut flat = vec![0f32; n_params];
     pack(&m, &mut flat);
-    let mut am = vec![0f32; n_params];
-    let mut av = vec![0f32; n_params];
-    let mut idx: Vec<usize> = (0..samples.len()).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x77);
-    let mut step = 0;
-    let lr = 2e-3f32;
-    for _ in 0..epochs {
-        for i in (1..idx.len()).rev() {
-            idx.swap(i, rng.gen_range(0..=i));
-        }
-        for chunk in idx.chunks(64) {
-            let mut g = vec![0f32; n_params];
-            for &s in chunk {
-                let (x, y, r) = &samples[s];
-                let (h1, h2, o) = m.forward(x);
-                let w = if *y > 0.5 { pos_w } else { 1.0 };
-                let d3 = [w * (sigmoid(o[0]) - y), 2.0 * (o[1] - r)];
-                let (ow1, ob1) = (0, HID * IN);
-                let (ow2, ob2) = (ob1 + HID, ob1 + HID + HID * HID);
-                let (ow3, ob3) = (ob2 + HID, ob2 + HID + OUT * HID);
-                let mut d2 = [0f32; HID];
-                for k in 0..OUT {
-                    for j in 0..HID {
-                        g[ow3 + k * HID + j] += d3[k] * h2[j];
-                        d2[j] += d3[k] * m.w3[k][j];
-                    }
-                    g[ob3 + k] += d3[k];
-                }
-                let mut d1 = [0f32; HID];
+    let mut adam = super::optim::Adam::new(n_params, 2e-3);
+    super::optim::minibatches(samples.len(), 64, epochs, seed ^ 0x77, |chunk| {
+        let mut g = vec![0f32; n_params];
+        for &s in chunk {
+            let (x, y, r) = &samples[s];
+            let (h1, h2, o) = m.forward(x);
+            let w = if *y > 0.5 { pos_w } else { 1.0 };
+            let d3 = [w * (sigmoid(o[0]) - y), 2.0 * (o[1] - r)];
+            let (ow1, ob1) = (0, HID * IN);
+            let (ow2, ob2) = (ob1 + HID, ob1 + HID + HID * HID);
+            let (ow3, ob3) = (ob2 + HID, ob2 + HID + OUT * HID);
+            let mut d2 = [0f32; HID];
+            for k in 0..OUT {
                 for j in 0..HID {
-                    if h2[j] <= 0.0 {
-                        continue;
-                    }
-                    for i in 0..HID {
-                        g[ow2 + j * HID + i] += d2[j] * h1[i];
-                        d1[i] += d2[j] * m.w2[j][i];
-                    }
-                    g[ob2 + j] += d2[j];
+                    g[ow3 + k * HID + j] += d3[k] * h2[j];
+                    d2[j] += d3[k] * m.w3[k][j];
                 }
-                for j in 0..HID {
-                    if h1[j] <= 0.0 {
-                        continue;
-                    }
-                    for i in 0..IN {
-                        g[ow1 + j * IN + i] += d1[j] * x[i];
-                    }
-                    g[ob1 + j] += d1[j];
+                g[ob3 + k] += d3[k];
+            }
+            let mut d1 = [0f32; HID];
+            for j in 0..HID {
+                if h2[j] <= 0.0 {
+                    continue;
                 }
+                for i in 0..HID {
+                    g[ow2 + j * HID + i] += d2[j] * h1[i];
+                    d1[i] += d2[j] * m.w2[j][i];
+                }
+                g[ob2 + j] += d2[j];
             }
-            step += 1;
-            let (b1, b2) = (0.9f32, 0.999f32);
-            let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
-            let sc = 1.0 / chunk.len() as f32;
-            for i in 0..n_params {
-                let gi = g[i] * sc;
-                am[i] = b1 * am[i] + (1.0 - b1) * gi;
-                av[i] = b2 * av[i] + (1.0 - b2) * gi * gi;
-                flat[i] -= lr * (am[i] / c1) / ((av[i] / c2).sqrt() + 1e-8);
+            for j in 0..HID {
+                if h1[j] <= 0.0 {
+                    continue;
+                }
+                for i in 0..IN {
+                    g[ow1 + j * IN + i] += d1[j] * x[i];
+                }
+                g[ob1 + j] += d1[j];
             }
-            unpack(&mut m, &flat);
         }
-    }
+        adam.step(&mut flat, &g, 1.0 / chunk.len() as f32);
+        unpack(&mut m, &flat);
+    });
     m
 }
 
@@ -430,7 +423,7 @@ impl GgmlWindow {
 impl Drop for GgmlWindow {
     fn drop(&mut self) {
         // SAFETY: created by ggml_init in `new`, freed once.
-        unsafe { ggml_sys::ggml_free(self.ctx.cast::<c_void>().cast()) }
+        unsafe { ggml_sys::ggml_free(self.ctx) }
     }
 }
 

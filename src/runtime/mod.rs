@@ -306,25 +306,7 @@ fn control_loop(
         last = now;
         for (i, s) in io.shards.iter().enumerate() {
             let cur = s.read();
-            let p = &prev[i];
-            let resets = cur.seq.resets.saturating_sub(p.seq.resets);
-            let mut id_hist = [0u32; 256];
-            for (h, (c, q)) in id_hist
-                .iter_mut()
-                .zip(cur.reconnect_ids.0.iter().zip(p.reconnect_ids.0.iter()))
-            {
-                *h = c.wrapping_sub(*q);
-            }
-            reports[i] = ShardReport {
-                offered: (cur.received + cur.forwarded_in)
-                    .saturating_sub(p.received + p.forwarded_in),
-                new_devices: cur.seq.new_devices.saturating_sub(p.seq.new_devices),
-                resets,
-                resets_near_zero: resets,
-                depth: cur.dam.depth,
-                id_hist,
-                storm_p: cur.storm_ppm as f32 / 1e6,
-            };
+            reports[i] = cur.report_since(&prev[i]);
             prev[i] = cur;
         }
         let backlog = io.kafka.as_ref().map_or(0.0, |k| {

@@ -147,6 +147,29 @@ impl DamCounters {
 }
 
 impl ShardSnapshot {
+    /// What happened between `prev` and this snapshot, as the control core
+    /// (and the shard's window model) read a tick.
+    pub fn report_since(&self, prev: &ShardSnapshot) -> crate::control::ShardReport {
+        let mut id_hist = [0u32; 256];
+        for (h, (c, q)) in id_hist
+            .iter_mut()
+            .zip(self.reconnect_ids.0.iter().zip(prev.reconnect_ids.0.iter()))
+        {
+            *h = c.wrapping_sub(*q);
+        }
+        let resets = self.seq.resets.saturating_sub(prev.seq.resets);
+        crate::control::ShardReport {
+            offered: (self.received + self.forwarded_in)
+                .saturating_sub(prev.received + prev.forwarded_in),
+            new_devices: self.seq.new_devices.saturating_sub(prev.seq.new_devices),
+            resets,
+            resets_near_zero: resets,
+            depth: self.dam.depth,
+            id_hist,
+            storm_p: self.storm_ppm as f32 / 1e6,
+        }
+    }
+
     /// Adds another shard's counters.
     pub fn add(&mut self, o: &ShardSnapshot) {
         self.received += o.received;
@@ -567,43 +590,27 @@ impl Shard {
         }));
     }
 
-    /// One tick of the window model, if any: this tick's counters (since the
-    /// last call) in, the storm probability into the snapshot. Called once
-    /// per publication, never per packet.
-    pub fn tick_model(&mut self) {
-        if self.window.is_none() {
-            return;
-        }
-        // The full snapshot: sequence and Dam counters live in their owners.
-        let cur = self.snapshot();
-        let t0 = std::time::Instant::now();
+    /// One tick of the window model, if any: `snap` (this shard's snapshot,
+    /// about to be published) against the last tick's in, the storm
+    /// probability out, into `snap` and the shard's own counters. Called
+    /// once per publication, never per packet.
+    pub fn tick_model(&mut self, snap: &mut ShardSnapshot) {
         let Some(w) = self.window.as_mut() else {
             return;
         };
-        let p = &w.prev;
-        let mut hist = [0u32; 256];
-        for (h, (c, q)) in hist
-            .iter_mut()
-            .zip(cur.reconnect_ids.0.iter().zip(p.reconnect_ids.0.iter()))
-        {
-            *h = c.wrapping_sub(*q);
-        }
-        let resets = cur.seq.resets.saturating_sub(p.seq.resets);
-        let tick = crate::model::window::Tick {
-            offered: (cur.received + cur.forwarded_in).saturating_sub(p.received + p.forwarded_in),
-            new_devices: cur.seq.new_devices.saturating_sub(p.seq.new_devices),
-            resets,
-            resets_near_zero: resets,
-            id_entropy: crate::control::predict::entropy(&hist),
-            depth: cur.dam.depth,
-        };
+        let t0 = std::time::Instant::now();
+        let tick = crate::model::window::Tick::from_report(&snap.report_since(&w.prev));
         let f = w.model.infer(&w.win.push(&tick));
-        w.prev = cur;
-        let snap = &mut self.owner.snap;
-        snap.storm_ppm = (f.storm.clamp(0.0, 1.0) * 1e6) as u32;
-        snap.storm_ppm_peak = snap.storm_ppm_peak.max(snap.storm_ppm);
-        snap.window_runs += 1;
-        snap.window_ns += t0.elapsed().as_nanos() as u64;
+        let own = &mut self.owner.snap;
+        own.storm_ppm = (f.storm.clamp(0.0, 1.0) * 1e6) as u32;
+        own.storm_ppm_peak = own.storm_ppm_peak.max(own.storm_ppm);
+        own.window_runs += 1;
+        own.window_ns += t0.elapsed().as_nanos() as u64;
+        snap.storm_ppm = own.storm_ppm;
+        snap.storm_ppm_peak = own.storm_ppm_peak;
+        snap.window_runs = own.window_runs;
+        snap.window_ns = own.window_ns;
+        w.prev = *snap;
     }
 
     /// Takes Dam settings from the control core from now on (read by

@@ -26,7 +26,7 @@ use std::path::Path;
 
 use crate::control::dam::{Admit, Dam, DamConfig};
 use crate::control::pid::PidConfig;
-use crate::control::predict::{entropy, RuleConfig, StormSource};
+use crate::control::predict::{RuleConfig, StormSource};
 use crate::control::{ControlConfig, Controller, ShardReport};
 use crate::scenario::{Generator, Label, Spec, Storm};
 
@@ -361,14 +361,7 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
             downstream -= n;
             out.delivered += n;
             report.depth = dam.stats().depth;
-            let tick = Tick {
-                offered: report.offered,
-                new_devices: report.new_devices,
-                resets: report.resets,
-                resets_near_zero: report.resets_near_zero,
-                id_entropy: entropy(&report.id_hist),
-                depth: report.depth,
-            };
+            let tick = Tick::from_report(&report);
             if let Some(f) = ex.observe.as_mut() {
                 f(t, &tick);
             }

@@ -394,7 +394,6 @@ impl KernelMaps {
         &self,
         f: Option<&crate::model::classifier::ClassifierFile>,
     ) -> Result<u32, XdpError> {
-        let key = 0u32.to_ne_bytes();
         let mut ctl = self.model_ctl_now()?;
         let Some(f) = f else {
             ctl.enabled = 0;
@@ -408,12 +407,11 @@ impl KernelMaps {
         };
         let m = model_value(f);
         self.model
-            .update(&slot.to_ne_bytes(), model_bytes(&m), MapFlags::ANY)
+            .update(&slot.to_ne_bytes(), pod_bytes(&m), MapFlags::ANY)
             .map_err(map_err("writing the classifier's model slot"))?;
         ctl.active = slot;
         ctl.enabled = 1;
         self.write_model_ctl(&ctl)?;
-        let _ = key;
         // Grace period: a packet that read the old slot number finishes with
         // it (microseconds) before a next load may overwrite that slot.
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -434,15 +432,8 @@ impl KernelMaps {
     }
 
     fn write_model_ctl(&self, c: &klais_model_ctl) -> Result<(), XdpError> {
-        // SAFETY: two u32 fields, no padding.
-        let b = unsafe {
-            std::slice::from_raw_parts(
-                (c as *const klais_model_ctl).cast::<u8>(),
-                std::mem::size_of::<klais_model_ctl>(),
-            )
-        };
         self.model_ctl
-            .update(&0u32.to_ne_bytes(), b, MapFlags::ANY)
+            .update(&0u32.to_ne_bytes(), pod_bytes(c), MapFlags::ANY)
             .map_err(map_err("writing the classifier switch"))
     }
 
@@ -701,22 +692,13 @@ fn model_value(f: &crate::model::classifier::ClassifierFile) -> klais_model {
     m
 }
 
-fn model_bytes(m: &klais_model) -> &[u8] {
-    // SAFETY: `struct klais_model` is integers only; its tail padding (if
-    // any) is zeroed by `Default` and the kernel ignores it.
-    unsafe {
-        std::slice::from_raw_parts(
-            (m as *const klais_model).cast::<u8>(),
-            std::mem::size_of::<klais_model>(),
-        )
-    }
-}
-
 /// The bytes of a generated C struct of integers.
 fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: only called with skeleton types generated from C structs made of
-    // u64 fields (klais_settings, klais_policy): no padding bytes, any bit
-    // pattern valid; the slice borrows `v` for its lifetime.
+    // SAFETY: only called with skeleton types generated from C structs of
+    // integers (klais_settings, klais_policy, klais_model_ctl: no padding;
+    // klais_model: its only padding is the tail after `version`, zeroed by
+    // `Default` where it is built and ignored by the kernel); any bit pattern
+    // is valid; the slice borrows `v` for its lifetime.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 

@@ -134,3 +134,13 @@ pub fn v1(id: &str, seq: u32) -> Vec<u8> {
     wire::encode(id, seq, body.as_bytes(), &mut b).unwrap();
     b
 }
+
+/// Root, for `BPF_PROG_TEST_RUN`; otherwise says why the test skips.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: BPF_PROG_TEST_RUN needs root (CI runs as root)");
+        return false;
+    }
+    true
+}
