@@ -1,6 +1,7 @@
 //! The traffic scenario generator: one seeded, reproducible source of labeled
 //! device traffic for training the models (`klais model train`), the storm
-//! simulator (`klais simulate`) and the bench harness.
+//! simulator (`klais simulate`) and the wire (`klais gen --scenario`, which
+//! the bench harness is to build on).
 //!
 //! A [`Spec`] describes a population and the events laid over it; a
 //! [`Generator`] turns it into a time-ordered stream of [`Packet`]s, each
@@ -27,8 +28,8 @@
 //! seed ranges (train 1000+, validation 2000+, test 3000+); training and
 //! tuning read only the first two, `klais model eval` reports on the third.
 //!
-//! Times are virtual (ns from the start); nothing here sleeps. The bench
-//! harness paces the same stream against the wall clock.
+//! Times are virtual (ns from the start); nothing here sleeps.
+//! `klais gen --scenario` paces the same stream against the wall clock.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
