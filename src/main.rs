@@ -73,6 +73,10 @@ enum Command {
     /// split, load the classifier into a running XDP program.
     #[command(subcommand)]
     Model(klais::model::cli::ModelCmd),
+    /// The benchmark harness: generated load against klais or the baselines,
+    /// measured from the topic (throughput, loss, latency, CPU), JSON + PNG.
+    #[command(subcommand)]
+    Bench(klais::bench::cli::BenchCmd),
     /// Print the version, commit and build profile.
     Version,
 }
@@ -570,6 +574,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => demo(args),
         Command::Model(cmd) => klais::model::cli::run(cmd),
+        Command::Bench(cmd) => klais::bench::cli::run(cmd),
         Command::Simulate(a) => {
             let sc = klais::sim::Scenario {
                 seed: a.seed,

@@ -78,45 +78,75 @@ pub fn device_name(i: u32, out: &mut [u8; 16]) -> usize {
     cur.position() as usize
 }
 
-/// Fills `buf` with datagram number `n` of the stream and returns its length.
-fn build(spec: &GenSpec, seqs: &mut [u32], n: u64, malformed: Option<u8>, buf: &mut [u8]) -> usize {
-    let dev = (n % u64::from(spec.devices)) as u32;
+/// Writes one well-formed v1 datagram of device `dev` (`dev-{dev:08}`) with
+/// sequence `seq` into `buf`: header, then JSON `{"ts_ns":…,"seq":…,"pad":"x…"}`
+/// padded to `payload_bytes` (at least the skeleton). Returns its length.
+/// `buf` must hold [`HEADER_LEN`] + `payload_bytes` bytes. Allocates nothing.
+pub fn write_message(
+    dev: u32,
+    seq: u32,
+    ts_ns: u64,
+    payload_bytes: usize,
+    buf: &mut [u8],
+) -> usize {
     let mut id = [0u8; 16];
     let id_len = device_name(dev, &mut id);
     let id_str = std::str::from_utf8(&id[..id_len]).unwrap_or("dev");
-    let seq = seqs[dev as usize];
-    seqs[dev as usize] = seq.wrapping_add(1);
-
-    // Payload after the header, built in place.
     let body = &mut buf[HEADER_LEN..];
-    let cap = spec.payload_bytes.min(body.len());
+    let cap = payload_bytes.min(body.len());
     let mut cur = io::Cursor::new(&mut body[..cap]);
-    let ts = crate::ingest::udp::now_ns();
-    let _ = write!(cur, "{{\"ts_ns\":{ts},\"seq\":{seq},\"pad\":\"");
+    let _ = write!(cur, "{{\"ts_ns\":{ts_ns},\"seq\":{seq},\"pad\":\"");
     let used = cur.position() as usize;
-    let pad = cap.saturating_sub(used + 2);
-    body[used..used + pad].fill(b'x');
-    body[used + pad..used + pad + 2].copy_from_slice(b"\"}");
-    let payload_len = used + pad + 2;
-
-    // Encode the header in front (encode copies the payload onto itself: use a
-    // header-only encode then keep the payload where it is).
+    let payload_len = if used + 2 <= cap {
+        let pad = cap - used - 2;
+        body[used..used + pad].fill(b'x');
+        body[used + pad..used + pad + 2].copy_from_slice(b"\"}");
+        used + pad + 2
+    } else {
+        // Too small for the skeleton: the shortest valid JSON object.
+        let mut cur = io::Cursor::new(&mut body[..]);
+        let _ = write!(cur, "{{\"ts_ns\":{ts_ns},\"seq\":{seq}}}");
+        cur.position() as usize
+    };
+    // The header in front (encode with an empty payload writes only the header).
     let mut header = [0u8; HEADER_LEN];
     let _ = wire::encode(id_str, seq, &[], &mut header);
     buf[..HEADER_LEN].copy_from_slice(&header);
-    let len = HEADER_LEN + payload_len;
-    match malformed {
-        None => len,
-        Some(0) => 21,
-        Some(1) => {
+    HEADER_LEN + payload_len
+}
+
+/// Turns a well-formed datagram of length `len` in `buf` into malformed kind
+/// `kind` (0 too short, 1 bad magic, 2 payload not JSON); returns the new length.
+pub fn make_malformed(kind: u8, buf: &mut [u8], len: usize) -> usize {
+    match kind % 3 {
+        0 => 21,
+        1 => {
             buf[0] = 0xDE;
             buf[1] = 0xAD;
             len
         }
-        Some(_) => {
+        _ => {
             buf[HEADER_LEN] = b'!';
             len
         }
+    }
+}
+
+/// Fills `buf` with datagram number `n` of the stream and returns its length.
+fn build(spec: &GenSpec, seqs: &mut [u32], n: u64, malformed: Option<u8>, buf: &mut [u8]) -> usize {
+    let dev = (n % u64::from(spec.devices)) as u32;
+    let seq = seqs[dev as usize];
+    seqs[dev as usize] = seq.wrapping_add(1);
+    let len = write_message(
+        dev,
+        seq,
+        crate::ingest::udp::now_ns(),
+        spec.payload_bytes,
+        buf,
+    );
+    match malformed {
+        None => len,
+        Some(k) => make_malformed(k, buf, len),
     }
 }
 
