@@ -55,6 +55,20 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    // Connected (metadata for the topic) before receiving, as a gateway would.
+    {
+        use rdkafka::producer::Producer;
+        let p = producer.clone();
+        let t = topic.clone();
+        let md = tokio::task::spawn_blocking(move || {
+            p.client().fetch_metadata(Some(&t), Duration::from_secs(30)).map(|_| ())
+        })
+        .await;
+        if let Ok(Err(e)) = md {
+            eprintln!("error: broker {brokers}: {e}");
+            std::process::exit(1);
+        }
+    }
     let sock = match std::net::UdpSocket::bind(&listen) {
         Ok(s) => s,
         Err(e) => {

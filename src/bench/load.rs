@@ -284,7 +284,12 @@ pub fn run(spec: &LoadSpec, stop: &AtomicBool, progress: &AtomicU64) -> io::Resu
     let start = Instant::now();
     let results: Vec<io::Result<ThreadReport>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
-            .map(|t| s.spawn(move || thread_main(spec, t, threads, start, stop, progress)))
+            .map(|t| {
+                std::thread::Builder::new()
+                    .name(format!("bench-gen-{t}"))
+                    .spawn_scoped(s, move || thread_main(spec, t, threads, start, stop, progress))
+                    .expect("spawning a generator thread")
+            })
             .collect();
         handles
             .into_iter()

@@ -217,6 +217,16 @@ pub struct Cpu {
     pub per_core_busy: Vec<f64>,
 }
 
+impl Trial {
+    /// The asked fixed rate (0 for ramps and "as fast as possible").
+    pub fn asked(&self) -> u64 {
+        match self.rate {
+            Rate::Fixed { pps } => pps,
+            Rate::Ramp { .. } => 0,
+        }
+    }
+}
+
 /// One trial's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Trial {
@@ -240,6 +250,9 @@ pub struct Trial {
     pub udp_rcvbuf_errors: u64,
     /// Nothing lost, duplicated or reordered, nothing foreign.
     pub zero_loss: bool,
+    /// The generator sent at least 95 % of the asked fixed rate (always true
+    /// for ramps and "as fast as possible").
+    pub reached: bool,
     /// What limited the trial, when it lost messages (a reading, see docs).
     pub limit: Option<String>,
     /// The target's log.
@@ -255,6 +268,9 @@ pub struct TargetResult {
     pub trials: Vec<Trial>,
     /// The highest fixed rate with zero loss (searches only).
     pub zero_loss_pps: Option<u64>,
+    /// `zero_loss_pps` is a lower bound: the generator could not send faster
+    /// and the target lost nothing at the generator's maximum.
+    pub generator_limited: bool,
 }
 
 /// What `result.json` holds.
@@ -862,7 +878,6 @@ impl Ctx<'_> {
             &self.broker.addr(),
             topic,
             self.opts.devices,
-            start,
             start_ns,
         );
         let reader = match reader {
@@ -975,9 +990,14 @@ impl Ctx<'_> {
                 )
             }
         });
+        let reached = match rate {
+            Rate::Fixed { pps } if pps > 0 => load.rate() >= 0.95 * pps as f64,
+            _ => true,
+        };
         Ok(Trial {
             target,
             rate,
+            reached,
             cpu_s_per_million: if measured.unique > 0 {
                 cpu.target_s / (measured.unique as f64 / 1e6)
             } else {
@@ -1022,36 +1042,58 @@ impl Ctx<'_> {
                     target,
                     trials,
                     zero_loss_pps: None,
+                    generator_limited: false,
                 })
             }
             RateMode::FindMax { start, max, steps } => {
-                let (mut good, mut bad): (Option<u64>, Option<u64>) = (None, None);
+                // Good: no loss at the asked rate. A trial the generator could
+                // not drive to the asked rate but that lost nothing only shows
+                // a lower bound (its delivered rate): the search stops there.
+                let mut good: Option<u64> = None;
+                let mut bound = false;
+                let mut bad: Option<u64> = None;
                 let mut r = start.max(1);
-                // Double until a loss (or max), then bisect.
+                let note = |t: &Trial, good: &mut Option<u64>, bound: &mut bool| -> Step {
+                    if !t.zero_loss {
+                        return Step::Lost;
+                    }
+                    if t.reached {
+                        if good.is_none_or(|g| t.asked() >= g) {
+                            *good = Some(t.asked());
+                            *bound = false;
+                        }
+                        Step::Good
+                    } else {
+                        let d = t.delivered_pps as u64;
+                        if good.is_none_or(|g| d > g) {
+                            *good = Some(d);
+                            *bound = true;
+                        }
+                        Step::GeneratorLimited
+                    }
+                };
                 loop {
                     if self.stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let t = self.trial(target, Rate::Fixed { pps: r })?;
                     say(&t);
-                    let ok = t.zero_loss;
+                    let step = note(&t, &mut good, &mut bound);
                     trials.push(t);
-                    if ok {
-                        good = Some(r);
-                        if r >= max {
+                    match step {
+                        Step::Good if r < max => r = (r * 2).min(max),
+                        Step::Good | Step::GeneratorLimited => break,
+                        Step::Lost => {
+                            bad = Some(r);
                             break;
                         }
-                        r = (r * 2).min(max);
-                    } else {
-                        bad = Some(r);
-                        break;
                     }
                 }
                 if let Some(b) = bad {
                     let mut lo = good.unwrap_or(0);
                     let mut hi = b;
                     for _ in 0..steps {
-                        if self.stop.load(Ordering::Relaxed) || hi - lo <= hi / 50 {
+                        if self.stop.load(Ordering::Relaxed) || hi <= lo || hi - lo <= hi / 50 {
                             break;
                         }
                         let mid = (lo + hi) / 2;
@@ -1060,11 +1102,9 @@ impl Ctx<'_> {
                         }
                         let t = self.trial(target, Rate::Fixed { pps: mid })?;
                         say(&t);
-                        if t.zero_loss {
-                            lo = mid;
-                            good = Some(mid);
-                        } else {
-                            hi = mid;
+                        match note(&t, &mut good, &mut bound) {
+                            Step::Lost => hi = mid,
+                            _ => lo = mid,
                         }
                         trials.push(t);
                     }
@@ -1073,10 +1113,17 @@ impl Ctx<'_> {
                     target,
                     trials,
                     zero_loss_pps: good,
+                    generator_limited: bound,
                 })
             }
         }
     }
+}
+
+enum Step {
+    Good,
+    GeneratorLimited,
+    Lost,
 }
 
 /// Frames klais's own summary says the kernel dropped before the shard.
@@ -1456,6 +1503,7 @@ pub fn summary(report: &Report) -> String {
         ));
         for r in &report.targets {
             let ratio = |b: Option<u64>| match (r.zero_loss_pps, b) {
+                (Some(a), Some(b)) if b > 0 && r.generator_limited => format!(">= {:.1}", a as f64 / b as f64),
                 (Some(a), Some(b)) if b > 0 => format!("{:.1}", a as f64 / b as f64),
                 _ => "-".into(),
             };
@@ -1472,7 +1520,13 @@ pub fn summary(report: &Report) -> String {
             out.push_str(&format!(
                 "{:<26} {:>16} {:>10} {:>10}  {}\n",
                 r.target.name(),
-                r.zero_loss_pps.map_or("none".into(), thousands),
+                r.zero_loss_pps.map_or("none".into(), |z| {
+                    if r.generator_limited {
+                        format!(">= {}", thousands(z))
+                    } else {
+                        thousands(z)
+                    }
+                }),
                 ratio(zl(Target::Python)),
                 ratio(zl(Target::Tokio)),
                 limit
