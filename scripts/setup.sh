@@ -19,7 +19,8 @@ PACKAGES=(
   libelf-dev zlib1g-dev  # libbpf-sys builds its vendored libbpf against them
   linux-libc-dev    # linux/bpf.h, linux/if_ether.h ... for the XDP program
   libhwloc-dev      # hwloc2: CPU / NUMA topology discovery for `klais cores`
-  fonts-dejavu-core # axis labels and legends in the PNG plots of `klais simulate`
+  fonts-dejavu-core # axis labels and legends in the PNG plots of `klais simulate` and `klais bench`
+  python3 python3-venv  # the Python asyncio + aiokafka baseline of `klais bench compare` (scripts/baselines.sh)
 )
 
 log=$(mktemp /tmp/klais-setup.XXXXXX.log)

@@ -10,6 +10,8 @@ scripts/setup.sh
 # The broker tier's Kafka-compatible broker (tansu), built once and cached in
 # /var/cache/klais (about 10-16 minutes the first time on 2 cores).
 scripts/broker.sh install
+# The Python baseline's venv (aiokafka) for the bench tests, cached beside it.
+scripts/baselines.sh >/dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --check

@@ -76,7 +76,7 @@ enum Command {
     /// The benchmark harness: generated load against klais or the baselines,
     /// measured from the topic (throughput, loss, latency, CPU), JSON + PNG.
     #[command(subcommand)]
-    Bench(klais::bench::cli::BenchCmd),
+    Bench(Box<klais::bench::cli::BenchCmd>),
     /// Print the version, commit and build profile.
     Version,
 }
@@ -574,7 +574,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => demo(args),
         Command::Model(cmd) => klais::model::cli::run(cmd),
-        Command::Bench(cmd) => klais::bench::cli::run(cmd),
+        Command::Bench(cmd) => klais::bench::cli::run(*cmd),
         Command::Simulate(a) => {
             let sc = klais::sim::Scenario {
                 seed: a.seed,

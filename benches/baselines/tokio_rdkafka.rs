@@ -61,7 +61,9 @@ async fn main() {
         let p = producer.clone();
         let t = topic.clone();
         let md = tokio::task::spawn_blocking(move || {
-            p.client().fetch_metadata(Some(&t), Duration::from_secs(30)).map(|_| ())
+            p.client()
+                .fetch_metadata(Some(&t), Duration::from_secs(30))
+                .map(|_| ())
         })
         .await;
         if let Ok(Err(e)) = md {

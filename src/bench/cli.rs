@@ -101,9 +101,18 @@ pub struct Common {
     /// Python with aiokafka for the Python baseline (scripts/baselines.sh makes it).
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// klais configuration the klais targets start from (e.g. larger AF_XDP
+    /// rings); the bench sets backend, shards, listen, output and xdp over it.
+    #[arg(long, value_name = "FILE")]
+    pub klais_config: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// A shell command started with each trial's load (perf/ scripts use it);
+    /// its environment has KLAIS_BENCH_TARGET_PID, KLAIS_BENCH_SECONDS,
+    /// KLAIS_BENCH_DIR (the results folder) and KLAIS_BENCH_TRIAL.
+    #[arg(long, value_name = "CMD")]
+    pub on_load: Option<String>,
 }
 
 /// `klais bench run`.
@@ -158,9 +167,11 @@ fn parse_shape(s: &str) -> Result<Shape, String> {
             }
             Shape::Storm { at, outage, flush }
         }
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "--shape {s}: one of periodic, poisson, bursts[:ON_MS:OFF_MS], storm[:AT:OUTAGE:FLUSH]"
-        )),
+        ))
+        }
     })
 }
 
@@ -238,6 +249,8 @@ pub fn options(c: &Common) -> Result<Options, String> {
     o.partitions = c.partitions;
     o.out = c.out.clone();
     o.progress = !c.quiet;
+    o.on_load = c.on_load.clone();
+    o.klais_config = c.klais_config.clone();
     if let Some(p) = &c.python {
         o.python = p.clone();
     }

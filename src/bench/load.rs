@@ -181,7 +181,8 @@ pub struct LoadSpec {
     pub shape: Shape,
     /// Payload sizes.
     pub payload: PayloadSize,
-    /// Malformed datagrams per million (not counted as expected messages).
+    /// Malformed datagrams per million, too short and bad magic in turn (not
+    /// counted as expected messages).
     pub malformed_ppm: u32,
     /// How long.
     pub duration: Duration,
@@ -287,7 +288,9 @@ pub fn run(spec: &LoadSpec, stop: &AtomicBool, progress: &AtomicU64) -> io::Resu
             .map(|t| {
                 std::thread::Builder::new()
                     .name(format!("bench-gen-{t}"))
-                    .spawn_scoped(s, move || thread_main(spec, t, threads, start, stop, progress))
+                    .spawn_scoped(s, move || {
+                        thread_main(spec, t, threads, start, stop, progress)
+                    })
                     .expect("spawning a generator thread")
             })
             .collect();
@@ -413,8 +416,11 @@ fn thread_main(
                 }
             };
             let bad = spec.malformed_ppm > 0 && rng.gen_range(0..1_000_000) < spec.malformed_ppm;
+            // Too short and bad magic in turn: every receiver rejects both
+            // (a payload that is not JSON passes klais unless
+            // protocol.validate_json is on, and passes the baselines).
             let malformed = bad.then(|| {
-                malformed_kind = (malformed_kind + 1) % 3;
+                malformed_kind = (malformed_kind + 1) % 2;
                 malformed_kind
             });
             let seq = rep.seqs[k as usize];

@@ -266,12 +266,7 @@ impl Reader {
     /// Starts reading `topic` (every partition, from the beginning) on
     /// `brokers`. `start_ns` marks the load's start (wall clock, the clock
     /// the generator stamps). Fails if the topic's metadata cannot be read.
-    pub fn start(
-        brokers: &str,
-        topic: &str,
-        devices: u32,
-        start_ns: u64,
-    ) -> Result<Self, String> {
+    pub fn start(brokers: &str, topic: &str, devices: u32, start_ns: u64) -> Result<Self, String> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", brokers)
             .set("group.id", format!("klais-bench-{}", std::process::id()))
@@ -332,7 +327,8 @@ impl Reader {
                         match consumer.poll(Duration::from_millis(50)) {
                             Some(Ok(m)) => {
                                 let now_ns = crate::ingest::udp::now_ns();
-                                let sec = (now_ns.saturating_sub(start_ns) / 1_000_000_000) as usize;
+                                let sec =
+                                    (now_ns.saturating_sub(start_ns) / 1_000_000_000) as usize;
                                 st.record(m.key(), m.payload(), now_ns, start_ns, sec);
                                 last_record = Instant::now();
                                 progress.store(st.records, Ordering::Relaxed);

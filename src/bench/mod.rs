@@ -170,6 +170,15 @@ pub struct Options {
     pub baselines: PathBuf,
     /// The klais binary (and, beside it, klais-baseline-tokio).
     pub klais_bin: PathBuf,
+    /// A klais configuration file the trials start from (ring sizes, limits,
+    /// Kafka settings); the bench sets backend, shards, listen, output and xdp
+    /// over it.
+    pub klais_config: Option<PathBuf>,
+    /// A shell command started when each trial's load starts (perf/ scripts:
+    /// `perf stat -p $KLAIS_BENCH_TARGET_PID -- sleep $KLAIS_BENCH_SECONDS`),
+    /// with KLAIS_BENCH_TARGET_PID, KLAIS_BENCH_SECONDS, KLAIS_BENCH_DIR and
+    /// KLAIS_BENCH_TRIAL in its environment; waited for after the load.
+    pub on_load: Option<String>,
 }
 
 impl Options {
@@ -200,6 +209,8 @@ impl Options {
             python: cache.join("venv-aiokafka-0.14.0/bin/python3"),
             baselines: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baselines")),
             klais_bin,
+            on_load: None,
+            klais_config: None,
         }
     }
 }
@@ -353,6 +364,13 @@ impl LocalNet {
             peer_addr: Ipv4Addr::new(10, 213, 77, 2),
         };
         let q = queues.max(1).to_string();
+        let used = sh("ip", &["-4", "-o", "addr", "show", "to", "10.213.77.0/30"])?;
+        if !used.trim().is_empty() {
+            return Err(format!(
+                "10.213.77.0/30 is already in use (another klais bench running? a leftover veth?): {}",
+                used.trim()
+            ));
+        }
         sh("ip", &["netns", "add", &n.netns])?;
         let steps: Vec<Vec<&str>> = vec![
             vec![
@@ -733,18 +751,16 @@ impl Ctx<'_> {
                 } else {
                     "udp"
                 };
-                let xdp = if target == Target::KlaisAfXdp {
-                    format!("[xdp]\niface = \"{}\"\nmode = \"native\"\n", net.iface)
-                } else {
-                    String::new()
-                };
-                let text = format!(
-                    "# written by klais bench for one trial\n[ingest]\nbackend = \"{backend}\"\nshards = {}\nlisten = \"{listen}\"\n\n\
-                     [output]\nsink = \"kafka\"\n\n[output.kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\n\
-                     [output.kafka.journal]\ndir = \"{}\"\n\n{xdp}",
+                let text = trial_config(
+                    self.opts.klais_config.as_deref(),
+                    backend,
                     self.opts.shards,
-                    journal.display()
-                );
+                    &listen,
+                    &brokers,
+                    topic,
+                    &journal,
+                    (target == Target::KlaisAfXdp).then_some(net.iface.as_str()),
+                )?;
                 std::fs::write(&cfg, text).map_err(|e| format!("{}: {e}", cfg.display()))?;
                 let mut c = Command::new(&self.opts.klais_bin);
                 c.arg("run").arg("--config").arg(&cfg);
@@ -874,12 +890,7 @@ impl Ctx<'_> {
         let mut running = self.start_target(target, topic)?;
         let start = Instant::now();
         let start_ns = crate::ingest::udp::now_ns();
-        let reader = Reader::start(
-            &self.broker.addr(),
-            topic,
-            self.opts.devices,
-            start_ns,
-        );
+        let reader = Reader::start(&self.broker.addr(), topic, self.opts.devices, start_ns);
         let reader = match reader {
             Ok(r) => r,
             Err(e) => {
@@ -899,6 +910,26 @@ impl Ctx<'_> {
         let drops0 = self.net.as_ref().map_or(0, |n| n.peer_stat("tx_dropped"));
         let rcvbuf0 = udp_rcvbuf_errors();
         let progress = load::counter();
+        let mut hook = match &self.opts.on_load {
+            Some(cmd) => Some(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .env(
+                        "KLAIS_BENCH_TARGET_PID",
+                        tpid.map_or(String::new(), |p| p.to_string()),
+                    )
+                    .env(
+                        "KLAIS_BENCH_SECONDS",
+                        format!("{}", self.opts.duration.as_secs_f64()),
+                    )
+                    .env("KLAIS_BENCH_DIR", &self.dir)
+                    .env("KLAIS_BENCH_TRIAL", format!("{:02}", self.trial_no))
+                    .spawn()
+                    .map_err(|e| format!("--on-load command: {e}"))?,
+            ),
+            None => None,
+        };
         let bar = self.bar(target, rate);
         let load = std::thread::scope(|s| {
             let h = s.spawn(|| load::run(&spec, &self.stop, &progress));
@@ -918,6 +949,19 @@ impl Ctx<'_> {
                 .unwrap_or_else(|_| Err(std::io::Error::other("generator panicked")))
         });
         let cores1 = cpu_times();
+        if let Some(h) = hook.as_mut() {
+            // The hook's own window is the load's; give it 10 s to write.
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) && matches!(h.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(h.try_wait(), Ok(None)) {
+                eprintln!(
+                    "bench: the --on-load command still runs 10 s after the load; stopping it"
+                );
+                stop_child(h, Duration::from_secs(2));
+            }
+        }
         let load = match load {
             Ok(l) => l,
             Err(e) => {
@@ -1058,14 +1102,14 @@ impl Ctx<'_> {
                         return Step::Lost;
                     }
                     if t.reached {
-                        if good.is_none_or(|g| t.asked() >= g) {
+                        if good.map_or(true, |g| t.asked() >= g) {
                             *good = Some(t.asked());
                             *bound = false;
                         }
                         Step::Good
                     } else {
                         let d = t.delivered_pps as u64;
-                        if good.is_none_or(|g| d > g) {
+                        if good.map_or(true, |g| d > g) {
                             *good = Some(d);
                             *bound = true;
                         }
@@ -1124,6 +1168,70 @@ enum Step {
     Good,
     GeneratorLimited,
     Lost,
+}
+
+/// klais's configuration for one trial: the operator's base file (if any)
+/// with what the bench decides set over it.
+#[allow(clippy::too_many_arguments)]
+fn trial_config(
+    base: Option<&Path>,
+    backend: &str,
+    shards: u32,
+    listen: &str,
+    brokers: &str,
+    topic: &str,
+    journal: &Path,
+    xdp_iface: Option<&str>,
+) -> Result<String, String> {
+    use toml::{Table, Value};
+    let mut root: Table = match base {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("--klais-config {}: {e}", p.display()))?;
+            text.parse()
+                .map_err(|e| format!("--klais-config {}: not TOML: {e}", p.display()))?
+        }
+        None => Table::new(),
+    };
+    fn table<'a>(t: &'a mut Table, path: &[&str]) -> &'a mut Table {
+        let mut cur = t;
+        for k in path {
+            let v = cur
+                .entry(k.to_string())
+                .or_insert_with(|| Value::Table(Table::new()));
+            if !v.is_table() {
+                *v = Value::Table(Table::new());
+            }
+            cur = v.as_table_mut().expect("just made a table");
+        }
+        cur
+    }
+    let ingest = table(&mut root, &["ingest"]);
+    ingest.insert("backend".into(), backend.into());
+    ingest.insert("shards".into(), Value::Integer(i64::from(shards)));
+    ingest.insert("listen".into(), listen.into());
+    table(&mut root, &["output"]).insert("sink".into(), "kafka".into());
+    let kafka = table(&mut root, &["output", "kafka"]);
+    kafka.insert("brokers".into(), brokers.into());
+    kafka.insert("topic".into(), topic.into());
+    table(&mut root, &["output", "kafka", "journal"])
+        .insert("dir".into(), journal.display().to_string().into());
+    match xdp_iface {
+        Some(i) => {
+            let x = table(&mut root, &["xdp"]);
+            x.insert("iface".into(), i.into());
+            x.entry("mode").or_insert_with(|| "native".into());
+        }
+        None => {
+            if let Some(Value::Table(x)) = root.get_mut("xdp") {
+                x.remove("iface");
+            }
+        }
+    }
+    Ok(format!(
+        "# written by klais bench for one trial\n{}",
+        toml::to_string(&root).map_err(|e| e.to_string())?
+    ))
 }
 
 /// Frames klais's own summary says the kernel dropped before the shard.
@@ -1266,7 +1374,19 @@ fn utc_now() -> String {
         .to_string()
 }
 
-fn setup<'a>(opts: &'a Options, command: &str) -> Result<Ctx<'a>, String> {
+fn setup<'a>(opts: &'a Options, command: &str, targets: &[Target]) -> Result<Ctx<'a>, String> {
+    if opts.topology == Topology::Local
+        && targets.contains(&Target::KlaisAfXdp)
+        && opts.threads > opts.shards
+    {
+        // veth hands a frame sent on queue i to the peer's queue i, and klais
+        // has one AF_XDP socket per shard queue: frames on other queues would
+        // take the kernel path and never reach a shard.
+        return Err(format!(
+            "--threads {} with the klais-af_xdp target needs --shards {} or more on the local topology: each generator thread sends on its own veth queue, and klais receives on one AF_XDP socket per shard queue",
+            opts.threads, opts.threads
+        ));
+    }
     if opts.threads == 0 || opts.devices == 0 || opts.shards == 0 || opts.partitions == 0 {
         return Err("--threads, --devices, --shards and --partitions must be at least 1".into());
     }
@@ -1312,7 +1432,7 @@ pub fn run(opts: &Options, target: Target) -> Result<(Report, PathBuf), String> 
     if target == Target::Remote && opts.brokers.is_none() {
         return Err("--topology remote reads the appliance's topic: pass --brokers (the broker the remote klais writes to)".into());
     }
-    let mut ctx = setup(opts, "run")?;
+    let mut ctx = setup(opts, "run", &[target])?;
     let st = stamp(opts, ctx.net.as_ref());
     eprintln!("bench: results in {}", ctx.dir.display());
     let r = ctx.target(target, opts.rate)?;
@@ -1331,7 +1451,7 @@ pub fn run(opts: &Options, target: Target) -> Result<(Report, PathBuf), String> 
 /// each at a common rate below every target's zero-loss rate for CPU time
 /// per million messages.
 pub fn compare(opts: &Options, targets: &[Target]) -> Result<(Report, PathBuf), String> {
-    let mut ctx = setup(opts, "compare")?;
+    let mut ctx = setup(opts, "compare", targets)?;
     let st = stamp(opts, ctx.net.as_ref());
     eprintln!("bench: results in {}", ctx.dir.display());
     let mut results = Vec::new();
@@ -1381,7 +1501,7 @@ fn shown(report: &Report) -> Vec<&Trial> {
     report
         .targets
         .iter()
-        .map(|r| {
+        .filter_map(|r| {
             report
                 .common
                 .iter()
@@ -1394,7 +1514,6 @@ fn shown(report: &Report) -> Vec<&Trial> {
                 })
                 .or(r.trials.last())
         })
-        .flatten()
         .collect()
 }
 
@@ -1503,7 +1622,9 @@ pub fn summary(report: &Report) -> String {
         ));
         for r in &report.targets {
             let ratio = |b: Option<u64>| match (r.zero_loss_pps, b) {
-                (Some(a), Some(b)) if b > 0 && r.generator_limited => format!(">= {:.1}", a as f64 / b as f64),
+                (Some(a), Some(b)) if b > 0 && r.generator_limited => {
+                    format!(">= {:.1}", a as f64 / b as f64)
+                }
                 (Some(a), Some(b)) if b > 0 => format!("{:.1}", a as f64 / b as f64),
                 _ => "-".into(),
             };
