@@ -27,7 +27,7 @@ pub enum BenchCmd {
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// `local` (netns + veth made by the bench) or `remote` (a real NIC toward
-    /// klais on another host: needs --iface, --target-addr, --brokers).
+    /// klais on another host: needs --iface, --target-addr, --brokers, --topic).
     #[arg(long, default_value = "local")]
     pub topology: String,
     /// Remote: the sending interface.
@@ -39,6 +39,9 @@ pub struct Common {
     /// Remote, AF_XDP TX: the next hop's MAC (else read from the neighbour table).
     #[arg(long)]
     pub dst_mac: Option<String>,
+    /// Remote: the topic the appliance writes (read from its current end).
+    #[arg(long)]
+    pub topic: Option<String>,
     /// Kafka brokers (default: the cached local broker, restarted empty per trial).
     #[arg(long)]
     pub brokers: Option<String>,
@@ -199,6 +202,7 @@ pub fn options(c: &Common) -> Result<Options, String> {
         t => return Err(format!("--topology {t}: local or remote")),
     };
     o.brokers = c.brokers.clone();
+    o.topic = c.topic.clone();
     o.af_xdp_tx = match c.generator.as_str() {
         "af_xdp" => true,
         "udp" => false,

@@ -120,13 +120,6 @@ impl PayloadSize {
         Ok(p)
     }
 
-    fn max(self) -> usize {
-        match self {
-            Self::Fixed { bytes } => bytes,
-            Self::Uniform { max, .. } => max,
-        }
-    }
-
     fn draw(self, rng: &mut ChaCha8Rng) -> usize {
         match self {
             Self::Fixed { bytes } => bytes,
@@ -273,8 +266,15 @@ fn next_nonzero(rate: Rate, shape: Shape, t: f64, d: f64) -> f64 {
 }
 
 /// Runs the load on `spec.threads` threads until the duration ends or `stop`.
-/// `progress` counts valid messages sent (updated once per batch).
-pub fn run(spec: &LoadSpec, stop: &AtomicBool, progress: &AtomicU64) -> io::Result<LoadReport> {
+/// `progress` counts valid messages sent (updated once per batch). The clock
+/// starts once every thread has its socket open (no catch-up burst for the
+/// set-up time); its wall-clock start goes into `started_ns`.
+pub fn run(
+    spec: &LoadSpec,
+    stop: &AtomicBool,
+    progress: &AtomicU64,
+    started_ns: &AtomicU64,
+) -> io::Result<LoadReport> {
     if spec.devices == 0 || spec.threads == 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -282,14 +282,23 @@ pub fn run(spec: &LoadSpec, stop: &AtomicBool, progress: &AtomicU64) -> io::Resu
         ));
     }
     let threads = spec.threads.min(spec.devices);
-    let start = Instant::now();
+    let ready = std::sync::Barrier::new(threads as usize);
+    let go = std::sync::Barrier::new(threads as usize);
+    let start_cell = std::sync::OnceLock::new();
+    let sync = Sync_ {
+        ready: &ready,
+        go: &go,
+        start: &start_cell,
+        started_ns,
+    };
     let results: Vec<io::Result<ThreadReport>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
+                let sync = &sync;
                 std::thread::Builder::new()
                     .name(format!("bench-gen-{t}"))
                     .spawn_scoped(s, move || {
-                        thread_main(spec, t, threads, start, stop, progress)
+                        thread_main(spec, t, threads, sync, stop, progress)
                     })
                     .expect("spawning a generator thread")
             })
@@ -322,8 +331,37 @@ pub fn run(spec: &LoadSpec, stop: &AtomicBool, progress: &AtomicU64) -> io::Resu
             *a += b;
         }
     }
-    report.elapsed_ns = start.elapsed().as_nanos() as u64;
+    report.elapsed_ns = start_cell
+        .get()
+        .map_or(0, |s| s.elapsed().as_nanos() as u64);
     Ok(report)
+}
+
+/// Start line shared by the generator threads.
+struct Sync_<'a> {
+    ready: &'a std::sync::Barrier,
+    go: &'a std::sync::Barrier,
+    start: &'a std::sync::OnceLock<Instant>,
+    started_ns: &'a AtomicU64,
+}
+
+/// Enters the sending namespace and opens thread `t`'s sender.
+fn open_sender(spec: &LoadSpec, t: u32) -> io::Result<Box<dyn Out>> {
+    if let Some(ns) = &spec.netns {
+        enter_netns(ns)?;
+    }
+    Ok(match &spec.sender {
+        Sender::Udp => Box::new(UdpOut::new(spec.target)?),
+        Sender::AfXdp {
+            iface,
+            flow,
+            zero_copy,
+        } => {
+            let mut f = *flow;
+            f.src.set_port(flow.src.port().wrapping_add(t as u16));
+            Box::new(XdpOut::open(iface, t, f, *zero_copy)?)
+        }
+    })
 }
 
 struct ThreadReport {
@@ -364,13 +402,26 @@ fn thread_main(
     spec: &LoadSpec,
     t: u32,
     threads: u32,
-    start: Instant,
+    sync: &Sync_<'_>,
     stop: &AtomicBool,
     progress: &AtomicU64,
 ) -> io::Result<ThreadReport> {
-    if let Some(ns) = &spec.netns {
-        enter_netns(ns)?;
+    let opened = open_sender(spec, t);
+    // Every thread reaches the start line, also one whose socket failed (the
+    // others would wait for it forever); it returns its error after.
+    if sync.ready.wait().is_leader() {
+        let _ = sync.start.set(Instant::now());
+        sync.started_ns
+            .store(crate::ingest::udp::now_ns(), Ordering::Relaxed);
     }
+    sync.go.wait();
+    let mut out = opened?;
+    let start = *sync
+        .start
+        .get()
+        .expect("set by the leader before the second barrier");
+    // A hard end: no send loop may outlive the run by more than 10 s.
+    let deadline = start + spec.duration + Duration::from_secs(10);
     let own = (spec.devices - t).div_ceil(threads);
     let mut rep = ThreadReport {
         sent_valid: 0,
@@ -379,18 +430,6 @@ fn thread_main(
         retries: 0,
         seqs: vec![0; own as usize],
         per_second: Vec::new(),
-    };
-    let mut out: Box<dyn Out> = match &spec.sender {
-        Sender::Udp => Box::new(UdpOut::new(spec.target)?),
-        Sender::AfXdp {
-            iface,
-            flow,
-            zero_copy,
-        } => {
-            let mut f = *flow;
-            f.src.set_port(flow.src.port().wrapping_add(t as u16));
-            Box::new(XdpOut::open(iface, t, f, *zero_copy)?)
-        }
     };
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ (u64::from(t) << 32));
     let d = spec.duration.as_secs_f64();
@@ -455,7 +494,7 @@ fn thread_main(
             }
             continue;
         }
-        let (valid, bytes, retries) = out.send(&plans, spec.payload.max(), stop)?;
+        let (valid, bytes, retries) = out.send(&plans, deadline)?;
         rep.retries += retries;
         rep.bytes += bytes;
         rep.sent_valid += valid;
@@ -482,12 +521,7 @@ fn write_plan(p: &Plan, buf: &mut [u8]) -> usize {
 
 trait Out {
     /// Sends every plan (retrying refused sends); returns (valid sent, bytes, retries).
-    fn send(
-        &mut self,
-        plans: &[Plan],
-        max_payload: usize,
-        stop: &AtomicBool,
-    ) -> io::Result<(u64, u64, u64)>;
+    fn send(&mut self, plans: &[Plan], deadline: Instant) -> io::Result<(u64, u64, u64)>;
     /// Waits for what is in flight to leave.
     fn finish(&mut self) {}
 }
@@ -522,12 +556,7 @@ impl UdpOut {
 }
 
 impl Out for UdpOut {
-    fn send(
-        &mut self,
-        plans: &[Plan],
-        _max: usize,
-        stop: &AtomicBool,
-    ) -> io::Result<(u64, u64, u64)> {
+    fn send(&mut self, plans: &[Plan], deadline: Instant) -> io::Result<(u64, u64, u64)> {
         use std::os::fd::AsRawFd;
         let mut bytes = 0u64;
         for (i, p) in plans.iter().enumerate() {
@@ -562,7 +591,7 @@ impl Out for UdpOut {
                 match e.raw_os_error() {
                     Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECONNREFUSED) => {
                         retries += 1;
-                        if stop.load(Ordering::Relaxed) && retries > 1000 {
+                        if Instant::now() > deadline {
                             return Err(io::Error::other(format!("sendmmsg keeps failing: {e}")));
                         }
                         std::thread::sleep(Duration::from_micros(50));
@@ -678,23 +707,19 @@ impl XdpOut {
 }
 
 impl Out for XdpOut {
-    fn send(
-        &mut self,
-        plans: &[Plan],
-        _max: usize,
-        stop: &AtomicBool,
-    ) -> io::Result<(u64, u64, u64)> {
+    fn send(&mut self, plans: &[Plan], deadline: Instant) -> io::Result<(u64, u64, u64)> {
         let mut retries = 0u64;
+        let stuck = || {
+            io::Error::other("AF_XDP TX: the kernel stopped taking frames (is the interface up?)")
+        };
         self.reclaim();
         while self.free.len() < plans.len() {
             // Every frame is in flight: push the kernel, take completions.
             retries += 1;
             self.tx.wake();
             self.reclaim();
-            if stop.load(Ordering::Relaxed) && retries > 1_000_000 {
-                return Err(io::Error::other(
-                    "AF_XDP TX: no completions (is the interface up?)",
-                ));
+            if retries % 1024 == 0 && Instant::now() > deadline {
+                return Err(stuck());
             }
         }
         let mut bytes = 0u64;
@@ -725,10 +750,18 @@ impl Out for XdpOut {
             if n == 0 {
                 retries += 1;
                 self.reclaim();
+                if retries % 1024 == 0 && Instant::now() > deadline {
+                    return Err(stuck());
+                }
             }
         }
+        let mut kicks = 0u32;
         while self.tx.pending() > 0 {
             self.tx.wake();
+            kicks += 1;
+            if kicks % 1024 == 0 && Instant::now() > deadline {
+                return Err(stuck());
+            }
         }
         let valid = plans.iter().filter(|p| p.malformed.is_none()).count() as u64;
         Ok((valid, bytes, retries))

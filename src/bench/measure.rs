@@ -87,12 +87,14 @@ pub struct Measured {
 
 /// A running consumer.
 pub struct Reader {
-    handle: std::thread::JoinHandle<Result<State, String>>,
+    handle: Option<std::thread::JoinHandle<Result<State, String>>>,
     /// Set to the number of valid messages sent, once the load ended.
     expected: Arc<AtomicU64>,
     /// Records read so far (for the progress bar).
     pub progress: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// When the load ended (the drain and its 3 s quiet rule count from it).
+    ended: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// Per-device sequence bitmaps.
@@ -185,7 +187,8 @@ impl State {
             self.foreign += 1;
             return;
         };
-        let Some(bits) = self.seen.get_mut(dev as usize) else {
+        // Sequences beyond 2^26 (a 8 MB bitmap) are not this run's generator.
+        let Some(bits) = self.seen.get_mut(dev as usize).filter(|_| seq < 1 << 26) else {
             self.foreign += 1;
             return;
         };
@@ -238,12 +241,14 @@ impl State {
                 latency: self.by_send.get(s).map(Percentiles::of).unwrap_or_default(),
             })
             .collect();
+        // The CDF at 100 evenly spaced shares plus the tail (99.5 … 100 %).
         let cdf = if self.hist.is_empty() {
             Vec::new()
         } else {
-            self.hist
-                .iter_quantiles(1)
-                .map(|v| (v.value_iterated_to(), v.quantile_iterated_to()))
+            (0..100)
+                .map(|i| f64::from(i) / 100.0)
+                .chain([0.995, 0.999, 0.9995, 0.9999, 1.0])
+                .map(|q| (self.hist.value_at_quantile(q), q))
                 .collect()
         };
         Measured {
@@ -263,10 +268,18 @@ impl State {
 }
 
 impl Reader {
-    /// Starts reading `topic` (every partition, from the beginning) on
-    /// `brokers`. `start_ns` marks the load's start (wall clock, the clock
-    /// the generator stamps). Fails if the topic's metadata cannot be read.
-    pub fn start(brokers: &str, topic: &str, devices: u32, start_ns: u64) -> Result<Self, String> {
+    /// Starts reading `topic` (every partition, from the beginning, or from
+    /// its end with `from_end`: a topic the bench did not make) on
+    /// `brokers`. `started_ns` is where the load stores its start (wall
+    /// clock, the clock the generator stamps) when it begins sending: the
+    /// per-second series count from it. Fails if the topic's metadata cannot be read.
+    pub fn start(
+        brokers: &str,
+        topic: &str,
+        devices: u32,
+        started_ns: Arc<AtomicU64>,
+        from_end: bool,
+    ) -> Result<Self, String> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", brokers)
             .set("group.id", format!("klais-bench-{}", std::process::id()))
@@ -288,27 +301,43 @@ impl Reader {
         }
         let mut tpl = TopicPartitionList::new();
         for p in 0..parts {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
+            // From the end as it is now (not as it is at the first fetch,
+            // which races the load).
+            let at = if from_end {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .map_err(|e| format!("topic {topic} partition {p}: {e}"))?;
+                Offset::Offset(high)
+            } else {
+                Offset::Beginning
+            };
+            tpl.add_partition_offset(topic, p, at)
                 .map_err(|e| e.to_string())?;
         }
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         let expected = Arc::new(AtomicU64::new(u64::MAX));
         let progress = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let ended: Arc<std::sync::Mutex<Option<Instant>>> = Arc::new(std::sync::Mutex::new(None));
         let handle = {
-            let (expected, progress, stop) = (expected.clone(), progress.clone(), stop.clone());
+            let (expected, progress, stop, ended) = (
+                expected.clone(),
+                progress.clone(),
+                stop.clone(),
+                ended.clone(),
+            );
             std::thread::Builder::new()
                 .name("bench-consumer".into())
                 .spawn(move || {
                     let mut st = State::new(devices);
-                    let mut ended_at: Option<Instant> = None;
                     let mut last_record = Instant::now();
                     loop {
                         let exp = expected.load(Ordering::Relaxed);
-                        if exp != u64::MAX && ended_at.is_none() {
-                            ended_at = Some(Instant::now());
-                        }
+                        let ended_at = (exp != u64::MAX)
+                            .then(|| *ended.lock().unwrap_or_else(|e| e.into_inner()))
+                            .flatten();
                         if let Some(end) = ended_at {
+                            let last_record = last_record.max(end);
                             // Done when every expected message is in, or the
                             // topic stayed quiet for 3 s (the rest is lost),
                             // or 60 s after the load ended.
@@ -327,6 +356,10 @@ impl Reader {
                         match consumer.poll(Duration::from_millis(50)) {
                             Some(Ok(m)) => {
                                 let now_ns = crate::ingest::udp::now_ns();
+                                let start_ns = match started_ns.load(Ordering::Relaxed) {
+                                    0 => now_ns,
+                                    s => s,
+                                };
                                 let sec =
                                     (now_ns.saturating_sub(start_ns) / 1_000_000_000) as usize;
                                 st.record(m.key(), m.payload(), now_ns, start_ns, sec);
@@ -344,19 +377,29 @@ impl Reader {
                 .map_err(|e| e.to_string())?
         };
         Ok(Self {
-            handle,
+            handle: Some(handle),
             expected,
             progress,
             stop,
+            ended,
         })
     }
 
-    /// Tells the consumer the load ended with `sent_valid` messages, waits
-    /// until it read them all (or gave up) and returns what it saw.
-    pub fn finish(self, per_device: &[u32], sent_valid: u64) -> Result<Measured, String> {
+    /// Tells the consumer the load ended at `ended` with `sent_valid`
+    /// messages, waits until it read them all (or gave up) and returns what
+    /// it saw.
+    pub fn finish(
+        mut self,
+        per_device: &[u32],
+        sent_valid: u64,
+        ended: Instant,
+    ) -> Result<Measured, String> {
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(ended);
         self.expected.store(sent_valid, Ordering::Relaxed);
         let st = self
             .handle
+            .take()
+            .ok_or("bench consumer already finished")?
             .join()
             .map_err(|_| "bench consumer panicked".to_string())??;
         Ok(st.finish(per_device))
@@ -364,8 +407,16 @@ impl Reader {
 
     /// Stops without waiting for the expected count.
     pub fn abort(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.handle.join();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 

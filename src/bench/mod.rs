@@ -170,6 +170,8 @@ pub struct Options {
     pub baselines: PathBuf,
     /// The klais binary (and, beside it, klais-baseline-tokio).
     pub klais_bin: PathBuf,
+    /// Remote topology: the topic the appliance writes (read from its end).
+    pub topic: Option<String>,
     /// A klais configuration file the trials start from (ring sizes, limits,
     /// Kafka settings); the bench sets backend, shards, listen, output and xdp
     /// over it.
@@ -211,6 +213,7 @@ impl Options {
             klais_bin,
             on_load: None,
             klais_config: None,
+            topic: None,
         }
     }
 }
@@ -264,6 +267,8 @@ pub struct Trial {
     /// The generator sent at least 95 % of the asked fixed rate (always true
     /// for ramps and "as fast as possible").
     pub reached: bool,
+    /// Cut short by SIGINT/SIGTERM (never counted by a search).
+    pub stopped: bool,
     /// What limited the trial, when it lost messages (a reading, see docs).
     pub limit: Option<String>,
     /// The target's log.
@@ -515,7 +520,7 @@ impl Broker {
             }
             let url = format!("tcp://127.0.0.1:{port}");
             let logf = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-            let c = Command::new(&*bin)
+            let c = own_group(Command::new(&*bin))
                 .args([
                     "broker",
                     "--listener-url",
@@ -612,10 +617,17 @@ fn delete_topic(brokers: &str, topic: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// SIGTERM to the child's process group (children are started in their own
+/// group: a hook's `perf` and `sleep` go too, and Ctrl-C at the terminal
+/// reaches only the bench, which then stops them in order), SIGKILL after
+/// `grace`.
 fn stop_child(c: &mut Child, grace: Duration) {
-    // SAFETY: kill(2) on our own child's pid.
+    if let Ok(Some(_)) = c.try_wait() {
+        return;
+    }
+    // SAFETY: kill(2) on our own child's process group (its pid).
     unsafe {
-        libc::kill(c.id() as i32, libc::SIGTERM);
+        libc::kill(-(c.id() as i32), libc::SIGTERM);
     }
     let t0 = Instant::now();
     while t0.elapsed() < grace {
@@ -624,8 +636,19 @@ fn stop_child(c: &mut Child, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(-(c.id() as i32), libc::SIGKILL);
+    }
     let _ = c.kill();
     let _ = c.wait();
+}
+
+/// A command in its own process group.
+fn own_group(mut c: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    c.process_group(0);
+    c
 }
 
 /// utime + stime of `pid` (all threads), seconds.
@@ -679,10 +702,16 @@ fn udp_rcvbuf_errors() -> u64 {
         .unwrap_or(0)
 }
 
-/// A target process.
+/// A target process; stopped when dropped (also on error paths).
 struct Running {
     child: Child,
     log: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(30));
+    }
 }
 
 /// The bench's state across trials.
@@ -736,7 +765,7 @@ impl Ctx<'_> {
         let logf = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let brokers = self.broker.addr();
         let listen = self.listen.to_string();
-        let mut cmd = match target {
+        let cmd = match target {
             Target::Remote => return Ok(None),
             Target::KlaisAfXdp | Target::KlaisUdp => {
                 let Some(net) = &self.net else {
@@ -791,7 +820,7 @@ impl Ctx<'_> {
                 c
             }
         };
-        let mut child = cmd
+        let mut child = own_group(cmd)
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
@@ -875,6 +904,15 @@ impl Ctx<'_> {
     /// One trial of `target` at `rate`.
     fn trial(&mut self, target: Target, rate: Rate) -> Result<Trial, String> {
         self.trial_no += 1;
+        if target == Target::Remote {
+            // The appliance writes its own topic: read it from its end.
+            let topic = self
+                .opts
+                .topic
+                .clone()
+                .ok_or("--topology remote needs --topic (the topic the remote klais writes)")?;
+            return self.trial_inner(target, rate, &topic);
+        }
         let topic = format!("klais-bench-{}-{:02}", self.run_id, self.trial_no);
         let blog = self
             .dir
@@ -887,19 +925,16 @@ impl Ctx<'_> {
 
     fn trial_inner(&mut self, target: Target, rate: Rate, topic: &str) -> Result<Trial, String> {
         let spec = self.load_spec(rate)?;
-        let mut running = self.start_target(target, topic)?;
-        let start = Instant::now();
-        let start_ns = crate::ingest::udp::now_ns();
-        let reader = Reader::start(&self.broker.addr(), topic, self.opts.devices, start_ns);
-        let reader = match reader {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(r) = running.as_mut() {
-                    stop_child(&mut r.child, Duration::from_secs(20));
-                }
-                return Err(e);
-            }
-        };
+        // Stopped when dropped, on every path.
+        let running = self.start_target(target, topic)?;
+        let started_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reader = Reader::start(
+            &self.broker.addr(),
+            topic,
+            self.opts.devices,
+            started_ns.clone(),
+            target == Target::Remote,
+        )?;
         let tpid = running.as_ref().map(|r| r.child.id());
         let cpu0 = (
             tpid.map_or(0.0, proc_cpu_s),
@@ -912,7 +947,7 @@ impl Ctx<'_> {
         let progress = load::counter();
         let mut hook = match &self.opts.on_load {
             Some(cmd) => Some(
-                Command::new("sh")
+                own_group(Command::new("bash"))
                     .arg("-c")
                     .arg(cmd)
                     .env(
@@ -931,8 +966,9 @@ impl Ctx<'_> {
             None => None,
         };
         let bar = self.bar(target, rate);
+        let start = Instant::now();
         let load = std::thread::scope(|s| {
-            let h = s.spawn(|| load::run(&spec, &self.stop, &progress));
+            let h = s.spawn(|| load::run(&spec, &self.stop, &progress, &started_ns));
             while !h.is_finished() {
                 std::thread::sleep(Duration::from_millis(200));
                 if let Some(b) = &bar {
@@ -948,7 +984,9 @@ impl Ctx<'_> {
             h.join()
                 .unwrap_or_else(|_| Err(std::io::Error::other("generator panicked")))
         });
+        let ended = Instant::now();
         let cores1 = cpu_times();
+        let stopped = self.stop.load(Ordering::Relaxed);
         if let Some(h) = hook.as_mut() {
             // The hook's own window is the load's; give it 10 s to write.
             let t0 = Instant::now();
@@ -962,31 +1000,22 @@ impl Ctx<'_> {
                 stop_child(h, Duration::from_secs(2));
             }
         }
-        let load = match load {
-            Ok(l) => l,
-            Err(e) => {
-                reader.abort();
-                if let Some(r) = running.as_mut() {
-                    stop_child(&mut r.child, Duration::from_secs(20));
-                }
-                return Err(format!("generator: {e}"));
-            }
-        };
+        let load = load.map_err(|e| format!("generator: {e}"))?;
         if let Some(b) = &bar {
             b.set_message("draining: reading the topic back".to_string());
         }
-        let measured = reader.finish(&load.per_device, load.sent_valid)?;
+        let measured = reader.finish(&load.per_device, load.sent_valid, ended)?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
         let cpu = Cpu {
-            target_s: tpid.map_or(0.0, proc_cpu_s) - cpu0.0,
+            target_s: (tpid.map_or(0.0, proc_cpu_s) - cpu0.0).max(0.0),
             broker_s: self
                 .broker
                 .pid()
                 .map(proc_cpu_s)
                 .zip(cpu0.1)
-                .map(|(a, b)| a - b),
+                .map(|(a, b)| (a - b).max(0.0)),
             bench_s: self_cpu_s() - cpu0.2,
             per_core_busy: cores0
                 .iter()
@@ -994,12 +1023,15 @@ impl Ctx<'_> {
                 .map(|(a, b)| (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64)
                 .collect(),
         };
-        let link_drops = self.net.as_ref().map_or(0, |n| n.peer_stat("tx_dropped")) - drops0;
+        let link_drops = self
+            .net
+            .as_ref()
+            .map_or(0, |n| n.peer_stat("tx_dropped"))
+            .saturating_sub(drops0);
         let udp_rcvbuf_errors = udp_rcvbuf_errors().saturating_sub(rcvbuf0);
         let log = running.as_ref().map(|r| r.log.clone());
-        if let Some(r) = running.as_mut() {
-            stop_child(&mut r.child, Duration::from_secs(30));
-        }
+        // Stop the target now: klais prints its summary (read below) on exit.
+        drop(running);
         let secs = load.elapsed_ns as f64 / 1e9;
         let delivered_pps = measured.unique as f64 / secs.max(1e-9);
         let zero_loss = measured.lost == 0
@@ -1042,6 +1074,7 @@ impl Ctx<'_> {
             target,
             rate,
             reached,
+            stopped,
             cpu_s_per_million: if measured.unique > 0 {
                 cpu.target_s / (measured.unique as f64 / 1e6)
             } else {
@@ -1122,6 +1155,10 @@ impl Ctx<'_> {
                     }
                     let t = self.trial(target, Rate::Fixed { pps: r })?;
                     say(&t);
+                    if t.stopped {
+                        trials.push(t);
+                        break;
+                    }
                     let step = note(&t, &mut good, &mut bound);
                     trials.push(t);
                     match step {
@@ -1146,11 +1183,18 @@ impl Ctx<'_> {
                         }
                         let t = self.trial(target, Rate::Fixed { pps: mid })?;
                         say(&t);
-                        match note(&t, &mut good, &mut bound) {
-                            Step::Lost => hi = mid,
-                            _ => lo = mid,
+                        if t.stopped {
+                            trials.push(t);
+                            break;
                         }
+                        let step = note(&t, &mut good, &mut bound);
                         trials.push(t);
+                        match step {
+                            Step::Lost => hi = mid,
+                            Step::Good => lo = mid,
+                            // The generator cannot go higher either.
+                            Step::GeneratorLimited => break,
+                        }
                     }
                 }
                 Ok(TargetResult {
@@ -1408,6 +1452,9 @@ fn setup<'a>(opts: &'a Options, command: &str, targets: &[Target]) -> Result<Ctx
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal ends the trial cleanly (topology removed, children
+        // stopped); a second one exits at once.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone());
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
     Ok(Ctx {
@@ -1628,16 +1675,20 @@ pub fn summary(report: &Report) -> String {
                 (Some(a), Some(b)) if b > 0 => format!("{:.1}", a as f64 / b as f64),
                 _ => "-".into(),
             };
-            let limit = r.trials.iter().find(|t| !t.zero_loss).map_or(
-                "none (reached the maximum)".into(),
-                |t| {
-                    format!(
-                        "{} at {}",
-                        t.limit.clone().unwrap_or_default(),
-                        rate_text(t.rate)
-                    )
-                },
-            );
+            let limit = if r.generator_limited {
+                "the generator: nothing lost at the fastest rate it could send".to_string()
+            } else {
+                r.trials
+                    .iter()
+                    .find(|t| !t.zero_loss)
+                    .map_or("none up to --max-rate".into(), |t| {
+                        format!(
+                            "{} at {}",
+                            t.limit.clone().unwrap_or_default(),
+                            rate_text(t.rate)
+                        )
+                    })
+            };
             out.push_str(&format!(
                 "{:<26} {:>16} {:>10} {:>10}  {}\n",
                 r.target.name(),

@@ -104,7 +104,7 @@ pub fn lines(
         }};
     }
     if log_x {
-        let x0 = x0.max(1.0);
+        let x0 = x0.max(1e-3);
         draw!(b
             .build_cartesian_2d((x0..x1.max(x0 * 10.0)).log_scale(), 0.0..y1)
             .map_err(|e| e.to_string())?);
