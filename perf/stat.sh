@@ -28,8 +28,10 @@ for i, t in enumerate(trials, 1):
     for ev, v in counts.items():
         try:
             x = float(v)
-            unit = "ms" if ev == "task-clock" else ""
-            print(f"  {ev:<18} {x:>16,.0f}{unit:<3} {x / msgs:>12.1f} per message")
+            if ev == "task-clock":
+                print(f"  {ev:<18} {x:>16,.0f} ms {x * 1e6 / msgs:>12.1f} ns CPU per message")
+            else:
+                print(f"  {ev:<18} {x:>16,.0f}    {x / msgs:>12.3f} per message")
         except ValueError:
             print(f"  {ev:<18} {v:>16}")
     try:

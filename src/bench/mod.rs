@@ -369,10 +369,28 @@ impl LocalNet {
             peer_addr: Ipv4Addr::new(10, 213, 77, 2),
         };
         let q = queues.max(1).to_string();
-        let used = sh("ip", &["-4", "-o", "addr", "show", "to", "10.213.77.0/30"])?;
+        let mut used = sh("ip", &["-4", "-o", "addr", "show", "to", "10.213.77.0/30"])?;
+        // A leftover of a bench that was killed (its pid, in the names, no
+        // longer runs): remove it.
+        if let Some(old) = used
+            .split_whitespace()
+            .nth(1)
+            .and_then(|i| i.split('@').next())
+            .and_then(|i| i.strip_prefix("kbA"))
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            let alive = std::fs::read_to_string(format!("/proc/{old}/cmdline"))
+                .is_ok_and(|c| c.contains("bench"));
+            if !alive {
+                eprintln!("bench: removing the network of a bench that no longer runs (klais-bench-{old}, kbA{old})");
+                let _ = sh("ip", &["link", "del", &format!("kbA{old}")]);
+                let _ = sh("ip", &["netns", "del", &format!("klais-bench-{old}")]);
+                used = sh("ip", &["-4", "-o", "addr", "show", "to", "10.213.77.0/30"])?;
+            }
+        }
         if !used.trim().is_empty() {
             return Err(format!(
-                "10.213.77.0/30 is already in use (another klais bench running? a leftover veth?): {}",
+                "10.213.77.0/30 is already in use (another klais bench running?): {}",
                 used.trim()
             ));
         }
@@ -644,10 +662,20 @@ fn stop_child(c: &mut Child, grace: Duration) {
     let _ = c.wait();
 }
 
-/// A command in its own process group.
+/// A command in its own process group, sent SIGTERM by the kernel if the
+/// bench dies without stopping it (SIGKILL, a second Ctrl-C).
 fn own_group(mut c: Command) -> Command {
     use std::os::unix::process::CommandExt;
     c.process_group(0);
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     c
 }
 
@@ -1046,9 +1074,10 @@ impl Ctx<'_> {
                 Rate::Ramp { to, .. } => to as f64,
             };
             let busy = |s: f64| s / secs.max(1e-9);
-            if asked > 0.0 && load.rate() < 0.95 * asked && matches!(rate, Rate::Fixed { .. }) {
-                format!("generator: sent {:.0}/s of {asked:.0}/s asked", load.rate())
-            } else if link_drops > 0 {
+            // Drop counters first: they say where messages were lost; a
+            // generator that fell short is named when nothing else is.
+            let short = asked > 0.0 && load.rate() < 0.95 * asked && matches!(rate, Rate::Fixed { .. });
+            if link_drops > 0 {
                 format!("link: the veth/NIC ring dropped {link_drops} frames")
             } else if udp_rcvbuf_errors > 0 {
                 format!("UDP receive buffer: {udp_rcvbuf_errors} datagrams dropped by the kernel (target too slow)")
@@ -1058,6 +1087,8 @@ impl Ctx<'_> {
                 format!("broker CPU: {:.0}% of a core", 100.0 * busy(cpu.broker_s.unwrap_or(0.0)))
             } else if busy(cpu.target_s) > 0.85 {
                 format!("target CPU: {:.0}% of a core", 100.0 * busy(cpu.target_s))
+            } else if short {
+                format!("generator: sent {:.0}/s of {asked:.0}/s asked", load.rate())
             } else {
                 format!(
                     "not read back within the drain time (target CPU {:.0}%, broker {})",
@@ -1665,7 +1696,7 @@ pub fn summary(report: &Report) -> String {
     if searched {
         out.push_str(&format!(
             "{:<26} {:>16} {:>10} {:>10}  {}\n",
-            "target", "zero-loss msg/s", "x python", "x tokio", "first losing trial: limit"
+            "target", "zero-loss msg/s", "x python", "x tokio", "lowest losing trial: limit"
         ));
         for r in &report.targets {
             let ratio = |b: Option<u64>| match (r.zero_loss_pps, b) {
