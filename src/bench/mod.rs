@@ -1172,11 +1172,13 @@ impl Ctx<'_> {
                         }
                         Step::Good
                     } else {
+                        // The search ends at the generator's limit: what it
+                        // found is a lower bound either way.
                         let d = t.delivered_pps as u64;
                         if good.map_or(true, |g| d > g) {
                             *good = Some(d);
-                            *bound = true;
                         }
+                        *bound = true;
                         Step::GeneratorLimited
                     }
                 };
