@@ -21,6 +21,12 @@ pub enum BenchCmd {
     /// tokio + rdkafka and Python asyncio + aiokafka baselines), one table with
     /// ratios from this one run.
     Compare(CompareArgs),
+    /// Re-render summary.txt and the PNG plots of a results folder from its
+    /// result.json.
+    Plot {
+        /// The results folder.
+        dir: PathBuf,
+    },
 }
 
 /// Load and measurement options shared by run and compare.
@@ -268,6 +274,19 @@ pub fn options(c: &Common) -> Result<Options, String> {
 
 /// Runs a bench command.
 pub fn run(cmd: BenchCmd) -> ExitCode {
+    if let BenchCmd::Plot { dir } = &cmd {
+        return match super::replot(dir) {
+            Ok(r) => {
+                print!("{}", super::summary(&r));
+                println!("re-plotted: {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: bench plot: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let res = match &cmd {
         BenchCmd::Run(a) => options(&a.common).and_then(|o| {
             let t = if matches!(o.topology, Topology::Remote { .. }) {
@@ -291,6 +310,7 @@ pub fn run(cmd: BenchCmd) -> ExitCode {
             }
             super::compare(&o, &ts)
         }),
+        BenchCmd::Plot { .. } => unreachable!("handled above"),
     };
     match res {
         Ok((report, dir)) => {

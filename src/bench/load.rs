@@ -30,7 +30,7 @@ use crate::wire::HEADER_LEN;
 const BATCH: usize = 64;
 
 /// How the offered rate moves over the run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Rate {
     /// This many messages per second; 0 sends as fast as the sender can.
@@ -48,7 +48,7 @@ pub enum Rate {
 }
 
 /// The arrival pattern around the rate.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Shape {
     /// Devices take turns, evenly spaced.
@@ -76,7 +76,7 @@ pub enum Shape {
 }
 
 /// Payload sizes (bytes after the 22-byte header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum PayloadSize {
     /// Every payload this long.
@@ -188,7 +188,7 @@ pub struct LoadSpec {
 }
 
 /// What was sent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct LoadReport {
     /// Well-formed messages sent (the receiver should deliver each once).
     pub sent_valid: u64,

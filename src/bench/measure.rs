@@ -18,7 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 /// Latency percentiles, µs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Percentiles {
     /// Median.
     pub p50_us: u64,
@@ -48,7 +48,7 @@ impl Percentiles {
 }
 
 /// One second of the run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Second {
     /// Second of the run (from the load's start).
     pub t: u64,
@@ -59,7 +59,7 @@ pub struct Second {
 }
 
 /// What the consumer saw.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Measured {
     /// Records read.
     pub records: u64,

@@ -38,7 +38,7 @@ use load::{LoadReport, LoadSpec, PayloadSize, Rate, Sender, Shape};
 use measure::{Measured, Reader};
 
 /// What receives the load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// klais, AF_XDP backend, XDP filter attached.
@@ -109,7 +109,7 @@ pub enum Topology {
 }
 
 /// How the rate is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum RateMode {
     /// One trial at this rate (or ramp).
@@ -219,7 +219,7 @@ impl Options {
 }
 
 /// CPU seconds used.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Cpu {
     /// The target process (all its threads).
     pub target_s: f64,
@@ -242,7 +242,7 @@ impl Trial {
 }
 
 /// One trial's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Trial {
     /// What received.
     pub target: Target,
@@ -276,7 +276,7 @@ pub struct Trial {
 }
 
 /// A target's search (or single run).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TargetResult {
     /// The target.
     pub target: Target,
@@ -290,7 +290,7 @@ pub struct TargetResult {
 }
 
 /// What `result.json` holds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
     /// `run` or `compare`.
     pub command: String,
@@ -305,7 +305,7 @@ pub struct Report {
 }
 
 /// Where and how the results were made.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Stamp {
     /// UTC time.
     pub utc: String,
@@ -1575,9 +1575,10 @@ pub fn compare(opts: &Options, targets: &[Target]) -> Result<(Report, PathBuf), 
     Ok((report, ctx.dir.clone()))
 }
 
-/// The trial each target's plots show: its common-rate trial, else its best
-/// zero-loss trial, else its last.
-fn shown(report: &Report) -> Vec<&Trial> {
+/// The trial of each target a plot shows: with `common`, its common-rate
+/// trial (latency is compared at one rate); else, and for throughput, its
+/// fastest zero-loss trial, else its last.
+fn shown(report: &Report, common: bool) -> Vec<&Trial> {
     report
         .targets
         .iter()
@@ -1585,7 +1586,7 @@ fn shown(report: &Report) -> Vec<&Trial> {
             report
                 .common
                 .iter()
-                .find(|t| t.target == r.target)
+                .find(|t| common && t.target == r.target)
                 .or_else(|| {
                     r.trials
                         .iter()
@@ -1597,23 +1598,36 @@ fn shown(report: &Report) -> Vec<&Trial> {
         .collect()
 }
 
+/// Re-renders `summary.txt` and the plots of a results folder from its
+/// `result.json` (`klais bench plot DIR`).
+pub fn replot(dir: &Path) -> Result<Report, String> {
+    let p = dir.join("result.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let report: Report =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    write_results(dir, &report)?;
+    Ok(report)
+}
+
 /// Writes result.json, summary.txt and the PNG plots.
 pub fn write_results(dir: &Path, report: &Report) -> Result<(), String> {
     let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("result.json"), json).map_err(|e| e.to_string())?;
     let mut f = std::fs::File::create(dir.join("summary.txt")).map_err(|e| e.to_string())?;
     let _ = f.write_all(summary(report).as_bytes());
-    let trials = shown(report);
     let mut thr = Vec::new();
     let mut lat = Vec::new();
     let mut cdf = Vec::new();
-    for t in &trials {
+    for t in shown(report, false) {
         let tag = format!("{} @ {}", t.target.name(), rate_text(t.rate));
+        // Whole seconds of the load only (the last one is partial).
+        let whole = (t.load.elapsed_ns / 1_000_000_000) as usize;
         thr.push((
             format!("{tag} (sent)"),
             t.load
                 .per_second
                 .iter()
+                .take(whole)
                 .enumerate()
                 .map(|(s, n)| (s as f64 + 0.5, *n as f64))
                 .collect(),
@@ -1623,9 +1637,13 @@ pub fn write_results(dir: &Path, report: &Report) -> Result<(), String> {
             t.measured
                 .seconds
                 .iter()
+                .take(whole)
                 .map(|s| (s.t as f64 + 0.5, s.consumed as f64))
                 .collect(),
         ));
+    }
+    for t in shown(report, true) {
+        let tag = format!("{} @ {}", t.target.name(), rate_text(t.rate));
         let secs: Vec<_> = t
             .measured
             .seconds
