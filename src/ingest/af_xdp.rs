@@ -356,6 +356,9 @@ impl XskSocket {
 
 /// Shortest idle nap of a shard, µs.
 pub const NAP_MIN_US: u64 = 50;
+/// Frames per publish tick (10 ms) below which traffic counts as light and
+/// naps may grow: 300, i.e. 30,000 frames/s.
+pub const LIGHT_FRAMES_PER_TICK: u32 = 300;
 /// Longest idle nap of a shard, µs: the default 4,096-descriptor RX ring
 /// overflows during one only above ~10M frames/s.
 pub const NAP_MAX_US: u64 = 400;
@@ -403,6 +406,8 @@ pub async fn receive_loop(
     // the ring is never empty long enough to nap at all.
     let mut nap_us = NAP_MIN_US;
     let mut since_nap = 0u32;
+    let mut tick_frames = 0u32;
+    let mut light = true;
     // Published every 10 ms at most: the control core's tick.
     let publish_every = tick.min(Duration::from_millis(10));
     let mut next_publish = Instant::now() + publish_every;
@@ -430,6 +435,7 @@ pub async fn receive_loop(
         } else {
             idle = 0;
             since_nap = since_nap.saturating_add(n);
+            tick_frames = tick_frames.saturating_add(n);
         }
         if polls % 64 == 0 || idle > 0 {
             let now = Instant::now();
@@ -440,6 +446,10 @@ pub async fn receive_loop(
                 published.publish(snap);
                 shard.apply_setpoints();
                 next_publish = now + publish_every;
+                // Long naps only while the last tick was light: under load
+                // the shard keeps the short nap and the 64-poll spin.
+                light = tick_frames < LIGHT_FRAMES_PER_TICK;
+                tick_frames = 0;
             }
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -448,8 +458,18 @@ pub async fn receive_loop(
         // Spin 64 empty polls before a nap (a burst may be right behind);
         // once two light wake-ups in a row grew the nap, nap at the first
         // empty poll: traffic is light, each spin a wasted syscall.
-        if idle > if nap_us >= 4 * NAP_MIN_US { 0 } else { 64 } {
-            nap_us = next_nap(nap_us, since_nap, xsk.batch());
+        if idle
+            > if light && nap_us >= 4 * NAP_MIN_US {
+                0
+            } else {
+                64
+            }
+        {
+            nap_us = if light {
+                next_nap(nap_us, since_nap, xsk.batch())
+            } else {
+                NAP_MIN_US
+            };
             since_nap = 0;
             glommio::timer::sleep(Duration::from_micros(nap_us)).await;
         } else {
