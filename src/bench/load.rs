@@ -15,7 +15,6 @@ use std::net::SocketAddrV4;
 use std::num::NonZeroU32;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -513,9 +512,10 @@ fn thread_main(
     Ok(rep)
 }
 
-/// Writes plan `p` into `buf` (which holds the datagram, from the header on).
-fn write_plan(p: &Plan, buf: &mut [u8]) -> usize {
-    let len = write_message(p.dev, p.seq, crate::ingest::udp::now_ns(), p.payload, buf);
+/// Writes plan `p` into `buf` (which holds the datagram, from the header
+/// on), stamped `ts_ns` (one clock read per batch).
+fn write_plan(p: &Plan, ts_ns: u64, buf: &mut [u8]) -> usize {
+    let len = write_message(p.dev, p.seq, ts_ns, p.payload, buf);
     match p.malformed {
         None => len,
         Some(k) => make_malformed(k, buf, len),
@@ -561,10 +561,11 @@ impl UdpOut {
 impl Out for UdpOut {
     fn send(&mut self, plans: &[Plan], deadline: Instant) -> io::Result<(u64, u64, u64)> {
         use std::os::fd::AsRawFd;
+        let ts = crate::ingest::udp::now_ns();
         let mut bytes = 0u64;
         for (i, p) in plans.iter().enumerate() {
             let buf = &mut self.bufs[i * self.slot..(i + 1) * self.slot];
-            let len = write_plan(p, buf);
+            let len = write_plan(p, ts, buf);
             bytes += len as u64;
             self.iov[i] = libc::iovec {
                 iov_base: buf.as_mut_ptr().cast(),
@@ -725,12 +726,13 @@ impl Out for XdpOut {
                 return Err(stuck());
             }
         }
+        let ts = crate::ingest::udp::now_ns();
         let mut bytes = 0u64;
         self.descs.clear();
         for p in plans {
             let addr = self.free.pop().unwrap_or(0);
             let frame = &mut self.area[addr as usize..(addr + u64::from(XDP_FRAME)) as usize];
-            let len = write_plan(p, &mut frame[FRAME_HEADERS..]);
+            let len = write_plan(p, ts, &mut frame[FRAME_HEADERS..]);
             self.ip_id = self.ip_id.wrapping_add(1);
             let flen = self.flow.write_headers(frame, len, self.ip_id);
             bytes += len as u64;
@@ -780,11 +782,6 @@ impl Out for XdpOut {
             std::thread::sleep(Duration::from_micros(100));
         }
     }
-}
-
-/// A shared progress counter (valid messages sent).
-pub fn counter() -> Arc<AtomicU64> {
-    Arc::new(AtomicU64::new(0))
 }
 
 #[cfg(test)]

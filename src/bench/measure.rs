@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -280,22 +279,11 @@ impl Reader {
         started_ns: Arc<AtomicU64>,
         from_end: bool,
     ) -> Result<Self, String> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", brokers)
-            .set("group.id", format!("klais-bench-{}", std::process::id()))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "5")
-            .set("fetch.min.bytes", "1");
+        let mut c = crate::kafka::consume::base(brokers);
+        c.set("fetch.wait.max.ms", "5").set("fetch.min.bytes", "1");
         let consumer: BaseConsumer = c.create().map_err(|e| format!("consumer: {e}"))?;
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
+        let parts = crate::kafka::consume::partitions(brokers, topic, Duration::from_secs(10))
             .map_err(|e| format!("topic {topic} on {brokers}: {e}"))?;
-        let parts = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(0, |t| t.partitions().len() as i32);
         if parts == 0 {
             return Err(format!("topic {topic} on {brokers} has no partitions"));
         }
@@ -403,11 +391,6 @@ impl Reader {
             .join()
             .map_err(|_| "bench consumer panicked".to_string())??;
         Ok(st.finish(per_device))
-    }
-
-    /// Stops without waiting for the expected count.
-    pub fn abort(self) {
-        drop(self);
     }
 }
 

@@ -183,12 +183,24 @@ pub struct Options {
     pub on_load: Option<String>,
 }
 
+/// The cache of slow installs outside the clone (`$KLAIS_CACHE`, default
+/// /var/cache/klais): the broker, the Python baseline's venv, inferno.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("KLAIS_CACHE").map_or_else(|| PathBuf::from("/var/cache/klais"), PathBuf::from)
+}
+
+/// The test broker's binary (`$KLAIS_TANSU`, or where `scripts/broker.sh
+/// install` puts it in the cache); it may not exist yet.
+pub fn broker_binary() -> PathBuf {
+    std::env::var_os("KLAIS_TANSU")
+        .map_or_else(|| cache_dir().join("tansu-0.6.0/bin/tansu"), PathBuf::from)
+}
+
 impl Options {
     /// Defaults for a local run of the current binary.
     pub fn local_defaults() -> Self {
         let klais_bin = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("klais"));
-        let cache = std::env::var_os("KLAIS_CACHE")
-            .map_or_else(|| PathBuf::from("/var/cache/klais"), PathBuf::from);
+        let cache = cache_dir();
         Self {
             topology: Topology::Local,
             brokers: None,
@@ -491,14 +503,7 @@ impl Broker {
         if let Some(b) = brokers {
             return Ok(Self::External(b.to_string()));
         }
-        let bin = std::env::var_os("KLAIS_TANSU").map_or_else(
-            || {
-                let cache = std::env::var_os("KLAIS_CACHE")
-                    .map_or_else(|| PathBuf::from("/var/cache/klais"), PathBuf::from);
-                cache.join("tansu-0.6.0/bin/tansu")
-            },
-            PathBuf::from,
-        );
+        let bin = broker_binary();
         if !bin.exists() {
             return Err(format!(
                 "no --brokers given and the local broker is not installed at {}: run `scripts/broker.sh install` (about 16 minutes once) or pass --brokers HOST:PORT",
@@ -972,7 +977,7 @@ impl Ctx<'_> {
         let cores0 = cpu_times();
         let drops0 = self.net.as_ref().map_or(0, |n| n.peer_stat("tx_dropped"));
         let rcvbuf0 = udp_rcvbuf_errors();
-        let progress = load::counter();
+        let progress = std::sync::atomic::AtomicU64::new(0);
         let mut hook = match &self.opts.on_load {
             Some(cmd) => Some(
                 own_group(Command::new("bash"))

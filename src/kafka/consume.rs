@@ -49,7 +49,10 @@ pub fn partitions(brokers: &str, topic: &str, timeout: Duration) -> Result<i32, 
         .map_or(0, |t| t.partitions().len() as i32))
 }
 
-fn base(brokers: &str) -> ClientConfig {
+/// A consumer configuration for reading a topic back: its own group, no
+/// committed offsets, no end-of-partition events; callers override settings
+/// (the bench sets a 5 ms fetch wait).
+pub fn base(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("group.id", format!("klais-check-{}", std::process::id()))

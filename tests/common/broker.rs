@@ -23,12 +23,7 @@ pub fn free_port() -> u16 {
 
 /// The broker binary, or None (with the reason printed) when it is not built.
 pub fn binary() -> Option<PathBuf> {
-    let p = std::env::var_os("KLAIS_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var("KLAIS_CACHE").unwrap_or_else(|_| "/var/cache/klais".into());
-            PathBuf::from(cache).join("tansu-0.6.0/bin/tansu")
-        });
+    let p = klais::bench::broker_binary();
     if p.exists() {
         Some(p)
     } else {

@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::os::fd::AsRawFd;
 use std::process::Command;
 
 pub mod broker;
@@ -43,10 +42,7 @@ pub fn ip(args: &[&str]) {
 
 /// Moves the calling thread into a network namespace.
 pub fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-    // SAFETY: setns on a valid namespace fd; it only changes this thread's namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+    klais::bench::load::enter_netns(ns).unwrap();
 }
 
 /// Root and iproute2 are there; otherwise says why the test skips.
