@@ -282,8 +282,17 @@ impl Reader {
         let mut c = crate::kafka::consume::base(brokers);
         c.set("fetch.wait.max.ms", "5").set("fetch.min.bytes", "1");
         let consumer: BaseConsumer = c.create().map_err(|e| format!("consumer: {e}"))?;
-        let parts = crate::kafka::consume::partitions(brokers, topic, Duration::from_secs(10))
+        // Metadata through the reading consumer itself: it is connected and
+        // ready when the load starts (a separate client for the lookup left
+        // this one to connect during the first second, ~0.5 s late).
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
             .map_err(|e| format!("topic {topic} on {brokers}: {e}"))?;
+        let parts = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len() as i32);
         if parts == 0 {
             return Err(format!("topic {topic} on {brokers} has no partitions"));
         }
