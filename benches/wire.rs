@@ -146,6 +146,7 @@ fn shard_settings() -> ShardSettings {
         reset_window: 4,
         admission: None,
         dam: None,
+        policy: Default::default(),
     }
 }
 

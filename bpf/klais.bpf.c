@@ -499,7 +499,10 @@ int klais_xdp(struct xdp_md *ctx)
 	payload = (__u8 *)(udp + 1);
 	if ((void *)(payload + KLAIS_HEADER_LEN) > data_end)
 		return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
-	if (payload[0] != (KLAIS_MAGIC_V1 >> 8) || payload[1] != (KLAIS_MAGIC_V1 & 0xff))
+	/* v1 and v2 share the id and sequence offsets; v2's flags and MAC are
+	 * checked by the shard (it holds the keys). */
+	if (payload[0] != (KLAIS_MAGIC_V1 >> 8) ||
+	    (payload[1] != (KLAIS_MAGIC_V1 & 0xff) && payload[1] != (KLAIS_MAGIC_V2 & 0xff)))
 		return drop(c, KLAIS_V_BAD_MAGIC);
 
 	__u8 id[KLAIS_DEVICE_ID_LEN];

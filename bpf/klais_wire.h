@@ -8,11 +8,16 @@
  *   offset 2   16B  device id, UTF-8, NUL-padded
  *   offset 18  u32  sequence (big-endian)
  *   offset 22  ..   JSON payload
+ *
+ * v2 (magic 0xAA56) keeps these offsets; see KLAIS_MAGIC_V2.
  */
 #ifndef KLAIS_WIRE_H
 #define KLAIS_WIRE_H
 
 #define KLAIS_MAGIC_V1 0xAA55
+/* Protocol v2 (src/wire/mod.rs): same id and sequence offsets, then flags and
+ * an optional MAC the shard verifies. */
+#define KLAIS_MAGIC_V2 0xAA56
 #define KLAIS_HEADER_LEN 22
 #define KLAIS_DEVICE_ID_LEN 16
 

@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod control;
@@ -24,6 +25,7 @@ pub mod handoff;
 pub mod ingest;
 pub mod kafka;
 pub mod model;
+pub mod privilege;
 pub mod runtime;
 pub mod scenario;
 pub mod shard;

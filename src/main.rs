@@ -1120,6 +1120,9 @@ fn run(
             return ExitCode::from(1);
         }
     };
+    if let Err(code) = after_start(&running, cfg) {
+        return code;
+    }
     // Handlers first: once the line below is printed, a SIGTERM must drain.
     let stop = running.stop_flag();
     register_signals(&stop);
@@ -1318,6 +1321,9 @@ fn demo(args: DemoArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(code) = after_start(&running, &cfg) {
+        return code;
+    }
     let stop = running.stop_flag();
     register_signals(&stop);
     if early.load(Ordering::Relaxed) {
@@ -1418,4 +1424,24 @@ fn demo(args: DemoArgs) -> ExitCode {
         eprintln!("demo: MISMATCH between counters (see above)");
         ExitCode::from(1)
     }
+}
+
+/// Once klais is up: drop capabilities (`privilege.drop_capabilities`) and
+/// say where the metrics are. A failed drop stops klais: running with more
+/// privilege than documented is not an option.
+fn after_start(running: &runtime::Running, cfg: &Config) -> Result<(), ExitCode> {
+    if cfg.privilege.drop_capabilities {
+        match running.drop_capabilities() {
+            Ok(kept) if kept.is_empty() => eprintln!("capabilities: none kept"),
+            Ok(kept) => eprintln!("capabilities: kept only {}", kept.join(", ")),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(ExitCode::from(1));
+            }
+        }
+    }
+    if let Some(a) = running.admin_addr() {
+        eprintln!("metrics: http://{a}/metrics (health /health, readiness /ready, admin API /admin/...)");
+    }
+    Ok(())
 }

@@ -139,6 +139,7 @@ fn two_shards_on_veth(backend: klais::config::Backend, tag: &str) {
             let mut cfg = klais::config::Config::default();
             cfg.ingest.backend = backend;
             cfg.ingest.shards = 2;
+            cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
             cfg.ingest.listen = format!("{addr_a}:7700").parse().unwrap();
             cfg.xdp.iface = Some(ia.clone());
             cfg.xdp.mode = AttachMode::Native;

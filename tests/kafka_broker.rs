@@ -27,6 +27,8 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn cfg(brokers: &str, topic: &str, journal: &Path) -> Config {
     let mut c = Config::default();
     c.ingest.listen = "127.0.0.1:0".parse().unwrap();
+    // Tests run in parallel: each klais serves its metrics on its own port.
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
     c.output.sink = SinkKind::Kafka;
     c.output.kafka.brokers = brokers.into();
     c.output.kafka.topic = topic.into();

@@ -18,6 +18,7 @@ fn dgram(id: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
 fn test_config(out: &std::path::Path) -> Config {
     let mut cfg = Config::default();
     cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
     cfg.protocol.validate_json = true;
     cfg.output.sink = SinkKind::File;
     cfg.output.path = Some(out.to_path_buf());

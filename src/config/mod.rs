@@ -58,6 +58,98 @@ pub struct Config {
     /// The models: in-kernel classifier, per-shard window model.
     #[serde(default)]
     pub model: ModelSection,
+    /// Device authentication (protocol v2): keys and per-port policy.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// The HTTP server of the control core: /metrics, /health, /ready and
+    /// the admin API.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Capabilities kept after start-up.
+    #[serde(default)]
+    pub privilege: Privilege,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Key file for protocol v2 devices: one per line, `<device id> <32 hex
+    /// digits>` (a 128-bit SipHash-2-4 key), `#` comments. Must not be
+    /// readable by group or others (`chmod 600`). Omitted: no v2 device can
+    /// authenticate (their datagrams are dropped as `unknown_device`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<PathBuf>,
+    /// What every port not listed in `ports` takes: `"v1"` (protocol v1
+    /// only), `"v2"` (authenticated v2 only) or `"both"`.
+    #[serde(default)]
+    pub policy: crate::shard::auth::Policy,
+    /// Per-port exceptions, e.g. `ports = { "7701" = "v2" }` (at most 16).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ports: std::collections::BTreeMap<String, crate::shard::auth::Policy>,
+}
+
+impl AuthSection {
+    /// The policies the shards apply (ports already validated).
+    pub fn port_policies(&self) -> crate::shard::auth::PortPolicies {
+        let ports: Vec<(u16, crate::shard::auth::Policy)> = self
+            .ports
+            .iter()
+            .filter_map(|(p, pol)| p.parse().ok().map(|p| (p, *pol)))
+            .collect();
+        crate::shard::auth::PortPolicies::new(self.policy, &ports)
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Serve /metrics, /health, /ready and the admin API.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address of the HTTP server. Loopback by default: anything else exposes
+    /// the metrics and the (token-protected) admin API to the network.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// File holding the bearer token that admin writes need (`Authorization:
+    /// Bearer <token>`); must not be readable by group or others. Omitted:
+    /// every write is refused (the API is read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            enabled: true,
+            listen: default_admin_listen(),
+            token_file: None,
+        }
+    }
+}
+
+/// `[privilege]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Privilege {
+    /// After the XDP filter is attached and every socket is open, drop every
+    /// capability but those still needed (README, "Least privilege"):
+    /// CAP_BPF and CAP_NET_ADMIN with the XDP filter, none without it.
+    #[serde(default = "default_true")]
+    pub drop_capabilities: bool,
+}
+
+impl Default for Privilege {
+    fn default() -> Self {
+        Privilege {
+            drop_capabilities: true,
+        }
+    }
 }
 
 /// What decides storms in the control core.
@@ -465,6 +557,21 @@ pub struct Telemetry {
     /// figures (to standard error), milliseconds. 0 disables the live line.
     #[serde(default = "default_stats_interval_ms")]
     pub stats_interval_ms: u64,
+    /// Log format on standard error: `"text"` or `"json"` (one object per
+    /// line, for log shippers). `--log-json` on the command line overrides.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn default_backend() -> Backend {
@@ -544,6 +651,7 @@ impl Default for Telemetry {
     fn default() -> Self {
         Self {
             stats_interval_ms: default_stats_interval_ms(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -631,6 +739,51 @@ impl Config {
                 ),
                 "set it to 65485 or less",
             ));
+        }
+        let a = &self.auth;
+        if a.ports.len() > crate::shard::auth::MAX_PORT_POLICIES {
+            errs.push(invalid(
+                "auth.ports",
+                format!(
+                    "{} ports listed; at most {} may have their own policy",
+                    a.ports.len(),
+                    crate::shard::auth::MAX_PORT_POLICIES
+                ),
+                "give the common policy to auth.policy and list only the exceptions",
+            ));
+        }
+        for p in a.ports.keys() {
+            if p.parse::<u16>().map_or(true, |p| p == 0) {
+                errs.push(invalid(
+                    &format!("auth.ports.{p}"),
+                    format!("{p:?} is not a UDP port"),
+                    "use a port number 1-65535 as the key, e.g. ports = { \"7701\" = \"v2\" }",
+                ));
+            }
+        }
+        let needs_keys = a.policy == crate::shard::auth::Policy::V2
+            || a.ports.values().any(|p| *p == crate::shard::auth::Policy::V2);
+        match &a.keys {
+            None if needs_keys => errs.push(invalid(
+                "auth.policy, auth.keys",
+                "a port requires authenticated v2 but no key file is set".into(),
+                "set auth.keys to the device key file, or allow v1 on that port",
+            )),
+            Some(path) => {
+                if let Err(e) = crate::shard::auth::KeyTable::load(path) {
+                    errs.push(invalid(
+                        "auth.keys",
+                        e.to_string(),
+                        "fix the file as the message says",
+                    ));
+                }
+            }
+            None => {}
+        }
+        if let Some(t) = &self.admin.token_file {
+            if let Err(e) = crate::admin::read_token(t) {
+                errs.push(invalid("admin.token_file", e, "fix the file as the message says"));
+            }
         }
         if let Some(c) = &self.model.classifier {
             if self.xdp.iface.is_none() {

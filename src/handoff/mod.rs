@@ -21,6 +21,10 @@ pub const RECORD_HEADER_LEN: usize = 40;
 
 /// Record flag: the payload was validated as JSON on the shard.
 pub const FLAG_JSON_VALIDATED: u8 = 1;
+/// Record flag: the device flagged the message urgent (protocol v2).
+pub const FLAG_URGENT: u8 = 2;
+/// Record flag: a v2 datagram whose MAC verified (the Kafka header `auth`).
+pub const FLAG_AUTHENTICATED: u8 = 4;
 /// Record flag: the in-kernel classifier marked the datagram; its class
 /// (0–3: normal, flood, sweep, replay) is in bits 4–6.
 pub const FLAG_MODEL_MARK: u8 = 0x80;

@@ -415,13 +415,13 @@ pub async fn receive_loop(
         let ts = super::udp::now_ns();
         hashes.clear();
         let mut k = 0;
-        let n = xsk.recv_batch_marked(|pass, frame, mark| match (pass, udp_payload(frame)) {
-            (Pass::Prefetch, p) => hashes.push(p.and_then(|p| shard.prefetch(p))),
-            (Pass::Process, Some(p)) => {
+        let n = xsk.recv_batch_marked(|pass, frame, mark| match (pass, udp_payload_port(frame)) {
+            (Pass::Prefetch, p) => hashes.push(p.and_then(|(_, p)| shard.prefetch(p))),
+            (Pass::Process, Some((port, p))) => {
                 let h = hashes.get(k).copied().flatten();
                 k += 1;
                 let flags = XdpMark::flags_for(mark, h);
-                let _ = shard.on_prefetched_flags(p, ts, h, flags);
+                let _ = shard.on_packet(p, ts, h, flags, port);
             }
             (Pass::Process, None) => {
                 k += 1;
@@ -481,9 +481,9 @@ pub async fn receive_loop(
     let mut quiet = 0;
     while quiet < 3 {
         let ts = super::udp::now_ns();
-        let n = xsk.recv_batch(|pass, frame| match (pass, udp_payload(frame)) {
-            (Pass::Process, Some(p)) => {
-                let _ = shard.on_datagram(p, ts);
+        let n = xsk.recv_batch(|pass, frame| match (pass, udp_payload_port(frame)) {
+            (Pass::Process, Some((port, p))) => {
+                let _ = shard.on_datagram_at(p, ts, port);
             }
             (Pass::Process, None) => not_udp += 1,
             _ => {}
@@ -505,6 +505,12 @@ pub async fn receive_loop(
 /// parsed further.
 #[inline]
 pub fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
+    udp_payload_port(frame).map(|(_, p)| p)
+}
+
+/// [`udp_payload`] with the datagram's destination port (its `[auth]` policy).
+#[inline]
+pub fn udp_payload_port(frame: &[u8]) -> Option<(u16, &[u8])> {
     let mut off = 12;
     let mut ethertype = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
     off += 2;
@@ -536,7 +542,8 @@ pub fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
     if ulen < 8 {
         return None;
     }
-    frame.get(l4 + 8..l4 + ulen)
+    let port = u16::from_be_bytes([udp[2], udp[3]]);
+    frame.get(l4 + 8..l4 + ulen).map(|p| (port, p))
 }
 
 #[cfg(test)]

@@ -551,6 +551,8 @@ impl Batcher {
                 .copied()
                 .unwrap_or((false, false))
         };
+        // A v2 device may flag a message urgent itself.
+        let urgent = urgent || meta.flags & crate::handoff::FLAG_URGENT != 0;
         let class = if latency {
             Class::Latency
         } else {
@@ -1084,6 +1086,9 @@ fn send_raw(
         add("shard", dec(&mut b, u64::from(meta.shard)));
         if let Some(class) = meta.model_mark() {
             add("model", class.as_bytes());
+        }
+        if meta.flags & crate::handoff::FLAG_AUTHENTICATED != 0 {
+            add("auth", b"v2");
         }
         let err = rd::rd_kafka_producev(
             rk,

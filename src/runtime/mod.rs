@@ -85,6 +85,15 @@ pub enum RunError {
     /// A model file could not be used.
     #[error("model: {0}")]
     Model(String),
+    /// The device key file (`auth.keys`) could not be used.
+    #[error(transparent)]
+    Keys(#[from] crate::shard::auth::KeyFileError),
+    /// The admin server could not start.
+    #[error("admin server: {0}")]
+    Admin(String),
+    /// Capabilities could not be dropped.
+    #[error(transparent)]
+    Privilege(#[from] crate::privilege::PrivilegeError),
     /// Fewer NIC queues than shards.
     #[error("{iface} has {queues} receive queues but ingest.shards = {shards}; fix: lower ingest.shards or raise the queue count (`ethtool -L {iface} combined {shards}`)")]
     Queues {
@@ -129,8 +138,22 @@ struct OutputEnd {
     kafka: Option<KafkaSnapshot>,
 }
 
+/// Sets a flag when dropped: a thread's end, on every path (panics too).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A running klais.
 pub struct Running {
+    /// The metrics and admin server (stopped last, so /ready says
+    /// "stopping" during the drain).
+    admin: Option<crate::admin::Server>,
+    /// Capabilities kept after start-up.
+    capabilities: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     abandon: Arc<AtomicBool>,
     shards_done: Vec<Arc<AtomicBool>>,
@@ -272,6 +295,8 @@ struct ControlInputs {
     kafka: Option<Arc<Published<KafkaSnapshot>>>,
     stop: Arc<AtomicBool>,
     out: Arc<Published<crate::control::ControlSnapshot>>,
+    /// The operator's ceiling and overrides (admin API).
+    operator: Arc<crate::admin::Operator>,
 }
 
 /// The control core: every 10 ms, the shards' counter deltas (with the
@@ -297,6 +322,9 @@ fn control_loop(
     let mut written: Option<crate::xdp::Limits> = None;
     let mut storm_began: Option<Instant> = None;
     let normal_queue = cfg.dam.queue_capacity as u64 / 100;
+    // The configured ceiling, and the admin API's when lower.
+    let config_ceiling = cfg.pid.max;
+    let mut api_ceiling: Option<u64> = None;
     let started = Instant::now();
     let mut last = Instant::now();
     while !io.stop.load(Ordering::Relaxed) {
@@ -313,6 +341,11 @@ fn control_loop(
             let k = k.read();
             (k.buffered + k.in_flight) as f64
         });
+        let ceiling = io.operator.ceiling();
+        if ceiling != api_ceiling {
+            api_ceiling = ceiling;
+            ctl.set_ceiling(ceiling.map_or(config_ceiling, |c| (c as f64).min(config_ceiling)));
+        }
         let sp = ctl.tick(&reports, backlog, dt, &mut rates);
         for (i, out) in io.setpoints.iter().enumerate() {
             let mut c = sp.dam;
@@ -400,7 +433,11 @@ fn control_loop(
             if sp.prediction.storm {
                 for cur in io.shards.iter().map(|s| s.read()) {
                     for &(hash, waiting) in &cur.dam.top_waiting {
-                        if waiting > flood_waiting && pinned.insert(hash) {
+                        // The operator's own override for a device stands.
+                        if waiting > flood_waiting
+                            && !io.operator.has_override(hash)
+                            && pinned.insert(hash)
+                        {
                             match maps.set_override(hash, base.device) {
                                 Ok(()) => snap.floods_pinned += 1,
                                 Err(e) => tracing::warn!(
@@ -412,7 +449,9 @@ fn control_loop(
                 }
             } else if !pinned.is_empty() {
                 for hash in pinned.drain() {
-                    let _ = maps.set_override(hash, None);
+                    if !io.operator.has_override(hash) {
+                        let _ = maps.set_override(hash, None);
+                    }
                 }
             }
         }
@@ -458,6 +497,15 @@ struct ShardSeed {
 /// (tests); see [`Running::local_addr`].
 pub fn start(cfg: &Config) -> Result<Running, RunError> {
     ensure_memlock()?;
+    let keys = match &cfg.auth.keys {
+        Some(p) => Some(Arc::new(crate::shard::auth::KeyTable::load(p)?)),
+        None => None,
+    };
+    let token = match &cfg.admin.token_file {
+        Some(p) if cfg.admin.enabled => Some(crate::admin::read_token(p).map_err(RunError::Admin)?),
+        _ => None,
+    };
+    let operator = Arc::new(crate::admin::Operator::default());
     let n = usize::from(cfg.ingest.shards.max(1));
     let placement = placement::plan(
         &placement::online_cpus()?,
@@ -616,6 +664,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                 .map(|r| r.gcra())
         }),
         dam: dam_settings(cfg),
+        policy: cfg.auth.port_policies(),
     };
     let tick = Duration::from_millis(if cfg.telemetry.stats_interval_ms == 0 {
         1000
@@ -638,8 +687,10 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         SinkKind::Kafka => None,
     };
     let kafka_stats = target.is_none().then(Published::<KafkaSnapshot>::new);
+    let output_done = Arc::new(AtomicBool::new(false));
     let output = {
         let (stats, abandon) = (sink_stats.clone(), abandon.clone());
+        let done = SetOnDrop(output_done.clone());
         let kstats = kafka_stats.clone();
         let kcfg = cfg.output.kafka.clone();
         let cpu = placement.output_cpu;
@@ -654,6 +705,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         let h = std::thread::Builder::new()
             .name("klais-output".into())
             .spawn(move || -> Result<OutputEnd, RunError> {
+                let _done = done;
                 match (target, kstats) {
                     (Some(target), _) => {
                         // core_affinity only lists CPUs in the caller's mask; pin by id.
@@ -732,6 +784,9 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         window: window_model.clone(),
         // Always: a classifier loaded later with `klais model load` marks too.
         read_marks: true,
+        keys: keys.clone(),
+        operator: operator.clone(),
+        port: local_addr.port(),
     };
     let mut shards = Vec::with_capacity(n);
     let mut shards_done = Vec::with_capacity(n);
@@ -774,6 +829,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
 
     // The control core: with the Dam on, a thread beside the output stage that
     // turns the shards' snapshots into Dam setpoints every 10 ms.
+    let control_done = Arc::new(AtomicBool::new(false));
     let (control, control_stats) = match settings_dam {
         Some((base, _)) => {
             let stats = Published::<crate::control::ControlSnapshot>::new();
@@ -812,11 +868,14 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                 kafka: kafka_stats.clone(),
                 stop: stop.clone(),
                 out: stats.clone(),
+                operator: operator.clone(),
             };
             let cpu = placement.output_cpu;
+            let done = SetOnDrop(control_done.clone());
             let h = std::thread::Builder::new()
                 .name("klais-control".into())
                 .spawn(move || {
+                    let _done = done;
                     core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     control_loop(ccfg, inputs)
                 })
@@ -829,7 +888,15 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         None => (None, None),
     };
 
-    let running = Running {
+    let live = crate::admin::Liveness {
+        shards_done: shards_done.clone(),
+        output_done,
+        control_done: control.is_some().then_some(control_done),
+        stopping: stop.clone(),
+    };
+    let mut running = Running {
+        admin: None,
+        capabilities: Arc::new(std::sync::Mutex::new(Vec::new())),
         stop,
         abandon,
         shards_done,
@@ -867,6 +934,36 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             }
         }
     }
+    if cfg.admin.enabled {
+        let src = crate::admin::Sources {
+            shards: running.shard_stats.clone(),
+            setpoints: setpoints.iter().map(|p| Some(p.clone())).collect(),
+            sink: running.sink_stats.clone(),
+            kafka: running.kafka_stats.clone(),
+            control: running.control_stats.clone(),
+            kernel: running.kernel.as_ref().map(|k| k.program.maps_arc()),
+            xdp_iface: cfg.xdp.iface.clone(),
+            journal: cfg.output.sink == SinkKind::Kafka,
+            live,
+            started: running.started,
+            classifier: cfg.model.classifier.clone(),
+            drop_classes: cfg.model.drop_classes.clone(),
+            operator,
+            token,
+            capabilities: running.capabilities.clone(),
+        };
+        // The control core's CPU (it shares the output's: placement).
+        match crate::admin::Server::start(cfg.admin.listen, running.placement.output_cpu, src) {
+            Ok(s) => {
+                tracing::info!("metrics and admin API on http://{}", s.addr());
+                running.admin = Some(s);
+            }
+            Err(e) => {
+                let _ = running.stop();
+                return Err(RunError::Admin(e));
+            }
+        }
+    }
     tracing::info!(
         "klais {} on {:?} backend, listening on {}; {}; ring {} KiB; sink {}",
         env!("CARGO_PKG_VERSION"),
@@ -887,6 +984,12 @@ struct ShardModels {
     window: Option<Arc<crate::model::window::FloatWindow>>,
     /// Read the in-kernel classifier's marks from the AF_XDP metadata.
     read_marks: bool,
+    /// Device keys (`auth.keys`): each shard builds its own table.
+    keys: Option<Arc<crate::shard::auth::KeyTable>>,
+    /// The operator's settings (deny list).
+    operator: Arc<crate::admin::Operator>,
+    /// The UDP backend's port (its `[auth]` policy).
+    port: u16,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -925,6 +1028,11 @@ async fn run_shard(
     if let Some(sp) = seed.setpoints {
         shard.follow_setpoints(sp);
     }
+    if let Some(keys) = &models.keys {
+        shard.set_auth(keys);
+    }
+    shard.follow_operator(models.operator.clone());
+    shard.set_port(models.port);
     match backend {
         Backend::Udp => {
             let Some(socket) = seed.socket else {
@@ -1016,7 +1124,35 @@ impl Running {
     pub fn recv_buffer_bytes(&self) -> usize {
         self.recv_buffer_bytes
     }
-    /// The stop flag (signal handlers set it).
+    /// The metrics and admin server's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr())
+    }
+
+    /// Everything privileged is done once [`start`] returned (the filter is
+    /// attached, every socket bound): keeps only the capabilities the cores
+    /// still need, in every thread of the process, and returns their names.
+    /// `klais run` calls it (`privilege.drop_capabilities`); a library user
+    /// that starts klais more than once in one process must not.
+    pub fn drop_capabilities(&self) -> Result<Vec<String>, RunError> {
+        let keep = crate::privilege::runtime_set(self.kernel.is_some());
+        let kept = crate::privilege::drop_all_threads(&keep)?;
+        *self
+            .capabilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = kept.clone();
+        Ok(kept)
+    }
+
+    /// Capabilities kept after start-up (empty: none, or not dropped).
+    pub fn capabilities(&self) -> Vec<String> {
+        self.capabilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The stop flag (set by [`Running::stop`]).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
@@ -1076,8 +1212,9 @@ impl Running {
 
     /// Stops receiving, drains everything accepted into the sink, detaches
     /// the XDP filter and returns the final figures.
-    pub fn stop(self) -> Result<RunSummary, RunError> {
+    pub fn stop(mut self) -> Result<RunSummary, RunError> {
         self.stop.store(true, Ordering::Relaxed);
+        let admin = self.admin.take();
         let mut results = Vec::with_capacity(self.shards.len());
         for h in self.shards {
             results.push(h.join());
@@ -1117,6 +1254,7 @@ impl Running {
             }
             None => None,
         };
+        drop(admin);
         Ok(RunSummary {
             shards,
             sink,

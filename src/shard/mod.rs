@@ -26,6 +26,7 @@
 //! Dam sits *before* sequence tracking, so a message it drops was never
 //! recorded and a resend of it is not a duplicate.
 
+pub mod auth;
 mod seq;
 pub mod store;
 
@@ -33,7 +34,10 @@ use crate::control::dam::{Dam, DamConfig, DamStats, DropReason, Verdict};
 
 pub use seq::{SeqCounters, SeqEvent, SeqTracker, WINDOW as SEQ_WINDOW};
 
-use crate::handoff::{RecordMeta, RecordRx, RecordTx, FLAG_JSON_VALIDATED, RECORD_HEADER_LEN};
+use crate::handoff::{
+    RecordMeta, RecordRx, RecordTx, FLAG_AUTHENTICATED, FLAG_JSON_VALIDATED, FLAG_URGENT,
+    RECORD_HEADER_LEN,
+};
 use crate::wire::{self, ParseOptions, Reject, RejectCounters};
 
 /// Settings a shard needs, taken from the configuration.
@@ -51,6 +55,8 @@ pub struct ShardSettings {
     pub admission: Option<(u64, u64)>,
     /// The Dam (`[dam]`), and the bytes its queue may hold; None: off.
     pub dam: Option<(DamConfig, usize)>,
+    /// Which protocol versions each port takes (`[auth]`).
+    pub policy: auth::PortPolicies,
 }
 
 /// Counters of one shard at one moment (published per tick).
@@ -255,15 +261,31 @@ struct Owner {
     tat: u64,
     snap: ShardSnapshot,
     dam: Option<Box<DamSide>>,
+    /// Device keys and replay windows (`auth.keys`); None: no v2 device
+    /// can authenticate.
+    auth: Option<Box<auth::Auth>>,
+    /// The operator's deny list (admin API), by device hash; its version.
+    denied: std::sync::Arc<DenyList>,
 }
+
+/// Devices the operator denied (admin API), by device hash.
+pub type DenyList = auth::DeviceMap<()>;
 
 impl Owner {
     /// Admission, sequence tracking and hand-off for a message this shard owns.
     #[inline]
     fn admit(&mut self, hash: u64, meta: &RecordMeta, payload: &[u8]) -> Result<(), Reject> {
+        if meta.flags & FLAG_AUTHENTICATED != 0 {
+            // Verified by the receiving shard; the window is the owner's.
+            self.auth
+                .as_mut()
+                .ok_or(Reject::UnknownDevice)?
+                .take_sequence(hash, meta.sequence)?;
+        }
         if let Some(d) = self.dam.as_mut() {
             let DamSide { dam, store, .. } = &mut **d;
-            let v = dam.admit_lazy(hash, false, meta.recv_ts_ns, || {
+            let urgent = meta.flags & FLAG_URGENT != 0;
+            let v = dam.admit_lazy(hash, urgent, meta.recv_ts_ns, || {
                 store.put(payload).map(|head| Waiting {
                     meta: *meta,
                     hash,
@@ -346,6 +368,11 @@ pub type DamSetpoints = std::sync::Arc<crate::telemetry::Published<Option<DamCon
 #[derive(Debug)]
 pub struct Shard {
     shards: u64,
+    /// The UDP port datagrams without their own port arrived on (the UDP
+    /// backend's socket): its policy applies.
+    port: u16,
+    /// The operator's settings (deny list), read per tick.
+    operator: Option<(std::sync::Arc<crate::admin::Operator>, u64)>,
     owner: Owner,
     window: Option<Box<WindowSide>>,
     setpoints: Option<DamSetpoints>,
@@ -365,6 +392,8 @@ impl Shard {
     ) -> std::io::Result<Self> {
         Ok(Self {
             shards: u64::from(shards.max(1)),
+            port: 0,
+            operator: None,
             window: None,
             setpoints: None,
             owner: Owner {
@@ -375,6 +404,8 @@ impl Shard {
                 ovf_tx: rings.overflow.0,
                 tat: 0,
                 snap: ShardSnapshot::default(),
+                auth: None,
+                denied: std::sync::Arc::new(DenyList::default()),
                 dam: settings.dam.map(|(cfg, bytes)| {
                     Box::new(DamSide {
                         dam: Dam::new(cfg),
@@ -421,7 +452,7 @@ impl Shard {
     #[inline]
     pub fn prefetch(&self, buf: &[u8]) -> Option<u64> {
         let id: &[u8; 16] = buf.get(2..18)?.try_into().ok()?;
-        if buf[0] != 0xAA || buf[1] != 0x55 {
+        if buf[0] != 0xAA || (buf[1] != 0x55 && buf[1] != 0x56) {
             return None;
         }
         let hash = wire::device_hash(id);
@@ -437,6 +468,13 @@ impl Shard {
     #[inline]
     pub fn on_datagram(&mut self, buf: &[u8], recv_ts_ns: u64) -> Result<(), Reject> {
         self.on_prefetched(buf, recv_ts_ns, None)
+    }
+
+    /// [`Shard::on_datagram`] for a datagram that arrived on UDP port `port`
+    /// (the port's policy applies; the others use port 0's, the default).
+    #[inline]
+    pub fn on_datagram_at(&mut self, buf: &[u8], recv_ts_ns: u64, port: u16) -> Result<(), Reject> {
+        self.on_packet(buf, recv_ts_ns, None, 0, port)
     }
 
     /// [`Shard::on_datagram`] with the device hash [`Shard::prefetch`]
@@ -461,12 +499,27 @@ impl Shard {
         hash: Option<u64>,
         flags: u8,
     ) -> Result<(), Reject> {
+        self.on_packet(buf, recv_ts_ns, hash, flags, self.port)
+    }
+
+    /// The whole entry: a datagram's bytes, its receive time, the hash
+    /// [`Shard::prefetch`] gave (or None), extra record flags (the kernel's
+    /// mark), and the UDP port it was sent to (its policy; 0: the default).
+    #[inline]
+    pub fn on_packet(
+        &mut self,
+        buf: &[u8],
+        recv_ts_ns: u64,
+        hash: Option<u64>,
+        flags: u8,
+        port: u16,
+    ) -> Result<(), Reject> {
         self.owner.snap.received += 1;
         self.owner.snap.received_bytes += buf.len() as u64;
         if flags & crate::handoff::FLAG_MODEL_MARK != 0 {
             self.owner.snap.model_marked += 1;
         }
-        let r = self.route(buf, recv_ts_ns, hash, flags);
+        let r = self.route(buf, recv_ts_ns, hash, flags, port);
         if let Err(reason) = r {
             self.owner.snap.rejects.bump(reason);
         }
@@ -479,11 +532,35 @@ impl Shard {
         buf: &[u8],
         recv_ts_ns: u64,
         hash: Option<u64>,
-        flags: u8,
+        mut flags: u8,
+        port: u16,
     ) -> Result<(), Reject> {
         let d = wire::parse(buf, &self.owner.settings.parse)?;
+        if !self
+            .owner
+            .settings
+            .policy
+            .of(port)
+            .admits(d.version, d.mac.is_some())
+        {
+            return Err(Reject::Policy);
+        }
         // A prefetched hash was computed over these same 16 id bytes.
         let hash = hash.unwrap_or_else(|| d.device_hash());
+        if !self.owner.denied.is_empty() && self.owner.denied.contains_key(&hash) {
+            return Err(Reject::Denied);
+        }
+        if let Some(mac) = d.mac {
+            self.owner
+                .auth
+                .as_ref()
+                .ok_or(Reject::UnknownDevice)?
+                .verify(hash, d.raw_id, d.signed, mac)?;
+            flags |= FLAG_AUTHENTICATED;
+        }
+        if d.flags & wire::V2_FLAG_URGENT != 0 {
+            flags |= FLAG_URGENT;
+        }
         let meta = RecordMeta {
             raw_id: *d.raw_id,
             sequence: d.sequence,
@@ -580,6 +657,32 @@ impl Shard {
         owner.dam = Some(d);
     }
 
+    /// The UDP port of datagrams handed in without one (the UDP backend's
+    /// listening port), for `[auth]`'s per-port policy.
+    pub fn set_port(&mut self, port: u16) {
+        self.port = port;
+    }
+
+    /// Follows the operator's deny list (admin API) from now on, checked in
+    /// [`Shard::apply_setpoints`] once per tick.
+    pub fn follow_operator(&mut self, op: std::sync::Arc<crate::admin::Operator>) {
+        self.owner.denied = op.deny_list();
+        let v = op.deny_version();
+        self.operator = Some((op, v));
+    }
+
+    /// Takes device keys for protocol v2 (`auth.keys`): this shard's own
+    /// table, built here (not per packet).
+    pub fn set_auth(&mut self, keys: &auth::KeyTable) {
+        self.owner.auth = Some(Box::new(auth::Auth::new(keys)));
+    }
+
+    /// The operator's deny list from now on (admin API; swapped once per
+    /// tick at most, read per packet only when non-empty).
+    pub fn set_denied(&mut self, denied: std::sync::Arc<DenyList>) {
+        self.owner.denied = denied;
+    }
+
     /// Runs `model` (this shard's own GGML context) once per publication
     /// tick from now on ([`Shard::tick_model`]).
     pub fn set_window_model(&mut self, model: crate::model::window::GgmlWindow) {
@@ -624,6 +727,13 @@ impl Shard {
     pub fn apply_setpoints(&mut self) {
         if let Some(cfg) = self.setpoints.as_ref().and_then(|p| p.read()) {
             self.set_dam(cfg);
+        }
+        if let Some((op, seen)) = self.operator.as_mut() {
+            let v = op.deny_version();
+            if v != *seen {
+                *seen = v;
+                self.owner.denied = op.deny_list();
+            }
         }
     }
 
@@ -732,6 +842,7 @@ mod tests {
             reset_window: 4,
             admission: None,
             dam: None,
+            policy: Default::default(),
         }
     }
 
@@ -1064,5 +1175,108 @@ mod tests {
         sh.flush();
         assert_eq!(drain(&mut rx), vec![("dev-a".into(), 3)]);
         assert_eq!(sh.snapshot().rejects.get(Reject::DuplicateSequence), 0);
+    }
+
+    const KEYS: &str = "dev-a 000102030405060708090a0b0c0d0e0f\ndev-b 101112131415161718191a1b1c1d1e1f\n";
+
+    fn v2(id: &str, seq: u32, flags: u8, key: Option<&wire::DeviceKey>) -> Vec<u8> {
+        let mut b = vec![0u8; 128];
+        let n = wire::encode_v2(id, seq, flags, br#"{"v":2}"#, key, &mut b).unwrap();
+        b.truncate(n);
+        b
+    }
+
+    fn key(t: &auth::KeyTable, id: &str) -> wire::DeviceKey {
+        *t.key_of(&wire::raw_device_id(id).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn v2_is_delivered_with_the_right_key_and_dropped_when_wrong_replayed_or_unknown() {
+        let keys = auth::KeyTable::parse(KEYS).unwrap();
+        let (mut s, mut rx) = shard(true, 1 << 16);
+        s.set_auth(&keys);
+        let ka = key(&keys, "dev-a");
+        let wrong = key(&keys, "dev-b");
+        assert_eq!(s.on_datagram(&v2("dev-a", 1, wire::V2_FLAG_URGENT, Some(&ka)), 1), Ok(()));
+        assert_eq!(s.on_datagram(&v2("dev-a", 2, 0, Some(&wrong)), 1), Err(Reject::BadMac));
+        assert_eq!(s.on_datagram(&v2("dev-a", 1, 0, Some(&ka)), 1), Err(Reject::Replay));
+        assert_eq!(s.on_datagram(&v2("dev-c", 1, 0, Some(&ka)), 1), Err(Reject::UnknownDevice));
+        let mut forged = v2("dev-a", 3, 0, Some(&ka));
+        let last = forged.len() - 10;
+        forged[last] ^= 1; // "2" -> "3" in the payload, after signing
+        assert_eq!(s.on_datagram(&forged, 1), Err(Reject::BadMac));
+        // v1 is unaffected, from any device.
+        assert_eq!(s.on_datagram(&dgram("dev-a", 7, b"{}"), 1), Ok(()));
+        assert_eq!(s.on_datagram(&dgram("v1-only", 1, b"{}"), 1), Ok(()));
+        s.pump();
+        let got: Vec<_> = std::iter::from_fn(|| rx.pop().map(|(m, p)| (m.device_id().to_string(), m.sequence, m.flags, p.to_vec()))).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!((got[0].0.as_str(), got[0].1), ("dev-a", 1));
+        assert_eq!(got[0].2 & (FLAG_AUTHENTICATED | FLAG_URGENT), FLAG_AUTHENTICATED | FLAG_URGENT);
+        assert_eq!(got[0].3, br#"{"v":2}"#, "the MAC is not part of the record");
+        assert_eq!(got[1].2 & FLAG_AUTHENTICATED, 0);
+        let snap = s.snapshot();
+        assert_eq!(snap.rejects.get(Reject::BadMac), 2);
+        assert_eq!(snap.rejects.get(Reject::Replay), 1);
+        assert_eq!(snap.rejects.get(Reject::UnknownDevice), 1);
+    }
+
+    #[test]
+    fn each_port_takes_only_what_its_policy_allows() {
+        let keys = auth::KeyTable::parse(KEYS).unwrap();
+        let ka = key(&keys, "dev-a");
+        let mut st = settings(false);
+        st.policy = auth::PortPolicies::new(
+            auth::Policy::Both,
+            &[(7001, auth::Policy::V2), (7002, auth::Policy::V1)],
+        );
+        let (mut s, _rx) = shard_with(st, 1 << 16, 1 << 14);
+        s.set_auth(&keys);
+        let v1 = dgram("dev-a", 1, b"{}");
+        assert_eq!(s.on_datagram_at(&v1, 1, 7001), Err(Reject::Policy));
+        assert_eq!(s.on_datagram_at(&v2("dev-a", 2, 0, None), 1, 7001), Err(Reject::Policy));
+        assert_eq!(s.on_datagram_at(&v2("dev-a", 3, 0, Some(&ka)), 1, 7001), Ok(()));
+        assert_eq!(s.on_datagram_at(&v2("dev-a", 4, 0, Some(&ka)), 1, 7002), Err(Reject::Policy));
+        assert_eq!(s.on_datagram_at(&v1, 1, 7002), Ok(()));
+        assert_eq!(s.on_datagram_at(&v2("dev-a", 5, 0, None), 1, 7003), Ok(()));
+        s.set_port(7001);
+        assert_eq!(s.on_datagram(&dgram("dev-a", 9, b"{}"), 1), Err(Reject::Policy));
+        assert_eq!(s.snapshot().rejects.get(Reject::Policy), 4);
+    }
+
+    #[test]
+    fn a_replay_sent_to_another_shard_is_caught_by_the_owner() {
+        let keys = auth::KeyTable::parse(KEYS).unwrap();
+        let (mut s0, mut s1, mut r0, mut r1) = pair();
+        s0.set_auth(&keys);
+        s1.set_auth(&keys);
+        let ka = key(&keys, "dev-a");
+        let d = v2("dev-a", 10, 0, Some(&ka));
+        // The same datagram arrives once on each shard's queue.
+        assert_eq!(s0.on_datagram(&d, 1), Ok(()));
+        assert_eq!(s1.on_datagram(&d, 1), Ok(()));
+        for _ in 0..3 {
+            s0.pump();
+            s1.pump();
+        }
+        let n = drain(&mut r0).len() + drain(&mut r1).len();
+        assert_eq!(n, 1, "delivered once");
+        let replays = s0.snapshot().rejects.get(Reject::Replay) + s1.snapshot().rejects.get(Reject::Replay);
+        assert_eq!(replays, 1);
+    }
+
+    #[test]
+    fn a_denied_device_is_dropped_from_the_next_tick_on() {
+        let op = std::sync::Arc::new(crate::admin::Operator::default());
+        let (mut s, mut rx) = shard(false, 1 << 16);
+        s.follow_operator(op.clone());
+        assert_eq!(s.on_datagram(&dgram("bad", 1, b"{}"), 1), Ok(()));
+        op.deny_for_test("bad");
+        assert_eq!(s.on_datagram(&dgram("bad", 2, b"{}"), 1), Ok(()), "not before the tick");
+        s.apply_setpoints();
+        assert_eq!(s.on_datagram(&dgram("bad", 3, b"{}"), 1), Err(Reject::Denied));
+        assert_eq!(s.on_datagram(&dgram("good", 1, b"{}"), 1), Ok(()));
+        s.pump();
+        assert_eq!(drain(&mut rx).len(), 3);
     }
 }

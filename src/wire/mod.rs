@@ -11,7 +11,25 @@
 //! [`Datagram`] view or a [`Reject`] reason. It never allocates and never panics,
 //! whatever the bytes (property-tested below), because it runs once per packet on
 //! a shard core. [`encode`] is the inverse, used by the traffic generator and tests.
-//! A later protocol version is told apart by its magic; v1 stays as it is.
+//! Protocol v2 (authenticated devices) is told apart by its magic; v1 stays as
+//! it is. v2 keeps v1's offsets for the device id and the sequence (so the
+//! kernel's per-device buckets, the shard hash and the classifier read both
+//! versions alike) and adds a flags byte and, when authenticated, a MAC:
+//!
+//! ```text
+//! offset 0   u16  magic 0xAA56 (big-endian)
+//! offset 2   16B  device id, UTF-8, NUL-padded
+//! offset 18  u32  sequence (big-endian)
+//! offset 22  u8   flags: bit 0 urgent, bit 1 authenticated; others must be 0
+//! offset 23  u8   reserved, 0
+//! offset 24  ..   payload, JSON
+//! last 8B         MAC (only with the authenticated flag): SipHash-2-4 under
+//!                 the device's 128-bit key over every byte before it, the
+//!                 reference implementation's 8 output bytes (little-endian)
+//! ```
+//!
+//! [`parse`] checks the v2 framing only; the MAC and the replay window are the
+//! shard's ([`crate::shard::auth`]): they need the device's key and state.
 
 mod fnv;
 
@@ -19,8 +37,21 @@ pub use fnv::{device_hash, fnv1a64, FNV1A64_OFFSET, FNV1A64_PRIME};
 
 /// Magic of protocol v1.
 pub const MAGIC_V1: u16 = 0xAA55;
+/// Magic of protocol v2 (flags, optional MAC).
+pub const MAGIC_V2: u16 = 0xAA56;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 22;
+/// Bytes before the payload in protocol v2.
+pub const V2_HEADER_LEN: usize = 24;
+/// Bytes of the v2 MAC trailer.
+pub const MAC_LEN: usize = 8;
+/// v2 flag: the device marks this message urgent (the Dam's urgent lane and
+/// the batcher's urgent release).
+pub const V2_FLAG_URGENT: u8 = 1;
+/// v2 flag: a MAC trailer follows the payload.
+pub const V2_FLAG_AUTHENTICATED: u8 = 2;
+/// Every v2 flag this version knows.
+pub const V2_FLAGS_KNOWN: u8 = V2_FLAG_URGENT | V2_FLAG_AUTHENTICATED;
 /// Width of the device id field.
 pub const DEVICE_ID_LEN: usize = 16;
 /// The largest UDP payload an IPv4 datagram can carry (65535 - 20 - 8).
@@ -50,11 +81,29 @@ pub enum Reject {
     QueueFull = 7,
     /// Over the shard's admission rate (`admission.shard_rate_pps`).
     RateLimited = 8,
+    /// The port's policy (`[auth] policy`, `[auth.ports]`) does not take
+    /// this protocol version: v1 or unauthenticated v2 where v2 is required,
+    /// v2 where only v1 is allowed.
+    Policy = 9,
+    /// A v2 datagram with flag bits this version does not know, or a
+    /// non-zero reserved byte.
+    BadFlags = 10,
+    /// An authenticated v2 datagram from a device without a key.
+    UnknownDevice = 11,
+    /// The MAC does not match the device's key (forged, corrupted, or the
+    /// wrong key).
+    BadMac = 12,
+    /// A correctly authenticated sequence the device sent already, or one
+    /// older than the replay window.
+    Replay = 13,
+    /// The device is on the operator's deny list (admin API); the kernel
+    /// drops it first when the XDP filter runs.
+    Denied = 14,
 }
 
 impl Reject {
     /// Every reason, in counter order.
-    pub const ALL: [Reject; 9] = [
+    pub const ALL: [Reject; 15] = [
         Reject::TooShort,
         Reject::BadMagic,
         Reject::DeviceIdEmpty,
@@ -64,6 +113,12 @@ impl Reject {
         Reject::DuplicateSequence,
         Reject::QueueFull,
         Reject::RateLimited,
+        Reject::Policy,
+        Reject::BadFlags,
+        Reject::UnknownDevice,
+        Reject::BadMac,
+        Reject::Replay,
+        Reject::Denied,
     ];
 
     /// Stable snake_case name, used in counters, metrics and summaries.
@@ -78,6 +133,12 @@ impl Reject {
             Reject::DuplicateSequence => "duplicate_sequence",
             Reject::QueueFull => "queue_full",
             Reject::RateLimited => "rate_limited",
+            Reject::Policy => "policy",
+            Reject::BadFlags => "bad_flags",
+            Reject::UnknownDevice => "unknown_device",
+            Reject::BadMac => "bad_mac",
+            Reject::Replay => "replay",
+            Reject::Denied => "denied",
         }
     }
 }
@@ -117,9 +178,18 @@ pub struct ParseOptions {
     pub validate_json: bool,
 }
 
-/// A parsed v1 datagram borrowing the receive buffer.
+/// A parsed datagram (v1 or v2) borrowing the receive buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Datagram<'a> {
+    /// Protocol version: 1 or 2.
+    pub version: u8,
+    /// v2 flags (`V2_FLAG_*`); 0 for v1.
+    pub flags: u8,
+    /// The v2 MAC trailer, when the authenticated flag is set.
+    pub mac: Option<&'a [u8; MAC_LEN]>,
+    /// The bytes the MAC covers (everything before it); the whole datagram
+    /// when there is no MAC.
+    pub signed: &'a [u8],
     /// The 16 raw id bytes, padding included (what the hash and the kernel see).
     pub raw_id: &'a [u8; DEVICE_ID_LEN],
     /// The id as text, NUL padding trimmed.
@@ -146,9 +216,26 @@ pub fn parse<'a>(buf: &'a [u8], opts: &ParseOptions) -> Result<Datagram<'a>, Rej
     let Some((header, payload)) = buf.split_first_chunk::<HEADER_LEN>() else {
         return Err(Reject::TooShort);
     };
-    if u16::from_be_bytes([header[0], header[1]]) != MAGIC_V1 {
-        return Err(Reject::BadMagic);
-    }
+    let (version, flags, mac, signed, payload) = match u16::from_be_bytes([header[0], header[1]]) {
+        MAGIC_V1 => (1, 0, None, buf, payload),
+        MAGIC_V2 => {
+            let [flags, reserved, body @ ..] = payload else {
+                return Err(Reject::TooShort);
+            };
+            if flags & !V2_FLAGS_KNOWN != 0 || *reserved != 0 {
+                return Err(Reject::BadFlags);
+            }
+            if flags & V2_FLAG_AUTHENTICATED != 0 {
+                let Some((body, mac)) = body.split_last_chunk::<MAC_LEN>() else {
+                    return Err(Reject::TooShort);
+                };
+                (2, *flags, Some(mac), &buf[..buf.len() - MAC_LEN], body)
+            } else {
+                (2, *flags, None, buf, body)
+            }
+        }
+        _ => return Err(Reject::BadMagic),
+    };
     let raw_id: &[u8; DEVICE_ID_LEN] = header[2..18].try_into().map_err(|_| Reject::TooShort)?;
     let device_id = device_id_text(raw_id)?;
     let sequence = u32::from_be_bytes([header[18], header[19], header[20], header[21]]);
@@ -159,6 +246,10 @@ pub fn parse<'a>(buf: &'a [u8], opts: &ParseOptions) -> Result<Datagram<'a>, Rej
         return Err(Reject::PayloadNotJson);
     }
     Ok(Datagram {
+        version,
+        flags,
+        mac,
+        signed,
         raw_id,
         device_id,
         sequence,
@@ -264,6 +355,56 @@ pub fn encode(
     Ok(need)
 }
 
+/// A device's 128-bit v2 key (SipHash-2-4 key, the reference byte order).
+pub type DeviceKey = [u8; 16];
+
+/// The v2 MAC of `signed` (every datagram byte before the MAC) under `key`.
+#[inline]
+pub fn mac(key: &DeviceKey, signed: &[u8]) -> [u8; MAC_LEN] {
+    siphasher::sip::SipHasher24::new_with_key(key)
+        .hash(signed)
+        .to_le_bytes()
+}
+
+/// Writes a v2 datagram into `out` and returns its length: with `key`, the
+/// authenticated flag is set and the MAC appended. No allocation.
+pub fn encode_v2(
+    device_id: &str,
+    sequence: u32,
+    flags: u8,
+    payload: &[u8],
+    key: Option<&DeviceKey>,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mac_len = if key.is_some() { MAC_LEN } else { 0 };
+    let need = V2_HEADER_LEN + payload.len() + mac_len;
+    if out.len() < need {
+        return Err(EncodeError::BufferTooSmall {
+            need,
+            have: out.len(),
+        });
+    }
+    let mut head = [0u8; HEADER_LEN];
+    encode(device_id, sequence, &[], &mut head)?;
+    out[..HEADER_LEN].copy_from_slice(&head);
+    out[0..2].copy_from_slice(&MAGIC_V2.to_be_bytes());
+    let flags = (flags & V2_FLAG_URGENT)
+        | if key.is_some() {
+            V2_FLAG_AUTHENTICATED
+        } else {
+            0
+        };
+    out[22] = flags;
+    out[23] = 0;
+    out[V2_HEADER_LEN..V2_HEADER_LEN + payload.len()].copy_from_slice(payload);
+    if let Some(key) = key {
+        let end = V2_HEADER_LEN + payload.len();
+        let tag = mac(key, &out[..end]);
+        out[end..need].copy_from_slice(&tag);
+    }
+    Ok(need)
+}
+
 /// Pads a device id to its 16 raw bytes (what the kernel and the hash see).
 pub fn raw_device_id(device_id: &str) -> Result<[u8; DEVICE_ID_LEN], EncodeError> {
     let mut buf = [0u8; HEADER_LEN];
@@ -308,6 +449,56 @@ mod tests {
             buf[22..].as_ptr(),
             "payload is borrowed, not copied"
         );
+    }
+
+    const KEY: DeviceKey = *b"0123456789abcdef";
+
+    fn v2(id: &str, seq: u32, flags: u8, payload: &[u8], key: Option<&DeviceKey>) -> Vec<u8> {
+        let mut buf = vec![0u8; V2_HEADER_LEN + payload.len() + MAC_LEN];
+        let n = encode_v2(id, seq, flags, payload, key, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn the_mac_is_siphash_2_4_as_in_the_reference_vectors() {
+        // SipHash paper, appendix A: key 00..0f, message 00..0e.
+        let key: DeviceKey = std::array::from_fn(|i| i as u8);
+        let msg: Vec<u8> = (0..15).collect();
+        assert_eq!(
+            mac(&key, &msg),
+            [0xe5, 0x45, 0xbe, 0x49, 0x61, 0xca, 0x29, 0xa1]
+        );
+    }
+
+    #[test]
+    fn a_v2_datagram_keeps_v1_offsets_and_carries_flags_and_mac() {
+        let buf = v2("sensor-7", 9, V2_FLAG_URGENT, br#"{"a":1}"#, Some(&KEY));
+        let d = parse(&buf, &STRICT).unwrap();
+        assert_eq!((d.version, d.device_id, d.sequence), (2, "sensor-7", 9));
+        assert_eq!(d.flags, V2_FLAG_URGENT | V2_FLAG_AUTHENTICATED);
+        assert_eq!(d.payload, br#"{"a":1}"#);
+        assert_eq!(d.signed, &buf[..buf.len() - MAC_LEN]);
+        assert_eq!(d.mac.unwrap(), &mac(&KEY, d.signed));
+        assert_eq!(&buf[2..22], &datagram("sensor-7", 9, b"")[2..22]);
+        let plain = v2("sensor-7", 10, 0, b"{}", None);
+        let d = parse(&plain, &STRICT).unwrap();
+        assert_eq!((d.version, d.flags, d.mac, d.payload), (2, 0, None, &b"{}"[..]));
+    }
+
+    #[test]
+    fn v2_framing_faults_have_their_own_reasons() {
+        let mut buf = v2("d", 1, 0, b"{}", Some(&KEY));
+        assert_eq!(parse(&buf[..23], &LAX), Err(Reject::TooShort));
+        assert_eq!(parse(&buf[..V2_HEADER_LEN + 7], &LAX), Err(Reject::TooShort));
+        buf[22] |= 0x80;
+        assert_eq!(parse(&buf, &LAX), Err(Reject::BadFlags));
+        buf[22] &= 0x7f;
+        buf[23] = 1;
+        assert_eq!(parse(&buf, &LAX), Err(Reject::BadFlags));
+        buf[23] = 0;
+        buf[1] = 0x57;
+        assert_eq!(parse(&buf, &LAX), Err(Reject::BadMagic));
     }
 
     #[test]

@@ -1,0 +1,639 @@
+//! The control core's HTTP server: Prometheus `/metrics`, `/health`,
+//! `/ready`, `/status` and the admin API (README, "Operating klais").
+//!
+//! It runs on its own thread pinned to the control core's CPU and reads only
+//! what the cores publish once per tick ([`crate::telemetry::Published`]): a
+//! scrape never touches a shard. Writes go to [`Operator`], which the control
+//! loop reads per tick (ceiling, overrides it must not undo) and the shards per
+//! tick (deny list), and straight to the kernel maps when the XDP filter runs.
+//!
+//! Every write (PUT, POST, DELETE) needs `Authorization: Bearer <token>` with
+//! the token from `admin.token_file`: missing → 401, wrong → 403, no token
+//! file configured → 403 (read-only). Reads need no token: the server binds
+//! to loopback by default. Responses are JSON (`/metrics`: Prometheus text).
+//!
+//! ```text
+//! GET    /metrics /health /ready /status
+//! GET    /admin/limits
+//! PUT    /admin/ceiling            {"pps": N}          DELETE /admin/ceiling
+//! PUT    /admin/overrides/<device> {"pps": N, "burst": M}   DELETE …
+//! PUT    /admin/deny/<device>                          DELETE /admin/deny/<device>
+//! POST   /admin/model/reload       {"file": "…"} (optional; default model.classifier)
+//! ```
+
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::kafka::KafkaSnapshot;
+use crate::shard::{DenyList, ShardSnapshot};
+use crate::sink::SinkSnapshot;
+use crate::telemetry::Published;
+
+/// Reads a bearer token file: not readable by group or others, one non-empty
+/// line. The error names the file and the fix.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by other users (mode {mode:o}); `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(format!(
+            "{} must hold one token on one line (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// Outcomes of admin writes, counted in `/metrics`.
+pub const WRITE_RESULTS: [&str; 5] = ["ok", "unauthorized", "forbidden", "invalid", "conflict"];
+
+/// What the operator set through the API, shared with the control loop and
+/// the shards (each reads it once per tick).
+#[derive(Debug, Default)]
+pub struct Operator {
+    state: Mutex<OperatorState>,
+    deny_version: AtomicU64,
+}
+
+/// The operator's settings and the API's own counters.
+#[derive(Debug, Default, Clone)]
+pub struct OperatorState {
+    /// Ceiling on the global admission rate, messages per second.
+    pub ceiling_pps: Option<u64>,
+    /// Per-device kernel rate overrides: hash → (device id, pps, burst).
+    pub overrides: BTreeMap<u64, (String, u64, u64)>,
+    /// Denied devices: hash → device id.
+    pub denied: BTreeMap<u64, String>,
+    /// The deny list as the shards read it.
+    pub deny_list: Arc<DenyList>,
+    /// Writes by outcome ([`WRITE_RESULTS`]).
+    pub writes: [u64; 5],
+    /// Classifier reloads done.
+    pub model_reloads: u64,
+}
+
+impl Operator {
+    /// A copy of the settings now.
+    pub fn state(&self) -> OperatorState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn with<R>(&self, f: impl FnOnce(&mut OperatorState) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    /// The ceiling now (the control loop, per tick).
+    pub fn ceiling(&self) -> Option<u64> {
+        self.with(|s| s.ceiling_pps)
+    }
+    /// True when the operator set an override for this device (the control
+    /// loop leaves those alone).
+    pub fn has_override(&self, hash: u64) -> bool {
+        self.with(|s| s.overrides.contains_key(&hash))
+    }
+    /// The deny list's version: changes on every deny-list write.
+    pub fn deny_version(&self) -> u64 {
+        self.deny_version.load(Ordering::Acquire)
+    }
+    /// The deny list now (the shards, when the version moved).
+    pub fn deny_list(&self) -> Arc<DenyList> {
+        self.with(|s| s.deny_list.clone())
+    }
+    /// Puts a device on the deny list (what `PUT /admin/deny/<id>` does
+    /// besides the kernel map).
+    pub fn deny(&self, hash: u64, id: &str, deny: bool) {
+        self.with(|s| {
+            if deny {
+                s.denied.insert(hash, id.to_string());
+            } else {
+                s.denied.remove(&hash);
+            }
+            let mut list = DenyList::default();
+            list.extend(s.denied.keys().map(|h| (*h, ())));
+            s.deny_list = Arc::new(list);
+        });
+        self.deny_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn deny_for_test(&self, id: &str) {
+        let raw = crate::wire::raw_device_id(id).unwrap();
+        self.deny(crate::wire::device_hash(&raw), id, true);
+    }
+
+    fn count(&self, result: usize) {
+        self.with(|s| s.writes[result] += 1);
+    }
+}
+
+/// Whether each core is still running.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    /// Set when a shard's loop has ended.
+    pub shards_done: Vec<Arc<AtomicBool>>,
+    /// Set when the output thread has ended.
+    pub output_done: Arc<AtomicBool>,
+    /// Set when the control thread has ended (None: no control loop).
+    pub control_done: Option<Arc<AtomicBool>>,
+    /// Set once klais is stopping (cores ending is then expected).
+    pub stopping: Arc<AtomicBool>,
+}
+
+/// Everything the server reads.
+pub struct Sources {
+    /// Per-shard counters.
+    pub shards: Vec<Arc<Published<ShardSnapshot>>>,
+    /// Per-shard Dam setpoints from the control core (shard rate).
+    pub setpoints: Vec<Option<crate::shard::DamSetpoints>>,
+    /// Output counters (non-Kafka sinks).
+    pub sink: Arc<Published<SinkSnapshot>>,
+    /// The Kafka batcher's figures.
+    pub kafka: Option<Arc<Published<KafkaSnapshot>>>,
+    /// The control core's figures.
+    pub control: Option<Arc<Published<crate::control::ControlSnapshot>>>,
+    /// The XDP filter's maps (None: no filter).
+    pub kernel: Option<Arc<crate::xdp::KernelMaps>>,
+    /// The configured per-device kernel limit (base for override defaults).
+    pub xdp_iface: Option<String>,
+    /// Journal configured (the batcher spills when the broker is away).
+    pub journal: bool,
+    /// Core liveness.
+    pub live: Liveness,
+    /// Start of the run.
+    pub started: Instant,
+    /// `model.classifier` and `model.drop_classes` (reload defaults).
+    pub classifier: Option<PathBuf>,
+    /// See `classifier`.
+    pub drop_classes: Vec<String>,
+    /// The operator's settings.
+    pub operator: Arc<Operator>,
+    /// `admin.token_file`'s token.
+    pub token: Option<String>,
+    /// Capabilities kept after start-up (shown in /status).
+    pub capabilities: Arc<Mutex<Vec<String>>>,
+}
+
+/// The running server; stops and joins when dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "admin::Server({})", self.addr)
+    }
+}
+
+impl Server {
+    /// Binds `listen` and serves from a thread pinned to `cpu`. Fails when the
+    /// address cannot be bound (the error names `admin.listen`).
+    pub fn start(listen: SocketAddr, cpu: usize, src: Sources) -> Result<Server, String> {
+        let server = tiny_http::Server::http(listen).map_err(|e| {
+            format!("admin.listen: cannot bind {listen}: {e} (choose a free port, or set admin.enabled = false)")
+        })?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| "admin.listen: not an IP address".to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("klais-admin".into())
+            .spawn(move || {
+                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                let mut limiter = LogLimiter::default();
+                while !st.load(Ordering::Relaxed) {
+                    match server.recv_timeout(Duration::from_millis(100)) {
+                        Ok(Some(req)) => serve_one(req, &src, &mut limiter),
+                        Ok(None) => {}
+                        Err(e) => {
+                            if limiter.allow() {
+                                tracing::warn!("admin server: {e}");
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("admin server thread: {e}"))?;
+        Ok(Server {
+            stop,
+            thread: Some(thread),
+            addr,
+        })
+    }
+
+    /// The address it listens on (port 0 resolved).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// At most one log line per second from a call site that can repeat (a
+/// client hammering the API must not flood the logs).
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// True when a line may be written now.
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                false
+            }
+            _ => {
+                if self.suppressed > 0 {
+                    tracing::info!("{} similar log lines suppressed", self.suppressed);
+                    self.suppressed = 0;
+                }
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+}
+
+/// A response: status, content type, body.
+type Reply = (u16, &'static str, String);
+
+fn json(status: u16, v: serde_json::Value) -> Reply {
+    (status, "application/json", format!("{v}\n"))
+}
+
+fn error(status: u16, msg: impl std::fmt::Display) -> Reply {
+    json(status, serde_json::json!({ "error": msg.to_string() }))
+}
+
+fn serve_one(mut req: tiny_http::Request, src: &Sources, limiter: &mut LogLimiter) {
+    let method = req.method().clone();
+    let url = req.url().to_string();
+    let path = url.split('?').next().unwrap_or("").to_string();
+    let write = !matches!(method, tiny_http::Method::Get | tiny_http::Method::Head);
+    let reply = if write {
+        match authorize(&req, src) {
+            Err((result, reply)) => {
+                src.operator.count(result);
+                if limiter.allow() {
+                    tracing::warn!(
+                        "admin API: refused {method} {path}: {}",
+                        reply.2.trim_end()
+                    );
+                }
+                reply
+            }
+            Ok(()) => {
+                let mut body = String::new();
+                let r = if req
+                    .as_reader()
+                    .take(64 * 1024)
+                    .read_to_string(&mut body)
+                    .is_err()
+                {
+                    error(400, "the body is not UTF-8")
+                } else {
+                    write_request(&method, &path, &body, src)
+                };
+                src.operator.count(match r.0 {
+                    200..=299 => 0,
+                    409 => 4,
+                    _ => 3,
+                });
+                if r.0 < 300 {
+                    tracing::info!("admin API: {method} {path}: {}", r.2.trim_end());
+                }
+                r
+            }
+        }
+    } else {
+        read_request(&path, src)
+    };
+    let (status, ctype, body) = reply;
+    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
+    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes()) {
+        resp = resp.with_header(h);
+    }
+    if status == 401 {
+        if let Ok(h) = tiny_http::Header::from_bytes(&b"WWW-Authenticate"[..], &b"Bearer"[..]) {
+            resp = resp.with_header(h);
+        }
+    }
+    let _ = req.respond(resp);
+}
+
+/// Checks the bearer token in constant time. Err: (result index, reply).
+fn authorize(req: &tiny_http::Request, src: &Sources) -> Result<(), (usize, Reply)> {
+    let Some(token) = &src.token else {
+        return Err((
+            2,
+            error(
+                403,
+                "admin writes are disabled: no admin.token_file is configured",
+            ),
+        ));
+    };
+    let given = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str().to_string());
+    let Some(given) = given else {
+        return Err((
+            1,
+            error(401, "this write needs `Authorization: Bearer <token>`"),
+        ));
+    };
+    let Some(given) = given.strip_prefix("Bearer ") else {
+        return Err((1, error(401, "only Bearer authorization is accepted")));
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err((2, error(403, "wrong token")))
+    }
+}
+
+/// Readiness: every configured part up. Returns the reasons it is not.
+pub fn not_ready(src: &Sources) -> Vec<String> {
+    let mut why = Vec::new();
+    let live = &src.live;
+    for (i, d) in live.shards_done.iter().enumerate() {
+        if d.load(Ordering::Relaxed) {
+            why.push(format!("shard {i} is not running"));
+        }
+    }
+    if live.output_done.load(Ordering::Relaxed) {
+        why.push("the output core is not running".into());
+    }
+    if live.control_done.as_ref().is_some_and(|d| d.load(Ordering::Relaxed)) {
+        why.push("the control core is not running".into());
+    }
+    if let Some(iface) = &src.xdp_iface {
+        match &src.kernel {
+            Some(maps) if maps.counters().is_ok() => {}
+            _ => why.push(format!("the XDP filter on {iface} is not readable")),
+        }
+    }
+    if let Some(k) = &src.kafka {
+        let k = k.read();
+        let journaling = src.journal && k.breaker == crate::kafka::Breaker::Open;
+        if !k.broker_up && !journaling {
+            why.push("no broker reachable and not journaling".into());
+        }
+    }
+    if live.stopping.load(Ordering::Relaxed) {
+        why.push("stopping".into());
+    }
+    why
+}
+
+fn read_request(path: &str, src: &Sources) -> Reply {
+    match path {
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render(src),
+        ),
+        "/health" => {
+            let dead = src.live.shards_done.iter().any(|d| d.load(Ordering::Relaxed))
+                || src.live.output_done.load(Ordering::Relaxed);
+            if dead && !src.live.stopping.load(Ordering::Relaxed) {
+                error(503, "a core has exited")
+            } else {
+                json(200, serde_json::json!({ "status": "live" }))
+            }
+        }
+        "/ready" => {
+            let why = not_ready(src);
+            if why.is_empty() {
+                json(200, serde_json::json!({ "status": "ready" }))
+            } else {
+                json(
+                    503,
+                    serde_json::json!({ "status": "not ready", "reasons": why }),
+                )
+            }
+        }
+        "/status" => json(200, status(src)),
+        "/admin/limits" => json(200, limits_json(&src.operator.state())),
+        _ => error(404, format!("no such resource: {path}")),
+    }
+}
+
+fn limits_json(s: &OperatorState) -> serde_json::Value {
+    serde_json::json!({
+        "ceiling_pps": s.ceiling_pps,
+        "overrides": s.overrides.values().map(|(id, pps, burst)| serde_json::json!({
+            "device": id, "pps": pps, "burst": burst })).collect::<Vec<_>>(),
+        "denied": s.denied.values().collect::<Vec<_>>(),
+    })
+}
+
+/// `/status`: the figures a human or a script asks for first.
+pub fn status(src: &Sources) -> serde_json::Value {
+    let mut total = ShardSnapshot::default();
+    for s in &src.shards {
+        total.add(&s.read());
+    }
+    let control = src.control.as_ref().map(|c| c.read());
+    let kafka = src.kafka.as_ref().map(|k| k.read());
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": src.started.elapsed().as_secs_f64(),
+        "shards": src.shards.len(),
+        "received": total.received,
+        "accepted": total.accepted,
+        "rejected": total.rejects.total(),
+        "xdp": src.xdp_iface,
+        "storm_now": control.map(|c| c.storm_now),
+        "global_rate_pps": control.map(|c| c.global_rate),
+        "broker_up": kafka.map(|k| k.broker_up),
+        "delivered": kafka.map(|k| k.delivered),
+        "journaled": kafka.map(|k| k.journaled),
+        "ready": not_ready(src).is_empty(),
+        "capabilities": *src.capabilities.lock().unwrap_or_else(|p| p.into_inner()),
+        "operator": limits_json(&src.operator.state()),
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CeilingBody {
+    pps: u64,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    pps: u64,
+    burst: Option<u64>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReloadBody {
+    file: Option<PathBuf>,
+}
+
+fn body<T: serde::de::DeserializeOwned>(text: &str, example: &str) -> Result<T, Reply> {
+    serde_json::from_str(if text.trim().is_empty() { "{}" } else { text })
+        .map_err(|e| error(400, format!("body: {e}; expected e.g. {example}")))
+}
+
+fn device(id: &str) -> Result<(u64, String), Reply> {
+    let id = percent_decode(id);
+    crate::wire::raw_device_id(&id)
+        .map(|raw| (crate::wire::device_hash(&raw), id.clone()))
+        .map_err(|e| error(400, format!("device id {id:?}: {e}")))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 3 <= b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn write_request(method: &tiny_http::Method, path: &str, text: &str, src: &Sources) -> Reply {
+    use tiny_http::Method::{Delete, Post, Put};
+    let op = &src.operator;
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let r: Result<Reply, Reply> = (|| match (method, parts.as_slice()) {
+        (Put, ["admin", "ceiling"]) => {
+            if src.control.is_none() && src.kernel.is_none() {
+                return Err(error(409, "no ceiling to set: the control core runs with [dam] (set dam.device_rate_pps) and the kernel budget with the XDP filter (xdp.iface)"));
+            }
+            let b: CeilingBody = body(text, r#"{"pps": 50000}"#)?;
+            if b.pps == 0 {
+                return Err(error(400, "pps must be at least 1"));
+            }
+            op.with(|s| s.ceiling_pps = Some(b.pps));
+            Ok(json(200, serde_json::json!({ "ceiling_pps": b.pps })))
+        }
+        (Delete, ["admin", "ceiling"]) => {
+            op.with(|s| s.ceiling_pps = None);
+            Ok(json(200, serde_json::json!({ "ceiling_pps": null })))
+        }
+        (Put, ["admin", "overrides", id]) => {
+            let (hash, id) = device(id)?;
+            let b: OverrideBody = body(text, r#"{"pps": 100, "burst": 200}"#)?;
+            let burst = b.burst.unwrap_or(b.pps.saturating_mul(2)).max(1);
+            let rate = crate::xdp::Rate::new(b.pps, burst).map_err(|e| error(400, e))?;
+            let maps = src.kernel.as_ref().ok_or_else(|| {
+                error(409, "per-device overrides live in the XDP filter's buckets, which is off (set xdp.iface)")
+            })?;
+            maps.set_override(hash, Some(rate))
+                .map_err(|e| error(500, format!("writing the kernel override: {e}")))?;
+            op.with(|s| s.overrides.insert(hash, (id.clone(), b.pps, burst)));
+            Ok(json(200, serde_json::json!({ "device": id, "pps": b.pps, "burst": burst })))
+        }
+        (Delete, ["admin", "overrides", id]) => {
+            let (hash, id) = device(id)?;
+            if let Some(maps) = &src.kernel {
+                maps.set_override(hash, None)
+                    .map_err(|e| error(500, format!("clearing the kernel override: {e}")))?;
+            }
+            let had = op.with(|s| s.overrides.remove(&hash).is_some());
+            Ok(json(200, serde_json::json!({ "device": id, "removed": had })))
+        }
+        (Put | Delete, ["admin", "deny", id]) => {
+            let (hash, id) = device(id)?;
+            let deny = *method == Put;
+            if let Some(maps) = &src.kernel {
+                maps.set_denied(hash, deny)
+                    .map_err(|e| error(500, format!("writing the kernel deny list: {e}")))?;
+            }
+            op.deny(hash, &id, deny);
+            Ok(json(200, serde_json::json!({ "device": id, "denied": deny })))
+        }
+        (Post, ["admin", "model", "reload"]) => {
+            let b: ReloadBody = body(text, r#"{"file": "models/classifier.json"}"#)?;
+            let maps = src.kernel.as_ref().ok_or_else(|| {
+                error(409, "the classifier runs in the XDP filter, which is off (set xdp.iface)")
+            })?;
+            let file = b.file.or_else(|| src.classifier.clone()).ok_or_else(|| {
+                error(400, "no file given and no model.classifier configured; send {\"file\": \"…\"}")
+            })?;
+            let f = crate::model::load_classifier(&file).map_err(|e| error(400, e))?;
+            let f = crate::model::with_drops(f, &src.drop_classes).map_err(|e| error(400, e))?;
+            let slot = maps
+                .set_model(Some(&f))
+                .map_err(|e| error(500, format!("loading the classifier: {e}")))?;
+            op.with(|s| s.model_reloads += 1);
+            Ok(json(200, serde_json::json!({ "file": file, "slot": slot })))
+        }
+        _ => Err(error(404, format!("no such admin write: {method} {path}"))),
+    })();
+    r.unwrap_or_else(|e| e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_file_others_can_read_or_an_empty_one_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_token(&p).unwrap_err().contains("chmod 600"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_token(&p).unwrap(), "s3cret");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(read_token(&p).unwrap_err().contains("one token"));
+    }
+
+    #[test]
+    fn percent_encoded_device_ids_decode() {
+        assert_eq!(percent_decode("sensor%2D1"), "sensor-1");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("%é1"), "%é1");
+    }
+}
