@@ -80,10 +80,10 @@ pub enum PrivilegeError {
         source: std::io::Error,
     },
     /// Some threads still hold more than the kept set.
-    #[error("dropping capabilities: {threads} thread(s) still hold more than {kept:?} (set privilege.drop_capabilities = false to run without dropping, and report this)")]
+    #[error("dropping capabilities: thread(s) {threads:?} still hold more than {kept:?} (set privilege.drop_capabilities = false to run without dropping, and report this)")]
     Incomplete {
-        /// Threads that did not drop.
-        threads: usize,
+        /// Threads that did not drop: id (name).
+        threads: Vec<String>,
         /// The intended set.
         kept: Vec<String>,
     },
@@ -203,6 +203,56 @@ extern "C" fn on_signal(_: libc::c_int) {
     }
 }
 
+/// True when thread `tid` of this process blocks signal `sig`.
+fn blocks(tid: u32, sig: i32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+        return false;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|m| m >> (sig - 1) & 1 == 1)
+}
+
+/// Drops the calling thread's capabilities to `keep` (limited to what it
+/// has), before it creates threads that block signals (librdkafka's) and so
+/// could not be reached by [`drop_all_threads`] later.
+pub fn drop_self(keep: &[u32]) -> Result<(), PrivilegeError> {
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget writes a v3 header's two data structs into `data`.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(PrivilegeError::Sys {
+            call: "capget",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let permitted = u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32;
+    let want = keep.iter().fold(0, |m, c| m | 1u64 << c) & permitted;
+    if capset_self(want) {
+        Ok(())
+    } else {
+        Err(PrivilegeError::Sys {
+            call: "capset",
+            source: std::io::Error::last_os_error(),
+        })
+    }
+}
+
 fn gettid() -> i32 {
     // SAFETY: gettid has no arguments and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
@@ -245,9 +295,11 @@ pub fn drop_all_threads(keep: &[u32]) -> Result<Vec<String>, PrivilegeError> {
     // Threads may start while this runs (librdkafka's, tiny_http's): they
     // inherit from a thread that already dropped, or the next round gets them.
     for _round in 0..5 {
+        // A thread that blocks the signal cannot answer (it must have been
+        // created by a thread that had already dropped: see the output core).
         let others: Vec<i32> = threads_of("self")
             .into_iter()
-            .filter(|(t, c)| *t as i32 != tid && holds_more(c))
+            .filter(|(t, c)| *t as i32 != tid && holds_more(c) && !blocks(*t, sig))
             .map(|(t, _)| t as i32)
             .collect();
         if others.is_empty() {
@@ -282,11 +334,16 @@ pub fn drop_all_threads(keep: &[u32]) -> Result<Vec<String>, PrivilegeError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    let left = threads_of("self")
+    let left: Vec<String> = threads_of("self")
         .iter()
         .filter(|(_, c)| holds_more(c))
-        .count();
-    if left > 0 {
+        .map(|(t, _)| {
+            let comm =
+                std::fs::read_to_string(format!("/proc/self/task/{t}/comm")).unwrap_or_default();
+            format!("{t} ({})", comm.trim())
+        })
+        .collect();
+    if !left.is_empty() {
         return Err(PrivilegeError::Incomplete {
             threads: left,
             kept: names(want),

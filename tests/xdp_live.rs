@@ -44,6 +44,19 @@ fn live_traffic_is_filtered_and_the_operators_session_keeps_working() {
                 st.prog_id != 0 && st.klais_pinned && st.mode == "native",
                 "{st:?}"
             );
+            // Pinned maps are readable by their owner only (root, or klais's
+            // dedicated user).
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let dir = klais::xdp::pin_dir(&ia);
+                let mut paths = vec![dir.clone()];
+                paths.extend(std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()));
+                assert!(paths.len() > 1, "maps are pinned in {}", dir.display());
+                for p in paths {
+                    let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                    assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", p.display());
+                }
+            }
 
             // klais's own socket setup: a receive buffer that holds the whole test.
             let udp: UdpSocket =

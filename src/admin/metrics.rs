@@ -59,7 +59,9 @@ pub fn render(src: &Sources) -> String {
         out: String::with_capacity(16 * 1024),
     };
     let snaps: Vec<_> = src.shards.iter().map(|s| s.read()).collect();
-    let col = |f: &dyn Fn(&crate::shard::ShardSnapshot) -> f64| -> Vec<f64> { snaps.iter().map(f).collect() };
+    let col = |f: &dyn Fn(&crate::shard::ShardSnapshot) -> f64| -> Vec<f64> {
+        snaps.iter().map(f).collect()
+    };
 
     w.family("klais_build_info", "gauge", "klais version.");
     w.v(
@@ -76,13 +78,28 @@ pub fn render(src: &Sources) -> String {
     w.family("klais_core_up", "gauge", "1 while a core's loop runs.");
     for (i, d) in src.live.shards_done.iter().enumerate() {
         let up = !d.load(std::sync::atomic::Ordering::Relaxed);
-        w.v("klais_core_up", &[("role", "shard"), ("shard", &i.to_string())], f64::from(u8::from(up)));
+        w.v(
+            "klais_core_up",
+            &[("role", "shard"), ("shard", &i.to_string())],
+            f64::from(u8::from(up)),
+        );
     }
-    let out_up = !src.live.output_done.load(std::sync::atomic::Ordering::Relaxed);
-    w.v("klais_core_up", &[("role", "output"), ("shard", "")], f64::from(u8::from(out_up)));
+    let out_up = !src
+        .live
+        .output_done
+        .load(std::sync::atomic::Ordering::Relaxed);
+    w.v(
+        "klais_core_up",
+        &[("role", "output"), ("shard", "")],
+        f64::from(u8::from(out_up)),
+    );
     if let Some(c) = &src.live.control_done {
         let up = !c.load(std::sync::atomic::Ordering::Relaxed);
-        w.v("klais_core_up", &[("role", "control"), ("shard", "")], f64::from(u8::from(up)));
+        w.v(
+            "klais_core_up",
+            &[("role", "control"), ("shard", "")],
+            f64::from(u8::from(up)),
+        );
     }
     w.one(
         "klais_ready",
@@ -92,22 +109,74 @@ pub fn render(src: &Sources) -> String {
     );
 
     // Shards.
-    w.per_shard("klais_shard_received_total", "counter", "Datagrams a shard received from its own queue.", &col(&|s| s.received as f64));
-    w.per_shard("klais_shard_received_bytes_total", "counter", "Bytes a shard received from its own queue.", &col(&|s| s.received_bytes as f64));
-    w.per_shard("klais_shard_accepted_total", "counter", "Messages a shard admitted toward the output.", &col(&|s| s.accepted as f64));
-    w.per_shard("klais_shard_forwarded_out_total", "counter", "Messages handed to the shard owning their device.", &col(&|s| s.forwarded_out as f64));
-    w.per_shard("klais_shard_forwarded_in_total", "counter", "Messages other shards handed to this one.", &col(&|s| s.forwarded_in as f64));
-    w.per_shard("klais_shard_overflow_messages", "gauge", "Messages waiting in the shard's overflow queue.", &col(&|s| s.queued as f64));
-    w.per_shard("klais_shard_overflow_bytes", "gauge", "Bytes waiting in the shard's overflow queue.", &col(&|s| s.queued_bytes as f64));
-    w.per_shard("klais_shard_queue_drops_total", "counter", "Datagrams the kernel dropped at the shard's queue (socket buffer or AF_XDP ring full).", &col(&|s| s.queue_drops as f64));
-    w.family("klais_shard_rejects_total", "counter", "Datagrams a shard refused, by reason.");
+    w.per_shard(
+        "klais_shard_received_total",
+        "counter",
+        "Datagrams a shard received from its own queue.",
+        &col(&|s| s.received as f64),
+    );
+    w.per_shard(
+        "klais_shard_received_bytes_total",
+        "counter",
+        "Bytes a shard received from its own queue.",
+        &col(&|s| s.received_bytes as f64),
+    );
+    w.per_shard(
+        "klais_shard_accepted_total",
+        "counter",
+        "Messages a shard admitted toward the output.",
+        &col(&|s| s.accepted as f64),
+    );
+    w.per_shard(
+        "klais_shard_forwarded_out_total",
+        "counter",
+        "Messages handed to the shard owning their device.",
+        &col(&|s| s.forwarded_out as f64),
+    );
+    w.per_shard(
+        "klais_shard_forwarded_in_total",
+        "counter",
+        "Messages other shards handed to this one.",
+        &col(&|s| s.forwarded_in as f64),
+    );
+    w.per_shard(
+        "klais_shard_overflow_messages",
+        "gauge",
+        "Messages waiting in the shard's overflow queue.",
+        &col(&|s| s.queued as f64),
+    );
+    w.per_shard(
+        "klais_shard_overflow_bytes",
+        "gauge",
+        "Bytes waiting in the shard's overflow queue.",
+        &col(&|s| s.queued_bytes as f64),
+    );
+    w.per_shard(
+        "klais_shard_queue_drops_total",
+        "counter",
+        "Datagrams the kernel dropped at the shard's queue (socket buffer or AF_XDP ring full).",
+        &col(&|s| s.queue_drops as f64),
+    );
+    w.family(
+        "klais_shard_rejects_total",
+        "counter",
+        "Datagrams a shard refused, by reason.",
+    );
     for (i, s) in snaps.iter().enumerate() {
         let shard = i.to_string();
         for r in Reject::ALL {
-            w.v("klais_shard_rejects_total", &[("shard", &shard), ("reason", r.name())], s.rejects.get(r) as f64);
+            w.v(
+                "klais_shard_rejects_total",
+                &[("shard", &shard), ("reason", r.name())],
+                s.rejects.get(r) as f64,
+            );
         }
     }
-    w.family("klais_shard_sequence_events_total", "counter", "Sequence tracking events per shard.");
+    w.family(
+        "klais_shard_sequence_events_total",
+        "counter",
+        "Sequence tracking events per shard.",
+    );
     for (i, s) in snaps.iter().enumerate() {
         let shard = i.to_string();
         let q = &s.seq;
@@ -120,41 +189,144 @@ pub fn render(src: &Sources) -> String {
             ("reset", q.resets),
             ("eviction", q.evictions),
         ] {
-            w.v("klais_shard_sequence_events_total", &[("shard", &shard), ("event", ev)], v as f64);
+            w.v(
+                "klais_shard_sequence_events_total",
+                &[("shard", &shard), ("event", ev)],
+                v as f64,
+            );
         }
     }
-    w.per_shard("klais_shard_model_marked_total", "counter", "Datagrams the in-kernel classifier marked.", &col(&|s| s.model_marked as f64));
-    w.per_shard("klais_shard_storm_probability", "gauge", "The shard's window model storm probability, last tick.", &col(&|s| f64::from(s.storm_ppm) / 1e6));
+    w.per_shard(
+        "klais_shard_model_marked_total",
+        "counter",
+        "Datagrams the in-kernel classifier marked.",
+        &col(&|s| s.model_marked as f64),
+    );
+    w.per_shard(
+        "klais_shard_storm_probability",
+        "gauge",
+        "The shard's window model storm probability, last tick.",
+        &col(&|s| f64::from(s.storm_ppm) / 1e6),
+    );
 
     // The Dam.
-    w.per_shard("klais_dam_depth", "gauge", "Messages waiting in the shard's Dam.", &col(&|s| s.dam.depth as f64));
-    w.per_shard("klais_dam_queued_devices", "gauge", "Devices with messages waiting in the Dam.", &col(&|s| s.dam.queued_devices as f64));
-    w.per_shard("klais_dam_oldest_age_seconds", "gauge", "Age of the oldest message waiting in the Dam.", &col(&|s| s.dam.oldest_age_ns as f64 / 1e9));
-    w.per_shard("klais_dam_queued_total", "counter", "Messages that waited in the Dam.", &col(&|s| s.dam.queued as f64));
-    w.per_shard("klais_dam_released_total", "counter", "Messages the Dam released.", &col(&|s| s.dam.released as f64));
-    w.per_shard("klais_dam_evictions_total", "counter", "Devices evicted from the Dam's table.", &col(&|s| s.dam.evictions as f64));
+    w.per_shard(
+        "klais_dam_depth",
+        "gauge",
+        "Messages waiting in the shard's Dam.",
+        &col(&|s| s.dam.depth as f64),
+    );
+    w.per_shard(
+        "klais_dam_queued_devices",
+        "gauge",
+        "Devices with messages waiting in the Dam.",
+        &col(&|s| s.dam.queued_devices as f64),
+    );
+    w.per_shard(
+        "klais_dam_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest message waiting in the Dam.",
+        &col(&|s| s.dam.oldest_age_ns as f64 / 1e9),
+    );
+    w.per_shard(
+        "klais_dam_queued_total",
+        "counter",
+        "Messages that waited in the Dam.",
+        &col(&|s| s.dam.queued as f64),
+    );
+    w.per_shard(
+        "klais_dam_released_total",
+        "counter",
+        "Messages the Dam released.",
+        &col(&|s| s.dam.released as f64),
+    );
+    w.per_shard(
+        "klais_dam_evictions_total",
+        "counter",
+        "Devices evicted from the Dam's table.",
+        &col(&|s| s.dam.evictions as f64),
+    );
     let rates: Vec<f64> = src
         .setpoints
         .iter()
-        .map(|p| p.as_ref().and_then(|p| p.read()).map_or(f64::NAN, |c| c.shard_rate))
+        .map(|p| {
+            p.as_ref()
+                .and_then(|p| p.read())
+                .map_or(f64::NAN, |c| c.shard_rate)
+        })
         .collect();
     if rates.iter().any(|r| r.is_finite()) {
-        w.per_shard("klais_dam_shard_rate_pps", "gauge", "The shard's admission rate the control core set.", &rates);
+        w.per_shard(
+            "klais_dam_shard_rate_pps",
+            "gauge",
+            "The shard's admission rate the control core set.",
+            &rates,
+        );
     }
 
     // Control core.
     if let Some(c) = &src.control {
         let c = c.read();
-        w.one("klais_control_ticks_total", "counter", "Control core ticks.", c.ticks as f64);
-        w.one("klais_control_global_rate_pps", "gauge", "Global admission rate the PID set last.", c.global_rate);
-        w.one("klais_control_storm", "gauge", "1 while a reconnection storm is forecast.", f64::from(u8::from(c.storm_now)));
-        w.one("klais_control_storms_total", "counter", "Storm onsets forecast.", c.storms as f64);
-        w.one("klais_control_predicted_devices", "gauge", "The last forecast's reconnecting devices.", c.predicted.0);
-        w.one("klais_control_predicted_messages", "gauge", "The last forecast's backlog, messages.", c.predicted.1);
-        w.one("klais_control_storm_peak_waiting", "gauge", "Most messages waiting in the Dams since the last storm began.", c.storm_peak_waiting as f64);
-        w.one("klais_control_kernel_budget_pps", "gauge", "The kernel's global budget written last.", c.kernel_budget_pps as f64);
-        w.one("klais_control_kernel_writes_total", "counter", "Writes of the kernel's limits.", c.kernel_writes as f64);
-        w.one("klais_control_floods_pinned_total", "counter", "Flooding devices held to the normal kernel limit during storms.", c.floods_pinned as f64);
+        w.one(
+            "klais_control_ticks_total",
+            "counter",
+            "Control core ticks.",
+            c.ticks as f64,
+        );
+        w.one(
+            "klais_control_global_rate_pps",
+            "gauge",
+            "Global admission rate the PID set last.",
+            c.global_rate,
+        );
+        w.one(
+            "klais_control_storm",
+            "gauge",
+            "1 while a reconnection storm is forecast.",
+            f64::from(u8::from(c.storm_now)),
+        );
+        w.one(
+            "klais_control_storms_total",
+            "counter",
+            "Storm onsets forecast.",
+            c.storms as f64,
+        );
+        w.one(
+            "klais_control_predicted_devices",
+            "gauge",
+            "The last forecast's reconnecting devices.",
+            c.predicted.0,
+        );
+        w.one(
+            "klais_control_predicted_messages",
+            "gauge",
+            "The last forecast's backlog, messages.",
+            c.predicted.1,
+        );
+        w.one(
+            "klais_control_storm_peak_waiting",
+            "gauge",
+            "Most messages waiting in the Dams since the last storm began.",
+            c.storm_peak_waiting as f64,
+        );
+        w.one(
+            "klais_control_kernel_budget_pps",
+            "gauge",
+            "The kernel's global budget written last.",
+            c.kernel_budget_pps as f64,
+        );
+        w.one(
+            "klais_control_kernel_writes_total",
+            "counter",
+            "Writes of the kernel's limits.",
+            c.kernel_writes as f64,
+        );
+        w.one(
+            "klais_control_floods_pinned_total",
+            "counter",
+            "Flooding devices held to the normal kernel limit during storms.",
+            c.floods_pinned as f64,
+        );
     }
 
     // Operator (admin API).
@@ -165,74 +337,316 @@ pub fn render(src: &Sources) -> String {
         "Operator ceiling on the global admission rate (admin API); absent: none.",
         op.ceiling_pps.map_or(f64::NAN, |c| c as f64),
     );
-    w.one("klais_operator_overrides", "gauge", "Per-device kernel rate overrides set through the admin API.", op.overrides.len() as f64);
-    w.one("klais_operator_denied_devices", "gauge", "Devices on the operator's deny list.", op.denied.len() as f64);
-    w.one("klais_operator_model_reloads_total", "counter", "Classifier reloads through the admin API.", op.model_reloads as f64);
-    w.family("klais_admin_writes_total", "counter", "Admin API writes by outcome.");
+    w.one(
+        "klais_operator_overrides",
+        "gauge",
+        "Per-device kernel rate overrides set through the admin API.",
+        op.overrides.len() as f64,
+    );
+    w.one(
+        "klais_operator_denied_devices",
+        "gauge",
+        "Devices on the operator's deny list.",
+        op.denied.len() as f64,
+    );
+    w.one(
+        "klais_operator_model_reloads_total",
+        "counter",
+        "Classifier reloads through the admin API.",
+        op.model_reloads as f64,
+    );
+    w.family(
+        "klais_admin_writes_total",
+        "counter",
+        "Admin API writes by outcome.",
+    );
     for (i, r) in WRITE_RESULTS.iter().enumerate() {
-        w.v("klais_admin_writes_total", &[("result", r)], op.writes[i] as f64);
+        w.v(
+            "klais_admin_writes_total",
+            &[("result", r)],
+            op.writes[i] as f64,
+        );
     }
+
+    w.one(
+        "klais_log_lines_suppressed_total",
+        "counter",
+        "Log lines dropped by the per-call-site rate limit.",
+        crate::telemetry::LOG_SUPPRESSED.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
 
     // Output.
     let sink = src.sink.read();
-    w.one("klais_sink_records_total", "counter", "Records written by a non-Kafka sink.", sink.records as f64);
+    w.one(
+        "klais_sink_records_total",
+        "counter",
+        "Records written by a non-Kafka sink.",
+        sink.records as f64,
+    );
     if let Some(k) = &src.kafka {
         let k = k.read();
-        w.one("klais_kafka_accepted_total", "counter", "Records the batcher took from the shard rings.", k.accepted as f64);
-        w.one("klais_kafka_delivered_total", "counter", "Records the broker acknowledged.", k.delivered as f64);
-        w.one("klais_kafka_recovered_total", "counter", "Records found in the journal at start.", k.recovered as f64);
-        w.one("klais_kafka_buffered", "gauge", "Records in DAPB buffers.", k.buffered as f64);
-        w.one("klais_kafka_in_flight", "gauge", "Records given to librdkafka, not yet acknowledged.", k.in_flight as f64);
-        w.one("klais_kafka_journaled", "gauge", "Records waiting in the journal.", k.journaled as f64);
-        w.family("klais_kafka_dropped_total", "counter", "Records lost after acceptance, by reason.");
-        w.v("klais_kafka_dropped_total", &[("reason", "journal_full")], k.dropped_journal_full as f64);
-        w.v("klais_kafka_dropped_total", &[("reason", "broker_rejected")], k.dropped_rejected as f64);
-        w.v("klais_kafka_dropped_total", &[("reason", "journal_damaged")], k.journal_lost as f64);
-        w.one("klais_kafka_replayed_total", "counter", "Journal records sent again.", k.replayed as f64);
-        w.one("klais_kafka_breaker_open", "gauge", "1 while records go to the journal.", f64::from(u8::from(k.breaker == crate::kafka::Breaker::Open)));
-        w.one("klais_kafka_breaker_opens_total", "counter", "Times the breaker opened.", k.breaker_opens as f64);
-        w.one("klais_kafka_broker_up", "gauge", "1 when librdkafka reports a broker up.", f64::from(u8::from(k.broker_up)));
-        w.one("klais_kafka_journal_bytes", "gauge", "Bytes of the journal on disk.", k.journal.bytes as f64);
-        w.one("klais_kafka_journal_segments", "gauge", "Journal segment files.", k.journal.segments as f64);
-        w.one("klais_kafka_journal_io_errors_total", "counter", "Journal I/O errors.", k.journal.io_errors as f64);
+        w.one(
+            "klais_kafka_accepted_total",
+            "counter",
+            "Records the batcher took from the shard rings.",
+            k.accepted as f64,
+        );
+        w.one(
+            "klais_kafka_delivered_total",
+            "counter",
+            "Records the broker acknowledged.",
+            k.delivered as f64,
+        );
+        w.one(
+            "klais_kafka_recovered_total",
+            "counter",
+            "Records found in the journal at start.",
+            k.recovered as f64,
+        );
+        w.one(
+            "klais_kafka_buffered",
+            "gauge",
+            "Records in DAPB buffers.",
+            k.buffered as f64,
+        );
+        w.one(
+            "klais_kafka_in_flight",
+            "gauge",
+            "Records given to librdkafka, not yet acknowledged.",
+            k.in_flight as f64,
+        );
+        w.one(
+            "klais_kafka_journaled",
+            "gauge",
+            "Records waiting in the journal.",
+            k.journaled as f64,
+        );
+        w.family(
+            "klais_kafka_dropped_total",
+            "counter",
+            "Records lost after acceptance, by reason.",
+        );
+        w.v(
+            "klais_kafka_dropped_total",
+            &[("reason", "journal_full")],
+            k.dropped_journal_full as f64,
+        );
+        w.v(
+            "klais_kafka_dropped_total",
+            &[("reason", "broker_rejected")],
+            k.dropped_rejected as f64,
+        );
+        w.v(
+            "klais_kafka_dropped_total",
+            &[("reason", "journal_damaged")],
+            k.journal_lost as f64,
+        );
+        w.one(
+            "klais_kafka_replayed_total",
+            "counter",
+            "Journal records sent again.",
+            k.replayed as f64,
+        );
+        w.one(
+            "klais_kafka_breaker_open",
+            "gauge",
+            "1 while records go to the journal.",
+            f64::from(u8::from(k.breaker == crate::kafka::Breaker::Open)),
+        );
+        w.one(
+            "klais_kafka_breaker_opens_total",
+            "counter",
+            "Times the breaker opened.",
+            k.breaker_opens as f64,
+        );
+        w.one(
+            "klais_kafka_broker_up",
+            "gauge",
+            "1 when librdkafka reports a broker up.",
+            f64::from(u8::from(k.broker_up)),
+        );
+        w.one(
+            "klais_kafka_journal_bytes",
+            "gauge",
+            "Bytes of the journal on disk.",
+            k.journal.bytes as f64,
+        );
+        w.one(
+            "klais_kafka_journal_segments",
+            "gauge",
+            "Journal segment files.",
+            k.journal.segments as f64,
+        );
+        w.one(
+            "klais_kafka_journal_io_errors_total",
+            "counter",
+            "Journal I/O errors.",
+            k.journal.io_errors as f64,
+        );
         if let Some(p) = k.params {
-            w.one("klais_dapb_batch_adaptive_bytes", "gauge", "DAPB B(t), bytes.", p.b_adaptive as f64);
-            w.one("klais_dapb_batch_min_bytes", "gauge", "DAPB B_min, bytes.", p.b_min as f64);
-            w.one("klais_dapb_batch_max_bytes", "gauge", "DAPB B_max, bytes.", p.b_max as f64);
-            w.one("klais_dapb_timeout_seconds", "gauge", "DAPB T(t).", p.t_us as f64 / 1e6);
-            w.one("klais_dapb_utilisation_threshold_ratio", "gauge", "DAPB U_th.", f64::from(p.u_th_pct) / 100.0);
+            w.one(
+                "klais_dapb_batch_adaptive_bytes",
+                "gauge",
+                "DAPB B(t), bytes.",
+                p.b_adaptive as f64,
+            );
+            w.one(
+                "klais_dapb_batch_min_bytes",
+                "gauge",
+                "DAPB B_min, bytes.",
+                p.b_min as f64,
+            );
+            w.one(
+                "klais_dapb_batch_max_bytes",
+                "gauge",
+                "DAPB B_max, bytes.",
+                p.b_max as f64,
+            );
+            w.one(
+                "klais_dapb_timeout_seconds",
+                "gauge",
+                "DAPB T(t).",
+                p.t_us as f64 / 1e6,
+            );
+            w.one(
+                "klais_dapb_utilisation_threshold_ratio",
+                "gauge",
+                "DAPB U_th.",
+                f64::from(p.u_th_pct) / 100.0,
+            );
         }
-        w.one("klais_dapb_rtt_seconds", "gauge", "DAPB C(t): round trip.", k.conditions.rtt_us / 1e6);
-        w.one("klais_dapb_jitter_seconds", "gauge", "DAPB C(t): jitter.", k.conditions.jitter_us / 1e6);
-        w.one("klais_dapb_error_ratio", "gauge", "DAPB C(t): error share.", k.conditions.error_pct / 100.0);
-        w.one("klais_dapb_messages_total", "counter", "Messages released in DAPB batches.", k.dapb.messages as f64);
-        w.one("klais_dapb_batches_total", "counter", "DAPB batches released.", k.dapb.batches as f64);
-        w.one("klais_dapb_batch_utilisation_ratio", "gauge", "Used / capacity bytes over all batches (DAPB eq. 9).", if k.dapb.capacity_bytes > 0 { k.dapb.used_bytes as f64 / k.dapb.capacity_bytes as f64 } else { 0.0 });
-        w.family("klais_dapb_releases_total", "counter", "DAPB batch releases by reason.");
+        w.one(
+            "klais_dapb_rtt_seconds",
+            "gauge",
+            "DAPB C(t): round trip.",
+            k.conditions.rtt_us / 1e6,
+        );
+        w.one(
+            "klais_dapb_jitter_seconds",
+            "gauge",
+            "DAPB C(t): jitter.",
+            k.conditions.jitter_us / 1e6,
+        );
+        w.one(
+            "klais_dapb_error_ratio",
+            "gauge",
+            "DAPB C(t): error share.",
+            k.conditions.error_pct / 100.0,
+        );
+        w.one(
+            "klais_dapb_messages_total",
+            "counter",
+            "Messages released in DAPB batches.",
+            k.dapb.messages as f64,
+        );
+        w.one(
+            "klais_dapb_batches_total",
+            "counter",
+            "DAPB batches released.",
+            k.dapb.batches as f64,
+        );
+        w.one(
+            "klais_dapb_batch_utilisation_ratio",
+            "gauge",
+            "Used / capacity bytes over all batches (DAPB eq. 9).",
+            if k.dapb.capacity_bytes > 0 {
+                k.dapb.used_bytes as f64 / k.dapb.capacity_bytes as f64
+            } else {
+                0.0
+            },
+        );
+        w.family(
+            "klais_dapb_releases_total",
+            "counter",
+            "DAPB batch releases by reason.",
+        );
         for (i, r) in ["urgent", "full", "timeout", "drain"].iter().enumerate() {
-            w.v("klais_dapb_releases_total", &[("reason", r)], k.dapb.by_reason[i] as f64);
+            w.v(
+                "klais_dapb_releases_total",
+                &[("reason", r)],
+                k.dapb.by_reason[i] as f64,
+            );
         }
-        summary(&mut w, "klais_kafka_added_latency_seconds", "Ring to delivery report, by class.", &[("class", "normal", &k.latency_normal_us), ("class", "urgent", &k.latency_urgent_us)]);
-        summary(&mut w, "klais_kafka_delivery_rtt_seconds", "Handed to librdkafka to delivery report.", &[("path", "direct", &k.rtt_us)]);
-        w.one("klais_kafka_cpu_seconds_total", "counter", "Batcher thread CPU time.", k.cpu_ns as f64 / 1e9);
+        summary(
+            &mut w,
+            "klais_kafka_added_latency_seconds",
+            "Ring to delivery report, by class.",
+            &[
+                ("class", "normal", &k.latency_normal_us),
+                ("class", "urgent", &k.latency_urgent_us),
+            ],
+        );
+        summary(
+            &mut w,
+            "klais_kafka_delivery_rtt_seconds",
+            "Handed to librdkafka to delivery report.",
+            &[("path", "direct", &k.rtt_us)],
+        );
+        w.one(
+            "klais_kafka_cpu_seconds_total",
+            "counter",
+            "Batcher thread CPU time.",
+            k.cpu_ns as f64 / 1e9,
+        );
     }
 
     // The kernel.
     if let Some(maps) = &src.kernel {
         if let Ok(x) = maps.counters() {
-            w.family("klais_xdp_packets_total", "counter", "Packets by XDP verdict.");
+            w.family(
+                "klais_xdp_packets_total",
+                "counter",
+                "Packets by XDP verdict.",
+            );
             for v in crate::xdp::Verdict::ALL {
-                w.v("klais_xdp_packets_total", &[("verdict", v.name())], x.get(v) as f64);
+                w.v(
+                    "klais_xdp_packets_total",
+                    &[("verdict", v.name())],
+                    x.get(v) as f64,
+                );
             }
-            w.family("klais_xdp_model_class_total", "counter", "Packets the in-kernel classifier put in each class.");
+            w.family(
+                "klais_xdp_model_class_total",
+                "counter",
+                "Packets the in-kernel classifier put in each class.",
+            );
             for (i, c) in crate::handoff::MODEL_CLASSES.iter().enumerate() {
-                w.v("klais_xdp_model_class_total", &[("class", c)], x.model_class[i] as f64);
+                w.v(
+                    "klais_xdp_model_class_total",
+                    &[("class", c)],
+                    x.model_class[i] as f64,
+                );
             }
-            w.one("klais_xdp_events_sent_total", "counter", "Device events sent to user space.", x.events_sent as f64);
-            w.one("klais_xdp_events_capped_total", "counter", "Device events over the per-second cap.", x.events_capped as f64);
-            w.one("klais_xdp_events_lost_total", "counter", "Device events lost (ring buffer full).", x.events_lost as f64);
-            w.one("klais_xdp_bucket_evictions_total", "counter", "Kernel device buckets given to a new device.", x.bucket_evictions as f64);
-            w.one("klais_xdp_bucket_untracked_total", "counter", "New devices admitted without a kernel bucket.", x.bucket_untracked as f64);
+            w.one(
+                "klais_xdp_events_sent_total",
+                "counter",
+                "Device events sent to user space.",
+                x.events_sent as f64,
+            );
+            w.one(
+                "klais_xdp_events_capped_total",
+                "counter",
+                "Device events over the per-second cap.",
+                x.events_capped as f64,
+            );
+            w.one(
+                "klais_xdp_events_lost_total",
+                "counter",
+                "Device events lost (ring buffer full).",
+                x.events_lost as f64,
+            );
+            w.one(
+                "klais_xdp_bucket_evictions_total",
+                "counter",
+                "Kernel device buckets given to a new device.",
+                x.bucket_evictions as f64,
+            );
+            w.one(
+                "klais_xdp_bucket_untracked_total",
+                "counter",
+                "New devices admitted without a kernel bucket.",
+                x.bucket_untracked as f64,
+            );
         }
     }
     w.out

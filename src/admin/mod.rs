@@ -40,7 +40,8 @@ use crate::telemetry::Published;
 /// line. The error names the file and the fix.
 pub fn read_token(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
@@ -49,8 +50,8 @@ pub fn read_token(path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let token = text.trim();
     if token.is_empty() || token.contains(char::is_whitespace) {
         return Err(format!(
@@ -305,10 +306,7 @@ fn serve_one(mut req: tiny_http::Request, src: &Sources, limiter: &mut LogLimite
             Err((result, reply)) => {
                 src.operator.count(result);
                 if limiter.allow() {
-                    tracing::warn!(
-                        "admin API: refused {method} {path}: {}",
-                        reply.2.trim_end()
-                    );
+                    tracing::warn!("admin API: refused {method} {path}: {}", reply.2.trim_end());
                 }
                 reply
             }
@@ -397,7 +395,11 @@ pub fn not_ready(src: &Sources) -> Vec<String> {
     if live.output_done.load(Ordering::Relaxed) {
         why.push("the output core is not running".into());
     }
-    if live.control_done.as_ref().is_some_and(|d| d.load(Ordering::Relaxed)) {
+    if live
+        .control_done
+        .as_ref()
+        .is_some_and(|d| d.load(Ordering::Relaxed))
+    {
         why.push("the control core is not running".into());
     }
     if let Some(iface) = &src.xdp_iface {
@@ -427,7 +429,11 @@ fn read_request(path: &str, src: &Sources) -> Reply {
             metrics::render(src),
         ),
         "/health" => {
-            let dead = src.live.shards_done.iter().any(|d| d.load(Ordering::Relaxed))
+            let dead = src
+                .live
+                .shards_done
+                .iter()
+                .any(|d| d.load(Ordering::Relaxed))
                 || src.live.output_done.load(Ordering::Relaxed);
             if dead && !src.live.stopping.load(Ordering::Relaxed) {
                 error(503, "a core has exited")
@@ -569,7 +575,10 @@ fn write_request(method: &tiny_http::Method, path: &str, text: &str, src: &Sourc
             maps.set_override(hash, Some(rate))
                 .map_err(|e| error(500, format!("writing the kernel override: {e}")))?;
             op.with(|s| s.overrides.insert(hash, (id.clone(), b.pps, burst)));
-            Ok(json(200, serde_json::json!({ "device": id, "pps": b.pps, "burst": burst })))
+            Ok(json(
+                200,
+                serde_json::json!({ "device": id, "pps": b.pps, "burst": burst }),
+            ))
         }
         (Delete, ["admin", "overrides", id]) => {
             let (hash, id) = device(id)?;
@@ -578,7 +587,10 @@ fn write_request(method: &tiny_http::Method, path: &str, text: &str, src: &Sourc
                     .map_err(|e| error(500, format!("clearing the kernel override: {e}")))?;
             }
             let had = op.with(|s| s.overrides.remove(&hash).is_some());
-            Ok(json(200, serde_json::json!({ "device": id, "removed": had })))
+            Ok(json(
+                200,
+                serde_json::json!({ "device": id, "removed": had }),
+            ))
         }
         (Put | Delete, ["admin", "deny", id]) => {
             let (hash, id) = device(id)?;
@@ -588,15 +600,24 @@ fn write_request(method: &tiny_http::Method, path: &str, text: &str, src: &Sourc
                     .map_err(|e| error(500, format!("writing the kernel deny list: {e}")))?;
             }
             op.deny(hash, &id, deny);
-            Ok(json(200, serde_json::json!({ "device": id, "denied": deny })))
+            Ok(json(
+                200,
+                serde_json::json!({ "device": id, "denied": deny }),
+            ))
         }
         (Post, ["admin", "model", "reload"]) => {
             let b: ReloadBody = body(text, r#"{"file": "models/classifier.json"}"#)?;
             let maps = src.kernel.as_ref().ok_or_else(|| {
-                error(409, "the classifier runs in the XDP filter, which is off (set xdp.iface)")
+                error(
+                    409,
+                    "the classifier runs in the XDP filter, which is off (set xdp.iface)",
+                )
             })?;
             let file = b.file.or_else(|| src.classifier.clone()).ok_or_else(|| {
-                error(400, "no file given and no model.classifier configured; send {\"file\": \"…\"}")
+                error(
+                    400,
+                    "no file given and no model.classifier configured; send {\"file\": \"…\"}",
+                )
             })?;
             let f = crate::model::load_classifier(&file).map_err(|e| error(400, e))?;
             let f = crate::model::with_drops(f, &src.drop_classes).map_err(|e| error(400, e))?;

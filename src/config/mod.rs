@@ -557,21 +557,6 @@ pub struct Telemetry {
     /// figures (to standard error), milliseconds. 0 disables the live line.
     #[serde(default = "default_stats_interval_ms")]
     pub stats_interval_ms: u64,
-    /// Log format on standard error: `"text"` or `"json"` (one object per
-    /// line, for log shippers). `--log-json` on the command line overrides.
-    #[serde(default)]
-    pub log_format: LogFormat,
-}
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 fn default_backend() -> Backend {
@@ -651,7 +636,6 @@ impl Default for Telemetry {
     fn default() -> Self {
         Self {
             stats_interval_ms: default_stats_interval_ms(),
-            log_format: LogFormat::Text,
         }
     }
 }
@@ -762,7 +746,9 @@ impl Config {
             }
         }
         let needs_keys = a.policy == crate::shard::auth::Policy::V2
-            || a.ports.values().any(|p| *p == crate::shard::auth::Policy::V2);
+            || a.ports
+                .values()
+                .any(|p| *p == crate::shard::auth::Policy::V2);
         match &a.keys {
             None if needs_keys => errs.push(invalid(
                 "auth.policy, auth.keys",
@@ -782,7 +768,11 @@ impl Config {
         }
         if let Some(t) = &self.admin.token_file {
             if let Err(e) = crate::admin::read_token(t) {
-                errs.push(invalid("admin.token_file", e, "fix the file as the message says"));
+                errs.push(invalid(
+                    "admin.token_file",
+                    e,
+                    "fix the file as the message says",
+                ));
             }
         }
         if let Some(c) = &self.model.classifier {

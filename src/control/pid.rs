@@ -24,6 +24,9 @@ pub struct PidConfig {
 pub struct Pid {
     cfg: PidConfig,
     integral: f64,
+    /// The configured floor (`cfg.min` drops below it only under a lower
+    /// ceiling).
+    base_min: f64,
     last_meas: Option<f64>,
     output: f64,
 }
@@ -35,6 +38,7 @@ impl Pid {
         Pid {
             cfg,
             integral: initial,
+            base_min: cfg.min,
             last_meas: None,
             output: initial,
         }
@@ -46,8 +50,16 @@ impl Pid {
     }
 
     /// A new ceiling (operator limit); the output and integral follow it down.
+    /// The ceiling wins over the configured floor: a ceiling below `min`
+    /// lowers the floor with it (restored when the ceiling rises again).
     pub fn set_max(&mut self, max: f64) {
-        self.cfg.max = max.max(self.cfg.min);
+        let max = if max.is_finite() {
+            max.max(0.0)
+        } else {
+            self.cfg.max
+        };
+        self.cfg.max = max;
+        self.cfg.min = self.base_min.min(max);
         self.integral = self.integral.min(self.cfg.max);
         self.output = self.output.min(self.cfg.max);
     }
@@ -126,6 +138,19 @@ mod tests {
         assert!(u < 100.0, "{u}");
         p.set_max(10.0);
         assert!(p.update(1e6, 0.0, 0.01) <= 10.0);
+    }
+
+    #[test]
+    fn a_ceiling_below_the_floor_still_holds_and_lifting_it_restores_the_floor() {
+        let mut pid = Pid::new(PidConfig { min: 50.0, ..cfg() }, 100.0);
+        pid.set_max(10.0);
+        for _ in 0..100 {
+            assert!(pid.update(1e6, 0.0, 0.01) <= 10.0);
+        }
+        pid.set_max(100.0);
+        for _ in 0..100 {
+            assert!(pid.update(-1e6, 1e6, 0.01) >= 50.0);
+        }
     }
 
     #[test]

@@ -350,7 +350,10 @@ fn control_loop(
         for (i, out) in io.setpoints.iter().enumerate() {
             let mut c = sp.dam;
             c.shard_rate = rates[i].max(1.0);
-            c.shard_burst = (c.shard_rate * 0.01).max(c.device_burst);
+            // At most one second of the shard's rate: a burst above that
+            // would let a shard run over the rate (and an operator ceiling)
+            // for longer than a control tick can correct.
+            c.shard_burst = (c.shard_rate * 0.01).max(c.device_burst).min(c.shard_rate);
             out.publish(Some(c));
         }
         snap.ticks += 1;
@@ -691,6 +694,10 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
     let output = {
         let (stats, abandon) = (sink_stats.clone(), abandon.clone());
         let done = SetOnDrop(output_done.clone());
+        let drop_keep = cfg
+            .privilege
+            .drop_capabilities
+            .then(|| crate::privilege::runtime_set(cfg.xdp.iface.is_some()));
         let kstats = kafka_stats.clone();
         let kcfg = cfg.output.kafka.clone();
         let cpu = placement.output_cpu;
@@ -718,6 +725,18 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                         })
                     }
                     (None, Some(kstats)) => {
+                        // librdkafka's threads block every signal, so they
+                        // cannot drop capabilities later: they inherit this
+                        // thread's, dropped before the producer exists.
+                        if let Some(keep) = &drop_keep {
+                            if let Err(e) = crate::privilege::drop_self(keep) {
+                                let _ = up_tx.send(Err(e.into()));
+                                return Err(RunError::Core {
+                                    role: "output thread",
+                                    reason: "cannot drop capabilities".into(),
+                                });
+                            }
+                        }
                         // librdkafka's threads (broker I/O, compression)
                         // inherit the mask of the thread that makes the
                         // producer: every CPU but the shards', never the
@@ -1137,10 +1156,7 @@ impl Running {
     pub fn drop_capabilities(&self) -> Result<Vec<String>, RunError> {
         let keep = crate::privilege::runtime_set(self.kernel.is_some());
         let kept = crate::privilege::drop_all_threads(&keep)?;
-        *self
-            .capabilities
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = kept.clone();
+        *self.capabilities.lock().unwrap_or_else(|p| p.into_inner()) = kept.clone();
         Ok(kept)
     }
 

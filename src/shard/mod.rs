@@ -1177,7 +1177,8 @@ mod tests {
         assert_eq!(sh.snapshot().rejects.get(Reject::DuplicateSequence), 0);
     }
 
-    const KEYS: &str = "dev-a 000102030405060708090a0b0c0d0e0f\ndev-b 101112131415161718191a1b1c1d1e1f\n";
+    const KEYS: &str =
+        "dev-a 000102030405060708090a0b0c0d0e0f\ndev-b 101112131415161718191a1b1c1d1e1f\n";
 
     fn v2(id: &str, seq: u32, flags: u8, key: Option<&wire::DeviceKey>) -> Vec<u8> {
         let mut b = vec![0u8; 128];
@@ -1197,10 +1198,22 @@ mod tests {
         s.set_auth(&keys);
         let ka = key(&keys, "dev-a");
         let wrong = key(&keys, "dev-b");
-        assert_eq!(s.on_datagram(&v2("dev-a", 1, wire::V2_FLAG_URGENT, Some(&ka)), 1), Ok(()));
-        assert_eq!(s.on_datagram(&v2("dev-a", 2, 0, Some(&wrong)), 1), Err(Reject::BadMac));
-        assert_eq!(s.on_datagram(&v2("dev-a", 1, 0, Some(&ka)), 1), Err(Reject::Replay));
-        assert_eq!(s.on_datagram(&v2("dev-c", 1, 0, Some(&ka)), 1), Err(Reject::UnknownDevice));
+        assert_eq!(
+            s.on_datagram(&v2("dev-a", 1, wire::V2_FLAG_URGENT, Some(&ka)), 1),
+            Ok(())
+        );
+        assert_eq!(
+            s.on_datagram(&v2("dev-a", 2, 0, Some(&wrong)), 1),
+            Err(Reject::BadMac)
+        );
+        assert_eq!(
+            s.on_datagram(&v2("dev-a", 1, 0, Some(&ka)), 1),
+            Err(Reject::Replay)
+        );
+        assert_eq!(
+            s.on_datagram(&v2("dev-c", 1, 0, Some(&ka)), 1),
+            Err(Reject::UnknownDevice)
+        );
         let mut forged = v2("dev-a", 3, 0, Some(&ka));
         let last = forged.len() - 10;
         forged[last] ^= 1; // "2" -> "3" in the payload, after signing
@@ -1209,10 +1222,17 @@ mod tests {
         assert_eq!(s.on_datagram(&dgram("dev-a", 7, b"{}"), 1), Ok(()));
         assert_eq!(s.on_datagram(&dgram("v1-only", 1, b"{}"), 1), Ok(()));
         s.pump();
-        let got: Vec<_> = std::iter::from_fn(|| rx.pop().map(|(m, p)| (m.device_id().to_string(), m.sequence, m.flags, p.to_vec()))).collect();
+        let got: Vec<_> = std::iter::from_fn(|| {
+            rx.pop()
+                .map(|(m, p)| (m.device_id().to_string(), m.sequence, m.flags, p.to_vec()))
+        })
+        .collect();
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!((got[0].0.as_str(), got[0].1), ("dev-a", 1));
-        assert_eq!(got[0].2 & (FLAG_AUTHENTICATED | FLAG_URGENT), FLAG_AUTHENTICATED | FLAG_URGENT);
+        assert_eq!(
+            got[0].2 & (FLAG_AUTHENTICATED | FLAG_URGENT),
+            FLAG_AUTHENTICATED | FLAG_URGENT
+        );
         assert_eq!(got[0].3, br#"{"v":2}"#, "the MAC is not part of the record");
         assert_eq!(got[1].2 & FLAG_AUTHENTICATED, 0);
         let snap = s.snapshot();
@@ -1234,13 +1254,25 @@ mod tests {
         s.set_auth(&keys);
         let v1 = dgram("dev-a", 1, b"{}");
         assert_eq!(s.on_datagram_at(&v1, 1, 7001), Err(Reject::Policy));
-        assert_eq!(s.on_datagram_at(&v2("dev-a", 2, 0, None), 1, 7001), Err(Reject::Policy));
-        assert_eq!(s.on_datagram_at(&v2("dev-a", 3, 0, Some(&ka)), 1, 7001), Ok(()));
-        assert_eq!(s.on_datagram_at(&v2("dev-a", 4, 0, Some(&ka)), 1, 7002), Err(Reject::Policy));
+        assert_eq!(
+            s.on_datagram_at(&v2("dev-a", 2, 0, None), 1, 7001),
+            Err(Reject::Policy)
+        );
+        assert_eq!(
+            s.on_datagram_at(&v2("dev-a", 3, 0, Some(&ka)), 1, 7001),
+            Ok(())
+        );
+        assert_eq!(
+            s.on_datagram_at(&v2("dev-a", 4, 0, Some(&ka)), 1, 7002),
+            Err(Reject::Policy)
+        );
         assert_eq!(s.on_datagram_at(&v1, 1, 7002), Ok(()));
         assert_eq!(s.on_datagram_at(&v2("dev-a", 5, 0, None), 1, 7003), Ok(()));
         s.set_port(7001);
-        assert_eq!(s.on_datagram(&dgram("dev-a", 9, b"{}"), 1), Err(Reject::Policy));
+        assert_eq!(
+            s.on_datagram(&dgram("dev-a", 9, b"{}"), 1),
+            Err(Reject::Policy)
+        );
         assert_eq!(s.snapshot().rejects.get(Reject::Policy), 4);
     }
 
@@ -1261,7 +1293,8 @@ mod tests {
         }
         let n = drain(&mut r0).len() + drain(&mut r1).len();
         assert_eq!(n, 1, "delivered once");
-        let replays = s0.snapshot().rejects.get(Reject::Replay) + s1.snapshot().rejects.get(Reject::Replay);
+        let replays =
+            s0.snapshot().rejects.get(Reject::Replay) + s1.snapshot().rejects.get(Reject::Replay);
         assert_eq!(replays, 1);
     }
 
@@ -1272,9 +1305,16 @@ mod tests {
         s.follow_operator(op.clone());
         assert_eq!(s.on_datagram(&dgram("bad", 1, b"{}"), 1), Ok(()));
         op.deny_for_test("bad");
-        assert_eq!(s.on_datagram(&dgram("bad", 2, b"{}"), 1), Ok(()), "not before the tick");
+        assert_eq!(
+            s.on_datagram(&dgram("bad", 2, b"{}"), 1),
+            Ok(()),
+            "not before the tick"
+        );
         s.apply_setpoints();
-        assert_eq!(s.on_datagram(&dgram("bad", 3, b"{}"), 1), Err(Reject::Denied));
+        assert_eq!(
+            s.on_datagram(&dgram("bad", 3, b"{}"), 1),
+            Err(Reject::Denied)
+        );
         assert_eq!(s.on_datagram(&dgram("good", 1, b"{}"), 1), Ok(()));
         s.pump();
         assert_eq!(drain(&mut rx).len(), 3);

@@ -483,14 +483,20 @@ mod tests {
         assert_eq!(&buf[2..22], &datagram("sensor-7", 9, b"")[2..22]);
         let plain = v2("sensor-7", 10, 0, b"{}", None);
         let d = parse(&plain, &STRICT).unwrap();
-        assert_eq!((d.version, d.flags, d.mac, d.payload), (2, 0, None, &b"{}"[..]));
+        assert_eq!(
+            (d.version, d.flags, d.mac, d.payload),
+            (2, 0, None, &b"{}"[..])
+        );
     }
 
     #[test]
     fn v2_framing_faults_have_their_own_reasons() {
         let mut buf = v2("d", 1, 0, b"{}", Some(&KEY));
         assert_eq!(parse(&buf[..23], &LAX), Err(Reject::TooShort));
-        assert_eq!(parse(&buf[..V2_HEADER_LEN + 7], &LAX), Err(Reject::TooShort));
+        assert_eq!(
+            parse(&buf[..V2_HEADER_LEN + 7], &LAX),
+            Err(Reject::TooShort)
+        );
         buf[22] |= 0x80;
         assert_eq!(parse(&buf, &LAX), Err(Reject::BadFlags));
         buf[22] &= 0x7f;
