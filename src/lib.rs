@@ -32,6 +32,7 @@ pub mod shard;
 pub mod sim;
 pub mod sink;
 pub mod telemetry;
+pub mod top;
 pub mod wire;
 pub mod xdp;
 

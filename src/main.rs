@@ -89,6 +89,19 @@ enum Command {
     /// measured from the topic (throughput, loss, latency, CPU), JSON + PNG.
     #[command(subcommand)]
     Bench(Box<klais::bench::cli::BenchCmd>),
+    /// A live terminal view of a running klais from its /metrics: per-shard
+    /// rates, verdicts, queues, latency, predictor state, broker health.
+    Top {
+        /// The admin server of the klais to watch (admin.listen).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        addr: SocketAddr,
+        /// Seconds between scrapes.
+        #[arg(long, default_value = "1", value_parser = parse_secs)]
+        interval: f64,
+        /// Print one frame as plain text and exit (no terminal needed).
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the version, commit and build profile.
     Version,
 }
@@ -587,6 +600,17 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::Model(cmd) => klais::model::cli::run(cmd),
         Command::Bench(cmd) => klais::bench::cli::run(*cmd),
+        Command::Top {
+            addr,
+            interval,
+            once,
+        } => match klais::top::run(addr, Duration::from_secs_f64(interval), once) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Simulate(a) => {
             let sc = klais::sim::Scenario {
                 seed: a.seed,

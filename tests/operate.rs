@@ -206,6 +206,25 @@ fn without_a_token_file_the_admin_api_is_read_only() {
     assert!(b.contains("admin.token_file"), "{b}");
     let (st, _) = http(a, "GET", "/status", None, "");
     assert_eq!(st, 200);
+    // `klais top` reads the same endpoint: one frame after some traffic.
+    let first = klais::top::Scrape::parse(&klais::top::http_get(a, "/metrics").unwrap());
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..20 {
+        tx.send_to(&v1("top-dev", i), running.local_addr()).unwrap();
+    }
+    tx.send_to(b"junk", running.local_addr()).unwrap();
+    wait_metrics(a, |m| {
+        metric(m, "klais_shard_received_total{shard=\"0\"}") == Some(21.0)
+    });
+    let then = klais::top::Scrape::parse(&klais::top::http_get(a, "/metrics").unwrap());
+    let frame = klais::top::text(&klais::top::view(&then, &first));
+    assert!(frame.starts_with("klais "), "{frame}");
+    assert!(frame.contains("ready yes"), "{frame}");
+    assert!(
+        frame.lines().any(|l| l.trim_start().starts_with("0 ")),
+        "a row for shard 0: {frame}"
+    );
+    assert!(frame.contains("shards:too_short"), "{frame}");
     running.stop().unwrap();
 }
 
