@@ -24,6 +24,13 @@ fn load(opts: LoadOptions, limits: Limits) -> XdpProgram {
     XdpProgram::load(&opts, &limits).expect("the XDP program loads (verifier, privileges)")
 }
 
+fn v2(id: &str, seq: u32, key: Option<&wire::DeviceKey>) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    let n = wire::encode_v2(id, seq, 0, b"{}", key, &mut b).unwrap();
+    b.truncate(n);
+    b
+}
+
 fn v1(id: &str, seq: u32, body: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; HEADER_LEN + body.len()];
     wire::encode(id, seq, body, &mut b).unwrap();
@@ -179,6 +186,18 @@ fn every_verdict_matches_its_fixture() {
         (
             "a denied device is dropped",
             q(&[], false, 0, v1("banned", 1, b"{}")),
+            XDP_DROP,
+            Verdict::Denied,
+        ),
+        (
+            "an authenticated v2 datagram (magic 0xAA56) passes to the shard, which holds the keys",
+            q(&[], false, 0, v2("sensor-2", 1, Some(&[7u8; 16]))),
+            XDP_PASS,
+            Verdict::Pass,
+        ),
+        (
+            "a v2 datagram from a denied device is dropped like v1",
+            q(&[], false, 0, v2("banned", 2, None)),
             XDP_DROP,
             Verdict::Denied,
         ),
