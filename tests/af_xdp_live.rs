@@ -149,9 +149,24 @@ fn two_shards_on_veth(backend: klais::config::Backend, tag: &str) {
             cfg.telemetry.stats_interval_ms = 100;
             cfg.validate().unwrap();
             let running = klais::runtime::start(&cfg).unwrap();
+            // Ready: the filter attached, both shards and the output running.
+            let admin = running.admin_addr().unwrap();
+            let ready = klais::top::http_get(admin, "/ready");
+            assert!(
+                ready.as_deref().is_ok_and(|b| b.contains("\"ready\"")),
+                "{ready:?}"
+            );
             ready_tx.send(()).unwrap();
             sent_rx.recv().unwrap();
             std::thread::sleep(Duration::from_millis(300));
+            // The kernel's verdicts are in /metrics.
+            let m = klais::top::http_get(admin, "/metrics").unwrap();
+            assert!(
+                m.lines().any(
+                    |l| l.starts_with("klais_xdp_packets_total{verdict=") && !l.ends_with(" 0")
+                ),
+                "{m}"
+            );
             let summary = running.stop().unwrap();
             let after = klais::xdp::status(&ia).unwrap();
             (summary, after)

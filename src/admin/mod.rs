@@ -403,9 +403,13 @@ pub fn not_ready(src: &Sources) -> Vec<String> {
         why.push("the control core is not running".into());
     }
     if let Some(iface) = &src.xdp_iface {
-        match &src.kernel {
-            Some(maps) if maps.counters().is_ok() => {}
-            _ => why.push(format!("the XDP filter on {iface} is not readable")),
+        match crate::xdp::status(iface) {
+            Ok(st) if st.prog_id != 0 && st.klais_pinned => {}
+            Ok(_) => why.push(format!("the XDP filter is not attached to {iface}")),
+            Err(e) => why.push(format!("cannot query the XDP filter on {iface}: {e}")),
+        }
+        if src.kernel.as_ref().map_or(true, |m| m.counters().is_err()) {
+            why.push(format!("the XDP filter's maps on {iface} are not readable"));
         }
     }
     if let Some(k) = &src.kafka {
