@@ -63,7 +63,10 @@ fn bench_shard_v2(c: &mut Criterion) {
     let ids: Vec<String> = (0..DEVICES).map(|i| format!("dev-{i:08}")).collect();
     let mut keyfile = String::new();
     for (i, id) in ids.iter().enumerate() {
-        keyfile.push_str(&format!("{id} {:032x}\n", (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15));
+        keyfile.push_str(&format!(
+            "{id} {:032x}\n",
+            (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15
+        ));
     }
     let table = KeyTable::parse(&keyfile).unwrap();
     let keys: Vec<wire::DeviceKey> = ids

@@ -11,7 +11,8 @@
 # Works on a fresh Debian 12 machine as root with rustup: installs the system
 # packages (scripts/setup.sh), the nightly toolchain if missing, and cargo-fuzz
 # (pinned) into /var/cache/klais/cargo-fuzz-<version> if missing. Build output
-# is cached in fuzz/target/ (gitignored); CARGO_BUILD_JOBS is honoured.
+# is cached in /var/cache/klais/fuzz-target ($KLAIS_FUZZ_TARGET_DIR); CARGO_BUILD_JOBS
+# is honoured.
 #
 # Exit status: 0 when no target found anything; 1 when one crashed, leaked,
 # timed out or ran out of memory (the artifact path and the command to
@@ -64,12 +65,15 @@ if ! "$CARGO_FUZZ_ROOT/bin/cargo-fuzz" --version 2>/dev/null | grep -qx "cargo-f
   cargo +nightly install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked --root "$CARGO_FUZZ_ROOT"
 fi
 export PATH="$CARGO_FUZZ_ROOT/bin:$PATH"
-export CARGO_TARGET_DIR="$ROOT/fuzz/target"
+# The build output is cached beside the other slow installs, so a fresh clone
+# on the same machine (CI) rebuilds only the klais crate, not the dependencies
+# under the sanitizer.
+export CARGO_TARGET_DIR="${KLAIS_FUZZ_TARGET_DIR:-/var/cache/klais/fuzz-target}"
 
 # --- build ---------------------------------------------------------------
 # One build of every target (release, debug assertions, ASan, coverage
 # instrumentation); `cargo fuzz run` below finds it up to date.
-echo "fuzz: building the fuzz targets (cargo +nightly fuzz build; cached in fuzz/target)"
+echo "fuzz: building the fuzz targets (cargo +nightly fuzz build; cached in $CARGO_TARGET_DIR)"
 build_start=$(date +%s)
 cargo +nightly fuzz build --target-dir "$CARGO_TARGET_DIR"
 echo "fuzz: built in $(($(date +%s) - build_start)) s"
@@ -96,18 +100,25 @@ for t in "${targets[@]}"; do
   set -e
   elapsed=$(($(date +%s) - start))
   execs=$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' "$log" | tail -n 1)
-  cov=$(grep -oE '(cov|ft): [0-9]+' "$log" | tail -n 2 | tr '\n' ' ' || true)
+  # libFuzzer's own time ("Done N runs in S second(s)"); the wall time adds
+  # start-up and any rebuild `cargo fuzz run` did after a source change.
+  fuzzed=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
+  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 || true)
   new=$(find "$scratch" -type f | wc -l)
   if ((rc == 0)); then
     passed=$((passed + 1))
-    printf 'fuzz: %-18s ok      %10s execs in %3d s (%s%d new inputs)\n' "$t" "${execs:-?}" "$elapsed" "$cov" "$new"
+    printf 'fuzz: %-18s ok      %10s execs in %3s s (wall %3d s; %s; %d new inputs)\n' \
+      "$t" "${execs:-?}" "${fuzzed:-?}" "$elapsed" "${cov:-cov: ?}" "$new"
   else
     failed=$((failed + 1))
     failures+=("$t")
-    printf 'fuzz: %-18s FAILED  %10s execs in %3d s (exit %d)\n' "$t" "${execs:-?}" "$elapsed" "$rc"
+    printf 'fuzz: %-18s FAILED  %10s execs, wall %3d s (exit %d)\n' "$t" "${execs:-?}" "$elapsed" "$rc"
     echo "---- last lines of $t's log ----"
     tail -n 80 "$log"
     echo "--------------------------------"
+    # The cause, which a long stack trace may push out of the tail above.
+    grep -m 1 -A 1 'panicked at' "$log" | sed "s/^/fuzz: $t: /" || true
+    grep -m 1 -E '^(==[0-9]+==ERROR|SUMMARY):' "$log" | sed "s/^/fuzz: $t: /" || true
     cp "$log" "fuzz/artifacts/$t/last-run.log" 2>/dev/null || true
     artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
     if [[ -n "$artifact" ]]; then

@@ -19,3 +19,5 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test (unit, property, integration, CLI; benches once in test mode)"
 cargo test --locked --all-targets
+echo "== bounded fuzzing (scripts/fuzz.sh: every cargo-fuzz target, ${KLAIS_FUZZ_SECONDS:-60} s each)"
+scripts/fuzz.sh "${KLAIS_FUZZ_SECONDS:-60}"

@@ -835,7 +835,9 @@ impl Config {
                 "use at least 65536 (the default is 33554432)",
             ));
         }
-        let max_record = RECORD_HEADER_LEN + p.max_payload_bytes;
+        // Saturating: an absurd max_payload_bytes is reported above, and
+        // must not overflow the checks below (found by fuzzing).
+        let max_record = RECORD_HEADER_LEN.saturating_add(p.max_payload_bytes);
         let shards = self.ingest.shards;
         if !(1..=64).contains(&shards) {
             errs.push(invalid(
@@ -900,7 +902,7 @@ impl Config {
             }
             // Headers (Ethernet + 2 VLAN tags + IPv4 with options + UDP) and the
             // 256 bytes of XDP headroom the kernel keeps in every frame.
-            if p.max_payload_bytes + 14 + 8 + 60 + 8 + 256 > x.frame_size as usize {
+            if p.max_payload_bytes.saturating_add(14 + 8 + 60 + 8 + 256) > x.frame_size as usize {
                 errs.push(invalid(
                     "protocol.max_payload_bytes, ingest.af_xdp.frame_size",
                     format!(
@@ -915,7 +917,7 @@ impl Config {
             ("pipeline.overflow_bytes", self.pipeline.overflow_bytes),
             ("pipeline.mesh_bytes", self.pipeline.mesh_bytes),
         ] {
-            if bytes < 2 * max_record {
+            if bytes < max_record.saturating_mul(2) {
                 errs.push(invalid(
                     key,
                     format!("{bytes} bytes cannot hold two records of {max_record} bytes"),
@@ -940,7 +942,7 @@ impl Config {
                 ));
             }
         }
-        if self.pipeline.ring_bytes < 2 * max_record {
+        if self.pipeline.ring_bytes < max_record.saturating_mul(2) {
             errs.push(invalid(
                 "pipeline.ring_bytes, protocol.max_payload_bytes",
                 format!(
