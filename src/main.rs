@@ -89,6 +89,9 @@ enum Command {
     /// measured from the topic (throughput, loss, latency, CPU), JSON + PNG.
     #[command(subcommand)]
     Bench(Box<klais::bench::cli::BenchCmd>),
+    /// Device keys for protocol v2.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// A live terminal view of a running klais from its /metrics: per-shard
     /// rates, verdicts, queues, latency, predictor state, broker health.
     Top {
@@ -445,6 +448,11 @@ struct Traffic {
     /// Seed of the malformed choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Send protocol v2, authenticated with each device's key from this key
+    /// file (`klais keys generate` writes one for the generated devices). With
+    /// `klais demo`, klais takes the same file as `auth.keys`.
+    #[arg(long, value_name = "FILE")]
+    v2_keys: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -471,6 +479,22 @@ struct GenArgs {
     speed: f64,
     #[command(flatten)]
     traffic: Traffic,
+}
+
+/// `klais keys …`
+#[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// Write a key file (mode 600) with a random 128-bit key for each of the
+    /// generated devices dev-00000000 … (for `auth.keys` and `klais gen
+    /// --v2-keys`). Refuses to overwrite a file.
+    Generate {
+        /// Number of devices.
+        #[arg(long, default_value_t = 10_000)]
+        devices: u32,
+        /// The key file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -575,7 +599,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Gen(args) => {
-            let spec = spec_from(&args.traffic, args.to, Some(args.duration), args.count);
+            let mut spec = spec_from(&args.traffic, args.to, Some(args.duration), args.count);
+            match v2_keys(&args.traffic) {
+                Ok(k) => spec.v2_keys = k,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let stop = Arc::new(AtomicBool::new(false));
             register_signals(&stop);
             match gen::run(&spec, &stop) {
@@ -600,6 +631,36 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::Model(cmd) => klais::model::cli::run(cmd),
         Command::Bench(cmd) => klais::bench::cli::run(*cmd),
+        Command::Keys(KeysCmd::Generate { devices, out }) => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt;
+            let text = match gen::generate_keys(devices) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: reading random bytes: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out);
+            match file.and_then(|mut f| f.write_all(text.as_bytes())) {
+                Ok(()) => {
+                    eprintln!(
+                        "wrote {devices} device keys to {} (mode 600): set auth.keys to it; `klais gen --v2-keys {}` sends as those devices",
+                        out.display(),
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e} (it must not exist yet)", out.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Top {
             addr,
             interval,
@@ -1079,8 +1140,21 @@ fn xdp_cmd(cmd: XdpCmd) -> ExitCode {
     }
 }
 
+/// The v2 keys of `--v2-keys`, one per generated device; the error says what
+/// is wrong with the file.
+fn v2_keys(t: &Traffic) -> Result<Option<Arc<Vec<klais::wire::DeviceKey>>>, String> {
+    let Some(path) = &t.v2_keys else {
+        return Ok(None);
+    };
+    let table = klais::shard::auth::KeyTable::load(path).map_err(|e| format!("--v2-keys: {e}"))?;
+    gen::keys_for_devices(&table, t.devices.max(1))
+        .map(|k| Some(Arc::new(k)))
+        .map_err(|e| format!("--v2-keys: {e}"))
+}
+
 fn spec_from(t: &Traffic, to: SocketAddr, duration: Option<f64>, count: Option<u64>) -> GenSpec {
     GenSpec {
+        v2_keys: None,
         target: to,
         devices: t.devices.max(1),
         rate_pps: t.rate,
@@ -1185,6 +1259,10 @@ fn run(
         }
     };
     if let Err(code) = after_start(&running, cfg) {
+        // Stop cleanly: drain what was accepted, detach the filter.
+        if let Err(e) = running.stop() {
+            eprintln!("error: stopping: {e}");
+        }
         return code;
     }
     // Handlers first: once the line below is printed, a SIGTERM must drain.
@@ -1376,6 +1454,20 @@ fn demo(args: DemoArgs) -> ExitCode {
         }
         (None, None) => cfg.output.sink = SinkKind::Null,
     }
+    // Authenticated devices: klais takes the generator's key file.
+    let keys = match v2_keys(&args.traffic) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if keys.is_some() {
+        cfg.auth.keys = args.traffic.v2_keys.clone();
+        // The generator starts every device at sequence 0 on each run: the
+        // demo's replay windows are its own, not the appliance's.
+        cfg.auth.replay_state = Some(journal_dir.with_extension("replay"));
+    }
     let early = Arc::new(AtomicBool::new(false));
     register_signals(&early);
     let running = match runtime::start(&cfg) {
@@ -1386,6 +1478,10 @@ fn demo(args: DemoArgs) -> ExitCode {
         }
     };
     if let Err(code) = after_start(&running, &cfg) {
+        // Stop cleanly: drain what was accepted, detach the filter.
+        if let Err(e) = running.stop() {
+            eprintln!("error: stopping: {e}");
+        }
         return code;
     }
     let stop = running.stop_flag();
@@ -1397,7 +1493,8 @@ fn demo(args: DemoArgs) -> ExitCode {
     if t.malformed_ppm == 0 {
         t.malformed_ppm = 10_000; // 1 %: shows the reject counters at work
     }
-    let spec = spec_from(&t, running.local_addr(), Some(args.duration), None);
+    let mut spec = spec_from(&t, running.local_addr(), Some(args.duration), None);
+    spec.v2_keys = keys;
     eprintln!(
         "demo: klais on udp {} ({}); sending {} pps from {} devices for {:.0}s, {} ppm malformed; records -> {}",
         running.local_addr(),

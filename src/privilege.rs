@@ -135,6 +135,7 @@ pub fn threads_of(pid: &str) -> Vec<(u32, ThreadCaps)> {
             out.push((tid, parse_status(&text)));
         }
     }
+    out.sort_by_key(|(t, _)| *t);
     out
 }
 
@@ -334,7 +335,20 @@ pub fn drop_all_threads(keep: &[u32]) -> Result<Vec<String>, PrivilegeError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    let left: Vec<String> = threads_of("self")
+    // The check: until two scans in a row list the same threads (a thread
+    // that dropped late may have started one in between; it inherited from
+    // a thread that still held more).
+    let mut scan = threads_of("self");
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(5));
+        let again = threads_of("self");
+        let same = again.len() == scan.len() && again.iter().zip(&scan).all(|(a, b)| a.0 == b.0);
+        scan = again;
+        if same {
+            break;
+        }
+    }
+    let left: Vec<String> = scan
         .iter()
         .filter(|(_, c)| holds_more(c))
         .map(|(t, _)| {

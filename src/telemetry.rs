@@ -96,15 +96,17 @@ mod tests {
 
     #[test]
     fn a_call_site_gets_its_lines_per_second_and_the_rest_are_counted() {
-        struct Site;
+        // Not zero-sized: two statics of a ZST may share an address, and a
+        // call site is identified by its address.
+        struct Site(#[allow(dead_code)] u8);
         impl tracing::callsite::Callsite for Site {
             fn set_interest(&self, _: tracing::subscriber::Interest) {}
             fn metadata(&self) -> &tracing::Metadata<'_> {
                 unimplemented!()
             }
         }
-        static A: Site = Site;
-        static B: Site = Site;
+        static A: Site = Site(1);
+        static B: Site = Site(2);
         let r = RateLimit::new(3);
         let t0 = std::time::Instant::now();
         let before = LOG_SUPPRESSED.load(std::sync::atomic::Ordering::Relaxed);

@@ -24,6 +24,8 @@ fn config(out: &Path) -> Config {
     cfg.output.path = Some(out.to_path_buf());
     cfg.telemetry.stats_interval_ms = 100;
     cfg.sequence.max_devices = 4096;
+    // Each test's replay windows are its own (the default file is shared).
+    cfg.auth.replay_state = Some(out.with_extension("replay"));
     cfg
 }
 
@@ -191,6 +193,43 @@ fn admin_writes_without_the_right_token_are_refused_and_change_nothing() {
     let s = running.stop().unwrap();
     assert_eq!(s.shards.accepted, 2);
     assert_eq!(s.shards.rejects.get(Reject::Denied), 1);
+}
+
+#[test]
+fn hostile_requests_are_refused_and_the_server_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("out.jsonl"));
+    cfg.admin.token_file = Some(secret_file(dir.path(), "token", "tok\n"));
+    let Some(running) = start_or_skip(&cfg) else {
+        return;
+    };
+    let a = running.admin_addr().unwrap();
+    // A huge Content-Length and no body: refused at once, nothing allocated.
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "PUT /admin/ceiling HTTP/1.1\r\nAuthorization: Bearer tok\r\nContent-Length: 18446744073709551000\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 4"), "{resp:?}");
+    // A client that connects and says nothing, and one that sends garbage.
+    let _idle = TcpStream::connect(a).unwrap();
+    let mut junk = TcpStream::connect(a).unwrap();
+    junk.write_all(b"\x16\x03\x01 not http\r\n\r\n").unwrap();
+    // The server still answers (the idle one is dropped at its deadline).
+    let (st, _) = http(a, "GET", "/health", None, "");
+    assert_eq!(st, 200);
+    let (st, _) = http(a, "PUT", "/admin/ceiling", Some("tok"), &"x".repeat(70_000));
+    assert_eq!(st, 413);
+    let (st, b) = http(a, "PUT", "/admin/ceiling", Some("tok"), r#"{"pps": 5}"#);
+    assert_eq!(st, 409, "no Dam, no control core: {b}");
+    assert!(b.contains("dam.device_rate_pps"), "{b}");
+    let (st, _) = http(a, "PUT", "/admin/deny/a%00b", Some("tok"), "");
+    assert_eq!(st, 400, "an id with a NUL is refused");
+    running.stop().unwrap();
 }
 
 #[test]
@@ -388,6 +427,39 @@ fn v2_devices_are_delivered_with_the_right_key_only_once_and_v1_is_unaffected() 
             ("plain".into(), 1),
         ]
     );
+}
+
+#[test]
+fn a_datagram_captured_before_a_restart_is_still_a_replay_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut cfg = config(&out);
+    cfg.auth.keys = Some(secret_file(dir.path(), "keys", KEYS));
+    cfg.auth.replay_state = Some(dir.path().join("state/replay"));
+    let k1 = *KeyTable::parse(KEYS)
+        .unwrap()
+        .key_of(&wire::raw_device_id("meter-1").unwrap())
+        .unwrap();
+    let captured = v2("meter-1", 5, Some(&k1));
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let Some(first) = start_or_skip(&cfg) else {
+        return;
+    };
+    tx.send_to(&captured, first.local_addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(first.stop().unwrap().shards.accepted, 1);
+    let saved = std::fs::read_to_string(dir.path().join("state/replay")).unwrap();
+    assert!(saved.lines().any(|l| l == "meter-1 5"), "{saved}");
+
+    let second = start_or_skip(&cfg).unwrap();
+    let to = second.local_addr();
+    tx.send_to(&captured, to).unwrap();
+    tx.send_to(&v2("meter-1", 4, Some(&k1)), to).unwrap();
+    tx.send_to(&v2("meter-1", 6, Some(&k1)), to).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let s = second.stop().unwrap();
+    assert_eq!(s.shards.rejects.get(Reject::Replay), 2);
+    assert_eq!(s.shards.accepted, 1);
 }
 
 #[test]

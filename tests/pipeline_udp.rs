@@ -249,6 +249,7 @@ fn stopping_under_load_loses_nothing_that_was_accepted() {
         payload_bytes: 120,
         malformed_ppm: 20_000,
         seed: 7,
+        v2_keys: None,
     };
     let gen_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {

@@ -36,6 +36,11 @@ impl W {
         }
         if value.is_finite() && value == value.trunc() && value.abs() < 1e15 {
             let _ = writeln!(self.out, " {}", value as i64);
+        } else if value.is_nan() {
+            self.out.push_str(" NaN\n");
+        } else if value.is_infinite() {
+            self.out
+                .push_str(if value > 0.0 { " +Inf\n" } else { " -Inf\n" });
         } else {
             let _ = writeln!(self.out, " {value}");
         }
@@ -331,12 +336,14 @@ pub fn render(src: &Sources) -> String {
 
     // Operator (admin API).
     let op = src.operator.state();
-    w.one(
+    w.family(
         "klais_operator_ceiling_pps",
         "gauge",
-        "Operator ceiling on the global admission rate (admin API); absent: none.",
-        op.ceiling_pps.map_or(f64::NAN, |c| c as f64),
+        "Operator ceiling on the global admission rate (admin API); no sample: none set.",
     );
+    if let Some(c) = op.ceiling_pps {
+        w.v("klais_operator_ceiling_pps", &[], c as f64);
+    }
     w.one(
         "klais_operator_overrides",
         "gauge",

@@ -24,7 +24,7 @@
 pub mod metrics;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -207,13 +207,15 @@ impl Server {
     /// Binds `listen` and serves from a thread pinned to `cpu`. Fails when the
     /// address cannot be bound (the error names `admin.listen`).
     pub fn start(listen: SocketAddr, cpu: usize, src: Sources) -> Result<Server, String> {
-        let server = tiny_http::Server::http(listen).map_err(|e| {
+        let listener = std::net::TcpListener::bind(listen).map_err(|e| {
             format!("admin.listen: cannot bind {listen}: {e} (choose a free port, or set admin.enabled = false)")
         })?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| "admin.listen: not an IP address".to_string())?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("admin.listen: {e}"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("admin.listen: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::Builder::new()
@@ -221,14 +223,21 @@ impl Server {
             .spawn(move || {
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                 let mut limiter = LogLimiter::default();
+                // One connection at a time, each bounded in time and size
+                // (CONNECTION_DEADLINE, MAX_HEAD, MAX_BODY): a slow or
+                // hostile client costs at most a few seconds of this thread,
+                // never memory, never a core's time.
                 while !st.load(Ordering::Relaxed) {
-                    match server.recv_timeout(Duration::from_millis(100)) {
-                        Ok(Some(req)) => serve_one(req, &src, &mut limiter),
-                        Ok(None) => {}
+                    match listener.accept() {
+                        Ok((conn, _)) => serve_conn(conn, &src, &mut limiter),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
                         Err(e) => {
                             if limiter.allow() {
-                                tracing::warn!("admin server: {e}");
+                                tracing::warn!("admin server: accept: {e}");
                             }
+                            std::thread::sleep(Duration::from_millis(20));
                         }
                     }
                 }
@@ -296,61 +305,174 @@ fn error(status: u16, msg: impl std::fmt::Display) -> Reply {
     json(status, serde_json::json!({ "error": msg.to_string() }))
 }
 
-fn serve_one(mut req: tiny_http::Request, src: &Sources, limiter: &mut LogLimiter) {
-    let method = req.method().clone();
-    let url = req.url().to_string();
-    let path = url.split('?').next().unwrap_or("").to_string();
-    let write = !matches!(method, tiny_http::Method::Get | tiny_http::Method::Head);
-    let reply = if write {
-        match authorize(&req, src) {
-            Err((result, reply)) => {
-                src.operator.count(result);
-                if limiter.allow() {
-                    tracing::warn!("admin API: refused {method} {path}: {}", reply.2.trim_end());
-                }
-                reply
-            }
-            Ok(()) => {
-                let mut body = String::new();
-                let r = if req
-                    .as_reader()
-                    .take(64 * 1024)
-                    .read_to_string(&mut body)
-                    .is_err()
-                {
-                    error(400, "the body is not UTF-8")
-                } else {
-                    write_request(&method, &path, &body, src)
-                };
-                src.operator.count(match r.0 {
-                    200..=299 => 0,
-                    409 => 4,
-                    _ => 3,
-                });
-                if r.0 < 300 {
-                    tracing::info!("admin API: {method} {path}: {}", r.2.trim_end());
-                }
-                r
-            }
-        }
-    } else {
-        read_request(&path, src)
-    };
-    let (status, ctype, body) = reply;
-    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes()) {
-        resp = resp.with_header(h);
-    }
-    if status == 401 {
-        if let Ok(h) = tiny_http::Header::from_bytes(&b"WWW-Authenticate"[..], &b"Bearer"[..]) {
-            resp = resp.with_header(h);
-        }
-    }
-    let _ = req.respond(resp);
+/// Longest request head (request line and headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Longest request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Time one connection may take, reading and answering.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A parsed request.
+struct Request {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: Vec<u8>,
 }
 
-/// Checks the bearer token in constant time. Err: (result index, reply).
-fn authorize(req: &tiny_http::Request, src: &Sources) -> Result<(), (usize, Reply)> {
+/// Reads one request within the deadline and the size limits; Err is the
+/// reply to send (or None: the client went away or was too slow).
+fn read_request_from(conn: &mut std::net::TcpStream) -> Result<Request, Option<Reply>> {
+    let deadline = Instant::now() + CONNECTION_DEADLINE;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let mut read_some =
+        |conn: &mut std::net::TcpStream, buf: &mut Vec<u8>| -> Result<usize, Option<Reply>> {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(None);
+            }
+            conn.set_read_timeout(Some(left)).map_err(|_| None)?;
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => Err(None),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    Ok(n)
+                }
+            }
+        };
+    let (head_len, method, path, authorization, content_length) = loop {
+        read_some(conn, &mut buf)?;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let mut auth = None;
+                let mut len = 0usize;
+                for h in req.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("authorization") {
+                        auth = Some(String::from_utf8_lossy(h.value).into_owned());
+                    } else if h.name.eq_ignore_ascii_case("content-length") {
+                        len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse().ok())
+                            .ok_or_else(|| Some(error(400, "bad Content-Length")))?;
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        return Err(Some(error(
+                            411,
+                            "send a Content-Length, not a chunked body",
+                        )));
+                    }
+                }
+                if len > MAX_BODY {
+                    return Err(Some(error(
+                        413,
+                        format!("bodies are at most {MAX_BODY} bytes"),
+                    )));
+                }
+                break (
+                    n,
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("").to_string(),
+                    auth,
+                    len,
+                );
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(Some(error(
+                    431,
+                    format!("request heads are at most {MAX_HEAD} bytes"),
+                )))
+            }
+            Err(e) => return Err(Some(error(400, format!("not an HTTP/1.x request: {e}")))),
+        }
+    };
+    while buf.len() < head_len + content_length {
+        read_some(conn, &mut buf)?;
+    }
+    let body = buf[head_len..head_len + content_length].to_vec();
+    Ok(Request {
+        method,
+        path: path.split('?').next().unwrap_or("").to_string(),
+        authorization,
+        body,
+    })
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn serve_conn(mut conn: std::net::TcpStream, src: &Sources, limiter: &mut LogLimiter) {
+    let _ = conn.set_nonblocking(false);
+    let reply = match read_request_from(&mut conn) {
+        Ok(req) => handle(&req, src, limiter),
+        Err(Some(reply)) => reply,
+        Err(None) => return,
+    };
+    let (status, ctype, body) = reply;
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+        reason_phrase(status),
+        body.len(),
+        if status == 401 { "WWW-Authenticate: Bearer\r\n" } else { "" }
+    );
+    let _ = conn.set_write_timeout(Some(CONNECTION_DEADLINE));
+    let _ = conn
+        .write_all(head.as_bytes())
+        .and_then(|()| conn.write_all(body.as_bytes()));
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+fn handle(req: &Request, src: &Sources, limiter: &mut LogLimiter) -> Reply {
+    let (method, path) = (req.method.as_str(), req.path.as_str());
+    if matches!(method, "GET" | "HEAD") {
+        let mut r = read_request(path, src);
+        if method == "HEAD" {
+            r.2.clear();
+        }
+        return r;
+    }
+    if let Err((result, reply)) = authorize(req.authorization.as_deref(), src) {
+        src.operator.count(result);
+        if limiter.allow() {
+            tracing::warn!("admin API: refused {method} {path}: {}", reply.2.trim_end());
+        }
+        return reply;
+    }
+    let r = match std::str::from_utf8(&req.body) {
+        Ok(body) => write_request(method, path, body, src),
+        Err(_) => error(400, "the body is not UTF-8"),
+    };
+    src.operator.count(match r.0 {
+        200..=299 => 0,
+        409 => 4,
+        _ => 3,
+    });
+    if r.0 < 300 {
+        tracing::info!("admin API: {method} {path}: {}", r.2.trim_end());
+    }
+    r
+}
+
+/// Checks the bearer token. Both sides are hashed under a key drawn at
+/// start and the hashes compared, so the comparison takes the same time
+/// whatever the token's length or its first differing byte. Err: (result
+/// index, reply).
+fn authorize(header: Option<&str>, src: &Sources) -> Result<(), (usize, Reply)> {
     let Some(token) = &src.token else {
         return Err((
             2,
@@ -360,27 +482,42 @@ fn authorize(req: &tiny_http::Request, src: &Sources) -> Result<(), (usize, Repl
             ),
         ));
     };
-    let given = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .map(|h| h.value.as_str().to_string());
-    let Some(given) = given else {
+    let Some(given) = header else {
         return Err((
             1,
             error(401, "this write needs `Authorization: Bearer <token>`"),
         ));
     };
-    let Some(given) = given.strip_prefix("Bearer ") else {
+    let given = given.trim();
+    let Some(given) = given
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("bearer "))
+        .map(|_| given[7..].trim())
+    else {
         return Err((1, error(401, "only Bearer authorization is accepted")));
     };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-    if same {
+    let key = token_key();
+    let (a, b) = (
+        crate::wire::mac(&key, given.as_bytes()),
+        crate::wire::mac(&key, token.as_bytes()),
+    );
+    if a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0 {
         Ok(())
     } else {
         Err((2, error(403, "wrong token")))
     }
+}
+
+/// A per-process random key for the token comparison.
+fn token_key() -> crate::wire::DeviceKey {
+    static KEY: std::sync::OnceLock<crate::wire::DeviceKey> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        let mut k = [0u8; 16];
+        // SAFETY: getrandom writes at most 16 bytes into `k`; on failure the
+        // key stays a fixed one, which only weakens the timing argument.
+        unsafe { libc::getrandom(k.as_mut_ptr().cast(), k.len(), 0) };
+        k
+    })
 }
 
 /// Readiness: every configured part up. Returns the reasons it is not.
@@ -548,14 +685,13 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn write_request(method: &tiny_http::Method, path: &str, text: &str, src: &Sources) -> Reply {
-    use tiny_http::Method::{Delete, Post, Put};
+fn write_request(method: &str, path: &str, text: &str, src: &Sources) -> Reply {
     let op = &src.operator;
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let r: Result<Reply, Reply> = (|| match (method, parts.as_slice()) {
-        (Put, ["admin", "ceiling"]) => {
-            if src.control.is_none() && src.kernel.is_none() {
-                return Err(error(409, "no ceiling to set: the control core runs with [dam] (set dam.device_rate_pps) and the kernel budget with the XDP filter (xdp.iface)"));
+        ("PUT", ["admin", "ceiling"]) => {
+            if src.control.is_none() {
+                return Err(error(409, "no ceiling to set: the control core, which applies it to the shards and the kernel budget, runs with the Dam (set dam.device_rate_pps)"));
             }
             let b: CeilingBody = body(text, r#"{"pps": 50000}"#)?;
             if b.pps == 0 {
@@ -564,11 +700,11 @@ fn write_request(method: &tiny_http::Method, path: &str, text: &str, src: &Sourc
             op.with(|s| s.ceiling_pps = Some(b.pps));
             Ok(json(200, serde_json::json!({ "ceiling_pps": b.pps })))
         }
-        (Delete, ["admin", "ceiling"]) => {
+        ("DELETE", ["admin", "ceiling"]) => {
             op.with(|s| s.ceiling_pps = None);
             Ok(json(200, serde_json::json!({ "ceiling_pps": null })))
         }
-        (Put, ["admin", "overrides", id]) => {
+        ("PUT", ["admin", "overrides", id]) => {
             let (hash, id) = device(id)?;
             let b: OverrideBody = body(text, r#"{"pps": 100, "burst": 200}"#)?;
             let burst = b.burst.unwrap_or(b.pps.saturating_mul(2)).max(1);
@@ -584,7 +720,7 @@ fn write_request(method: &tiny_http::Method, path: &str, text: &str, src: &Sourc
                 serde_json::json!({ "device": id, "pps": b.pps, "burst": burst }),
             ))
         }
-        (Delete, ["admin", "overrides", id]) => {
+        ("DELETE", ["admin", "overrides", id]) => {
             let (hash, id) = device(id)?;
             if let Some(maps) = &src.kernel {
                 maps.set_override(hash, None)
@@ -596,9 +732,9 @@ fn write_request(method: &tiny_http::Method, path: &str, text: &str, src: &Sourc
                 serde_json::json!({ "device": id, "removed": had }),
             ))
         }
-        (Put | Delete, ["admin", "deny", id]) => {
+        ("PUT" | "DELETE", ["admin", "deny", id]) => {
             let (hash, id) = device(id)?;
-            let deny = *method == Put;
+            let deny = method == "PUT";
             if let Some(maps) = &src.kernel {
                 maps.set_denied(hash, deny)
                     .map_err(|e| error(500, format!("writing the kernel deny list: {e}")))?;
@@ -609,7 +745,7 @@ fn write_request(method: &tiny_http::Method, path: &str, text: &str, src: &Sourc
                 serde_json::json!({ "device": id, "denied": deny }),
             ))
         }
-        (Post, ["admin", "model", "reload"]) => {
+        ("POST", ["admin", "model", "reload"]) => {
             let b: ReloadBody = body(text, r#"{"file": "models/classifier.json"}"#)?;
             let maps = src.kernel.as_ref().ok_or_else(|| {
                 error(

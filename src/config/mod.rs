@@ -71,7 +71,7 @@ pub struct Config {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// Key file for protocol v2 devices: one per line, `<device id> <32 hex
@@ -87,6 +87,30 @@ pub struct AuthSection {
     /// Per-port exceptions, e.g. `ports = { "7701" = "v2" }` (at most 16).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub ports: std::collections::BTreeMap<String, crate::shard::auth::Policy>,
+    /// File where each v2 device's highest authenticated sequence is saved
+    /// at a clean stop and read at start, so datagrams captured before a
+    /// restart are replays after it (default /var/lib/klais/replay-state).
+    /// After a crash the windows start from the last clean stop's state.
+    #[serde(
+        default = "default_replay_state",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replay_state: Option<PathBuf>,
+}
+
+fn default_replay_state() -> Option<PathBuf> {
+    Some(PathBuf::from("/var/lib/klais/replay-state"))
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            keys: None,
+            policy: crate::shard::auth::Policy::default(),
+            ports: std::collections::BTreeMap::new(),
+            replay_state: default_replay_state(),
+        }
+    }
 }
 
 impl AuthSection {

@@ -37,6 +37,78 @@ pub struct GenSpec {
     pub malformed_ppm: u32,
     /// Seed for the malformed choice.
     pub seed: u64,
+    /// Send protocol v2, authenticated: device `i`'s key is `v2_keys[i]`
+    /// ([`keys_for_devices`]). None: protocol v1.
+    pub v2_keys: Option<std::sync::Arc<Vec<wire::DeviceKey>>>,
+}
+
+/// The v2 key of every generated device `dev-00000000 … dev-{n-1}` from a
+/// key table; the error names the first device without one and the fix.
+pub fn keys_for_devices(
+    table: &crate::shard::auth::KeyTable,
+    devices: u32,
+) -> Result<Vec<wire::DeviceKey>, String> {
+    (0..devices)
+        .map(|d| {
+            let mut id = [0u8; 16];
+            let n = device_name(d, &mut id);
+            let name = std::str::from_utf8(&id[..n]).unwrap_or("dev");
+            let raw = wire::raw_device_id(name).map_err(|e| e.to_string())?;
+            table.key_of(&raw).copied().ok_or_else(|| {
+                format!("the key file has no key for {name}; `klais keys generate --devices {devices} --out FILE` writes keys for every generated device")
+            })
+        })
+        .collect()
+}
+
+/// Key-file text for the generated devices `dev-00000000 …`, with random
+/// 128-bit keys from the kernel's generator (`getrandom`).
+pub fn generate_keys(devices: u32) -> io::Result<String> {
+    let mut out = String::with_capacity(devices as usize * 46 + 64);
+    out.push_str("# klais v2 device keys (klais keys generate): <device id> <128-bit key, hex>\n");
+    let mut key = [0u8; 16];
+    for d in 0..devices {
+        let mut filled = 0;
+        while filled < key.len() {
+            // SAFETY: getrandom writes at most the given length into `key`.
+            let r = unsafe {
+                libc::getrandom(key[filled..].as_mut_ptr().cast(), key.len() - filled, 0)
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            filled += r as usize;
+        }
+        let mut id = [0u8; 16];
+        let n = device_name(d, &mut id);
+        out.push_str(std::str::from_utf8(&id[..n]).unwrap_or("dev"));
+        out.push(' ');
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in key {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Turns the v1 datagram of `len` bytes in `buf` into an authenticated v2
+/// one under `key` (payload moved 2 bytes on, flags, MAC appended); returns
+/// its length. `buf` must have 10 bytes to spare. Allocates nothing.
+pub fn to_v2(buf: &mut [u8], len: usize, key: &wire::DeviceKey) -> usize {
+    buf.copy_within(HEADER_LEN..len, wire::V2_HEADER_LEN);
+    buf[..2].copy_from_slice(&wire::MAGIC_V2.to_be_bytes());
+    buf[22] = wire::V2_FLAG_AUTHENTICATED;
+    buf[23] = 0;
+    let end = len + 2;
+    let tag = wire::mac(key, &buf[..end]);
+    buf[end..end + wire::MAC_LEN].copy_from_slice(&tag);
+    end + wire::MAC_LEN
 }
 
 impl Default for GenSpec {
@@ -50,6 +122,7 @@ impl Default for GenSpec {
             payload_bytes: 200,
             malformed_ppm: 0,
             seed: 1,
+            v2_keys: None,
         }
     }
 }
@@ -144,6 +217,10 @@ fn build(spec: &GenSpec, seqs: &mut [u32], n: u64, malformed: Option<u8>, buf: &
         spec.payload_bytes,
         buf,
     );
+    let len = match &spec.v2_keys {
+        Some(keys) => to_v2(buf, len, &keys[dev as usize]),
+        None => len,
+    };
     match malformed {
         None => len,
         Some(k) => make_malformed(k, buf, len),
@@ -171,7 +248,18 @@ pub fn run(spec: &GenSpec, stop: &AtomicBool) -> io::Result<GenReport> {
         ));
     }
     let sock = connect(spec.target)?;
-    let mut buf = vec![0u8; HEADER_LEN + spec.payload_bytes.max(64)];
+    if spec
+        .v2_keys
+        .as_ref()
+        .is_some_and(|k| k.len() < spec.devices as usize)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "fewer v2 keys than devices",
+        ));
+    }
+    // v2 adds 2 header bytes and an 8-byte MAC.
+    let mut buf = vec![0u8; HEADER_LEN + spec.payload_bytes.max(64) + 10];
     let mut seqs = vec![0u32; spec.devices as usize];
     let mut rng = spec.seed | 1;
     let mut report = GenReport::default();
@@ -277,6 +365,39 @@ pub fn run_scenario(
 mod tests {
     use super::*;
     use crate::wire::{parse, ParseOptions, Reject};
+
+    #[test]
+    fn generated_v2_datagrams_verify_under_the_generated_keys() {
+        let text = generate_keys(5).unwrap();
+        let table = crate::shard::auth::KeyTable::parse(&text).unwrap();
+        assert_eq!(table.len(), 5);
+        let keys = keys_for_devices(&table, 5).unwrap();
+        assert!(keys_for_devices(&table, 6)
+            .unwrap_err()
+            .contains("dev-00000005"));
+        let spec = GenSpec {
+            devices: 5,
+            payload_bytes: 100,
+            v2_keys: Some(std::sync::Arc::new(keys)),
+            ..GenSpec::default()
+        };
+        let auth = crate::shard::auth::Auth::new(&table);
+        let mut seqs = vec![0; 5];
+        let mut buf = vec![0; 512];
+        let opts = ParseOptions {
+            max_payload: 1400,
+            validate_json: true,
+        };
+        for n in 0..10 {
+            let len = build(&spec, &mut seqs, n, None, &mut buf);
+            let d = parse(&buf[..len], &opts).unwrap();
+            assert_eq!(d.version, 2);
+            assert_eq!(
+                auth.verify(d.device_hash(), d.raw_id, d.signed, d.mac.unwrap()),
+                Ok(())
+            );
+        }
+    }
 
     #[test]
     fn generated_datagrams_parse_with_json_validation_and_rising_sequences() {

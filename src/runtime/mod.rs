@@ -91,6 +91,9 @@ pub enum RunError {
     /// The admin server could not start.
     #[error("admin server: {0}")]
     Admin(String),
+    /// The replay state (`auth.replay_state`) could not be read.
+    #[error("{0}")]
+    ReplayState(String),
     /// Capabilities could not be dropped.
     #[error(transparent)]
     Privilege(#[from] crate::privilege::PrivilegeError),
@@ -154,6 +157,11 @@ pub struct Running {
     admin: Option<crate::admin::Server>,
     /// Capabilities kept after start-up.
     capabilities: Arc<std::sync::Mutex<Vec<String>>>,
+    /// `auth.replay_state` and the state the shards leave at their end.
+    replay: Option<(
+        PathBuf,
+        Arc<std::sync::Mutex<crate::shard::auth::ReplayState>>,
+    )>,
     stop: Arc<AtomicBool>,
     abandon: Arc<AtomicBool>,
     shards_done: Vec<Arc<AtomicBool>>,
@@ -350,10 +358,15 @@ fn control_loop(
         for (i, out) in io.setpoints.iter().enumerate() {
             let mut c = sp.dam;
             c.shard_rate = rates[i].max(1.0);
-            // At most one second of the shard's rate: a burst above that
-            // would let a shard run over the rate (and an operator ceiling)
-            // for longer than a control tick can correct.
-            c.shard_burst = (c.shard_rate * 0.01).max(c.device_burst).min(c.shard_rate);
+            c.shard_burst = (c.shard_rate * 0.01).max(c.device_burst);
+            // Under an operator ceiling, no shard's burst exceeds a second of
+            // its share of it (else a burst would run past the ceiling for
+            // longer than a tick can correct); a quiet shard keeps an even
+            // share, so its first messages are not throttled to 1.
+            if let Some(cap) = api_ceiling {
+                let share = (cap as f64 / n as f64).max(1.0);
+                c.shard_burst = c.shard_burst.min(c.shard_rate.max(share));
+            }
             out.publish(Some(c));
         }
         snap.ticks += 1;
@@ -504,6 +517,24 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         Some(p) => Some(Arc::new(crate::shard::auth::KeyTable::load(p)?)),
         None => None,
     };
+    // The replay windows as the last clean stop left them.
+    let replay = match (&keys, &cfg.auth.replay_state) {
+        (Some(_), Some(p)) => {
+            let st = crate::shard::auth::ReplayState::load(p).map_err(RunError::ReplayState)?;
+            Some((p.clone(), Arc::new(st)))
+        }
+        (Some(_), None) => {
+            tracing::warn!("auth.replay_state is not set: v2 replay windows start empty at every start, so a datagram captured before a restart can be replayed once after it");
+            None
+        }
+        (None, _) => None,
+    };
+    let replay_out = Arc::new(std::sync::Mutex::new(
+        replay
+            .as_ref()
+            .map(|(_, st)| (**st).clone())
+            .unwrap_or_default(),
+    ));
     let token = match &cfg.admin.token_file {
         Some(p) if cfg.admin.enabled => Some(crate::admin::read_token(p).map_err(RunError::Admin)?),
         _ => None,
@@ -804,6 +835,8 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         // Always: a classifier loaded later with `klais model load` marks too.
         read_marks: true,
         keys: keys.clone(),
+        replay: replay.as_ref().map(|(_, st)| st.clone()),
+        replay_out: replay_out.clone(),
         operator: operator.clone(),
         port: local_addr.port(),
     };
@@ -914,6 +947,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         stopping: stop.clone(),
     };
     let mut running = Running {
+        replay: replay.map(|(p, _)| (p, replay_out)),
         admin: None,
         capabilities: Arc::new(std::sync::Mutex::new(Vec::new())),
         stop,
@@ -1005,6 +1039,10 @@ struct ShardModels {
     read_marks: bool,
     /// Device keys (`auth.keys`): each shard builds its own table.
     keys: Option<Arc<crate::shard::auth::KeyTable>>,
+    /// The saved replay windows (`auth.replay_state`).
+    replay: Option<Arc<crate::shard::auth::ReplayState>>,
+    /// Where each shard leaves its devices' highest sequences at its end.
+    replay_out: Arc<std::sync::Mutex<crate::shard::auth::ReplayState>>,
     /// The operator's settings (deny list).
     operator: Arc<crate::admin::Operator>,
     /// The UDP backend's port (its `[auth]` policy).
@@ -1048,7 +1086,10 @@ async fn run_shard(
         shard.follow_setpoints(sp);
     }
     if let Some(keys) = &models.keys {
-        shard.set_auth(keys);
+        match &models.replay {
+            Some(st) => shard.set_auth_with_state(keys, st),
+            None => shard.set_auth(keys),
+        }
     }
     shard.follow_operator(models.operator.clone());
     shard.set_port(models.port);
@@ -1120,6 +1161,12 @@ async fn run_shard(
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     shard.flush();
+    {
+        let mut out = models.replay_out.lock().unwrap_or_else(|p| p.into_inner());
+        for (raw, top) in shard.auth_tops() {
+            out.record(raw, top);
+        }
+    }
     let last = shard.snapshot();
     stats.publish(last);
     Ok(last)
@@ -1261,6 +1308,17 @@ impl Running {
             }
         }
         let control = self.control.and_then(|h| h.join().ok());
+        if let Some((path, st)) = &self.replay {
+            let st = st.lock().unwrap_or_else(|p| p.into_inner());
+            match st.save(path) {
+                Ok(()) => {
+                    tracing::info!(devices = st.len(), file = %path.display(), "v2 replay state saved")
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), "cannot save the v2 replay state ({e}): after this restart, datagrams captured before it could be replayed once")
+                }
+            }
+        }
         let OutputEnd { sink, kafka } = out?;
         let xdp = match self.kernel {
             Some(k) => {

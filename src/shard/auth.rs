@@ -30,6 +30,7 @@ use crate::wire::{self, DeviceKey, Reject, DEVICE_ID_LEN, MAC_LEN};
 
 /// Sequences the replay window remembers below the highest one seen.
 pub const REPLAY_WINDOW: u32 = 64;
+const _: () = assert!(REPLAY_WINDOW <= 64, "the window is one u64 of bits");
 
 /// What a port accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -165,6 +166,7 @@ impl KeyTable {
     pub fn parse(text: &str) -> Result<KeyTable, (usize, String)> {
         let mut keys = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -178,6 +180,14 @@ impl KeyTable {
             let key = parse_key(hex).ok_or((i + 1, "the key is not 32 hex digits".into()))?;
             if !seen.insert(raw) {
                 return Err((i + 1, format!("device {id} is listed twice")));
+            }
+            // The shards key their tables by the device hash: two ids with
+            // one hash would share a key slot (astronomically rare; refused).
+            if !hashes.insert(wire::device_hash(&raw)) {
+                return Err((
+                    i + 1,
+                    format!("device {id} has the same FNV-1a hash as a device listed before it; rename one"),
+                ));
             }
             keys.push((raw, key));
         }
@@ -213,6 +223,97 @@ fn parse_key(hex: &str) -> Option<DeviceKey> {
     Some(key)
 }
 
+/// The highest authenticated sequence of each device, kept across restarts
+/// (`auth.replay_state`): saved at a clean stop, read at start, so a datagram
+/// captured before a restart cannot be replayed after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayState {
+    tops: HashMap<[u8; DEVICE_ID_LEN], u32>,
+}
+
+impl ReplayState {
+    /// Reads a state file (`<device id> <highest sequence>` per line); a
+    /// missing file is an empty state (the first start).
+    pub fn load(path: &Path) -> Result<ReplayState, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => {
+                return Err(format!(
+                    "auth.replay_state: cannot read {}: {e}",
+                    path.display()
+                ))
+            }
+        };
+        let mut tops = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = || {
+                format!(
+                    "auth.replay_state: {} line {}: expected `<device id> <sequence>` (delete the file to start the windows empty)",
+                    path.display(),
+                    i + 1
+                )
+            };
+            let (id, seq) = line.split_once(' ').ok_or_else(bad)?;
+            let raw = wire::raw_device_id(id.trim()).map_err(|_| bad())?;
+            let seq: u32 = seq.trim().parse().map_err(|_| bad())?;
+            tops.insert(raw, seq);
+        }
+        Ok(ReplayState { tops })
+    }
+
+    /// Records `top` as a device's highest sequence (the higher one wins).
+    pub fn record(&mut self, raw_id: [u8; DEVICE_ID_LEN], top: u32) {
+        let e = self.tops.entry(raw_id).or_insert(top);
+        *e = (*e).max(top);
+    }
+
+    /// Devices in the state.
+    pub fn len(&self) -> usize {
+        self.tops.len()
+    }
+
+    /// True when no device is in the state.
+    pub fn is_empty(&self) -> bool {
+        self.tops.is_empty()
+    }
+
+    /// Writes the state (mode 600, through a temporary file and a rename, so
+    /// a crash mid-write leaves the old state).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut text =
+            String::from("# klais replay state: <device id> <highest authenticated sequence>\n");
+        let mut rows: Vec<_> = self.tops.iter().collect();
+        rows.sort();
+        for (raw, top) in rows {
+            let len = raw.iter().position(|&b| b == 0).unwrap_or(DEVICE_ID_LEN);
+            text.push_str(&String::from_utf8_lossy(&raw[..len]));
+            text.push(' ');
+            text.push_str(&top.to_string());
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
 /// The replay window of one device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayWindow {
@@ -230,8 +331,16 @@ impl ReplayWindow {
     #[inline]
     pub fn take(&mut self, seq: u32) -> bool {
         if !self.seen || seq > self.top {
-            let shift = if self.seen { seq - self.top } else { 64 };
-            self.bits = if shift >= 64 { 0 } else { self.bits << shift } | 1;
+            let shift = if self.seen {
+                seq - self.top
+            } else {
+                REPLAY_WINDOW
+            };
+            self.bits = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                self.bits << shift
+            } | 1;
             self.top = seq;
             self.seen = true;
             return true;
@@ -293,6 +402,32 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
+    /// A shard's table for `keys`, each device's window starting above its
+    /// sequence in `state` (everything at or below it is a replay).
+    pub fn with_state(keys: &KeyTable, state: &ReplayState) -> Auth {
+        let mut a = Auth::new(keys);
+        for d in a.devices.values_mut() {
+            if let Some(&top) = state.tops.get(&d.raw_id) {
+                d.window = ReplayWindow {
+                    top,
+                    bits: u64::MAX,
+                    seen: true,
+                };
+            }
+        }
+        a
+    }
+
+    /// Each device's highest authenticated sequence, for the devices `owned`
+    /// says this shard owns (by hash) and that sent one.
+    pub fn tops(&self, owned: impl Fn(u64) -> bool) -> Vec<([u8; DEVICE_ID_LEN], u32)> {
+        self.devices
+            .iter()
+            .filter(|(h, d)| d.window.seen && owned(**h))
+            .map(|(_, d)| (d.raw_id, d.window.top))
+            .collect()
+    }
+
     /// A shard's table for `keys` (allocated here, once).
     pub fn new(keys: &KeyTable) -> Auth {
         let mut devices = DeviceMap::default();
@@ -333,6 +468,12 @@ impl Auth {
         } else {
             Err(Reject::BadMac)
         }
+    }
+
+    /// Whether this device has a key.
+    #[inline]
+    pub fn has_key(&self, hash: u64, raw_id: &[u8; DEVICE_ID_LEN]) -> bool {
+        self.devices.get(&hash).is_some_and(|d| &d.raw_id == raw_id)
     }
 
     /// The replay check of a verified datagram, on the device's owner shard.
@@ -454,6 +595,44 @@ mod tests {
             a.verify(wire::device_hash(&other), &other, d.signed, d.mac.unwrap()),
             Err(Reject::UnknownDevice)
         );
+    }
+
+    #[test]
+    fn a_saved_state_makes_what_came_before_a_restart_a_replay() {
+        let t = KeyTable::parse("d1 000102030405060708090a0b0c0d0e0f").unwrap();
+        let raw = wire::raw_device_id("d1").unwrap();
+        let h = wire::device_hash(&raw);
+        let mut a = Auth::new(&t);
+        for seq in [3, 9, 7] {
+            a.take_sequence(h, seq).unwrap();
+        }
+        let mut st = ReplayState::default();
+        for (r, top) in a.tops(|_| true) {
+            st.record(r, top);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/replay-state");
+        st.save(&p).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let back = ReplayState::load(&p).unwrap();
+        assert_eq!(back, st);
+        let mut b = Auth::with_state(&t, &back);
+        assert_eq!(b.take_sequence(h, 9), Err(Reject::Replay));
+        assert_eq!(
+            b.take_sequence(h, 8),
+            Err(Reject::Replay),
+            "below the saved top"
+        );
+        assert_eq!(b.take_sequence(h, 10), Ok(()));
+        assert!(ReplayState::load(&dir.path().join("none"))
+            .unwrap()
+            .is_empty());
+        std::fs::write(&p, "d1 x\n").unwrap();
+        assert!(ReplayState::load(&p).unwrap_err().contains("line 1"));
     }
 
     #[test]

@@ -550,16 +550,23 @@ impl Shard {
         if !self.owner.denied.is_empty() && self.owner.denied.contains_key(&hash) {
             return Err(Reject::Denied);
         }
-        if let Some(mac) = d.mac {
-            self.owner
-                .auth
-                .as_ref()
-                .ok_or(Reject::UnknownDevice)?
-                .verify(hash, d.raw_id, d.signed, mac)?;
-            flags |= FLAG_AUTHENTICATED;
-        }
-        if d.flags & wire::V2_FLAG_URGENT != 0 {
-            flags |= FLAG_URGENT;
+        match (d.mac, self.owner.auth.as_deref()) {
+            (Some(mac), Some(auth)) => {
+                auth.verify(hash, d.raw_id, d.signed, mac)?;
+                flags |= FLAG_AUTHENTICATED;
+                // Only an authenticated device may claim urgency: the urgent
+                // lane and DAPB's urgent release are not for spoofers.
+                if d.flags & wire::V2_FLAG_URGENT != 0 {
+                    flags |= FLAG_URGENT;
+                }
+            }
+            (Some(_), None) => return Err(Reject::UnknownDevice),
+            // A device with a key never speaks unauthenticated: otherwise a
+            // spoofer could take its sequence numbers and its budgets.
+            (None, Some(auth)) if auth.has_key(hash, d.raw_id) => {
+                return Err(Reject::Unauthenticated)
+            }
+            (None, _) => {}
         }
         let meta = RecordMeta {
             raw_id: *d.raw_id,
@@ -675,6 +682,21 @@ impl Shard {
     /// table, built here (not per packet).
     pub fn set_auth(&mut self, keys: &auth::KeyTable) {
         self.owner.auth = Some(Box::new(auth::Auth::new(keys)));
+    }
+
+    /// [`Shard::set_auth`] with the windows restored from a saved state.
+    pub fn set_auth_with_state(&mut self, keys: &auth::KeyTable, state: &auth::ReplayState) {
+        self.owner.auth = Some(Box::new(auth::Auth::with_state(keys, state)));
+    }
+
+    /// The highest authenticated sequence of each device this shard owns
+    /// (for `auth.replay_state`, at stop).
+    pub fn auth_tops(&self) -> Vec<([u8; wire::DEVICE_ID_LEN], u32)> {
+        let (n, id) = (self.shards, u64::from(self.owner.id));
+        self.owner
+            .auth
+            .as_ref()
+            .map_or(Vec::new(), |a| a.tops(|h| h % n == id))
     }
 
     /// The operator's deny list from now on (admin API; swapped once per
@@ -1218,9 +1240,22 @@ mod tests {
         let last = forged.len() - 10;
         forged[last] ^= 1; // "2" -> "3" in the payload, after signing
         assert_eq!(s.on_datagram(&forged, 1), Err(Reject::BadMac));
-        // v1 is unaffected, from any device.
-        assert_eq!(s.on_datagram(&dgram("dev-a", 7, b"{}"), 1), Ok(()));
+        // A device with a key never speaks unauthenticated; v1 devices
+        // without one are unaffected.
+        assert_eq!(
+            s.on_datagram(&dgram("dev-a", 7, b"{}"), 1),
+            Err(Reject::Unauthenticated)
+        );
+        assert_eq!(
+            s.on_datagram(&v2("dev-a", 8, 0, None), 1),
+            Err(Reject::Unauthenticated)
+        );
         assert_eq!(s.on_datagram(&dgram("v1-only", 1, b"{}"), 1), Ok(()));
+        // Urgency is honoured only when authenticated.
+        assert_eq!(
+            s.on_datagram(&v2("plain", 1, wire::V2_FLAG_URGENT, None), 1),
+            Ok(())
+        );
         s.pump();
         let got: Vec<_> = std::iter::from_fn(|| {
             rx.pop()
@@ -1228,6 +1263,12 @@ mod tests {
         })
         .collect();
         assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[2].0, "plain");
+        assert_eq!(
+            got[2].2 & FLAG_URGENT,
+            0,
+            "a spoofable urgent flag is ignored"
+        );
         assert_eq!((got[0].0.as_str(), got[0].1), ("dev-a", 1));
         assert_eq!(
             got[0].2 & (FLAG_AUTHENTICATED | FLAG_URGENT),
@@ -1266,8 +1307,14 @@ mod tests {
             s.on_datagram_at(&v2("dev-a", 4, 0, Some(&ka)), 1, 7002),
             Err(Reject::Policy)
         );
-        assert_eq!(s.on_datagram_at(&v1, 1, 7002), Ok(()));
-        assert_eq!(s.on_datagram_at(&v2("dev-a", 5, 0, None), 1, 7003), Ok(()));
+        let keyless = dgram("v1-dev", 1, b"{}");
+        assert_eq!(s.on_datagram_at(&keyless, 1, 7002), Ok(()));
+        assert_eq!(
+            s.on_datagram_at(&v1, 1, 7002),
+            Err(Reject::Unauthenticated),
+            "dev-a has a key"
+        );
+        assert_eq!(s.on_datagram_at(&v2("plain", 5, 0, None), 1, 7003), Ok(()));
         s.set_port(7001);
         assert_eq!(
             s.on_datagram(&dgram("dev-a", 9, b"{}"), 1),

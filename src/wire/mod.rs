@@ -99,11 +99,15 @@ pub enum Reject {
     /// The device is on the operator's deny list (admin API); the kernel
     /// drops it first when the XDP filter runs.
     Denied = 14,
+    /// A device that has a key sent without a MAC (v1, or v2 without the
+    /// authenticated flag): once a device has a key, nothing unauthenticated
+    /// may speak for it.
+    Unauthenticated = 15,
 }
 
 impl Reject {
     /// Every reason, in counter order.
-    pub const ALL: [Reject; 15] = [
+    pub const ALL: [Reject; 16] = [
         Reject::TooShort,
         Reject::BadMagic,
         Reject::DeviceIdEmpty,
@@ -119,6 +123,7 @@ impl Reject {
         Reject::BadMac,
         Reject::Replay,
         Reject::Denied,
+        Reject::Unauthenticated,
     ];
 
     /// Stable snake_case name, used in counters, metrics and summaries.
@@ -139,6 +144,7 @@ impl Reject {
             Reject::BadMac => "bad_mac",
             Reject::Replay => "replay",
             Reject::Denied => "denied",
+            Reject::Unauthenticated => "unauthenticated",
         }
     }
 }
