@@ -2,7 +2,8 @@
 # Every micro-benchmark in benches/ in one go, then one summary table:
 #   scripts/bench-all.sh            (all; about 10 minutes on 2 cores)
 #   scripts/bench-all.sh wire xdp   (some)
-# Criterion benches (wire: protocol, shard pipeline, cross-shard forward;
+# Criterion benches (wire: protocol, shard pipeline, cross-shard forward; auth:
+# the v2 MAC against HMAC-SHA256 and the authenticated shard step;
 # control: Dam, control tick; models: int8 and GGML inference; xdp: the XDP
 # verdict paths through BPF_PROG_TEST_RUN, root) report the mean time per
 # iteration; the custom-harness ones (batcher: the Kafka core against the
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/setup.sh
 benches=("$@")
-((${#benches[@]})) || benches=(wire control models xdp batcher udp_recv)
+((${#benches[@]})) || benches=(wire auth control models xdp batcher udp_recv)
 out=bench-results/micro-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 for b in "${benches[@]}"; do
