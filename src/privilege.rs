@@ -23,6 +23,13 @@
 //! thread holds exactly the kept set, and fails loudly if one does not. The
 //! inheritable set is emptied (which empties the ambient set), and
 //! `no_new_privs` is set, so nothing klais might execute gains any.
+//!
+//! Threads that block every signal cannot be reached this way: librdkafka's
+//! (so the output core drops its own capabilities before it creates the
+//! producer, and they inherit the dropped set) and io_uring's `iou-wrk`
+//! workers, if any existed before the drop (none do on klais's paths: the
+//! shards' rings only poll sockets). Any such thread left holding more is
+//! found by the final /proc check, and klais stops cleanly with its name.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

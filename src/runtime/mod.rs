@@ -1163,8 +1163,8 @@ async fn run_shard(
     shard.flush();
     {
         let mut out = models.replay_out.lock().unwrap_or_else(|p| p.into_inner());
-        for (raw, top) in shard.auth_tops() {
-            out.record(raw, top);
+        for (raw, top, fp) in shard.auth_tops() {
+            out.record(raw, top, fp);
         }
     }
     let last = shard.snapshot();

@@ -228,11 +228,20 @@ fn parse_key(hex: &str) -> Option<DeviceKey> {
 /// captured before a restart cannot be replayed after it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayState {
-    tops: HashMap<[u8; DEVICE_ID_LEN], u32>,
+    /// Device → (highest sequence, fingerprint of the key it was under).
+    tops: HashMap<[u8; DEVICE_ID_LEN], (u32, u32)>,
+}
+
+/// A short fingerprint of a key (not the key): a saved window applies only
+/// while the device keeps the same key, so a new key starts a new window.
+pub fn key_fingerprint(key: &DeviceKey) -> u32 {
+    let t = wire::mac(key, b"klais replay state");
+    u32::from_le_bytes([t[0], t[1], t[2], t[3]])
 }
 
 impl ReplayState {
-    /// Reads a state file (`<device id> <highest sequence>` per line); a
+    /// Reads a state file (`<device id> <highest sequence> <key fingerprint>`
+    /// per line); a
     /// missing file is an empty state (the first start).
     pub fn load(path: &Path) -> Result<ReplayState, String> {
         let text = match std::fs::read_to_string(path) {
@@ -253,23 +262,34 @@ impl ReplayState {
             }
             let bad = || {
                 format!(
-                    "auth.replay_state: {} line {}: expected `<device id> <sequence>` (delete the file to start the windows empty)",
+                    "auth.replay_state: {} line {}: expected `<device id> <sequence> <key fingerprint>` (delete the file to start the windows empty)",
                     path.display(),
                     i + 1
                 )
             };
-            let (id, seq) = line.split_once(' ').ok_or_else(bad)?;
-            let raw = wire::raw_device_id(id.trim()).map_err(|_| bad())?;
-            let seq: u32 = seq.trim().parse().map_err(|_| bad())?;
-            tops.insert(raw, seq);
+            let mut it = line.split_whitespace();
+            let (Some(id), Some(seq), Some(fp), None) =
+                (it.next(), it.next(), it.next(), it.next())
+            else {
+                return Err(bad());
+            };
+            let raw = wire::raw_device_id(id).map_err(|_| bad())?;
+            let seq: u32 = seq.parse().map_err(|_| bad())?;
+            let fp = u32::from_str_radix(fp, 16).map_err(|_| bad())?;
+            tops.insert(raw, (seq, fp));
         }
         Ok(ReplayState { tops })
     }
 
-    /// Records `top` as a device's highest sequence (the higher one wins).
-    pub fn record(&mut self, raw_id: [u8; DEVICE_ID_LEN], top: u32) {
-        let e = self.tops.entry(raw_id).or_insert(top);
-        *e = (*e).max(top);
+    /// Records `top` as a device's highest sequence under the key with
+    /// fingerprint `fp` (the higher one wins; a new key replaces the old).
+    pub fn record(&mut self, raw_id: [u8; DEVICE_ID_LEN], top: u32, fp: u32) {
+        let e = self.tops.entry(raw_id).or_insert((top, fp));
+        *e = if e.1 == fp {
+            (e.0.max(top), fp)
+        } else {
+            (top, fp)
+        };
     }
 
     /// Devices in the state.
@@ -297,16 +317,15 @@ impl ReplayState {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        let mut text =
-            String::from("# klais replay state: <device id> <highest authenticated sequence>\n");
+        let mut text = String::from(
+            "# klais replay state: <device id> <highest authenticated sequence> <key fingerprint>\n",
+        );
         let mut rows: Vec<_> = self.tops.iter().collect();
         rows.sort();
-        for (raw, top) in rows {
+        for (raw, (top, fp)) in rows {
             let len = raw.iter().position(|&b| b == 0).unwrap_or(DEVICE_ID_LEN);
             text.push_str(&String::from_utf8_lossy(&raw[..len]));
-            text.push(' ');
-            text.push_str(&top.to_string());
-            text.push('\n');
+            text.push_str(&format!(" {top} {fp:08x}\n"));
         }
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
@@ -407,7 +426,11 @@ impl Auth {
     pub fn with_state(keys: &KeyTable, state: &ReplayState) -> Auth {
         let mut a = Auth::new(keys);
         for d in a.devices.values_mut() {
-            if let Some(&top) = state.tops.get(&d.raw_id) {
+            if let Some(&(top, _)) = state
+                .tops
+                .get(&d.raw_id)
+                .filter(|(_, fp)| *fp == key_fingerprint(&d.key))
+            {
                 d.window = ReplayWindow {
                     top,
                     bits: u64::MAX,
@@ -420,11 +443,11 @@ impl Auth {
 
     /// Each device's highest authenticated sequence, for the devices `owned`
     /// says this shard owns (by hash) and that sent one.
-    pub fn tops(&self, owned: impl Fn(u64) -> bool) -> Vec<([u8; DEVICE_ID_LEN], u32)> {
+    pub fn tops(&self, owned: impl Fn(u64) -> bool) -> Vec<([u8; DEVICE_ID_LEN], u32, u32)> {
         self.devices
             .iter()
             .filter(|(h, d)| d.window.seen && owned(**h))
-            .map(|(_, d)| (d.raw_id, d.window.top))
+            .map(|(_, d)| (d.raw_id, d.window.top, key_fingerprint(&d.key)))
             .collect()
     }
 
@@ -607,8 +630,8 @@ mod tests {
             a.take_sequence(h, seq).unwrap();
         }
         let mut st = ReplayState::default();
-        for (r, top) in a.tops(|_| true) {
-            st.record(r, top);
+        for (r, top, fp) in a.tops(|_| true) {
+            st.record(r, top, fp);
         }
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/replay-state");
@@ -631,6 +654,10 @@ mod tests {
         assert!(ReplayState::load(&dir.path().join("none"))
             .unwrap()
             .is_empty());
+        // A new key starts a new window: the device may begin again at 0.
+        let t2 = KeyTable::parse("d1 ffff02030405060708090a0b0c0d0e0f").unwrap();
+        let mut c = Auth::with_state(&t2, &back);
+        assert_eq!(c.take_sequence(h, 0), Ok(()));
         std::fs::write(&p, "d1 x\n").unwrap();
         assert!(ReplayState::load(&p).unwrap_err().contains("line 1"));
     }

@@ -691,7 +691,7 @@ impl Shard {
 
     /// The highest authenticated sequence of each device this shard owns
     /// (for `auth.replay_state`, at stop).
-    pub fn auth_tops(&self) -> Vec<([u8; wire::DEVICE_ID_LEN], u32)> {
+    pub fn auth_tops(&self) -> Vec<([u8; wire::DEVICE_ID_LEN], u32, u32)> {
         let (n, id) = (self.shards, u64::from(self.owner.id));
         self.owner
             .auth
