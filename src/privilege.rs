@@ -300,7 +300,7 @@ pub fn drop_all_threads(keep: &[u32]) -> Result<Vec<String>, PrivilegeError> {
     let holds_more = |c: &ThreadCaps| {
         c.effective != want || c.permitted != want || c.inheritable != 0 || c.ambient != 0
     };
-    // Threads may start while this runs (librdkafka's, tiny_http's): they
+    // Threads may start while this runs (librdkafka's broker threads): they
     // inherit from a thread that already dropped, or the next round gets them.
     for _round in 0..5 {
         // A thread that blocks the signal cannot answer (it must have been

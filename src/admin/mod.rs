@@ -170,7 +170,7 @@ pub struct Sources {
     pub control: Option<Arc<Published<crate::control::ControlSnapshot>>>,
     /// The XDP filter's maps (None: no filter).
     pub kernel: Option<Arc<crate::xdp::KernelMaps>>,
-    /// The configured per-device kernel limit (base for override defaults).
+    /// The XDP filter's interface (`xdp.iface`), for readiness.
     pub xdp_iface: Option<String>,
     /// Journal configured (the batcher spills when the broker is away).
     pub journal: bool,

@@ -264,7 +264,7 @@ struct Owner {
     /// Device keys and replay windows (`auth.keys`); None: no v2 device
     /// can authenticate.
     auth: Option<Box<auth::Auth>>,
-    /// The operator's deny list (admin API), by device hash; its version.
+    /// The operator's deny list (admin API), by device hash.
     denied: std::sync::Arc<DenyList>,
 }
 
