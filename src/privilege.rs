@@ -226,32 +226,7 @@ fn blocks(tid: u32, sig: i32) -> bool {
 /// has), before it creates threads that block signals (librdkafka's) and so
 /// could not be reached by [`drop_all_threads`] later.
 pub fn drop_self(keep: &[u32]) -> Result<(), PrivilegeError> {
-    let mut hdr = CapHeader {
-        version: CAP_V3,
-        pid: 0,
-    };
-    let mut data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: capget writes a v3 header's two data structs into `data`.
-    if unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut hdr as *mut CapHeader,
-            data.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(PrivilegeError::Sys {
-            call: "capget",
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    let permitted = u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32;
-    let want = keep.iter().fold(0, |m, c| m | 1u64 << c) & permitted;
-    if capset_self(want) {
+    if capset_self(target(keep)) {
         Ok(())
     } else {
         Err(PrivilegeError::Sys {
@@ -259,6 +234,18 @@ pub fn drop_self(keep: &[u32]) -> Result<(), PrivilegeError> {
             source: std::io::Error::last_os_error(),
         })
     }
+}
+
+/// The calling thread's capabilities.
+fn own_caps() -> ThreadCaps {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .map(|t| parse_status(&t))
+        .unwrap_or_default()
+}
+
+/// `keep` as a mask, limited to what the calling thread may hold.
+fn target(keep: &[u32]) -> u64 {
+    keep.iter().fold(0, |m, c| m | 1u64 << c) & own_caps().permitted
 }
 
 fn gettid() -> i32 {
@@ -272,12 +259,7 @@ fn gettid() -> i32 {
 /// # Requires
 /// Linux ≥ 4.3 (ambient sets) and ≥ 5.8 for CAP_BPF to exist.
 pub fn drop_all_threads(keep: &[u32]) -> Result<Vec<String>, PrivilegeError> {
-    let me = threads_of("self")
-        .into_iter()
-        .find(|(t, _)| *t as i32 == gettid())
-        .map(|(_, c)| c)
-        .unwrap_or_default();
-    let want: u64 = keep.iter().fold(0, |m, c| m | 1u64 << c) & me.permitted;
+    let want = target(keep);
     TARGET.store(want, Ordering::Release);
     let sig = libc::SIGRTMAX() - 2;
     // SAFETY: a handler that only makes system calls and touches atomics;

@@ -6,6 +6,10 @@ use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::free_udp_port;
+
 const KLAIS: &str = env!("CARGO_BIN_EXE_klais");
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
@@ -94,14 +98,6 @@ fn run_refuses_a_cpu_that_is_not_online_naming_the_key() {
         err.contains("cores.shard_cpus = 4095 is not an online CPU"),
         "{err}"
     );
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -10,19 +10,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use klais::config::{Config, SinkKind};
-use klais::runtime::{self, RunError};
+use common::{free_udp_port, start_or_skip, v1};
+
+use klais::config::Config;
 use klais::shard::auth::{KeyTable, Policy};
 use klais::wire::{self, Reject};
 
 fn config(out: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.protocol.validate_json = true;
-    cfg.output.sink = SinkKind::File;
-    cfg.output.path = Some(out.to_path_buf());
-    cfg.telemetry.stats_interval_ms = 100;
+    let mut cfg = common::file_sink_config(out);
     cfg.sequence.max_devices = 4096;
     // Each test's replay windows are its own (the default file is shared).
     cfg.auth.replay_state = Some(out.with_extension("replay"));
@@ -34,17 +29,6 @@ fn secret_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     std::fs::write(&p, text).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     p
-}
-
-fn start_or_skip(cfg: &Config) -> Option<runtime::Running> {
-    match runtime::start(cfg) {
-        Ok(r) => Some(r),
-        Err(e @ RunError::MemLock { .. }) => {
-            println!("SKIPPED: {e}");
-            None
-        }
-        Err(e) => panic!("klais did not start: {e}"),
-    }
 }
 
 /// One HTTP/1.1 request; returns the status and the body.
@@ -78,19 +62,18 @@ fn http(
     (status, body)
 }
 
-/// The value of one sample in a /metrics text (`name` with its labels, as written).
+/// The value of one sample in a /metrics text (`name` with its labels, as
+/// written), read as `klais top` reads it.
 fn metric(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
+    klais::top::Scrape::parse(text).get(sample)
 }
 
-/// Every sample of a family (any labels).
+/// Every sample of a family that has a `shard` label.
 fn samples(text: &str, name: &str) -> Vec<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+    klais::top::Scrape::parse(text)
+        .by_label(name, "shard", "")
+        .into_iter()
+        .map(|(_, v)| v)
         .collect()
 }
 
@@ -104,10 +87,6 @@ fn wait_metrics(addr: SocketAddr, ok: impl Fn(&str) -> bool) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn v1(id: &str, seq: u32) -> Vec<u8> {
-    common::v1(id, seq)
 }
 
 #[test]
@@ -353,14 +332,6 @@ fn v2(id: &str, seq: u32, key: Option<&wire::DeviceKey>) -> Vec<u8> {
     let n = wire::encode_v2(id, seq, 0, body.as_bytes(), key, &mut b).unwrap();
     b.truncate(n);
     b
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn records(out: &Path) -> Vec<(String, u64)> {

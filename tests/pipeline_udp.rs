@@ -3,39 +3,18 @@
 //! comes out is exactly the accepted ones, in order, with every other datagram
 //! counted under its reason.
 
+mod common;
+
 use std::net::UdpSocket;
 
-use klais::config::{Config, SinkKind};
-use klais::runtime::{self, RunError};
+use common::{file_sink_config as test_config, start_or_skip};
+
 use klais::wire::{encode, Reject, HEADER_LEN, MAX_DATAGRAM};
 
 fn dgram(id: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
     let mut b = vec![0; HEADER_LEN + payload.len()];
     encode(id, seq, payload, &mut b).unwrap();
     b
-}
-
-fn test_config(out: &std::path::Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.protocol.validate_json = true;
-    cfg.output.sink = SinkKind::File;
-    cfg.output.path = Some(out.to_path_buf());
-    cfg.telemetry.stats_interval_ms = 100;
-    cfg.sequence.max_devices = 1024;
-    cfg
-}
-
-fn start_or_skip(cfg: &Config) -> Option<runtime::Running> {
-    match runtime::start(cfg) {
-        Ok(r) => Some(r),
-        Err(e @ RunError::MemLock { .. }) => {
-            println!("SKIPPED: {e}");
-            None
-        }
-        Err(e) => panic!("klais did not start: {e}"),
-    }
 }
 
 #[test]

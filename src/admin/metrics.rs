@@ -12,6 +12,7 @@
 use std::fmt::Write;
 
 use super::{Sources, WRITE_RESULTS};
+use crate::shard::ShardSnapshot;
 use crate::wire::Reject;
 
 struct W {
@@ -58,15 +59,120 @@ impl W {
     }
 }
 
+/// One per-shard family: name, type, help, the value from a shard's snapshot.
+type ShardFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardSnapshot) -> f64,
+);
+
+/// The per-shard families with no label but `shard`.
+const SHARD_FAMILIES: [ShardFamily; 16] = [
+    (
+        "klais_shard_received_total",
+        "counter",
+        "Datagrams a shard received from its own queue.",
+        |s| s.received as f64,
+    ),
+    (
+        "klais_shard_received_bytes_total",
+        "counter",
+        "Bytes a shard received from its own queue.",
+        |s| s.received_bytes as f64,
+    ),
+    (
+        "klais_shard_accepted_total",
+        "counter",
+        "Messages a shard admitted toward the output.",
+        |s| s.accepted as f64,
+    ),
+    (
+        "klais_shard_forwarded_out_total",
+        "counter",
+        "Messages handed to the shard owning their device.",
+        |s| s.forwarded_out as f64,
+    ),
+    (
+        "klais_shard_forwarded_in_total",
+        "counter",
+        "Messages other shards handed to this one.",
+        |s| s.forwarded_in as f64,
+    ),
+    (
+        "klais_shard_overflow_messages",
+        "gauge",
+        "Messages waiting in the shard's overflow queue.",
+        |s| s.queued as f64,
+    ),
+    (
+        "klais_shard_overflow_bytes",
+        "gauge",
+        "Bytes waiting in the shard's overflow queue.",
+        |s| s.queued_bytes as f64,
+    ),
+    (
+        "klais_shard_queue_drops_total",
+        "counter",
+        "Datagrams the kernel dropped at the shard's queue (socket buffer or AF_XDP ring full).",
+        |s| s.queue_drops as f64,
+    ),
+    (
+        "klais_shard_model_marked_total",
+        "counter",
+        "Datagrams the in-kernel classifier marked.",
+        |s| s.model_marked as f64,
+    ),
+    (
+        "klais_shard_storm_probability",
+        "gauge",
+        "The shard's window model storm probability, last tick.",
+        |s| f64::from(s.storm_ppm) / 1e6,
+    ),
+    (
+        "klais_dam_depth",
+        "gauge",
+        "Messages waiting in the shard's Dam.",
+        |s| s.dam.depth as f64,
+    ),
+    (
+        "klais_dam_queued_devices",
+        "gauge",
+        "Devices with messages waiting in the Dam.",
+        |s| s.dam.queued_devices as f64,
+    ),
+    (
+        "klais_dam_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest message waiting in the Dam.",
+        |s| s.dam.oldest_age_ns as f64 / 1e9,
+    ),
+    (
+        "klais_dam_queued_total",
+        "counter",
+        "Messages that waited in the Dam.",
+        |s| s.dam.queued as f64,
+    ),
+    (
+        "klais_dam_released_total",
+        "counter",
+        "Messages the Dam released.",
+        |s| s.dam.released as f64,
+    ),
+    (
+        "klais_dam_evictions_total",
+        "counter",
+        "Devices evicted from the Dam's table.",
+        |s| s.dam.evictions as f64,
+    ),
+];
+
 /// The whole exposition.
 pub fn render(src: &Sources) -> String {
     let mut w = W {
         out: String::with_capacity(16 * 1024),
     };
     let snaps: Vec<_> = src.shards.iter().map(|s| s.read()).collect();
-    let col = |f: &dyn Fn(&crate::shard::ShardSnapshot) -> f64| -> Vec<f64> {
-        snaps.iter().map(f).collect()
-    };
 
     w.family("klais_build_info", "gauge", "klais version.");
     w.v(
@@ -113,55 +219,11 @@ pub fn render(src: &Sources) -> String {
         f64::from(u8::from(super::not_ready(src).is_empty())),
     );
 
-    // Shards.
-    w.per_shard(
-        "klais_shard_received_total",
-        "counter",
-        "Datagrams a shard received from its own queue.",
-        &col(&|s| s.received as f64),
-    );
-    w.per_shard(
-        "klais_shard_received_bytes_total",
-        "counter",
-        "Bytes a shard received from its own queue.",
-        &col(&|s| s.received_bytes as f64),
-    );
-    w.per_shard(
-        "klais_shard_accepted_total",
-        "counter",
-        "Messages a shard admitted toward the output.",
-        &col(&|s| s.accepted as f64),
-    );
-    w.per_shard(
-        "klais_shard_forwarded_out_total",
-        "counter",
-        "Messages handed to the shard owning their device.",
-        &col(&|s| s.forwarded_out as f64),
-    );
-    w.per_shard(
-        "klais_shard_forwarded_in_total",
-        "counter",
-        "Messages other shards handed to this one.",
-        &col(&|s| s.forwarded_in as f64),
-    );
-    w.per_shard(
-        "klais_shard_overflow_messages",
-        "gauge",
-        "Messages waiting in the shard's overflow queue.",
-        &col(&|s| s.queued as f64),
-    );
-    w.per_shard(
-        "klais_shard_overflow_bytes",
-        "gauge",
-        "Bytes waiting in the shard's overflow queue.",
-        &col(&|s| s.queued_bytes as f64),
-    );
-    w.per_shard(
-        "klais_shard_queue_drops_total",
-        "counter",
-        "Datagrams the kernel dropped at the shard's queue (socket buffer or AF_XDP ring full).",
-        &col(&|s| s.queue_drops as f64),
-    );
+    // Shards: the plain per-shard families, then those with more labels.
+    for (name, kind, help, f) in SHARD_FAMILIES {
+        let vals: Vec<f64> = snaps.iter().map(f).collect();
+        w.per_shard(name, kind, help, &vals);
+    }
     w.family(
         "klais_shard_rejects_total",
         "counter",
@@ -201,56 +263,8 @@ pub fn render(src: &Sources) -> String {
             );
         }
     }
-    w.per_shard(
-        "klais_shard_model_marked_total",
-        "counter",
-        "Datagrams the in-kernel classifier marked.",
-        &col(&|s| s.model_marked as f64),
-    );
-    w.per_shard(
-        "klais_shard_storm_probability",
-        "gauge",
-        "The shard's window model storm probability, last tick.",
-        &col(&|s| f64::from(s.storm_ppm) / 1e6),
-    );
 
-    // The Dam.
-    w.per_shard(
-        "klais_dam_depth",
-        "gauge",
-        "Messages waiting in the shard's Dam.",
-        &col(&|s| s.dam.depth as f64),
-    );
-    w.per_shard(
-        "klais_dam_queued_devices",
-        "gauge",
-        "Devices with messages waiting in the Dam.",
-        &col(&|s| s.dam.queued_devices as f64),
-    );
-    w.per_shard(
-        "klais_dam_oldest_age_seconds",
-        "gauge",
-        "Age of the oldest message waiting in the Dam.",
-        &col(&|s| s.dam.oldest_age_ns as f64 / 1e9),
-    );
-    w.per_shard(
-        "klais_dam_queued_total",
-        "counter",
-        "Messages that waited in the Dam.",
-        &col(&|s| s.dam.queued as f64),
-    );
-    w.per_shard(
-        "klais_dam_released_total",
-        "counter",
-        "Messages the Dam released.",
-        &col(&|s| s.dam.released as f64),
-    );
-    w.per_shard(
-        "klais_dam_evictions_total",
-        "counter",
-        "Devices evicted from the Dam's table.",
-        &col(&|s| s.dam.evictions as f64),
-    );
+    // The Dam's rate, from the control core's setpoints.
     let rates: Vec<f64> = src
         .setpoints
         .iter()

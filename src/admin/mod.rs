@@ -222,21 +222,19 @@ impl Server {
             .name("klais-admin".into())
             .spawn(move || {
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-                let mut limiter = LogLimiter::default();
                 // One connection at a time, each bounded in time and size
                 // (CONNECTION_DEADLINE, MAX_HEAD, MAX_BODY): a slow or
                 // hostile client costs at most a few seconds of this thread,
                 // never memory, never a core's time.
                 while !st.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((conn, _)) => serve_conn(conn, &src, &mut limiter),
+                        Ok((conn, _)) => serve_conn(conn, &src),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20));
                         }
                         Err(e) => {
-                            if limiter.allow() {
-                                tracing::warn!("admin server: accept: {e}");
-                            }
+                            // Rate-limited per call site (telemetry::RateLimit).
+                            tracing::warn!("admin server: accept: {e}");
                             std::thread::sleep(Duration::from_millis(20));
                         }
                     }
@@ -261,35 +259,6 @@ impl Drop for Server {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-    }
-}
-
-/// At most one log line per second from a call site that can repeat (a
-/// client hammering the API must not flood the logs).
-#[derive(Debug, Default)]
-pub struct LogLimiter {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// True when a line may be written now.
-    pub fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
-                self.suppressed += 1;
-                false
-            }
-            _ => {
-                if self.suppressed > 0 {
-                    tracing::info!("{} similar log lines suppressed", self.suppressed);
-                    self.suppressed = 0;
-                }
-                self.last = Some(now);
-                true
-            }
         }
     }
 }
@@ -416,10 +385,10 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-fn serve_conn(mut conn: std::net::TcpStream, src: &Sources, limiter: &mut LogLimiter) {
+fn serve_conn(mut conn: std::net::TcpStream, src: &Sources) {
     let _ = conn.set_nonblocking(false);
     let reply = match read_request_from(&mut conn) {
-        Ok(req) => handle(&req, src, limiter),
+        Ok(req) => handle(&req, src),
         Err(Some(reply)) => reply,
         Err(None) => return,
     };
@@ -437,7 +406,7 @@ fn serve_conn(mut conn: std::net::TcpStream, src: &Sources, limiter: &mut LogLim
     let _ = conn.shutdown(std::net::Shutdown::Both);
 }
 
-fn handle(req: &Request, src: &Sources, limiter: &mut LogLimiter) -> Reply {
+fn handle(req: &Request, src: &Sources) -> Reply {
     let (method, path) = (req.method.as_str(), req.path.as_str());
     if matches!(method, "GET" | "HEAD") {
         let mut r = read_request(path, src);
@@ -448,9 +417,7 @@ fn handle(req: &Request, src: &Sources, limiter: &mut LogLimiter) -> Reply {
     }
     if let Err((result, reply)) = authorize(req.authorization.as_deref(), src) {
         src.operator.count(result);
-        if limiter.allow() {
-            tracing::warn!("admin API: refused {method} {path}: {}", reply.2.trim_end());
-        }
+        tracing::warn!("admin API: refused {method} {path}: {}", reply.2.trim_end());
         return reply;
     }
     let r = match std::str::from_utf8(&req.body) {
@@ -511,13 +478,9 @@ fn authorize(header: Option<&str>, src: &Sources) -> Result<(), (usize, Reply)> 
 /// A per-process random key for the token comparison.
 fn token_key() -> crate::wire::DeviceKey {
     static KEY: std::sync::OnceLock<crate::wire::DeviceKey> = std::sync::OnceLock::new();
-    *KEY.get_or_init(|| {
-        let mut k = [0u8; 16];
-        // SAFETY: getrandom writes at most 16 bytes into `k`; on failure the
-        // key stays a fixed one, which only weakens the timing argument.
-        unsafe { libc::getrandom(k.as_mut_ptr().cast(), k.len(), 0) };
-        k
-    })
+    // A fixed key if the kernel's generator failed: that would only weaken
+    // the timing argument, not the comparison.
+    *KEY.get_or_init(|| crate::shard::auth::random_key().unwrap_or([0x5a; 16]))
 }
 
 /// Readiness: every configured part up. Returns the reasons it is not.

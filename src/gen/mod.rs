@@ -66,23 +66,8 @@ pub fn keys_for_devices(
 pub fn generate_keys(devices: u32) -> io::Result<String> {
     let mut out = String::with_capacity(devices as usize * 46 + 64);
     out.push_str("# klais v2 device keys (klais keys generate): <device id> <128-bit key, hex>\n");
-    let mut key = [0u8; 16];
     for d in 0..devices {
-        let mut filled = 0;
-        while filled < key.len() {
-            // SAFETY: getrandom writes at most the given length into `key`.
-            let r = unsafe {
-                libc::getrandom(key[filled..].as_mut_ptr().cast(), key.len() - filled, 0)
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            filled += r as usize;
-        }
+        let key = crate::shard::auth::random_key()?;
         let mut id = [0u8; 16];
         let n = device_name(d, &mut id);
         out.push_str(std::str::from_utf8(&id[..n]).unwrap_or("dev"));

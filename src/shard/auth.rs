@@ -210,6 +210,26 @@ impl KeyTable {
     }
 }
 
+/// A random 128-bit key from the kernel's generator (`getrandom`).
+pub fn random_key() -> std::io::Result<DeviceKey> {
+    let mut key = [0u8; 16];
+    let mut filled = 0;
+    while filled < key.len() {
+        // SAFETY: getrandom writes at most the given length into `key`.
+        let r =
+            unsafe { libc::getrandom(key[filled..].as_mut_ptr().cast(), key.len() - filled, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += r as usize;
+    }
+    Ok(key)
+}
+
 fn parse_key(hex: &str) -> Option<DeviceKey> {
     let b = hex.as_bytes();
     if b.len() != 32 {

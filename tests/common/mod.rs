@@ -140,3 +140,40 @@ pub fn privileged() -> bool {
     }
     true
 }
+
+/// A free UDP port on loopback (bound once, then released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// klais on loopback (UDP and admin on ephemeral ports), JSON validation on,
+/// records to the file `out`, counters published every 100 ms.
+pub fn file_sink_config(out: &std::path::Path) -> klais::config::Config {
+    let mut cfg = klais::config::Config::default();
+    cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
+    // Tests run in parallel: each klais serves its metrics on its own port.
+    cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.protocol.validate_json = true;
+    cfg.output.sink = klais::config::SinkKind::File;
+    cfg.output.path = Some(out.to_path_buf());
+    cfg.telemetry.stats_interval_ms = 100;
+    cfg.sequence.max_devices = 1024;
+    cfg
+}
+
+/// Starts klais, or says why it cannot here (a locked-memory limit too low
+/// for io_uring) and returns None.
+pub fn start_or_skip(cfg: &klais::config::Config) -> Option<klais::runtime::Running> {
+    match klais::runtime::start(cfg) {
+        Ok(r) => Some(r),
+        Err(e @ klais::runtime::RunError::MemLock { .. }) => {
+            println!("SKIPPED: {e}");
+            None
+        }
+        Err(e) => panic!("klais did not start: {e}"),
+    }
+}
