@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod cores;
@@ -26,6 +27,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod model;
 pub mod privilege;
+pub mod report;
 pub mod runtime;
 pub mod scenario;
 pub mod shard;
@@ -33,6 +35,7 @@ pub mod sim;
 pub mod sink;
 pub mod telemetry;
 pub mod top;
+pub mod train;
 pub mod wire;
 pub mod xdp;
 

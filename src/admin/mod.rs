@@ -27,12 +27,12 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::kafka::KafkaSnapshot;
-use crate::shard::{DenyList, ShardSnapshot};
+use crate::shard::{DenyFeed, DenyList, ShardSnapshot};
 use crate::sink::SinkSnapshot;
 use crate::telemetry::Published;
 
@@ -71,7 +71,8 @@ pub const WRITE_RESULTS: [&str; 5] = ["ok", "unauthorized", "forbidden", "invali
 #[derive(Debug, Default)]
 pub struct Operator {
     state: Mutex<OperatorState>,
-    deny_version: AtomicU64,
+    /// The deny list as the shards read it (published on every write).
+    deny: Arc<DenyFeed>,
 }
 
 /// The operator's settings and the API's own counters.
@@ -83,8 +84,6 @@ pub struct OperatorState {
     pub overrides: BTreeMap<u64, (String, u64, u64)>,
     /// Denied devices: hash → device id.
     pub denied: BTreeMap<u64, String>,
-    /// The deny list as the shards read it.
-    pub deny_list: Arc<DenyList>,
     /// Writes by outcome ([`WRITE_RESULTS`]).
     pub writes: [u64; 5],
     /// Classifier reloads done.
@@ -108,13 +107,12 @@ impl Operator {
     pub fn has_override(&self, hash: u64) -> bool {
         self.with(|s| s.overrides.contains_key(&hash))
     }
-    /// The deny list's version: changes on every deny-list write.
-    pub fn deny_version(&self) -> u64 {
-        self.deny_version.load(Ordering::Acquire)
-    }
-    /// The deny list now (the shards, when the version moved).
-    pub fn deny_list(&self) -> Arc<DenyList> {
-        self.with(|s| s.deny_list.clone())
+    /// The deny list as the shards follow it ([`Shard::follow_deny_list`]):
+    /// the data plane sees this narrow view, never the admin module.
+    ///
+    /// [`Shard::follow_deny_list`]: crate::shard::Shard::follow_deny_list
+    pub fn deny_feed(&self) -> Arc<DenyFeed> {
+        self.deny.clone()
     }
     /// Puts a device on the deny list (what `PUT /admin/deny/<id>` does
     /// besides the kernel map).
@@ -127,15 +125,8 @@ impl Operator {
             }
             let mut list = DenyList::default();
             list.extend(s.denied.keys().map(|h| (*h, ())));
-            s.deny_list = Arc::new(list);
+            self.deny.publish(list);
         });
-        self.deny_version.fetch_add(1, Ordering::AcqRel);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn deny_for_test(&self, id: &str) {
-        let raw = crate::wire::raw_device_id(id).unwrap();
-        self.deny(crate::wire::device_hash(&raw), id, true);
     }
 
     fn count(&self, result: usize) {

@@ -411,7 +411,7 @@ fn thread_main(
     if sync.ready.wait().is_leader() {
         let _ = sync.start.set(Instant::now());
         sync.started_ns
-            .store(crate::ingest::udp::now_ns(), Ordering::Relaxed);
+            .store(crate::clock::now_ns(), Ordering::Relaxed);
     }
     sync.go.wait();
     let mut out = opened?;
@@ -561,7 +561,7 @@ impl UdpOut {
 impl Out for UdpOut {
     fn send(&mut self, plans: &[Plan], deadline: Instant) -> io::Result<(u64, u64, u64)> {
         use std::os::fd::AsRawFd;
-        let ts = crate::ingest::udp::now_ns();
+        let ts = crate::clock::now_ns();
         let mut bytes = 0u64;
         for (i, p) in plans.iter().enumerate() {
             let buf = &mut self.bufs[i * self.slot..(i + 1) * self.slot];
@@ -726,7 +726,7 @@ impl Out for XdpOut {
                 return Err(stuck());
             }
         }
-        let ts = crate::ingest::udp::now_ns();
+        let ts = crate::clock::now_ns();
         let mut bytes = 0u64;
         self.descs.clear();
         for p in plans {

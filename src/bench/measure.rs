@@ -352,7 +352,7 @@ impl Reader {
                         }
                         match consumer.poll(Duration::from_millis(50)) {
                             Some(Ok(m)) => {
-                                let now_ns = crate::ingest::udp::now_ns();
+                                let now_ns = crate::clock::now_ns();
                                 let start_ns = match started_ns.load(Ordering::Relaxed) {
                                     0 => now_ns,
                                     s => s,

@@ -18,7 +18,6 @@
 //! generator's end in the namespace) and removes them afterwards; `remote`
 //! sends over a real NIC toward a klais on another host (perf/README.md).
 
-pub mod cli;
 pub mod frame;
 pub mod load;
 pub mod measure;
@@ -1504,7 +1503,7 @@ fn setup<'a>(opts: &'a Options, command: &str, targets: &[Target]) -> Result<Ctx
         run_id: format!(
             "{}-{}",
             std::process::id(),
-            crate::ingest::udp::now_ns() % 1_000_000
+            crate::clock::now_ns() % 1_000_000
         ),
         listen,
         stop,

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod kafka;
+pub mod rate;
 pub use kafka::{Dapb, Journal, Kafka, OWNED_LIBRDKAFKA_KEYS};
 
 use crate::handoff::RECORD_HEADER_LEN;
@@ -83,10 +84,10 @@ pub struct AuthSection {
     /// What every port not listed in `ports` takes: `"v1"` (protocol v1
     /// only), `"v2"` (authenticated v2 only) or `"both"`.
     #[serde(default)]
-    pub policy: crate::shard::auth::Policy,
+    pub policy: crate::wire::policy::Policy,
     /// Per-port exceptions, e.g. `ports = { "7701" = "v2" }` (at most 16).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub ports: std::collections::BTreeMap<String, crate::shard::auth::Policy>,
+    pub ports: std::collections::BTreeMap<String, crate::wire::policy::Policy>,
     /// File where each v2 device's highest authenticated sequence is saved
     /// at a clean stop and read at start, so datagrams captured before a
     /// restart are replays after it (default /var/lib/klais/replay-state).
@@ -106,7 +107,7 @@ impl Default for AuthSection {
     fn default() -> Self {
         AuthSection {
             keys: None,
-            policy: crate::shard::auth::Policy::default(),
+            policy: crate::wire::policy::Policy::default(),
             ports: std::collections::BTreeMap::new(),
             replay_state: default_replay_state(),
         }
@@ -115,13 +116,13 @@ impl Default for AuthSection {
 
 impl AuthSection {
     /// The policies the shards apply (ports already validated).
-    pub fn port_policies(&self) -> crate::shard::auth::PortPolicies {
-        let ports: Vec<(u16, crate::shard::auth::Policy)> = self
+    pub fn port_policies(&self) -> crate::wire::policy::PortPolicies {
+        let ports: Vec<(u16, crate::wire::policy::Policy)> = self
             .ports
             .iter()
             .filter_map(|(p, pol)| p.parse().ok().map(|p| (p, *pol)))
             .collect();
-        crate::shard::auth::PortPolicies::new(self.policy, &ports)
+        crate::wire::policy::PortPolicies::new(self.policy, &ports)
     }
 }
 
@@ -235,7 +236,7 @@ pub struct Xdp {
     /// `"native"` (in the driver), `"generic"` (any interface, slower) or
     /// `"auto"` (native when the driver supports it).
     #[serde(default)]
-    pub mode: crate::xdp::AttachMode,
+    pub mode: AttachMode,
     /// UDP ports that carry klais traffic (1 to 8). Omitted: the port of
     /// `ingest.listen`. Everything else passes the filter untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,7 +285,7 @@ impl Default for Xdp {
     fn default() -> Self {
         Self {
             iface: None,
-            mode: crate::xdp::AttachMode::Auto,
+            mode: AttachMode::Auto,
             ports: None,
             enforce: true,
             device_rate_pps: None,
@@ -305,16 +306,16 @@ impl Xdp {
     }
 
     /// The run-time limits these settings describe.
-    pub fn limits(&self) -> Result<crate::xdp::Limits, crate::xdp::RateError> {
-        use crate::xdp::Rate;
+    pub fn limits(&self) -> Result<rate::Limits, rate::RateError> {
+        use rate::Rate;
         let rate =
-            |pps: Option<u64>, burst: Option<u64>| -> Result<Option<Rate>, crate::xdp::RateError> {
+            |pps: Option<u64>, burst: Option<u64>| -> Result<Option<Rate>, rate::RateError> {
                 match pps {
                     Some(p) => Rate::new(p, burst.unwrap_or(p.max(1))).map(Some),
                     None => Ok(None),
                 }
             };
-        let l = crate::xdp::Limits {
+        let l = rate::Limits {
             device: rate(self.device_rate_pps, self.device_burst)?,
             global: rate(self.global_budget_pps, self.global_burst)?,
             events_per_sec: self.events_per_sec,
@@ -664,6 +665,43 @@ impl Default for Telemetry {
     }
 }
 
+/// How to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// In the driver (fastest; the driver must support XDP).
+    Native,
+    /// In the generic network stack (any interface; slower).
+    Generic,
+    /// Native if the driver supports it, else generic.
+    #[default]
+    Auto,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+            AttachMode::Auto => "auto",
+        })
+    }
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(AttachMode::Native),
+            "generic" => Ok(AttachMode::Generic),
+            "auto" => Ok(AttachMode::Auto),
+            _ => Err(format!(
+                "unknown XDP mode {s:?}: use native, generic or auto"
+            )),
+        }
+    }
+}
+
 /// One problem found in a configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -749,13 +787,13 @@ impl Config {
             ));
         }
         let a = &self.auth;
-        if a.ports.len() > crate::shard::auth::MAX_PORT_POLICIES {
+        if a.ports.len() > crate::wire::policy::MAX_PORT_POLICIES {
             errs.push(invalid(
                 "auth.ports",
                 format!(
                     "{} ports listed; at most {} may have their own policy",
                     a.ports.len(),
-                    crate::shard::auth::MAX_PORT_POLICIES
+                    crate::wire::policy::MAX_PORT_POLICIES
                 ),
                 "give the common policy to auth.policy and list only the exceptions",
             ));
@@ -769,78 +807,32 @@ impl Config {
                 ));
             }
         }
-        let needs_keys = a.policy == crate::shard::auth::Policy::V2
+        let needs_keys = a.policy == crate::wire::policy::Policy::V2
             || a.ports
                 .values()
-                .any(|p| *p == crate::shard::auth::Policy::V2);
-        match &a.keys {
-            None if needs_keys => errs.push(invalid(
+                .any(|p| *p == crate::wire::policy::Policy::V2);
+        if needs_keys && a.keys.is_none() {
+            errs.push(invalid(
                 "auth.policy, auth.keys",
                 "a port requires authenticated v2 but no key file is set".into(),
                 "set auth.keys to the device key file, or allow v1 on that port",
-            )),
-            Some(path) => {
-                if let Err(e) = crate::shard::auth::KeyTable::load(path) {
-                    errs.push(invalid(
-                        "auth.keys",
-                        e.to_string(),
-                        "fix the file as the message says",
-                    ));
-                }
-            }
-            None => {}
+            ));
         }
-        if let Some(t) = &self.admin.token_file {
-            if let Err(e) = crate::admin::read_token(t) {
-                errs.push(invalid(
-                    "admin.token_file",
-                    e,
-                    "fix the file as the message says",
-                ));
-            }
+        // The files themselves (keys, token, models, core map) are read once,
+        // by `runtime::preflight`, not here: validation is pure.
+        if self.model.classifier.is_some() && self.xdp.iface.is_none() {
+            errs.push(invalid(
+                "model.classifier",
+                "the classifier runs inside the XDP filter, which is off".to_string(),
+                "set xdp.iface to the interface devices send to, or remove model.classifier",
+            ));
         }
-        if let Some(c) = &self.model.classifier {
-            if self.xdp.iface.is_none() {
-                errs.push(invalid(
-                    "model.classifier",
-                    "the classifier runs inside the XDP filter, which is off".to_string(),
-                    "set xdp.iface to the interface devices send to, or remove model.classifier",
-                ));
-            } else {
-                match crate::model::load_classifier(c) {
-                    Err(e) => errs.push(invalid(
-                        "model.classifier",
-                        e.to_string(),
-                        "point it at a file `klais model train` wrote (models/classifier.json)",
-                    )),
-                    Ok(f) => {
-                        if let Err(e) = crate::model::with_drops(f, &self.model.drop_classes) {
-                            errs.push(invalid(
-                                "model.drop_classes",
-                                e,
-                                "list some of \"flood\", \"sweep\", \"replay\"",
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        if self.model.predictor == PredictorKind::Window {
-            if self.dam.device_rate_pps.is_none() {
-                errs.push(invalid(
-                    "model.predictor",
-                    "\"window\" feeds the control core, which runs only with the Dam on"
-                        .to_string(),
-                    "set dam.device_rate_pps, or predictor = \"rule\"",
-                ));
-            }
-            if let Err(e) = crate::model::load_window(&self.model.window) {
-                errs.push(invalid(
-                    "model.window",
-                    e.to_string(),
-                    "point it at a file `klais model train` wrote (models/window.json)",
-                ));
-            }
+        if self.model.predictor == PredictorKind::Window && self.dam.device_rate_pps.is_none() {
+            errs.push(invalid(
+                "model.predictor",
+                "\"window\" feeds the control core, which runs only with the Dam on".to_string(),
+                "set dam.device_rate_pps, or predictor = \"rule\"",
+            ));
         }
         if self.ingest.listen.port() == 0 {
             errs.push(invalid(
@@ -958,7 +950,7 @@ impl Config {
             ));
         }
         if let Some(r) = a.shard_rate_pps {
-            if crate::xdp::Rate::new(r, a.shard_burst.unwrap_or(r.max(1))).is_err() {
+            if rate::Rate::new(r, a.shard_burst.unwrap_or(r.max(1))).is_err() {
                 errs.push(invalid(
                     "admission.shard_rate_pps, admission.shard_burst",
                     format!("rate {r} / burst {:?} out of range", a.shard_burst),

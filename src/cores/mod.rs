@@ -14,13 +14,14 @@
 //! The result is a plain value ([`HostTopology`]) that prints as a tree or as
 //! JSON; planning core maps from it is pure logic (the core-map issue).
 
+pub mod placement;
 pub mod plan;
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::runtime::placement::parse_cpu_list;
+use placement::parse_cpu_list;
 
 /// Why discovery failed.
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +255,7 @@ pub fn nic_info(iface: &str) -> Result<NicInfo, crate::xdp::XdpError> {
     Ok(NicInfo {
         iface: iface.to_string(),
         numa_node,
-        rx_queues: crate::runtime::rx_queue_count(iface).unwrap_or(0),
+        rx_queues: rx_queue_count(iface).unwrap_or(0),
         irqs,
     })
 }
@@ -446,6 +447,58 @@ pub fn is_xml(path: &Path) -> bool {
     std::fs::read_to_string(path)
         .map(|s| s.contains("<topology"))
         .unwrap_or(false)
+}
+
+/// Receive queues of a network interface: the ethtool channel count
+/// (SIOCETHTOOL, answered in the caller's network namespace), else sysfs
+/// `queues/rx-*`; None when neither tells.
+pub fn rx_queue_count(iface: &str) -> Option<usize> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct EthtoolChannels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    // SAFETY: a plain datagram socket for the ioctl, closed below; `ifr` is a
+    // zeroed ifreq whose name is NUL-terminated (at most 15 bytes copied) and
+    // whose data pointer refers to `ch`, alive for the whole call.
+    let by_ioctl = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            None
+        } else {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            for (d, s) in ifr.ifr_name.iter_mut().zip(iface.bytes().take(15)) {
+                *d = s as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_data = (&mut ch as *mut EthtoolChannels).cast();
+            let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr);
+            libc::close(fd);
+            (rc == 0).then(|| (ch.rx_count + ch.combined_count) as usize)
+        }
+    };
+    by_ioctl.filter(|&n| n > 0).or_else(|| {
+        std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+            .ok()
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                    .count()
+            })
+            .filter(|&n| n > 0)
+    })
 }
 
 #[cfg(test)]

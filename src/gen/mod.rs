@@ -127,14 +127,7 @@ pub struct GenReport {
     pub elapsed_ns: u64,
 }
 
-/// Writes device `i`'s id into `out` and returns its length.
-pub fn device_name(i: u32, out: &mut [u8; 16]) -> usize {
-    let mut cur = io::Cursor::new(&mut out[..]);
-    // "dev-" + 8 digits = 12 bytes, always fits 16 for u32 < 10^8; larger ids
-    // use more digits and still fit (at most 14 bytes).
-    let _ = write!(cur, "dev-{i:08}");
-    cur.position() as usize
-}
+pub use crate::scenario::device_name;
 
 /// Writes one well-formed v1 datagram of device `dev` (`dev-{dev:08}`) with
 /// sequence `seq` into `buf`: header, then JSON `{"ts_ns":…,"seq":…,"pad":"x…"}`
@@ -198,7 +191,7 @@ fn build(spec: &GenSpec, seqs: &mut [u32], n: u64, malformed: Option<u8>, buf: &
     let len = write_message(
         dev,
         seq,
-        crate::ingest::udp::now_ns(),
+        crate::clock::now_ns(),
         spec.payload_bytes,
         buf,
     );
@@ -336,7 +329,7 @@ pub fn run_scenario(
         if due > el + Duration::from_micros(200) {
             std::thread::sleep(due - el);
         }
-        let n = p.write(crate::ingest::udp::now_ns(), &mut buf);
+        let n = p.write(crate::clock::now_ns(), &mut buf);
         match sock.send(&buf[..n]) {
             Ok(_) => r.sent[p.label as usize] += 1,
             Err(_) => r.send_errors += 1,

@@ -412,7 +412,7 @@ pub async fn receive_loop(
     let publish_every = tick.min(Duration::from_millis(10));
     let mut next_publish = Instant::now() + publish_every;
     loop {
-        let ts = super::udp::now_ns();
+        let ts = crate::clock::now_ns();
         hashes.clear();
         let mut k = 0;
         let n = xsk.recv_batch_marked(|pass, frame, mark| match (pass, udp_payload_port(frame)) {
@@ -480,7 +480,7 @@ pub async fn receive_loop(
     // What the kernel put in the ring before the unbind took effect.
     let mut quiet = 0;
     while quiet < 3 {
-        let ts = super::udp::now_ns();
+        let ts = crate::clock::now_ns();
         let n = xsk.recv_batch(|pass, frame| match (pass, udp_payload_port(frame)) {
             (Pass::Process, Some((port, p))) => {
                 let _ = shard.on_datagram_at(p, ts, port);

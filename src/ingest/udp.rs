@@ -288,11 +288,4 @@ pub fn socket_drops(fd: std::os::fd::RawFd) -> Option<u64> {
     None
 }
 
-/// Wall-clock receive time, ns since the Unix epoch (vDSO clock_gettime).
-#[inline]
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ns;

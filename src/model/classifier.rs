@@ -30,6 +30,10 @@ pub const H: usize = 16;
 /// Classes (normal, flood, sweep, replay).
 pub const K: usize = 4;
 
+/// The classes, in output order (the scenario generator labels its traffic
+/// with the same names: `train` checks they agree).
+pub const CLASS_NAMES: [&str; K] = ["normal", "flood", "sweep", "replay"];
+
 /// What the kernel does with a class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

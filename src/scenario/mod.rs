@@ -480,7 +480,7 @@ impl Generator {
         let mean = SEC / spec.rate_per_device.max(1e-6);
         for i in 0..spec.devices {
             let mut raw = [0u8; DEVICE_ID_LEN];
-            crate::gen::device_name(i, &mut raw);
+            device_name(i, &mut raw);
             ids.push((raw, wire::fnv1a64(&raw)));
             let periodic = rng.gen_bool(spec.periodic_share.clamp(0.0, 1.0));
             let spread = spec.rate_spread.max(1.0);
@@ -792,6 +792,15 @@ impl Iterator for Generator {
         }
         None
     }
+}
+
+/// Writes device `i`'s id into `out` and returns its length.
+pub fn device_name(i: u32, out: &mut [u8; 16]) -> usize {
+    let mut cur = std::io::Cursor::new(&mut out[..]);
+    // "dev-" + 8 digits = 12 bytes, always fits 16 for u32 < 10^8; larger ids
+    // use more digits and still fit (at most 14 bytes).
+    let _ = write!(cur, "dev-{i:08}");
+    cur.position() as usize
 }
 
 #[cfg(test)]

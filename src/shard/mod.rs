@@ -271,6 +271,34 @@ struct Owner {
 /// Devices the operator denied (admin API), by device hash.
 pub type DenyList = auth::DeviceMap<()>;
 
+/// The deny list as the control plane publishes it for the shards: a version
+/// that moves on every write, and the list. A shard compares the version once
+/// per tick and swaps its `Arc` only when it moved; per packet it reads its
+/// own copy. The admin API writes here (katran's narrow control API over
+/// maps): the data plane never imports the control plane.
+#[derive(Debug, Default)]
+pub struct DenyFeed {
+    version: std::sync::atomic::AtomicU64,
+    list: std::sync::Mutex<std::sync::Arc<DenyList>>,
+}
+
+impl DenyFeed {
+    /// Replaces the list; shards take it at their next tick.
+    pub fn publish(&self, list: DenyList) {
+        *self.list.lock().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(list);
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    /// Changes on every [`DenyFeed::publish`].
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+    /// The list now.
+    pub fn current(&self) -> std::sync::Arc<DenyList> {
+        self.list.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 impl Owner {
     /// Admission, sequence tracking and hand-off for a message this shard owns.
     #[inline]
@@ -371,8 +399,9 @@ pub struct Shard {
     /// The UDP port datagrams without their own port arrived on (the UDP
     /// backend's socket): its policy applies.
     port: u16,
-    /// The operator's settings (deny list), read per tick.
-    operator: Option<(std::sync::Arc<crate::admin::Operator>, u64)>,
+    /// The operator's deny list (admin API) and the version last applied,
+    /// read per tick.
+    operator: Option<(std::sync::Arc<DenyFeed>, u64)>,
     owner: Owner,
     window: Option<Box<WindowSide>>,
     setpoints: Option<DamSetpoints>,
@@ -670,12 +699,12 @@ impl Shard {
         self.port = port;
     }
 
-    /// Follows the operator's deny list (admin API) from now on, checked in
-    /// [`Shard::apply_setpoints`] once per tick.
-    pub fn follow_operator(&mut self, op: std::sync::Arc<crate::admin::Operator>) {
-        self.owner.denied = op.deny_list();
-        let v = op.deny_version();
-        self.operator = Some((op, v));
+    /// Follows the operator's deny list (the admin API publishes it) from
+    /// now on, checked in [`Shard::apply_setpoints`] once per tick.
+    pub fn follow_deny_list(&mut self, feed: std::sync::Arc<DenyFeed>) {
+        let v = feed.version();
+        self.owner.denied = feed.current();
+        self.operator = Some((feed, v));
     }
 
     /// Takes device keys for protocol v2 (`auth.keys`): this shard's own
@@ -750,11 +779,11 @@ impl Shard {
         if let Some(cfg) = self.setpoints.as_ref().and_then(|p| p.read()) {
             self.set_dam(cfg);
         }
-        if let Some((op, seen)) = self.operator.as_mut() {
-            let v = op.deny_version();
+        if let Some((feed, seen)) = self.operator.as_mut() {
+            let v = feed.version();
             if v != *seen {
                 *seen = v;
-                self.owner.denied = op.deny_list();
+                self.owner.denied = feed.current();
             }
         }
     }
@@ -1347,11 +1376,13 @@ mod tests {
 
     #[test]
     fn a_denied_device_is_dropped_from_the_next_tick_on() {
-        let op = std::sync::Arc::new(crate::admin::Operator::default());
+        let feed = std::sync::Arc::new(DenyFeed::default());
         let (mut s, mut rx) = shard(false, 1 << 16);
-        s.follow_operator(op.clone());
+        s.follow_deny_list(feed.clone());
         assert_eq!(s.on_datagram(&dgram("bad", 1, b"{}"), 1), Ok(()));
-        op.deny_for_test("bad");
+        let mut list = DenyList::default();
+        list.extend([(wire::device_hash(&wire::raw_device_id("bad").unwrap()), ())]);
+        feed.publish(list);
         assert_eq!(
             s.on_datagram(&dgram("bad", 2, b"{}"), 1),
             Ok(()),

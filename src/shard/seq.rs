@@ -29,51 +29,7 @@
 //! crafted collision gives an attacker nothing that spoofing the id itself
 //! does not, and accidental collisions among even 10^7 devices are ~10^-5 likely.
 
-/// The outcome of tracking one packet's sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeqEvent {
-    /// First packet of a device (or first since it was evicted).
-    New,
-    /// The next sequence.
-    InOrder,
-    /// Ahead of the next sequence: `missing` sequences were skipped.
-    Gap {
-        /// How many sequences are missing between the last and this one.
-        missing: u32,
-    },
-    /// Behind the highest seen, inside the window, not seen before.
-    Late,
-    /// Seen before: the packet is a duplicate and is dropped.
-    Duplicate,
-    /// The device restarted its counter.
-    Reset,
-}
-
-impl SeqEvent {
-    /// Compact code carried in records and Kafka headers.
-    pub const fn code(self) -> u8 {
-        match self {
-            SeqEvent::New => 0,
-            SeqEvent::InOrder => 1,
-            SeqEvent::Gap { .. } => 2,
-            SeqEvent::Late => 3,
-            SeqEvent::Duplicate => 4,
-            SeqEvent::Reset => 5,
-        }
-    }
-    /// Name for a code from [`SeqEvent::code`].
-    pub const fn code_name(code: u8) -> &'static str {
-        match code {
-            0 => "new",
-            1 => "in_order",
-            2 => "gap",
-            3 => "late",
-            4 => "duplicate",
-            5 => "reset",
-            _ => "unknown",
-        }
-    }
-}
+pub use crate::handoff::SeqEvent;
 
 /// Counters kept by the tracker (plain integers, published per tick).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

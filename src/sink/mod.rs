@@ -17,8 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::handoff::{RecordMeta, RecordRx, FLAG_JSON_VALIDATED};
-use crate::shard::SeqEvent;
+use crate::handoff::{RecordMeta, RecordRx, SeqEvent, FLAG_JSON_VALIDATED};
 use crate::telemetry::Published;
 
 /// Where records go.

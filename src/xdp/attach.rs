@@ -7,51 +7,14 @@
 //! by a klais that died (SIGKILL, crash): it is replaced and said so. A program
 //! found attached *without* it belongs to someone else and is never touched.
 
-use std::fmt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use libbpf_rs::{Xdp, XdpFlags};
 
 use super::{XdpError, XdpProgram, BPFFS_ROOT, PINNED_MAPS};
 
-/// How to attach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachMode {
-    /// In the driver (fastest; the driver must support XDP).
-    Native,
-    /// In the generic network stack (any interface; slower).
-    Generic,
-    /// Native if the driver supports it, else generic.
-    #[default]
-    Auto,
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-            AttachMode::Auto => "auto",
-        })
-    }
-}
-
-impl FromStr for AttachMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "native" => Ok(AttachMode::Native),
-            "generic" => Ok(AttachMode::Generic),
-            "auto" => Ok(AttachMode::Auto),
-            _ => Err(format!(
-                "unknown XDP mode {s:?}: use native, generic or auto"
-            )),
-        }
-    }
-}
+pub use crate::config::AttachMode;
 
 /// The pin directory for `iface`.
 pub fn pin_dir(iface: &str) -> PathBuf {

@@ -1,8 +1,8 @@
 //! Placement as data: which CPU runs which role, decided once, printable and
 //! checked against the CPUs that are online before anything starts.
 //!
-//! The full core-map files (numa/, `klais cores`) come with their own issue;
-//! this is the single-shard placement `klais run` uses until then.
+//! Pure: it reads the online CPU list once ([`online_cpus`]) and plans from
+//! that value, so a plan can be printed, diffed and tested without a machine.
 
 use std::fmt;
 
