@@ -11,8 +11,10 @@
 
 use std::fmt::Write;
 
-use super::{Sources, WRITE_RESULTS};
+use super::{OperatorState, Sources, WRITE_RESULTS};
+use crate::kafka::KafkaSnapshot;
 use crate::shard::ShardSnapshot;
+use crate::sink::SinkSnapshot;
 use crate::wire::Reject;
 
 struct W {
@@ -167,12 +169,12 @@ const SHARD_FAMILIES: [ShardFamily; 16] = [
     ),
 ];
 
-/// The whole exposition.
+/// The whole exposition: one function per snapshot type, in the order the
+/// data flows (cores, shards, control, operator, output, kernel).
 pub fn render(src: &Sources) -> String {
     let mut w = W {
         out: String::with_capacity(16 * 1024),
     };
-    let snaps: Vec<_> = src.shards.iter().map(|s| s.read()).collect();
 
     w.family("klais_build_info", "gauge", "klais version.");
     w.v(
@@ -218,7 +220,27 @@ pub fn render(src: &Sources) -> String {
         "1 when /ready answers 200.",
         f64::from(u8::from(super::not_ready(src).is_empty())),
     );
+    shard_families(&mut w, src);
+    if let Some(c) = &src.control {
+        control_families(&mut w, &c.read());
+    }
+    operator_families(&mut w, &src.operator.state());
+    sink_families(&mut w, &src.sink.read());
+    if let Some(k) = &src.kafka {
+        let k = k.read();
+        kafka_families(&mut w, &k);
+        dapb_families(&mut w, &k);
+    }
+    if let Some(maps) = &src.kernel {
+        kernel_families(&mut w, maps);
+    }
+    w.out
+}
 
+/// Per-shard families ([`ShardSnapshot`]), and the Dam's rate from the
+/// control core's setpoints.
+fn shard_families(w: &mut W, src: &Sources) {
+    let snaps: Vec<_> = src.shards.iter().map(|s| s.read()).collect();
     // Shards: the plain per-shard families, then those with more labels.
     for (name, kind, help, f) in SHARD_FAMILIES {
         let vals: Vec<f64> = snaps.iter().map(f).collect();
@@ -282,74 +304,75 @@ pub fn render(src: &Sources) -> String {
             &rates,
         );
     }
+}
 
-    // Control core.
-    if let Some(c) = &src.control {
-        let c = c.read();
-        w.one(
-            "klais_control_ticks_total",
-            "counter",
-            "Control core ticks.",
-            c.ticks as f64,
-        );
-        w.one(
-            "klais_control_global_rate_pps",
-            "gauge",
-            "Global admission rate the PID set last.",
-            c.global_rate,
-        );
-        w.one(
-            "klais_control_storm",
-            "gauge",
-            "1 while a reconnection storm is forecast.",
-            f64::from(u8::from(c.storm_now)),
-        );
-        w.one(
-            "klais_control_storms_total",
-            "counter",
-            "Storm onsets forecast.",
-            c.storms as f64,
-        );
-        w.one(
-            "klais_control_predicted_devices",
-            "gauge",
-            "The last forecast's reconnecting devices.",
-            c.predicted.0,
-        );
-        w.one(
-            "klais_control_predicted_messages",
-            "gauge",
-            "The last forecast's backlog, messages.",
-            c.predicted.1,
-        );
-        w.one(
-            "klais_control_storm_peak_waiting",
-            "gauge",
-            "Most messages waiting in the Dams since the last storm began.",
-            c.storm_peak_waiting as f64,
-        );
-        w.one(
-            "klais_control_kernel_budget_pps",
-            "gauge",
-            "The kernel's global budget written last.",
-            c.kernel_budget_pps as f64,
-        );
-        w.one(
-            "klais_control_kernel_writes_total",
-            "counter",
-            "Writes of the kernel's limits.",
-            c.kernel_writes as f64,
-        );
-        w.one(
-            "klais_control_floods_pinned_total",
-            "counter",
-            "Flooding devices held to the normal kernel limit during storms.",
-            c.floods_pinned as f64,
-        );
-    }
+/// The control core's families ([`crate::control::ControlSnapshot`]).
+fn control_families(w: &mut W, c: &crate::control::ControlSnapshot) {
+    w.one(
+        "klais_control_ticks_total",
+        "counter",
+        "Control core ticks.",
+        c.ticks as f64,
+    );
+    w.one(
+        "klais_control_global_rate_pps",
+        "gauge",
+        "Global admission rate the PID set last.",
+        c.global_rate,
+    );
+    w.one(
+        "klais_control_storm",
+        "gauge",
+        "1 while a reconnection storm is forecast.",
+        f64::from(u8::from(c.storm_now)),
+    );
+    w.one(
+        "klais_control_storms_total",
+        "counter",
+        "Storm onsets forecast.",
+        c.storms as f64,
+    );
+    w.one(
+        "klais_control_predicted_devices",
+        "gauge",
+        "The last forecast's reconnecting devices.",
+        c.predicted.0,
+    );
+    w.one(
+        "klais_control_predicted_messages",
+        "gauge",
+        "The last forecast's backlog, messages.",
+        c.predicted.1,
+    );
+    w.one(
+        "klais_control_storm_peak_waiting",
+        "gauge",
+        "Most messages waiting in the Dams since the last storm began.",
+        c.storm_peak_waiting as f64,
+    );
+    w.one(
+        "klais_control_kernel_budget_pps",
+        "gauge",
+        "The kernel's global budget written last.",
+        c.kernel_budget_pps as f64,
+    );
+    w.one(
+        "klais_control_kernel_writes_total",
+        "counter",
+        "Writes of the kernel's limits.",
+        c.kernel_writes as f64,
+    );
+    w.one(
+        "klais_control_floods_pinned_total",
+        "counter",
+        "Flooding devices held to the normal kernel limit during storms.",
+        c.floods_pinned as f64,
+    );
+}
 
-    // Operator (admin API).
-    let op = src.operator.state();
+/// The operator's settings and the admin API's own counters, and the log
+/// lines the rate limit suppressed.
+fn operator_families(w: &mut W, op: &OperatorState) {
     w.family(
         "klais_operator_ceiling_pps",
         "gauge",
@@ -395,282 +418,289 @@ pub fn render(src: &Sources) -> String {
         "Log lines dropped by the per-call-site rate limit.",
         crate::telemetry::LOG_SUPPRESSED.load(std::sync::atomic::Ordering::Relaxed) as f64,
     );
+}
 
-    // Output.
-    let sink = src.sink.read();
+/// A non-Kafka sink's families ([`SinkSnapshot`]).
+fn sink_families(w: &mut W, sink: &SinkSnapshot) {
     w.one(
         "klais_sink_records_total",
         "counter",
         "Records written by a non-Kafka sink.",
         sink.records as f64,
     );
-    if let Some(k) = &src.kafka {
-        let k = k.read();
-        w.one(
-            "klais_kafka_accepted_total",
-            "counter",
-            "Records the batcher took from the shard rings.",
-            k.accepted as f64,
-        );
-        w.one(
-            "klais_kafka_delivered_total",
-            "counter",
-            "Records the broker acknowledged.",
-            k.delivered as f64,
-        );
-        w.one(
-            "klais_kafka_recovered_total",
-            "counter",
-            "Records found in the journal at start.",
-            k.recovered as f64,
-        );
-        w.one(
-            "klais_kafka_buffered",
-            "gauge",
-            "Records in DAPB buffers.",
-            k.buffered as f64,
-        );
-        w.one(
-            "klais_kafka_in_flight",
-            "gauge",
-            "Records given to librdkafka, not yet acknowledged.",
-            k.in_flight as f64,
-        );
-        w.one(
-            "klais_kafka_journaled",
-            "gauge",
-            "Records waiting in the journal.",
-            k.journaled as f64,
-        );
-        w.family(
-            "klais_kafka_dropped_total",
-            "counter",
-            "Records lost after acceptance, by reason.",
-        );
-        w.v(
-            "klais_kafka_dropped_total",
-            &[("reason", "journal_full")],
-            k.dropped_journal_full as f64,
-        );
-        w.v(
-            "klais_kafka_dropped_total",
-            &[("reason", "broker_rejected")],
-            k.dropped_rejected as f64,
-        );
-        w.v(
-            "klais_kafka_dropped_total",
-            &[("reason", "journal_damaged")],
-            k.journal_lost as f64,
-        );
-        w.one(
-            "klais_kafka_replayed_total",
-            "counter",
-            "Journal records sent again.",
-            k.replayed as f64,
-        );
-        w.one(
-            "klais_kafka_breaker_open",
-            "gauge",
-            "1 while records go to the journal.",
-            f64::from(u8::from(k.breaker == crate::kafka::Breaker::Open)),
-        );
-        w.one(
-            "klais_kafka_breaker_opens_total",
-            "counter",
-            "Times the breaker opened.",
-            k.breaker_opens as f64,
-        );
-        w.one(
-            "klais_kafka_broker_up",
-            "gauge",
-            "1 when librdkafka reports a broker up.",
-            f64::from(u8::from(k.broker_up)),
-        );
-        w.one(
-            "klais_kafka_journal_bytes",
-            "gauge",
-            "Bytes of the journal on disk.",
-            k.journal.bytes as f64,
-        );
-        w.one(
-            "klais_kafka_journal_segments",
-            "gauge",
-            "Journal segment files.",
-            k.journal.segments as f64,
-        );
-        w.one(
-            "klais_kafka_journal_io_errors_total",
-            "counter",
-            "Journal I/O errors.",
-            k.journal.io_errors as f64,
-        );
-        if let Some(p) = k.params {
-            w.one(
-                "klais_dapb_batch_adaptive_bytes",
-                "gauge",
-                "DAPB B(t), bytes.",
-                p.b_adaptive as f64,
-            );
-            w.one(
-                "klais_dapb_batch_min_bytes",
-                "gauge",
-                "DAPB B_min, bytes.",
-                p.b_min as f64,
-            );
-            w.one(
-                "klais_dapb_batch_max_bytes",
-                "gauge",
-                "DAPB B_max, bytes.",
-                p.b_max as f64,
-            );
-            w.one(
-                "klais_dapb_timeout_seconds",
-                "gauge",
-                "DAPB T(t).",
-                p.t_us as f64 / 1e6,
-            );
-            w.one(
-                "klais_dapb_utilisation_threshold_ratio",
-                "gauge",
-                "DAPB U_th.",
-                f64::from(p.u_th_pct) / 100.0,
-            );
-        }
-        w.one(
-            "klais_dapb_rtt_seconds",
-            "gauge",
-            "DAPB C(t): round trip.",
-            k.conditions.rtt_us / 1e6,
-        );
-        w.one(
-            "klais_dapb_jitter_seconds",
-            "gauge",
-            "DAPB C(t): jitter.",
-            k.conditions.jitter_us / 1e6,
-        );
-        w.one(
-            "klais_dapb_error_ratio",
-            "gauge",
-            "DAPB C(t): error share.",
-            k.conditions.error_pct / 100.0,
-        );
-        w.one(
-            "klais_dapb_messages_total",
-            "counter",
-            "Messages released in DAPB batches.",
-            k.dapb.messages as f64,
-        );
-        w.one(
-            "klais_dapb_batches_total",
-            "counter",
-            "DAPB batches released.",
-            k.dapb.batches as f64,
-        );
-        w.one(
-            "klais_dapb_batch_utilisation_ratio",
-            "gauge",
-            "Used / capacity bytes over all batches (DAPB eq. 9).",
-            if k.dapb.capacity_bytes > 0 {
-                k.dapb.used_bytes as f64 / k.dapb.capacity_bytes as f64
-            } else {
-                0.0
-            },
-        );
-        w.family(
-            "klais_dapb_releases_total",
-            "counter",
-            "DAPB batch releases by reason.",
-        );
-        for (i, r) in ["urgent", "full", "timeout", "drain"].iter().enumerate() {
-            w.v(
-                "klais_dapb_releases_total",
-                &[("reason", r)],
-                k.dapb.by_reason[i] as f64,
-            );
-        }
-        summary(
-            &mut w,
-            "klais_kafka_added_latency_seconds",
-            "Ring to delivery report, by class.",
-            &[
-                ("class", "normal", &k.latency_normal_us),
-                ("class", "urgent", &k.latency_urgent_us),
-            ],
-        );
-        summary(
-            &mut w,
-            "klais_kafka_delivery_rtt_seconds",
-            "Handed to librdkafka to delivery report.",
-            &[("path", "direct", &k.rtt_us)],
-        );
-        w.one(
-            "klais_kafka_cpu_seconds_total",
-            "counter",
-            "Batcher thread CPU time.",
-            k.cpu_ns as f64 / 1e9,
-        );
-    }
+}
 
-    // The kernel.
-    if let Some(maps) = &src.kernel {
-        if let Ok(x) = maps.counters() {
-            w.family(
+/// The Kafka batcher's delivery accounting, breaker and journal
+/// ([`KafkaSnapshot`]).
+fn kafka_families(w: &mut W, k: &KafkaSnapshot) {
+    w.one(
+        "klais_kafka_accepted_total",
+        "counter",
+        "Records the batcher took from the shard rings.",
+        k.accepted as f64,
+    );
+    w.one(
+        "klais_kafka_delivered_total",
+        "counter",
+        "Records the broker acknowledged.",
+        k.delivered as f64,
+    );
+    w.one(
+        "klais_kafka_recovered_total",
+        "counter",
+        "Records found in the journal at start.",
+        k.recovered as f64,
+    );
+    w.one(
+        "klais_kafka_buffered",
+        "gauge",
+        "Records in DAPB buffers.",
+        k.buffered as f64,
+    );
+    w.one(
+        "klais_kafka_in_flight",
+        "gauge",
+        "Records given to librdkafka, not yet acknowledged.",
+        k.in_flight as f64,
+    );
+    w.one(
+        "klais_kafka_journaled",
+        "gauge",
+        "Records waiting in the journal.",
+        k.journaled as f64,
+    );
+    w.family(
+        "klais_kafka_dropped_total",
+        "counter",
+        "Records lost after acceptance, by reason.",
+    );
+    w.v(
+        "klais_kafka_dropped_total",
+        &[("reason", "journal_full")],
+        k.dropped_journal_full as f64,
+    );
+    w.v(
+        "klais_kafka_dropped_total",
+        &[("reason", "broker_rejected")],
+        k.dropped_rejected as f64,
+    );
+    w.v(
+        "klais_kafka_dropped_total",
+        &[("reason", "journal_damaged")],
+        k.journal_lost as f64,
+    );
+    w.one(
+        "klais_kafka_replayed_total",
+        "counter",
+        "Journal records sent again.",
+        k.replayed as f64,
+    );
+    w.one(
+        "klais_kafka_breaker_open",
+        "gauge",
+        "1 while records go to the journal.",
+        f64::from(u8::from(k.breaker == crate::kafka::Breaker::Open)),
+    );
+    w.one(
+        "klais_kafka_breaker_opens_total",
+        "counter",
+        "Times the breaker opened.",
+        k.breaker_opens as f64,
+    );
+    w.one(
+        "klais_kafka_broker_up",
+        "gauge",
+        "1 when librdkafka reports a broker up.",
+        f64::from(u8::from(k.broker_up)),
+    );
+    w.one(
+        "klais_kafka_journal_bytes",
+        "gauge",
+        "Bytes of the journal on disk.",
+        k.journal.bytes as f64,
+    );
+    w.one(
+        "klais_kafka_journal_segments",
+        "gauge",
+        "Journal segment files.",
+        k.journal.segments as f64,
+    );
+    w.one(
+        "klais_kafka_journal_io_errors_total",
+        "counter",
+        "Journal I/O errors.",
+        k.journal.io_errors as f64,
+    );
+}
+
+/// The batcher's DAPB parameters, releases, latency and CPU
+/// ([`KafkaSnapshot`]).
+fn dapb_families(w: &mut W, k: &KafkaSnapshot) {
+    if let Some(p) = k.params {
+        w.one(
+            "klais_dapb_batch_adaptive_bytes",
+            "gauge",
+            "DAPB B(t), bytes.",
+            p.b_adaptive as f64,
+        );
+        w.one(
+            "klais_dapb_batch_min_bytes",
+            "gauge",
+            "DAPB B_min, bytes.",
+            p.b_min as f64,
+        );
+        w.one(
+            "klais_dapb_batch_max_bytes",
+            "gauge",
+            "DAPB B_max, bytes.",
+            p.b_max as f64,
+        );
+        w.one(
+            "klais_dapb_timeout_seconds",
+            "gauge",
+            "DAPB T(t).",
+            p.t_us as f64 / 1e6,
+        );
+        w.one(
+            "klais_dapb_utilisation_threshold_ratio",
+            "gauge",
+            "DAPB U_th.",
+            f64::from(p.u_th_pct) / 100.0,
+        );
+    }
+    w.one(
+        "klais_dapb_rtt_seconds",
+        "gauge",
+        "DAPB C(t): round trip.",
+        k.conditions.rtt_us / 1e6,
+    );
+    w.one(
+        "klais_dapb_jitter_seconds",
+        "gauge",
+        "DAPB C(t): jitter.",
+        k.conditions.jitter_us / 1e6,
+    );
+    w.one(
+        "klais_dapb_error_ratio",
+        "gauge",
+        "DAPB C(t): error share.",
+        k.conditions.error_pct / 100.0,
+    );
+    w.one(
+        "klais_dapb_messages_total",
+        "counter",
+        "Messages released in DAPB batches.",
+        k.dapb.messages as f64,
+    );
+    w.one(
+        "klais_dapb_batches_total",
+        "counter",
+        "DAPB batches released.",
+        k.dapb.batches as f64,
+    );
+    w.one(
+        "klais_dapb_batch_utilisation_ratio",
+        "gauge",
+        "Used / capacity bytes over all batches (DAPB eq. 9).",
+        if k.dapb.capacity_bytes > 0 {
+            k.dapb.used_bytes as f64 / k.dapb.capacity_bytes as f64
+        } else {
+            0.0
+        },
+    );
+    w.family(
+        "klais_dapb_releases_total",
+        "counter",
+        "DAPB batch releases by reason.",
+    );
+    for (i, r) in ["urgent", "full", "timeout", "drain"].iter().enumerate() {
+        w.v(
+            "klais_dapb_releases_total",
+            &[("reason", r)],
+            k.dapb.by_reason[i] as f64,
+        );
+    }
+    summary(
+        w,
+        "klais_kafka_added_latency_seconds",
+        "Ring to delivery report, by class.",
+        &[
+            ("class", "normal", &k.latency_normal_us),
+            ("class", "urgent", &k.latency_urgent_us),
+        ],
+    );
+    summary(
+        w,
+        "klais_kafka_delivery_rtt_seconds",
+        "Handed to librdkafka to delivery report.",
+        &[("path", "direct", &k.rtt_us)],
+    );
+    w.one(
+        "klais_kafka_cpu_seconds_total",
+        "counter",
+        "Batcher thread CPU time.",
+        k.cpu_ns as f64 / 1e9,
+    );
+}
+
+/// The XDP filter's families, read from its maps per scrape.
+fn kernel_families(w: &mut W, maps: &crate::xdp::KernelMaps) {
+    if let Ok(x) = maps.counters() {
+        w.family(
+            "klais_xdp_packets_total",
+            "counter",
+            "Packets by XDP verdict.",
+        );
+        for v in crate::xdp::Verdict::ALL {
+            w.v(
                 "klais_xdp_packets_total",
-                "counter",
-                "Packets by XDP verdict.",
-            );
-            for v in crate::xdp::Verdict::ALL {
-                w.v(
-                    "klais_xdp_packets_total",
-                    &[("verdict", v.name())],
-                    x.get(v) as f64,
-                );
-            }
-            w.family(
-                "klais_xdp_model_class_total",
-                "counter",
-                "Packets the in-kernel classifier put in each class.",
-            );
-            for (i, c) in crate::handoff::MODEL_CLASSES.iter().enumerate() {
-                w.v(
-                    "klais_xdp_model_class_total",
-                    &[("class", c)],
-                    x.model_class[i] as f64,
-                );
-            }
-            w.one(
-                "klais_xdp_events_sent_total",
-                "counter",
-                "Device events sent to user space.",
-                x.events_sent as f64,
-            );
-            w.one(
-                "klais_xdp_events_capped_total",
-                "counter",
-                "Device events over the per-second cap.",
-                x.events_capped as f64,
-            );
-            w.one(
-                "klais_xdp_events_lost_total",
-                "counter",
-                "Device events lost (ring buffer full).",
-                x.events_lost as f64,
-            );
-            w.one(
-                "klais_xdp_bucket_evictions_total",
-                "counter",
-                "Kernel device buckets given to a new device.",
-                x.bucket_evictions as f64,
-            );
-            w.one(
-                "klais_xdp_bucket_untracked_total",
-                "counter",
-                "New devices admitted without a kernel bucket.",
-                x.bucket_untracked as f64,
+                &[("verdict", v.name())],
+                x.get(v) as f64,
             );
         }
+        w.family(
+            "klais_xdp_model_class_total",
+            "counter",
+            "Packets the in-kernel classifier put in each class.",
+        );
+        for (i, c) in crate::handoff::MODEL_CLASSES.iter().enumerate() {
+            w.v(
+                "klais_xdp_model_class_total",
+                &[("class", c)],
+                x.model_class[i] as f64,
+            );
+        }
+        w.one(
+            "klais_xdp_events_sent_total",
+            "counter",
+            "Device events sent to user space.",
+            x.events_sent as f64,
+        );
+        w.one(
+            "klais_xdp_events_capped_total",
+            "counter",
+            "Device events over the per-second cap.",
+            x.events_capped as f64,
+        );
+        w.one(
+            "klais_xdp_events_lost_total",
+            "counter",
+            "Device events lost (ring buffer full).",
+            x.events_lost as f64,
+        );
+        w.one(
+            "klais_xdp_bucket_evictions_total",
+            "counter",
+            "Kernel device buckets given to a new device.",
+            x.bucket_evictions as f64,
+        );
+        w.one(
+            "klais_xdp_bucket_untracked_total",
+            "counter",
+            "New devices admitted without a kernel bucket.",
+            x.bucket_untracked as f64,
+        );
     }
-    w.out
 }
 
 /// A summary from `[p50, p99, p99.9, max, count]` in µs (the batcher's

@@ -553,6 +553,7 @@ impl UdpOut {
             slot,
             // SAFETY: iovec and mmsghdr are plain C structs; all-zero is valid.
             iov: vec![unsafe { std::mem::zeroed() }; BATCH],
+            // SAFETY: as above.
             msgs: vec![unsafe { std::mem::zeroed() }; BATCH],
         })
     }

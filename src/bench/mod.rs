@@ -1020,17 +1020,7 @@ impl Ctx<'_> {
         let cores1 = cpu_times();
         let stopped = self.stop.load(Ordering::Relaxed);
         if let Some(h) = hook.as_mut() {
-            // The hook's own window is the load's; give it 10 s to write.
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) && matches!(h.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if matches!(h.try_wait(), Ok(None)) {
-                eprintln!(
-                    "bench: the --on-load command still runs 10 s after the load; stopping it"
-                );
-                stop_child(h, Duration::from_secs(2));
-            }
+            end_hook(h);
         }
         let load = load.map_err(|e| format!("generator: {e}"))?;
         if let Some(b) = &bar {
@@ -1072,35 +1062,8 @@ impl Ctx<'_> {
             && measured.foreign == 0
             && load.sent_valid > 0;
         let klais_lost = log.as_ref().map_or(0, |l| klais_socket_losses(l));
-        let limit = (!zero_loss).then(|| {
-            let asked = match rate {
-                Rate::Fixed { pps } => pps as f64,
-                Rate::Ramp { to, .. } => to as f64,
-            };
-            let busy = |s: f64| s / secs.max(1e-9);
-            // Drop counters first: they say where messages were lost; a
-            // generator that fell short is named when nothing else is.
-            let short = asked > 0.0 && load.rate() < 0.95 * asked && matches!(rate, Rate::Fixed { .. });
-            if link_drops > 0 {
-                format!("link: the veth/NIC ring dropped {link_drops} frames")
-            } else if udp_rcvbuf_errors > 0 {
-                format!("UDP receive buffer: {udp_rcvbuf_errors} datagrams dropped by the kernel (target too slow)")
-            } else if klais_lost > 0 {
-                format!("AF_XDP ring: {klais_lost} frames dropped by the kernel before the shard")
-            } else if cpu.broker_s.is_some_and(|b| busy(b) > 0.85) {
-                format!("broker CPU: {:.0}% of a core", 100.0 * busy(cpu.broker_s.unwrap_or(0.0)))
-            } else if busy(cpu.target_s) > 0.85 {
-                format!("target CPU: {:.0}% of a core", 100.0 * busy(cpu.target_s))
-            } else if short {
-                format!("generator: sent {:.0}/s of {asked:.0}/s asked", load.rate())
-            } else {
-                format!(
-                    "not read back within the drain time (target CPU {:.0}%, broker {})",
-                    100.0 * busy(cpu.target_s),
-                    cpu.broker_s.map_or("n/a".into(), |b| format!("{:.0}%", 100.0 * busy(b)))
-                )
-            }
-        });
+        let limit = (!zero_loss)
+            .then(|| loss_limit(rate, &load, &cpu, link_drops, udp_rcvbuf_errors, klais_lost));
         let reached = match rate {
             Rate::Fixed { pps } if pps > 0 => load.rate() >= 0.95 * pps as f64,
             _ => true,
@@ -1817,6 +1780,64 @@ pub fn summary(report: &Report) -> String {
         ));
     }
     out
+}
+
+/// Where a losing trial lost: the drop counters first (they say where
+/// messages were lost); a generator that fell short is named when nothing
+/// else is.
+fn loss_limit(
+    rate: Rate,
+    load: &load::LoadReport,
+    cpu: &Cpu,
+    link_drops: u64,
+    udp_rcvbuf_errors: u64,
+    klais_lost: u64,
+) -> String {
+    let secs = load.elapsed_ns as f64 / 1e9;
+    let asked = match rate {
+        Rate::Fixed { pps } => pps as f64,
+        Rate::Ramp { to, .. } => to as f64,
+    };
+    let busy = |s: f64| s / secs.max(1e-9);
+    // Drop counters first: they say where messages were lost; a
+    // generator that fell short is named when nothing else is.
+    let short = asked > 0.0 && load.rate() < 0.95 * asked && matches!(rate, Rate::Fixed { .. });
+    if link_drops > 0 {
+        format!("link: the veth/NIC ring dropped {link_drops} frames")
+    } else if udp_rcvbuf_errors > 0 {
+        format!("UDP receive buffer: {udp_rcvbuf_errors} datagrams dropped by the kernel (target too slow)")
+    } else if klais_lost > 0 {
+        format!("AF_XDP ring: {klais_lost} frames dropped by the kernel before the shard")
+    } else if cpu.broker_s.is_some_and(|b| busy(b) > 0.85) {
+        format!(
+            "broker CPU: {:.0}% of a core",
+            100.0 * busy(cpu.broker_s.unwrap_or(0.0))
+        )
+    } else if busy(cpu.target_s) > 0.85 {
+        format!("target CPU: {:.0}% of a core", 100.0 * busy(cpu.target_s))
+    } else if short {
+        format!("generator: sent {:.0}/s of {asked:.0}/s asked", load.rate())
+    } else {
+        format!(
+            "not read back within the drain time (target CPU {:.0}%, broker {})",
+            100.0 * busy(cpu.target_s),
+            cpu.broker_s
+                .map_or("n/a".into(), |b| format!("{:.0}%", 100.0 * busy(b)))
+        )
+    }
+}
+
+/// The `--on-load` command's window is the load's: it gets 10 s after the
+/// load to write, then it is stopped.
+fn end_hook(h: &mut std::process::Child) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) && matches!(h.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if matches!(h.try_wait(), Ok(None)) {
+        eprintln!("bench: the --on-load command still runs 10 s after the load; stopping it");
+        stop_child(h, Duration::from_secs(2));
+    }
 }
 
 #[cfg(test)]

@@ -311,6 +311,21 @@ impl Default for Journal {
 impl Kafka {
     /// Every problem in this section, appended to `errs`.
     pub fn validate(&self, errs: &mut Vec<ConfigError>) {
+        self.check_producer(errs);
+        self.check_batching_and_journal(errs);
+        for key in self.librdkafka.keys() {
+            if let Some((_, owner)) = OWNED_LIBRDKAFKA_KEYS.iter().find(|(k, _)| k == key) {
+                errs.push(invalid(
+                    &format!("output.kafka.librdkafka.\"{key}\""),
+                    format!("klais sets {key} itself ({owner})"),
+                    "remove it from [output.kafka.librdkafka] and use the klais key",
+                ));
+            }
+        }
+    }
+
+    /// Brokers, topic, acks, compression, in-flight limit, queues, classes.
+    fn check_producer(&self, errs: &mut Vec<ConfigError>) {
         if self.brokers.trim().is_empty() {
             errs.push(invalid(
                 "output.kafka.brokers",
@@ -387,6 +402,10 @@ impl Kafka {
                 }
             }
         }
+    }
+
+    /// DAPB bounds and the journal.
+    fn check_batching_and_journal(&self, errs: &mut Vec<ConfigError>) {
         let d = &self.dapb;
         if d.b_min_bytes == 0 || d.b_min_bytes > d.b_max_bytes {
             errs.push(invalid(
@@ -456,15 +475,6 @@ impl Kafka {
                 "0 ms with fsync = \"interval\"".into(),
                 "use fsync = \"always\" or a period of 1 ms or more",
             ));
-        }
-        for key in self.librdkafka.keys() {
-            if let Some((_, owner)) = OWNED_LIBRDKAFKA_KEYS.iter().find(|(k, _)| k == key) {
-                errs.push(invalid(
-                    &format!("output.kafka.librdkafka.\"{key}\""),
-                    format!("klais sets {key} itself ({owner})"),
-                    "remove it from [output.kafka.librdkafka] and use the klais key",
-                ));
-            }
         }
     }
 }

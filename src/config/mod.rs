@@ -774,6 +774,21 @@ impl Config {
     /// Every range and cross-field problem, all at once.
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut errs = Vec::new();
+        self.check_protocol(&mut errs);
+        self.check_auth_and_models(&mut errs);
+        self.check_ingest_and_cores(&mut errs);
+        self.check_rings_and_admission(&mut errs);
+        self.check_output_and_dam(&mut errs);
+        self.check_xdp(&mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The protocol section.
+    fn check_protocol(&self, errs: &mut Vec<ConfigError>) {
         let max_payload_limit = MAX_DATAGRAM - HEADER_LEN;
         let p = &self.protocol;
         if p.max_payload_bytes > max_payload_limit {
@@ -786,6 +801,10 @@ impl Config {
                 "set it to 65485 or less",
             ));
         }
+    }
+
+    /// Device authentication and the models (their files are read by `runtime::preflight`).
+    fn check_auth_and_models(&self, errs: &mut Vec<ConfigError>) {
         let a = &self.auth;
         if a.ports.len() > crate::wire::policy::MAX_PORT_POLICIES {
             errs.push(invalid(
@@ -834,6 +853,10 @@ impl Config {
                 "set dam.device_rate_pps, or predictor = \"rule\"",
             ));
         }
+    }
+
+    /// The receive side: listen address, buffers, shards, their CPUs, AF_XDP.
+    fn check_ingest_and_cores(&self, errs: &mut Vec<ConfigError>) {
         if self.ingest.listen.port() == 0 {
             errs.push(invalid(
                 "ingest.listen",
@@ -851,9 +874,7 @@ impl Config {
                 "use at least 65536 (the default is 33554432)",
             ));
         }
-        // Saturating: an absurd max_payload_bytes is reported above, and
-        // must not overflow the checks below (found by fuzzing).
-        let max_record = RECORD_HEADER_LEN.saturating_add(p.max_payload_bytes);
+        let p = &self.protocol;
         let shards = self.ingest.shards;
         if !(1..=64).contains(&shards) {
             errs.push(invalid(
@@ -929,6 +950,13 @@ impl Config {
                 ));
             }
         }
+    }
+
+    /// Ring sizes, the admission bucket and the sequence table.
+    fn check_rings_and_admission(&self, errs: &mut Vec<ConfigError>) {
+        // Saturating: an absurd max_payload_bytes is reported by
+        // check_protocol, and must not overflow these checks (found by fuzzing).
+        let max_record = RECORD_HEADER_LEN.saturating_add(self.protocol.max_payload_bytes);
         for (key, bytes) in [
             ("pipeline.overflow_bytes", self.pipeline.overflow_bytes),
             ("pipeline.mesh_bytes", self.pipeline.mesh_bytes),
@@ -993,6 +1021,10 @@ impl Config {
                 "use a small value such as 4",
             ));
         }
+    }
+
+    /// The output, the Dam and the counter interval.
+    fn check_output_and_dam(&self, errs: &mut Vec<ConfigError>) {
         match (self.output.sink, &self.output.path) {
             (SinkKind::File, None) => errs.push(invalid(
                 "output.sink, output.path",
@@ -1009,7 +1041,7 @@ impl Config {
             )),
             _ => {}
         }
-        self.output.kafka.validate(&mut errs);
+        self.output.kafka.validate(errs);
         let d = &self.dam;
         if d.device_rate_pps == Some(0) {
             errs.push(invalid(
@@ -1050,6 +1082,10 @@ impl Config {
                 "use 1000 for one line per second, or 0 to disable",
             ));
         }
+    }
+
+    /// The XDP filter.
+    fn check_xdp(&self, errs: &mut Vec<ConfigError>) {
         let x = &self.xdp;
         if let Some(ports) = &x.ports {
             if ports.is_empty() || ports.len() > 8 || ports.contains(&0) {
@@ -1105,11 +1141,6 @@ impl Config {
                     "use the name `ip link` shows, e.g. \"eth0\"",
                 ));
             }
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs)
         }
     }
 

@@ -210,27 +210,42 @@ pub fn run(sc: &Scenario, variant: Variant) -> Outcome {
     run_with(sc, variant, Extras::default())
 }
 
-/// Runs one variant with [`Extras`].
+/// Runs one variant with [`Extras`]: packets in time order into the Dam,
+/// and every 10 ms tick the downstream drain, the controller and the
+/// figures ([`SimRun`]).
 ///
 /// # Panics
 /// When `variant` is [`Variant::KlaisWindow`] without a model, or the model
 /// does not fit GGML (validated files always do).
 pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome {
-    use crate::model::window::{GgmlWindow, Tick, Window};
     let spec = ex.traffic.take().unwrap_or_else(|| sc.spec());
-    let t_end = (spec.duration_s * SEC) as u64;
-    let n = spec.devices as usize;
-    let mut ggml = (variant == Variant::KlaisWindow).then(|| {
-        GgmlWindow::new(ex.window.expect("the window variant needs a model"))
-            .expect("model fits GGML")
-    });
-    let mut window = Window::default();
     let mut gen = Generator::new(spec);
-    let t_back = gen.storm_back_ns().unwrap_or(u64::MAX);
-    let t_out = gen.spec().storm.map_or(t_end, |s| (s.at_s * SEC) as u64);
-    let mut seen = vec![false; n];
+    let mut run = SimRun::new(sc, variant, &gen, &mut ex);
+    let mut next_tick = TICK_NS;
+    let mut packets = gen.by_ref().peekable();
+    loop {
+        let next_packet = packets.peek().map_or(u64::MAX, |p| p.t_ns);
+        if next_packet < next_tick {
+            let p = packets.next().expect("peeked");
+            run.packet(&p);
+            continue;
+        }
+        let t = next_tick;
+        if t > run.t_end {
+            break;
+        }
+        next_tick += TICK_NS;
+        run.tick(t, &mut ex);
+    }
+    run.out.device_lost = gen.device.overflowed + gen.device.discarded;
+    run.finish()
+}
+
+/// The Dam's settings for a variant (the baseline: a fixed per-device limit,
+/// no queue, no shard limit).
+fn dam_config(sc: &Scenario, variant: Variant, n: usize) -> DamConfig {
     let baseline = variant == Variant::Baseline;
-    let dam_cfg = DamConfig {
+    DamConfig {
         device_rate: sc.device_rate,
         device_burst: sc.device_burst,
         shard_rate: if baseline { 1e12 } else { sc.capacity },
@@ -240,9 +255,18 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
         queue_capacity: if baseline { 0 } else { sc.queue_normal },
         queue_max: sc.queue_max,
         max_devices: (n * 4).max(1024),
-    };
-    let mut dam: Dam<()> = Dam::new(dam_cfg);
-    let ccfg = ControlConfig {
+    }
+}
+
+/// The controller's settings for a variant (the window model's threshold
+/// when it runs).
+fn control_config(
+    sc: &Scenario,
+    variant: Variant,
+    dam: DamConfig,
+    window_threshold: Option<f32>,
+) -> ControlConfig {
+    ControlConfig {
         backlog_target: sc.capacity * 0.02,
         pid: PidConfig {
             kp: 20.0,
@@ -258,186 +282,250 @@ pub fn run_with(sc: &Scenario, variant: Variant, mut ex: Extras<'_>) -> Outcome 
             },
             Variant::KlaisWindow => RuleConfig {
                 source: StormSource::Window {
-                    threshold: ggml.as_ref().map_or(0.5, |g| g.threshold()),
+                    threshold: window_threshold.unwrap_or(0.5),
                 },
                 ..RuleConfig::default()
             },
             _ => RuleConfig::default(),
         },
-        dam: dam_cfg,
+        dam,
         storm_device_burst: sc.backlog_max as f64 * 2.0,
         storm_device_rate: sc.flush_rate * 2.0,
         capacity: sc.capacity,
-    };
-    let mut ctl = Controller::new(ccfg);
-    let mut report = ShardReport::default();
-    let mut rates = [0.0f64; 1];
+    }
+}
 
-    let mut out = Outcome {
-        variant,
-        offered: 0,
-        delivered: 0,
-        lost: 0,
-        device_lost: 0,
-        peak_backlog: 0,
-        recovery_s: None,
-        predicted_after_s: None,
-        saturation_after_s: None,
-        series: Vec::new(),
-        storm_onsets: Vec::new(),
-    };
-    let mut downstream = 0u64;
-    let mut carry = 0.0f64;
-    let (mut win_admitted, mut win_offered) = (0u64, 0u64);
-    let mut warm_backlog = (0.0f64, 0u64);
+/// One run's state between packets and ticks.
+struct SimRun<'s> {
+    sc: &'s Scenario,
+    baseline: bool,
+    n: usize,
+    t_end: u64,
+    /// The network's return, and the outage.
+    t_back: u64,
+    t_out: u64,
+    ggml: Option<crate::model::window::GgmlWindow>,
+    window: crate::model::window::Window,
+    seen: Vec<bool>,
+    dam: Dam<()>,
+    ctl: Controller,
+    report: ShardReport,
+    rates: [f64; 1],
+    out: Outcome,
+    downstream: u64,
+    carry: f64,
+    win_admitted: u64,
+    win_offered: u64,
+    warm_backlog: (f64, u64),
+    fluid: f64,
+    tick_valid: u64,
+    storm_was: bool,
+}
 
-    let mut fluid = 0.0f64;
-    let mut tick_valid = 0u64;
-    let mut storm_was = false;
-    let mut next_tick = TICK_NS;
-    let mut packets = gen.by_ref().peekable();
-    loop {
-        let next_packet = packets.peek().map_or(u64::MAX, |p| p.t_ns);
-        if next_packet < next_tick {
-            let p = packets.next().expect("peeked");
-            if p.label == Label::Malformed {
-                continue; // rejected by the parser before the Dam
-            }
-            let t = p.t_ns;
-            let valid = p.label == Label::Normal;
-            let i = p.device as usize;
-            // As the shards count: new or restarted devices only, and their
-            // id hashes (the reconnect entropy).
-            let reconnect = if i >= n {
-                true // a spoofed id: always new
-            } else if !seen[i] {
-                seen[i] = true;
-                true
-            } else {
-                p.reconnect
-            };
-            if reconnect {
-                if i < n && p.reconnect {
-                    report.resets += 1;
-                    report.resets_near_zero += 1;
-                } else {
-                    report.new_devices += 1;
-                }
-                report.id_hist[(p.hash >> 56) as usize] += 1;
-            }
-            report.offered += 1;
-            if valid {
-                out.offered += 1;
-                tick_valid += 1;
-            }
-            win_offered += 1;
-            match dam.admit(p.hash, false, t, ()) {
-                Admit::Pass(()) | Admit::Urgent(()) => {
-                    downstream += 1;
-                    win_admitted += 1;
-                }
-                Admit::Queued => {}
-                Admit::Dropped(..) => out.lost += u64::from(valid),
-            }
-            continue;
-        }
-        let t = next_tick;
-        if t > t_end {
-            break;
-        }
-        next_tick += TICK_NS;
-        {
-            let dt = TICK_NS as f64 / SEC;
-            if !baseline {
-                dam.drain(t, usize::MAX, |()| {
-                    downstream += 1;
-                    win_admitted += 1;
-                });
-            }
-            carry += sc.capacity * dt;
-            let n = (carry as u64).min(downstream);
-            carry -= n as f64;
-            carry = carry.min(sc.capacity * dt);
-            downstream -= n;
-            out.delivered += n;
-            report.depth = dam.stats().depth;
-            let tick = Tick::from_report(&report);
-            if let Some(f) = ex.observe.as_mut() {
-                f(t, &tick);
-            }
-            if let Some(g) = ggml.as_mut() {
-                report.storm_p = g.infer(&window.push(&tick)).storm;
-            }
-            if !baseline {
-                let s = ctl.tick(&[report], downstream as f64, dt, &mut rates);
-                let onset = s.prediction.storm && !storm_was;
-                if onset {
-                    out.storm_onsets.push(t as f64 / SEC);
-                }
-                storm_was = s.prediction.storm;
-                let mut c = s.dam;
-                c.shard_rate = rates[0];
-                c.shard_burst = (rates[0] * 0.01).max(1.0);
-                dam.set_config(c);
-                // The forecast counts from a storm that begins after the
-                // network's return: a flag already up then (a false alarm
-                // that persisted) is not a forecast of this storm.
-                if onset && out.predicted_after_s.is_none() && t >= t_back {
-                    out.predicted_after_s = Some((t - t_back) as f64 / SEC);
-                }
-            }
-            // Saturation, the same for every variant: when a queue of
-            // `queue_normal` drained at `capacity` would be full of what the
-            // devices offer after the network's return (a fluid model of the
-            // arrivals, independent of any admission decision).
-            if t >= t_back {
-                // Valid traffic only: a flood after the storm is not the storm.
-                fluid = (fluid + tick_valid as f64 - sc.capacity * dt).max(0.0);
-                if fluid >= sc.queue_normal as f64 && out.saturation_after_s.is_none() {
-                    out.saturation_after_s = Some((t - t_back) as f64 / SEC);
-                }
-            }
-            report = ShardReport::default();
-            tick_valid = 0;
-            let queued = dam.stats().depth;
-            let total = queued + downstream;
-            out.peak_backlog = out.peak_backlog.max(total);
-            if t < t_out && t > t_out / 2 {
-                warm_backlog.0 += total as f64;
-                warm_backlog.1 += 1;
-            }
-            if (t / TICK_NS) % 10 == 0 {
-                out.series.push(Point {
-                    t: t as f64 / SEC,
-                    queued: queued as f64,
-                    downstream: downstream as f64,
-                    admitted_rate: win_admitted as f64 * 10.0,
-                    offered_rate: win_offered as f64 * 10.0,
-                });
-                win_admitted = 0;
-                win_offered = 0;
-            }
+impl<'s> SimRun<'s> {
+    fn new(sc: &'s Scenario, variant: Variant, gen: &Generator, ex: &mut Extras<'_>) -> Self {
+        use crate::model::window::{GgmlWindow, Window};
+        let spec = gen.spec();
+        let t_end = (spec.duration_s * SEC) as u64;
+        let n = spec.devices as usize;
+        let ggml = (variant == Variant::KlaisWindow).then(|| {
+            GgmlWindow::new(ex.window.expect("the window variant needs a model"))
+                .expect("model fits GGML")
+        });
+        let dam_cfg = dam_config(sc, variant, n);
+        let threshold = ggml.as_ref().map(|g| g.threshold());
+        SimRun {
+            sc,
+            baseline: variant == Variant::Baseline,
+            n,
+            t_end,
+            t_back: gen.storm_back_ns().unwrap_or(u64::MAX),
+            t_out: spec.storm.map_or(t_end, |s| (s.at_s * SEC) as u64),
+            ggml,
+            window: Window::default(),
+            seen: vec![false; n],
+            dam: Dam::new(dam_cfg),
+            ctl: Controller::new(control_config(sc, variant, dam_cfg, threshold)),
+            report: ShardReport::default(),
+            rates: [0.0; 1],
+            out: Outcome {
+                variant,
+                offered: 0,
+                delivered: 0,
+                lost: 0,
+                device_lost: 0,
+                peak_backlog: 0,
+                recovery_s: None,
+                predicted_after_s: None,
+                saturation_after_s: None,
+                series: Vec::new(),
+                storm_onsets: Vec::new(),
+            },
+            downstream: 0,
+            carry: 0.0,
+            win_admitted: 0,
+            win_offered: 0,
+            warm_backlog: (0.0, 0),
+            fluid: 0.0,
+            tick_valid: 0,
+            storm_was: false,
         }
     }
-    out.device_lost = gen.device.overflowed + gen.device.discarded;
-    // Recovery: the last point after the network's return with the backlog
-    // over max(1,000, 3 × the warm-up mean); recovered from the next point on.
-    let warm_mean = warm_backlog.0 / warm_backlog.1.max(1) as f64;
-    let threshold = (3.0 * warm_mean).max(1000.0);
-    let back = t_back as f64 / SEC;
-    let last_over = out
-        .series
-        .iter()
-        .filter(|p| p.t >= back && p.queued + p.downstream > threshold)
-        .map(|p| p.t)
-        .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))));
-    let end = t_end as f64 / SEC;
-    out.recovery_s = match last_over {
-        None => Some(0.0),
-        Some(t) if t + 0.1 < end - 0.5 => Some(t + 0.1 - back),
-        Some(_) => None,
-    };
-    out
+
+    /// One datagram: counted as the shards count it, then into the Dam.
+    fn packet(&mut self, p: &crate::scenario::Packet) {
+        if p.label == Label::Malformed {
+            return; // rejected by the parser before the Dam
+        }
+        let valid = p.label == Label::Normal;
+        let i = p.device as usize;
+        // As the shards count: new or restarted devices only, and their id
+        // hashes (the reconnect entropy).
+        let reconnect = if i >= self.n {
+            true // a spoofed id: always new
+        } else if !self.seen[i] {
+            self.seen[i] = true;
+            true
+        } else {
+            p.reconnect
+        };
+        let report = &mut self.report;
+        if reconnect {
+            if i < self.n && p.reconnect {
+                report.resets += 1;
+                report.resets_near_zero += 1;
+            } else {
+                report.new_devices += 1;
+            }
+            report.id_hist[(p.hash >> 56) as usize] += 1;
+        }
+        report.offered += 1;
+        if valid {
+            self.out.offered += 1;
+            self.tick_valid += 1;
+        }
+        self.win_offered += 1;
+        match self.dam.admit(p.hash, false, p.t_ns, ()) {
+            Admit::Pass(()) | Admit::Urgent(()) => {
+                self.downstream += 1;
+                self.win_admitted += 1;
+            }
+            Admit::Queued => {}
+            Admit::Dropped(..) => self.out.lost += u64::from(valid),
+        }
+    }
+
+    /// One 10 ms tick at `t`: drain, deliver at capacity, control, figures.
+    fn tick(&mut self, t: u64, ex: &mut Extras<'_>) {
+        use crate::model::window::Tick;
+        let sc = self.sc;
+        let dt = TICK_NS as f64 / SEC;
+        if !self.baseline {
+            let (downstream, win_admitted) = (&mut self.downstream, &mut self.win_admitted);
+            self.dam.drain(t, usize::MAX, |()| {
+                *downstream += 1;
+                *win_admitted += 1;
+            });
+        }
+        self.carry += sc.capacity * dt;
+        let n = (self.carry as u64).min(self.downstream);
+        self.carry -= n as f64;
+        self.carry = self.carry.min(sc.capacity * dt);
+        self.downstream -= n;
+        self.out.delivered += n;
+        self.report.depth = self.dam.stats().depth;
+        let tick = Tick::from_report(&self.report);
+        if let Some(f) = ex.observe.as_mut() {
+            f(t, &tick);
+        }
+        if let Some(g) = self.ggml.as_mut() {
+            self.report.storm_p = g.infer(&self.window.push(&tick)).storm;
+        }
+        if !self.baseline {
+            self.control(t);
+        }
+        // Saturation, the same for every variant: when a queue of
+        // `queue_normal` drained at `capacity` would be full of what the
+        // devices offer after the network's return (a fluid model of the
+        // arrivals, independent of any admission decision).
+        if t >= self.t_back {
+            // Valid traffic only: a flood after the storm is not the storm.
+            self.fluid = (self.fluid + self.tick_valid as f64 - sc.capacity * dt).max(0.0);
+            if self.fluid >= sc.queue_normal as f64 && self.out.saturation_after_s.is_none() {
+                self.out.saturation_after_s = Some((t - self.t_back) as f64 / SEC);
+            }
+        }
+        self.report = ShardReport::default();
+        self.tick_valid = 0;
+        self.record(t);
+    }
+
+    /// The controller's tick and the Dam's new settings.
+    fn control(&mut self, t: u64) {
+        let dt = TICK_NS as f64 / SEC;
+        let s = self
+            .ctl
+            .tick(&[self.report], self.downstream as f64, dt, &mut self.rates);
+        let onset = s.prediction.storm && !self.storm_was;
+        if onset {
+            self.out.storm_onsets.push(t as f64 / SEC);
+        }
+        self.storm_was = s.prediction.storm;
+        let mut c = s.dam;
+        c.shard_rate = self.rates[0];
+        c.shard_burst = (self.rates[0] * 0.01).max(1.0);
+        self.dam.set_config(c);
+        // The forecast counts from a storm that begins after the network's
+        // return: a flag already up then (a false alarm that persisted) is
+        // not a forecast of this storm.
+        if onset && self.out.predicted_after_s.is_none() && t >= self.t_back {
+            self.out.predicted_after_s = Some((t - self.t_back) as f64 / SEC);
+        }
+    }
+
+    /// The backlog figures and, every 100 ms, a point of the series.
+    fn record(&mut self, t: u64) {
+        let queued = self.dam.stats().depth;
+        let total = queued + self.downstream;
+        self.out.peak_backlog = self.out.peak_backlog.max(total);
+        if t < self.t_out && t > self.t_out / 2 {
+            self.warm_backlog.0 += total as f64;
+            self.warm_backlog.1 += 1;
+        }
+        if (t / TICK_NS) % 10 == 0 {
+            self.out.series.push(Point {
+                t: t as f64 / SEC,
+                queued: queued as f64,
+                downstream: self.downstream as f64,
+                admitted_rate: self.win_admitted as f64 * 10.0,
+                offered_rate: self.win_offered as f64 * 10.0,
+            });
+            self.win_admitted = 0;
+            self.win_offered = 0;
+        }
+    }
+
+    /// Recovery: the last point after the network's return with the backlog
+    /// over max(1,000, 3 × the warm-up mean); recovered from the next point on.
+    fn finish(mut self) -> Outcome {
+        let warm_mean = self.warm_backlog.0 / self.warm_backlog.1.max(1) as f64;
+        let threshold = (3.0 * warm_mean).max(1000.0);
+        let back = self.t_back as f64 / SEC;
+        let last_over = self
+            .out
+            .series
+            .iter()
+            .filter(|p| p.t >= back && p.queued + p.downstream > threshold)
+            .map(|p| p.t)
+            .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))));
+        let end = self.t_end as f64 / SEC;
+        self.out.recovery_s = match last_over {
+            None => Some(0.0),
+            Some(t) if t + 0.1 < end - 0.5 => Some(t + 0.1 - back),
+            Some(_) => None,
+        };
+        self.out
+    }
 }
 
 /// The comparison table.

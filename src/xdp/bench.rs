@@ -162,32 +162,9 @@ pub fn run(
             known.clone(),
         ));
     }
-    // Kept alive until the measurements are done.
-    let mut _xsk = None;
-    let redirecting = match redirect_iface {
-        Some(iface) => {
-            let prog = XdpProgram::load(
-                &opts,
-                &Limits {
-                    device: Some(Rate::new(1_000_000_000, 1_000_000_000)?),
-                    ..Limits::default()
-                },
-            )?;
-            let sock = crate::ingest::af_xdp::XskSocket::open(
-                iface,
-                0,
-                &crate::ingest::af_xdp::XskConfig::default(),
-            )
-            .map_err(|e| XdpError::Io {
-                what: format!("opening an AF_XDP socket on {iface} queue 0"),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            prog.maps().bind_socket(0, sock.fd())?;
-            _xsk = Some(sock);
-            Some(prog)
-        }
-        None => None,
-    };
+    // The socket is kept alive until the measurements are done.
+    let (_xsk, redirecting, redirect_classifying) =
+        redirect_programs(&opts, redirect_iface, &bucket_limits, all_pass.as_ref())?;
     if let Some(prog) = &redirecting {
         cases.push((
             "known device, token bucket (CAS) -> XSKMAP hit -> redirect",
@@ -199,15 +176,6 @@ pub fn run(
     // queue 1 of the interface, as queue 0 holds the first socket.
     // The same with the classifier on (its mark written in the metadata),
     // the same socket bound in this program's XSKMAP too.
-    let redirect_classifying = match (&_xsk, &all_pass) {
-        (Some(sock), Some(m)) => {
-            let prog = XdpProgram::load(&opts, &bucket_limits)?;
-            prog.maps().set_model(Some(m))?;
-            prog.maps().bind_socket(0, sock.fd())?;
-            Some(prog)
-        }
-        _ => None,
-    };
     if let Some(prog) = &redirect_classifying {
         cases.push((
             "known device, token bucket + int8 classifier -> redirect",
@@ -215,8 +183,69 @@ pub fn run(
             known.clone(),
         ));
     }
+    measure_cases(&empty, &known, cases, repeat, rounds)
+}
+
+/// With `iface`, an AF_XDP socket on its queue 0 and the programs that
+/// redirect to it: token bucket only, and with the classifier (when given),
+/// the same socket bound in both programs' XSKMAPs.
+#[allow(clippy::type_complexity)]
+fn redirect_programs(
+    opts: &LoadOptions,
+    iface: Option<&str>,
+    bucket_limits: &Limits,
+    all_pass: Option<&crate::model::classifier::ClassifierFile>,
+) -> Result<
+    (
+        Option<crate::ingest::af_xdp::XskSocket>,
+        Option<XdpProgram>,
+        Option<XdpProgram>,
+    ),
+    XdpError,
+> {
+    let Some(iface) = iface else {
+        return Ok((None, None, None));
+    };
+    let prog = XdpProgram::load(
+        opts,
+        &Limits {
+            device: Some(Rate::new(1_000_000_000, 1_000_000_000)?),
+            ..Limits::default()
+        },
+    )?;
+    let sock = crate::ingest::af_xdp::XskSocket::open(
+        iface,
+        0,
+        &crate::ingest::af_xdp::XskConfig::default(),
+    )
+    .map_err(|e| XdpError::Io {
+        what: format!("opening an AF_XDP socket on {iface} queue 0"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    prog.maps().bind_socket(0, sock.fd())?;
+    let classifying = match all_pass {
+        Some(m) => {
+            let p = XdpProgram::load(opts, bucket_limits)?;
+            p.maps().set_model(Some(m))?;
+            p.maps().bind_socket(0, sock.fd())?;
+            Some(p)
+        }
+        None => None,
+    };
+    Ok((Some(sock), Some(prog), classifying))
+}
+
+/// The harness cost (an empty program), then every case with the verdict it
+/// counted most.
+fn measure_cases(
+    empty: &EmptyProgram,
+    known: &[u8],
+    cases: Vec<(&'static str, &XdpProgram, Vec<u8>)>,
+    repeat: u32,
+    rounds: u32,
+) -> Result<Vec<BenchRow>, XdpError> {
     let mut rows = Vec::new();
-    let (_, ns) = measure(|| empty.test_run(&known, repeat), rounds)?;
+    let (_, ns) = measure(|| empty.test_run(known, repeat), rounds)?;
     rows.push(BenchRow {
         path: "empty XDP program (harness cost)",
         verdict: None,
