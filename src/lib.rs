@@ -9,9 +9,11 @@
 //! is the kernel filter; [`cores`] plans core maps.
 //!
 //! [`control`] holds the Dam, the PID controller and the storm predictor (pure
-//! logic), and [`sim`] the storm simulator that drives them.
+//! logic), and [`sim`] the storm simulator that drives them; [`train`] trains
+//! the [`model`]s; [`report`] renders a run's figures as text.
 //!
-//! See DESIGN.md (shared) and the README for the full data flow.
+//! docs/architecture.md describes the data flow and the layers this crate
+//! keeps (checked by tests/layers.rs).
 
 #![deny(missing_docs)]
 

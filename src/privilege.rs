@@ -1,4 +1,4 @@
-//! Least privilege after start-up (README, "Least privilege").
+//! Least privilege after start-up (docs/operating.md, "Least privilege").
 //!
 //! What klais needs, and when:
 //!

@@ -6,7 +6,7 @@
 //! metrics in tight loops), so a registry would only copy them once more.
 //! Label sets are bounded: `shard` (≤ the shard count), `reason` (the fixed
 //! reject reasons), `verdict`/`class`/`event` (fixed lists), `quantile`. No
-//! label carries a device id. The names are listed in README, "Metrics", and
+//! label carries a device id. The names are listed in docs/operating.md, "Metrics", and
 //! used by `klais top` and `grafana/klais.json`.
 
 use std::fmt::Write;

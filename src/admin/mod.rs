@@ -1,7 +1,8 @@
 //! The control core's HTTP server: Prometheus `/metrics`, `/health`,
-//! `/ready`, `/status` and the admin API (README, "Operating klais").
+//! `/ready`, `/status` and the admin API (docs/operating.md).
 //!
-//! It runs on its own thread pinned to the control core's CPU and reads only
+//! It runs on its own thread pinned to the output core's CPU (where the
+//! control thread runs too: the placement has no control CPU yet) and reads only
 //! what the cores publish once per tick ([`crate::telemetry::Published`]): a
 //! scrape never touches a shard. Writes go to [`Operator`], which the control
 //! loop reads per tick (ceiling, overrides it must not undo) and the shards per

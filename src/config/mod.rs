@@ -163,7 +163,7 @@ impl Default for Admin {
 #[serde(deny_unknown_fields)]
 pub struct Privilege {
     /// After the XDP filter is attached and every socket is open, drop every
-    /// capability but those still needed (README, "Least privilege"):
+    /// capability but those still needed (docs/operating.md, "Least privilege"):
     /// CAP_BPF and CAP_NET_ADMIN with the XDP filter, none without it.
     #[serde(default = "default_true")]
     pub drop_capabilities: bool,
@@ -478,7 +478,7 @@ pub struct Protocol {
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
     /// Reject payloads that are not valid JSON (`payload_not_json`). Costs a
-    /// JSON parse per message (see README figures).
+    /// JSON parse per message (see docs/figures.md).
     #[serde(default)]
     pub validate_json: bool,
 }

@@ -11,7 +11,7 @@
 //!
 //! Crate choice: xdpilone (pure Rust) instead of xsk-rs, whose libxdp-sys pins
 //! libbpf-sys 1.5.1 and cannot build beside libbpf-rs 0.27, which loads the
-//! XDP program (README, dependency table).
+//! XDP program (docs/dependencies.md).
 //!
 //! # Requires
 //! Root or CAP_NET_RAW + CAP_NET_ADMIN; the interface and queue must exist.

@@ -11,7 +11,7 @@
 //! `gateway`, `shard`. No model runs yet, so no verdict header is written. The
 //! shard's sequence verdict (new / gap / reset) is not sent: a consumer derives
 //! it from `sequence`, and each header is one allocation in librdkafka (with
-//! five headers the batcher measured ~20% slower, README). Partitioner `murmur2_random`: the same
+//! five headers the batcher measured ~20% slower, docs/figures.md). Partitioner `murmur2_random`: the same
 //! partition for a key as the Java client.
 //!
 //! **Batching**: a DAPB buffer per class (latency, throughput, adaptive) holds

@@ -483,7 +483,7 @@ fn q16(v: f64) -> i64 {
 /// construction: its range is exactly 1 (σ = 127). Each hidden layer's range
 /// is either the KL-calibrated one or the largest activation seen, whichever
 /// pair classifies `calib` best in int8 (KL alone clipped the rare large
-/// activations that single out a class: measured, README).
+/// activations that single out a class: measured, docs/models.md).
 pub fn quantize(
     m: &FloatMlp,
     norm: &Norm,

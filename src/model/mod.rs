@@ -23,7 +23,7 @@ use features::N_FEATURES;
 /// The default actions per class: every suspect class marked, none dropped.
 /// Dropping is the operator's choice (`model.drop_classes`, `klais model load
 /// --drop`): a reconnecting device flushing its backlog faster than any
-/// training scenario did was classified flood on veth (README), and a device
+/// training scenario did was classified flood on veth (docs/models.md), and a device
 /// klais has not seen yet looks like a sweep on its first datagram. The
 /// kernel's token buckets stay the enforcement of rates.
 pub const DEFAULT_ACTIONS: [Action; K] = [Action::Pass, Action::Mark, Action::Mark, Action::Mark];

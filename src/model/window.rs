@@ -373,7 +373,7 @@ impl GgmlWindow {
             let w2 = q4(&m.w2, HID);
             // The 2×64 output layer stays f32 (as llama.cpp keeps its output
             // layer above 4 bits): at Q4_0 the rate output came out biased
-            // low by a factor ~4 against the float network (README).
+            // low by a factor ~4 against the float network (docs/models.md).
             let w3 = {
                 let t =
                     g::ggml_new_tensor_2d(ctx, g::ggml_type_GGML_TYPE_F32, HID as i64, OUT as i64);

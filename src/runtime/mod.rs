@@ -25,7 +25,6 @@
 //! ring is finished; the XDP filter is detached last. Nothing accepted is left
 //! behind unless the output stalls for 5 s (then it is counted, loudly).
 
-
 mod control;
 mod output;
 pub mod preflight;
@@ -48,8 +47,8 @@ use crate::sink::{SinkError, SinkSnapshot};
 use crate::telemetry::Published;
 use crate::wire::ParseOptions;
 
-pub use preflight::{preflight, Loaded, PreflightError};
 pub use crate::cores::placement::{self, Placement, PlacementError};
+pub use preflight::{preflight, Loaded, PreflightError};
 
 /// Locked memory glommio refuses to start below (its `MIN_MEMLOCK_LIMIT`).
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
@@ -220,7 +219,6 @@ pub fn ensure_memlock() -> Result<(), RunError> {
     })
 }
 
-
 /// The Dam's settings per shard from `[dam]` and `[admission]`; None when
 /// `dam.device_rate_pps` is not set.
 pub fn dam_settings(cfg: &Config) -> Option<(crate::control::dam::DamConfig, usize)> {
@@ -306,7 +304,8 @@ pub fn start_loaded(cfg: &Config, loaded: Loaded) -> Result<Running, RunError> {
     let (control, control_stats) = match dam {
         Some((base, _)) => {
             let stats = Published::<crate::control::ControlSnapshot>::new();
-            let ccfg = control::control_config(cfg, n, base, loaded.window.as_ref().map(|w| w.threshold));
+            let ccfg =
+                control::control_config(cfg, n, base, loaded.window.as_ref().map(|w| w.threshold));
             let inputs = control::ControlInputs {
                 kernel: maps.clone().zip(cfg.xdp.limits().ok()),
                 shards: shard_side.stats.clone(),
@@ -356,7 +355,7 @@ pub fn start_loaded(cfg: &Config, loaded: Loaded) -> Result<Running, RunError> {
     // 7. The metrics and admin server.
     if cfg.admin.enabled {
         let src = admin_sources(cfg, &running, setpoints, live, operator, loaded.token);
-        // The control core's CPU (it shares the output's: placement).
+        // The output core's CPU, which the control thread shares (placement).
         match crate::admin::Server::start(cfg.admin.listen, running.placement.output_cpu, src) {
             Ok(s) => {
                 tracing::info!("metrics and admin API on http://{}", s.addr());
@@ -440,7 +439,12 @@ fn wait_ready(
     for _ in 0..n {
         match ready.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(_)) => {}
-            Ok(Err(reason)) => return Err(RunError::Core { role: "shard", reason }),
+            Ok(Err(reason)) => {
+                return Err(RunError::Core {
+                    role: "shard",
+                    reason,
+                })
+            }
             Err(_) => {
                 return Err(RunError::Core {
                     role: "shard",

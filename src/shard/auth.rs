@@ -5,8 +5,8 @@
 //!   authenticated v2 only, `both` takes v1 and v2 (a v2 datagram that says it
 //!   is authenticated must then verify). A datagram the port's policy does not
 //!   take is rejected as `policy`.
-//! - **MAC**: SipHash-2-4, 64-bit tag, 128-bit key per device (README,
-//!   "Device authentication", has the measurement behind the choice: a PRF made
+//! - **MAC**: SipHash-2-4, 64-bit tag, 128-bit key per device
+//!   (docs/protocol.md, "Protocol v2: device authentication", has the measurement behind the choice: a PRF made
 //!   for short inputs, ~3× cheaper than HMAC-SHA256 at telemetry sizes). Checked
 //!   on the shard that received the datagram, against its own copy of the key
 //!   table, so a forged datagram never crosses the shard mesh; compared in

@@ -33,7 +33,7 @@ use crate::scenario::{Generator, Label, Spec, Storm};
 const TICK_NS: u64 = 10_000_000;
 const SEC: f64 = 1e9;
 
-/// Scenario parameters (the defaults are the README's default scenario).
+/// Scenario parameters (the defaults are the default scenario of docs/control.md).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scenario {
     /// Seed: same seed, same output.

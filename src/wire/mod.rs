@@ -303,7 +303,7 @@ fn device_id_text(raw: &[u8; DEVICE_ID_LEN]) -> Result<&str, Reject> {
 
 /// JSON validity without building a value: serde_json into `IgnoredAny` (no
 /// allocation for objects, arrays or unescaped strings). Chosen over simd-json by
-/// the `wire` benchmark (README, figures): simd-json needs a mutable copy of the
+/// the `wire` benchmark (docs/figures.md): simd-json needs a mutable copy of the
 /// payload and its setup cost dominates at IoT payload sizes.
 #[inline]
 pub fn is_json(payload: &[u8]) -> bool {
