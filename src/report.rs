@@ -275,4 +275,3 @@ pub fn xdp_counters_text(x: &crate::xdp::XdpCounters) -> String {
     }
     t
 }
-

@@ -188,13 +188,7 @@ fn build(spec: &GenSpec, seqs: &mut [u32], n: u64, malformed: Option<u8>, buf: &
     let dev = (n % u64::from(spec.devices)) as u32;
     let seq = seqs[dev as usize];
     seqs[dev as usize] = seq.wrapping_add(1);
-    let len = write_message(
-        dev,
-        seq,
-        crate::clock::now_ns(),
-        spec.payload_bytes,
-        buf,
-    );
+    let len = write_message(dev, seq, crate::clock::now_ns(), spec.payload_bytes, buf);
     let len = match &spec.v2_keys {
         Some(keys) => to_v2(buf, len, &keys[dev as usize]),
         None => len,

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::control::predict::{RuleConfig, StormSource};
-use crate::control::{ControlConfig, Setpoints, ControlSnapshot, Controller, ShardReport};
+use crate::control::{ControlConfig, ControlSnapshot, Controller, Setpoints, ShardReport};
 use crate::kafka::KafkaSnapshot;
 use crate::shard::{DamSetpoints, ShardSnapshot};
 use crate::telemetry::Published;
@@ -208,8 +208,7 @@ impl ControlLoop {
         }
         if let Some(t0) = self.storm_began {
             snap.storm_peak_waiting = snap.storm_peak_waiting.max(waiting);
-            if waiting <= self.normal_queue && now.duration_since(t0) > Duration::from_millis(20)
-            {
+            if waiting <= self.normal_queue && now.duration_since(t0) > Duration::from_millis(20) {
                 snap.storm_recovery_ms = Some(now.duration_since(t0).as_millis() as u64);
                 self.storm_began = None;
             }
@@ -252,7 +251,9 @@ impl ControlLoop {
             ..*base
         };
         let moved = |a: Option<Rate>, b: Option<Rate>| match (a, b) {
-            (Some(a), Some(b)) => a.pps().abs_diff(b.pps()) * 10 > b.pps() || a.burst() != b.burst(),
+            (Some(a), Some(b)) => {
+                a.pps().abs_diff(b.pps()) * 10 > b.pps() || a.burst() != b.burst()
+            }
             (a, b) => a.is_some() != b.is_some(),
         };
         let changed = match &self.written {

@@ -35,7 +35,9 @@ pub enum PreflightError {
     #[error("model.drop_classes: {0}; fix: list some of \"flood\", \"sweep\", \"replay\"")]
     DropClasses(String),
     /// `model.window`.
-    #[error("model.window: {0}; fix: point it at a file `klais model train` wrote (models/window.json)")]
+    #[error(
+        "model.window: {0}; fix: point it at a file `klais model train` wrote (models/window.json)"
+    )]
     Window(ModelError),
     /// `cores.map`: the file, or this machine's topology, cannot be read.
     #[error("cores.map: {0}")]
@@ -175,8 +177,8 @@ fn load_auth(cfg: &Config, loaded: &mut Loaded) -> Result<(), PreflightError> {
 /// The core map, checked against this machine's topology and the configured
 /// interface.
 fn check_core_map(cfg: &Config, path: &std::path::Path) -> Result<CheckedMap, PreflightError> {
-    let map = crate::cores::plan::load(path)
-        .map_err(|e| PreflightError::CoreMapRead(e.to_string()))?;
+    let map =
+        crate::cores::plan::load(path).map_err(|e| PreflightError::CoreMapRead(e.to_string()))?;
     let topo = crate::cores::discover().map_err(|e| PreflightError::CoreMapRead(e.to_string()))?;
     let nic = cfg
         .xdp

@@ -163,10 +163,7 @@ async fn run_shard(
 
 /// The shard with its models, setpoints, keys and deny list, made on its
 /// own core; and its UDP socket, if any.
-fn setup(
-    seed: ShardSeed,
-    env: &ShardEnv,
-) -> std::io::Result<(Shard, Option<socket2::Socket>)> {
+fn setup(seed: ShardSeed, env: &ShardEnv) -> std::io::Result<(Shard, Option<socket2::Socket>)> {
     let id = seed.id;
     let models = &env.models;
     let mut shard = Shard::new(id, env.shards, env.settings, seed.rings)
@@ -214,17 +211,11 @@ async fn receive_af_xdp(
     maps.bind_socket(queue, xsk.fd())
         .map_err(|e| fail(e.to_string()))?;
     let _ = ready.send(Ok(id));
-    let not_udp = crate::ingest::af_xdp::receive_loop(
-        &mut xsk,
-        shard,
-        &env.stop,
-        stats,
-        env.tick,
-        || {
+    let not_udp =
+        crate::ingest::af_xdp::receive_loop(&mut xsk, shard, &env.stop, stats, env.tick, || {
             let _ = maps.unbind_socket(queue);
-        },
-    )
-    .await;
+        })
+        .await;
     if not_udp > 0 {
         tracing::warn!(
             shard = id,

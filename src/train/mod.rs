@@ -5,14 +5,12 @@
 //! split is only ever used for the reported figures. A tool above the
 //! runtime: nothing that runs in `klais run` imports it.
 
-
 use std::collections::HashMap;
 
 use crate::model::classifier::{self, ClassifierFile, Metrics, Norm, TrainConfig};
 use crate::model::features::{self, FlowState, N_FEATURES};
 use crate::model::{window, DEFAULT_ACTIONS};
 use crate::scenario::{self, Generator, Label, Malformed, Split};
-
 
 /// Scenarios per split used by training and evaluation.
 pub const SCENARIOS_PER_SPLIT: u32 = 9;
