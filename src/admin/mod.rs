@@ -37,29 +37,73 @@ use crate::shard::{DenyFeed, DenyList, ShardSnapshot};
 use crate::sink::SinkSnapshot;
 use crate::telemetry::Published;
 
+/// Why the token file (`admin.token_file`) cannot be used; each says the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Group or others may read it.
+    #[error("{path} is readable by other users (mode {mode:o}); `chmod 600 {path}`")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// Not one token on one line.
+    #[error("{path} must hold one token on one line (e.g. `openssl rand -hex 32 > {path}`)")]
+    Format {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Why the admin server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// `admin.listen` cannot be bound.
+    #[error("admin.listen: cannot bind {listen}: {source} (choose a free port, or set admin.enabled = false)")]
+    Bind {
+        /// The address.
+        listen: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The bound socket cannot be set up.
+    #[error("admin.listen: {0}")]
+    Socket(std::io::Error),
+    /// The server's thread cannot be made.
+    #[error("admin server thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Reads a bearer token file: not readable by group or others, one non-empty
 /// line. The error names the file and the fix.
-pub fn read_token(path: &Path) -> Result<String, String> {
+pub fn read_token(path: &Path) -> Result<String, TokenError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
+    let read = |source| TokenError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is readable by other users (mode {mode:o}); `chmod 600 {}`",
-            path.display(),
-            path.display()
-        ));
+        return Err(TokenError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(read)?;
     let token = text.trim();
     if token.is_empty() || token.contains(char::is_whitespace) {
-        return Err(format!(
-            "{} must hold one token on one line (e.g. `openssl rand -hex 32 > {}`)",
-            path.display(),
-            path.display()
-        ));
+        return Err(TokenError::Format {
+            path: path.to_path_buf(),
+        });
     }
     Ok(token.to_string())
 }
@@ -198,16 +242,11 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Binds `listen` and serves from a thread pinned to `cpu`. Fails when the
     /// address cannot be bound (the error names `admin.listen`).
-    pub fn start(listen: SocketAddr, cpu: usize, src: Sources) -> Result<Server, String> {
-        let listener = std::net::TcpListener::bind(listen).map_err(|e| {
-            format!("admin.listen: cannot bind {listen}: {e} (choose a free port, or set admin.enabled = false)")
-        })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("admin.listen: {e}"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("admin.listen: {e}"))?;
+    pub fn start(listen: SocketAddr, cpu: usize, src: Sources) -> Result<Server, AdminError> {
+        let listener = std::net::TcpListener::bind(listen)
+            .map_err(|source| AdminError::Bind { listen, source })?;
+        let addr = listener.local_addr().map_err(AdminError::Socket)?;
+        listener.set_nonblocking(true).map_err(AdminError::Socket)?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::Builder::new()
@@ -232,7 +271,7 @@ impl Server {
                     }
                 }
             })
-            .map_err(|e| format!("admin server thread: {e}"))?;
+            .map_err(AdminError::Thread)?;
         Ok(Server {
             stop,
             thread: Some(thread),
@@ -738,11 +777,17 @@ mod tests {
         let p = dir.path().join("token");
         std::fs::write(&p, "s3cret\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(read_token(&p).unwrap_err().contains("chmod 600"));
+        assert!(read_token(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_token(&p).unwrap(), "s3cret");
         std::fs::write(&p, "\n").unwrap();
-        assert!(read_token(&p).unwrap_err().contains("one token"));
+        assert!(read_token(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("one token"));
     }
 
     #[test]

@@ -95,8 +95,8 @@ pub enum RunError {
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Preflight(Vec<PreflightError>),
     /// The admin server could not start.
-    #[error("admin server: {0}")]
-    Admin(String),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     /// Capabilities could not be dropped.
     #[error(transparent)]
     Privilege(#[from] crate::privilege::PrivilegeError),

@@ -9,12 +9,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::admin::TokenError;
 use crate::config::{Config, ConfigError, PredictorKind};
 use crate::cores::plan::{CoreMap, Problem};
 use crate::model::classifier::ClassifierFile;
 use crate::model::window::FloatWindow;
 use crate::model::ModelError;
-use crate::shard::auth::{KeyFileError, KeyTable, ReplayState};
+use crate::shard::auth::{KeyFileError, KeyTable, ReplayState, ReplayStateError};
 
 /// A file named by the configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +23,12 @@ pub enum PreflightError {
     /// `auth.keys` (the message names the key).
     #[error("{0}; fix: correct the file, or write one with `klais keys generate`")]
     Keys(#[from] KeyFileError),
-    /// `auth.replay_state` (the message names the key).
-    #[error("{0}; fix: remove the file to start with empty replay windows")]
-    ReplayState(String),
+    /// `auth.replay_state` (the message names the key and the fix).
+    #[error(transparent)]
+    ReplayState(#[from] ReplayStateError),
     /// `admin.token_file` (the message says the fix).
     #[error("admin.token_file: {0}")]
-    Token(String),
+    Token(#[from] TokenError),
     /// `model.classifier`.
     #[error("model.classifier: {0}; fix: point it at a file `klais model train` wrote (models/classifier.json)")]
     Classifier(ModelError),
@@ -168,7 +169,7 @@ fn load_auth(cfg: &Config, loaded: &mut Loaded) -> Result<(), PreflightError> {
     };
     loaded.keys = Some(Arc::new(KeyTable::load(p)?));
     if let Some(p) = &cfg.auth.replay_state {
-        let st = ReplayState::load(p).map_err(PreflightError::ReplayState)?;
+        let st = ReplayState::load(p)?;
         loaded.replay = Some((p.clone(), Arc::new(st)));
     }
     Ok(())

@@ -34,6 +34,27 @@ const _: () = assert!(REPLAY_WINDOW <= 64, "the window is one u64 of bits");
 
 pub use crate::wire::policy::{Policy, PortPolicies, MAX_PORT_POLICIES};
 
+/// Why the replay state (`auth.replay_state`) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayStateError {
+    /// The file exists but cannot be read.
+    #[error("auth.replay_state: cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A line is not `<device id> <sequence> <key fingerprint>`.
+    #[error("auth.replay_state: {path} line {line}: expected `<device id> <sequence> <key fingerprint>` (delete the file to start the windows empty)")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+}
+
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
@@ -205,15 +226,15 @@ impl ReplayState {
     /// Reads a state file (`<device id> <highest sequence> <key fingerprint>`
     /// per line); a
     /// missing file is an empty state (the first start).
-    pub fn load(path: &Path) -> Result<ReplayState, String> {
+    pub fn load(path: &Path) -> Result<ReplayState, ReplayStateError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => {
-                return Err(format!(
-                    "auth.replay_state: cannot read {}: {e}",
-                    path.display()
-                ))
+            Err(source) => {
+                return Err(ReplayStateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
             }
         };
         let mut tops = HashMap::new();
@@ -222,12 +243,9 @@ impl ReplayState {
             if line.is_empty() {
                 continue;
             }
-            let bad = || {
-                format!(
-                    "auth.replay_state: {} line {}: expected `<device id> <sequence> <key fingerprint>` (delete the file to start the windows empty)",
-                    path.display(),
-                    i + 1
-                )
+            let bad = || ReplayStateError::Line {
+                path: path.to_path_buf(),
+                line: i + 1,
             };
             let mut it = line.split_whitespace();
             let (Some(id), Some(seq), Some(fp), None) =
@@ -621,7 +639,10 @@ mod tests {
         let mut c = Auth::with_state(&t2, &back);
         assert_eq!(c.take_sequence(h, 0), Ok(()));
         std::fs::write(&p, "d1 x\n").unwrap();
-        assert!(ReplayState::load(&p).unwrap_err().contains("line 1"));
+        assert!(ReplayState::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("line 1"));
     }
 
     #[test]
