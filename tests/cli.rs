@@ -296,3 +296,46 @@ fn model_eval_reports_both_models() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn config_check_reads_the_files_the_configuration_names_as_run_does() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = write(
+        &dir,
+        "files.toml",
+        &format!(
+            "[auth]\npolicy = \"v2\"\nkeys = \"{}/no-such-keys\"\n[admin]\ntoken_file = \"{}\"\n",
+            dir.path().display(),
+            token.display()
+        ),
+    );
+    let out = Command::new(KLAIS)
+        .args(["config", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Every file's problem at once, each with its key and the fix.
+    assert!(
+        err.contains("auth.keys") && err.contains("klais keys generate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("admin.token_file") && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    // The same configuration does not start either, for the same reasons.
+    let out = Command::new(KLAIS)
+        .args(["run", "--duration", "0.1", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.keys"));
+}

@@ -44,12 +44,12 @@ pub enum PreflightError {
     #[error("cores.map: {0}")]
     CoreMapRead(String),
     /// `cores.map` does not fit this machine (every error, with its fix).
-    #[error("cores.map: {path} does not fit this machine: {}", problems.join("; "))]
+    #[error("cores.map: {path} does not fit this machine: {}", problems.iter().map(|p| format!("{}; fix: {}", p.what, p.fix)).collect::<Vec<_>>().join("; "))]
     CoreMapMisfit {
         /// The map file.
         path: PathBuf,
-        /// Each error as "what; fix: how".
-        problems: Vec<String>,
+        /// Its errors (and warnings, for the record).
+        problems: Vec<Problem>,
     },
     /// The configuration with the core map applied is inconsistent.
     #[error("cores.map: with the map applied: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -188,19 +188,14 @@ fn check_core_map(cfg: &Config, path: &std::path::Path) -> Result<CheckedMap, Pr
         .map(crate::cores::nic_info)
         .transpose()
         .map_err(|e| PreflightError::CoreMapRead(e.to_string()))?;
-    let (errors, warnings): (Vec<Problem>, Vec<Problem>) =
-        crate::cores::plan::check(&map, &topo, nic.as_ref())
-            .into_iter()
-            .partition(|p| p.error);
-    if !errors.is_empty() {
+    let problems = crate::cores::plan::check(&map, &topo, nic.as_ref());
+    if problems.iter().any(|p| p.error) {
         return Err(PreflightError::CoreMapMisfit {
             path: path.to_path_buf(),
-            problems: errors
-                .iter()
-                .map(|p| format!("{}; fix: {}", p.what, p.fix))
-                .collect(),
+            problems,
         });
     }
+    let warnings = problems;
     Ok(CheckedMap {
         path: path.to_path_buf(),
         map,

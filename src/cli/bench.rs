@@ -1,4 +1,6 @@
-//! `klais bench run | compare` (arguments and output).
+//! `klais bench run | compare | plot`: the benchmark harness's command line
+//! (arguments, their checks, output and exit codes); the harness itself is
+//! `klais::bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,12 +8,12 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::load::{PayloadSize, Rate, Shape};
-use super::{Options, RateMode, Target, Topology};
+use klais::bench::load::{PayloadSize, Rate, Shape};
+use klais::bench::{self, Options, RateMode, Target, Topology};
 
 /// The bench commands.
 #[derive(Subcommand, Debug)]
-pub enum BenchCmd {
+pub(super) enum BenchCmd {
     /// One target under generated load, measured from the topic: throughput,
     /// loss, duplicates, reordering, latency percentiles, CPU; results as JSON
     /// and PNG plots. Local topology: makes a netns + veth pair, runs klais
@@ -31,123 +33,121 @@ pub enum BenchCmd {
 
 /// Load and measurement options shared by run and compare.
 #[derive(Args, Debug, Clone)]
-pub struct Common {
+struct Common {
     /// `local` (netns + veth made by the bench) or `remote` (a real NIC toward
     /// klais on another host: needs --iface, --target-addr, --brokers, --topic).
     #[arg(long, default_value = "local")]
-    pub topology: String,
+    topology: String,
     /// Remote: the sending interface.
     #[arg(long)]
-    pub iface: Option<String>,
+    iface: Option<String>,
     /// Remote: klais's listen address on the other host.
     #[arg(long)]
-    pub target_addr: Option<std::net::SocketAddrV4>,
+    target_addr: Option<std::net::SocketAddrV4>,
     /// Remote, AF_XDP TX: the next hop's MAC (else read from the neighbour table).
     #[arg(long)]
-    pub dst_mac: Option<String>,
+    dst_mac: Option<String>,
     /// Remote: the topic the appliance writes (read from its current end).
     #[arg(long)]
-    pub topic: Option<String>,
+    topic: Option<String>,
     /// Kafka brokers (default: the cached local broker, restarted empty per trial).
     #[arg(long)]
-    pub brokers: Option<String>,
+    brokers: Option<String>,
     /// Generator: `af_xdp` (AF_XDP TX) or `udp` (sendmmsg, for machines without AF_XDP).
     #[arg(long, default_value = "af_xdp")]
-    pub generator: String,
+    generator: String,
     /// AF_XDP TX in zero-copy mode (driver support needed; veth has none).
     #[arg(long)]
-    pub zero_copy: bool,
+    zero_copy: bool,
     /// Generator threads (one TX queue each).
     #[arg(long, default_value_t = 1)]
-    pub threads: u32,
+    threads: u32,
     /// Device population.
     #[arg(long, default_value_t = 10_000)]
-    pub devices: u32,
+    devices: u32,
     /// Fixed rate, messages/s (0: as fast as the generator can).
     #[arg(long, default_value_t = 50_000, conflicts_with_all = ["ramp", "find_max"])]
-    pub rate: u64,
+    rate: u64,
     /// A linear ramp FROM:TO messages/s over each trial.
     #[arg(long, value_name = "FROM:TO")]
-    pub ramp: Option<String>,
+    ramp: Option<String>,
     /// Search the highest zero-loss rate: double from --start-rate until a trial
     /// loses (or --max-rate), then bisect --search-steps times.
     #[arg(long)]
-    pub find_max: bool,
+    find_max: bool,
     /// First rate of the search.
     #[arg(long, default_value_t = 10_000)]
-    pub start_rate: u64,
+    start_rate: u64,
     /// Highest rate the search tries.
     #[arg(long, default_value_t = 2_000_000)]
-    pub max_rate: u64,
+    max_rate: u64,
     /// Bisection steps after the first losing trial.
     #[arg(long, default_value_t = 4)]
-    pub search_steps: u32,
+    search_steps: u32,
     /// Arrival shape: periodic, poisson, bursts[:ON_MS:OFF_MS], storm[:AT:OUTAGE:FLUSH]
     /// (AT and OUTAGE as shares of the trial, FLUSH the catch-up speed-up).
     #[arg(long, default_value = "periodic")]
-    pub shape: String,
+    shape: String,
     /// Payload bytes: N or MIN-MAX (uniform).
     #[arg(long, default_value = "200")]
-    pub payload: String,
+    payload: String,
     /// Malformed datagrams per million (rejected by the receiver, not expected back).
     #[arg(long, default_value_t = 0)]
-    pub malformed_ppm: u32,
+    malformed_ppm: u32,
     /// Seconds of load per trial.
     #[arg(long, default_value_t = 5.0)]
-    pub duration: f64,
+    duration: f64,
     /// Seed.
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    seed: u64,
     /// klais shard cores.
     #[arg(long, default_value_t = 1)]
-    pub shards: u32,
+    shards: u32,
     /// Topic partitions.
     #[arg(long, default_value_t = 3)]
-    pub partitions: u32,
+    partitions: u32,
     /// Results root: a stamped folder is made inside.
     #[arg(long, default_value = "bench-results")]
-    pub out: PathBuf,
+    out: PathBuf,
     /// Python with aiokafka for the Python baseline (scripts/baselines.sh makes it).
     #[arg(long)]
-    pub python: Option<PathBuf>,
+    python: Option<PathBuf>,
     /// klais configuration the klais targets start from (e.g. larger AF_XDP
     /// rings); the bench sets backend, shards, listen, output and xdp over it.
     #[arg(long, value_name = "FILE")]
-    pub klais_config: Option<PathBuf>,
+    klais_config: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
-    pub quiet: bool,
+    quiet: bool,
     /// A shell command started with each trial's load (perf/ scripts use it);
     /// its environment has KLAIS_BENCH_TARGET_PID, KLAIS_BENCH_SECONDS,
     /// KLAIS_BENCH_DIR (the results folder) and KLAIS_BENCH_TRIAL.
     #[arg(long, value_name = "CMD")]
-    pub on_load: Option<String>,
+    on_load: Option<String>,
 }
 
 /// `klais bench run`.
 #[derive(Args, Debug)]
-pub struct RunArgs {
+pub(super) struct RunArgs {
     /// What receives: klais-af_xdp, klais-udp, tokio, python (remote: ignored).
     #[arg(long, default_value = "klais-af_xdp")]
-    pub target: String,
-    #[allow(missing_docs)]
+    target: String,
     #[command(flatten)]
-    pub common: Common,
+    common: Common,
 }
 
 /// `klais bench compare`.
 #[derive(Args, Debug)]
-pub struct CompareArgs {
+pub(super) struct CompareArgs {
     /// Targets, comma-separated.
     #[arg(
         long,
         default_value = "klais-af_xdp,klais-udp,tokio,python",
         value_delimiter = ','
     )]
-    pub targets: Vec<String>,
-    #[allow(missing_docs)]
+    targets: Vec<String>,
     #[command(flatten)]
-    pub common: Common,
+    common: Common,
 }
 
 fn parse_shape(s: &str) -> Result<Shape, String> {
@@ -185,7 +185,7 @@ fn parse_shape(s: &str) -> Result<Shape, String> {
 }
 
 /// Turns the arguments into [`Options`]; errors name the flag and the fix.
-pub fn options(c: &Common) -> Result<Options, String> {
+fn options(c: &Common) -> Result<Options, String> {
     let mut o = Options::local_defaults();
     o.topology = match c.topology.as_str() {
         "local" => Topology::Local,
@@ -199,7 +199,7 @@ pub fn options(c: &Common) -> Result<Options, String> {
             )?,
             dst_mac: match &c.dst_mac {
                 Some(m) => Some(
-                    super::frame::parse_mac(m)
+                    bench::frame::parse_mac(m)
                         .ok_or_else(|| format!("--dst-mac {m}: expected aa:bb:cc:dd:ee:ff"))?,
                 ),
                 None => None,
@@ -273,11 +273,11 @@ pub fn options(c: &Common) -> Result<Options, String> {
 }
 
 /// Runs a bench command.
-pub fn run(cmd: BenchCmd) -> ExitCode {
+pub(super) fn run(cmd: BenchCmd) -> ExitCode {
     if let BenchCmd::Plot { dir } = &cmd {
-        return match super::replot(dir) {
+        return match bench::replot(dir) {
             Ok(r) => {
-                print!("{}", super::summary(&r));
+                print!("{}", bench::summary(&r));
                 println!("re-plotted: {}", dir.display());
                 ExitCode::SUCCESS
             }
@@ -294,7 +294,7 @@ pub fn run(cmd: BenchCmd) -> ExitCode {
             } else {
                 Target::parse(&a.target)?
             };
-            super::run(&o, t)
+            bench::run(&o, t)
         }),
         BenchCmd::Compare(a) => options(&a.common).and_then(|o| {
             if matches!(o.topology, Topology::Remote { .. }) {
@@ -308,13 +308,13 @@ pub fn run(cmd: BenchCmd) -> ExitCode {
             if ts.is_empty() {
                 return Err("--targets: at least one".into());
             }
-            super::compare(&o, &ts)
+            bench::compare(&o, &ts)
         }),
         BenchCmd::Plot { .. } => unreachable!("handled above"),
     };
     match res {
         Ok((report, dir)) => {
-            print!("{}", super::summary(&report));
+            print!("{}", bench::summary(&report));
             println!("results: {}/{{result.json,summary.txt,throughput.png,latency.png,latency-cdf.png}}", dir.display());
             let all_ok = report
                 .targets
