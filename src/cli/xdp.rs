@@ -149,7 +149,9 @@ fn load_classifier(program: &XdpProgram, cfg: &Config) -> Result<(), ExitCode> {
     };
     klais::model::load_classifier(path)
         .map_err(|e| e.to_string())
-        .and_then(|f| klais::model::with_drops(f, &cfg.model.drop_classes))
+        .and_then(|f| {
+            klais::model::with_drops(f, &cfg.model.drop_classes).map_err(|e| e.to_string())
+        })
         .and_then(|f| {
             program
                 .maps()

@@ -29,15 +29,26 @@ use features::N_FEATURES;
 pub const DEFAULT_ACTIONS: [Action; K] = [Action::Pass, Action::Mark, Action::Mark, Action::Mark];
 
 /// Sets the classes named in `drop` (flood, sweep, replay) to be dropped.
-pub fn with_drops(mut f: ClassifierFile, drop: &[String]) -> Result<ClassifierFile, String> {
+pub fn with_drops(mut f: ClassifierFile, drop: &[String]) -> Result<ClassifierFile, DropError> {
     for name in drop {
         match classifier::CLASS_NAMES.iter().position(|c| c == name) {
-            Some(0) => return Err("normal traffic cannot be dropped".into()),
+            Some(0) => return Err(DropError::Normal),
             Some(c) => f.actions[c] = Action::Drop,
-            None => return Err(format!("unknown class {name:?} (flood, sweep or replay)")),
+            None => return Err(DropError::Unknown(name.clone())),
         }
     }
     Ok(f)
+}
+
+/// A class that cannot be dropped in the kernel (`model.drop_classes`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DropError {
+    /// Normal traffic is never dropped by the classifier.
+    #[error("normal traffic cannot be dropped")]
+    Normal,
+    /// Not a class of the classifier.
+    #[error("unknown class {0:?} (flood, sweep or replay)")]
+    Unknown(String),
 }
 
 /// Errors of the model files.

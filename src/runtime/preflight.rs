@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError, PredictorKind};
 use crate::cores::plan::{CoreMap, Problem};
 use crate::model::classifier::ClassifierFile;
 use crate::model::window::FloatWindow;
-use crate::model::ModelError;
+use crate::model::{DropError, ModelError};
 use crate::shard::auth::{KeyFileError, KeyTable, ReplayState, ReplayStateError};
 
 /// A file named by the configuration that cannot be used.
@@ -34,7 +34,7 @@ pub enum PreflightError {
     Classifier(ModelError),
     /// `model.drop_classes`.
     #[error("model.drop_classes: {0}; fix: list some of \"flood\", \"sweep\", \"replay\"")]
-    DropClasses(String),
+    DropClasses(#[from] DropError),
     /// `model.window`.
     #[error(
         "model.window: {0}; fix: point it at a file `klais model train` wrote (models/window.json)"
