@@ -31,6 +31,11 @@ const DEVICES: u32 = 10_000;
 #[allow(dead_code)]
 mod broker;
 
+/// The one way a test or a benchmark in test mode skips (KLAIS_NO_SKIP=1
+/// makes it a failure).
+#[path = "../tests/common/skip.rs"]
+mod skip;
+
 fn meta(i: u64, urgent: bool) -> RecordMeta {
     let mut raw_id = [0u8; 16];
     let id = if urgent {
@@ -218,9 +223,11 @@ fn main() {
     let (_broker, brokers) = match &mock {
         Some(m) => (None, m.bootstrap_servers()),
         None => {
-            let Some(b) = broker::Broker::start(None) else {
+            if let Err(why) = broker::binary() {
+                skip::skip(&why);
                 return;
-            };
+            }
+            let b = broker::Broker::start(None);
             b.create_topic("bench", 3);
             let s = b.brokers();
             (Some(b), s)

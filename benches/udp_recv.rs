@@ -13,6 +13,11 @@ use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
+/// The one way a test or a benchmark in test mode skips (KLAIS_NO_SKIP=1
+/// makes it a failure).
+#[path = "../tests/common/skip.rs"]
+mod skip;
+
 const SIZE: usize = 200;
 
 fn receiver() -> socket2::Socket {
@@ -74,10 +79,10 @@ fn recvmmsg_drain(sock: &socket2::Socket, bufs: &mut [[u8; 2048]], n: u64) {
             iov_len: b.len(),
         })
         .collect();
-    // SAFETY: an all-zero mmsghdr is valid; each points at one live iovec.
     let mut hdrs: Vec<libc::mmsghdr> = iov
         .iter_mut()
         .map(|v| {
+            // SAFETY: an all-zero mmsghdr is valid; each points at one live iovec.
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
             h.msg_hdr.msg_iov = v;
             h.msg_hdr.msg_iovlen = 1;
@@ -106,7 +111,7 @@ fn recvmmsg_drain(sock: &socket2::Socket, bufs: &mut [[u8; 2048]], n: u64) {
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: needs root for a receive buffer that holds a whole round");
+        skip::skip("needs root for a receive buffer that holds a whole round");
         return;
     }
     let bench = std::env::args().any(|a| a == "--bench");

@@ -2,7 +2,8 @@
 //! each iteration is one run of the program in the kernel; criterion gets the
 //! kernel's own time per run (`iter_custom`), so the figures exclude the
 //! syscall. 200-byte v1 datagrams in IPv4/UDP/Ethernet. Needs root (loading
-//! BPF): without it the bench says so and measures nothing.
+//! BPF): without it the bench skips (`SKIPPED: ...`; a failure with
+//! KLAIS_NO_SKIP=1, as in scripts/test.sh).
 //!
 //! `cargo bench --bench xdp` (the redirect path needs an interface with an
 //! AF_XDP socket: `klais xdp bench --redirect-iface IFACE`).
@@ -13,6 +14,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 use klais::xdp::frame::{udp, UdpFrame};
 use klais::xdp::{EmptyProgram, Limits, LoadOptions, Rate, XdpProgram};
+
+/// The one way a test or a benchmark in test mode skips (KLAIS_NO_SKIP=1
+/// makes it a failure).
+#[path = "../tests/common/skip.rs"]
+mod skip;
 
 fn datagram(id: &str) -> Vec<u8> {
     let mut body = br#"{"ts_ns":1764000000000000000,"seq":1,"temp":21.5,"pad":""#.to_vec();
@@ -41,7 +47,7 @@ type Case<'a> = (
 fn xdp(c: &mut Criterion) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: the XDP benches load BPF programs and need root");
+        skip::skip("the XDP benches load BPF programs and need root");
         return;
     }
     let opts = LoadOptions::default();
@@ -64,7 +70,7 @@ fn xdp(c: &mut Criterion) {
             true
         }
         Err(e) => {
-            eprintln!("classifier path skipped: {e}");
+            skip::skip(&format!("the classifier path: {e}"));
             false
         }
     };

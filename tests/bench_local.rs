@@ -1,4 +1,5 @@
-//! `klais bench` end to end on the local topology (root tier + broker tier):
+//! `klais bench` end to end on the local topology (root and broker tiers:
+//! `#[ignore = "root, broker"]`, `cargo test -- --ignored root_broker::`):
 //! a network namespace and veth pair made by the bench, the real XDP program
 //! and AF_XDP sockets, the cached test broker (tansu), and every target of
 //! `klais bench compare`: klais on af_xdp and on udp, the tokio + rdkafka
@@ -57,192 +58,198 @@ fn no_bench_netns_left() {
     );
 }
 
-#[test]
-fn compare_delivers_every_message_once_and_in_order_on_every_target() {
-    if !common::privileged() || common::broker::binary().is_none() {
-        return;
+/// Root and broker tiers together: `cargo test -- --ignored root_broker::`,
+/// as root, with the broker built.
+mod root_broker {
+    use super::*;
+
+    #[test]
+    #[ignore = "root, broker"]
+    fn compare_delivers_every_message_once_and_in_order_on_every_target() {
+        common::require_root();
+        common::broker::require();
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let py = python();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = bench(&[
+            "compare",
+            "--targets",
+            "klais-af_xdp,klais-udp,tokio,python",
+            "--rate",
+            "3000",
+            "--duration",
+            "2",
+            "--devices",
+            "500",
+            "--quiet",
+            "--python",
+            py.to_str().unwrap(),
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "klais bench compare failed:\n{stdout}\n{stderr}"
+        );
+        let (dir, r) = result_of(tmp.path());
+        let targets = r["targets"].as_array().unwrap();
+        assert_eq!(targets.len(), 4);
+        for t in targets {
+            let trial = &t["trials"][0];
+            let name = t["target"].as_str().unwrap();
+            let sent = trial["load"]["sent_valid"].as_u64().unwrap();
+            let m = &trial["measured"];
+            assert!(sent >= 5_000, "{name}: sent {sent}");
+            assert_eq!(
+                m["unique"].as_u64(),
+                Some(sent),
+                "{name}: every message read back"
+            );
+            assert_eq!(
+                m["records"].as_u64(),
+                Some(sent),
+                "{name}: and nothing else"
+            );
+            assert_eq!(m["lost"].as_u64(), Some(0), "{name}");
+            assert_eq!(m["duplicates"].as_u64(), Some(0), "{name}");
+            assert_eq!(m["reordered"].as_u64(), Some(0), "{name}");
+            assert_eq!(trial["zero_loss"].as_bool(), Some(true), "{name}");
+            assert!(
+                m["latency"]["p50_us"].as_u64().unwrap() > 0,
+                "{name}: latency measured"
+            );
+            assert!(
+                trial["cpu"]["target_s"].as_f64().unwrap() > 0.0,
+                "{name}: CPU measured"
+            );
+        }
+        for f in [
+            "result.json",
+            "summary.txt",
+            "throughput.png",
+            "latency.png",
+            "latency-cdf.png",
+        ] {
+            let p = dir.join(f);
+            assert!(
+                p.metadata().map(|m| m.len() > 0).unwrap_or(false),
+                "{} written",
+                p.display()
+            );
+        }
+        let summary = std::fs::read_to_string(dir.join("summary.txt")).unwrap();
+        for name in [
+            "klais (af_xdp)",
+            "klais (udp)",
+            "tokio + rdkafka",
+            "python asyncio + aiokafka",
+        ] {
+            assert!(summary.contains(name), "summary names {name}:\n{summary}");
+        }
+        no_bench_netns_left();
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let py = python();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = bench(&[
-        "compare",
-        "--targets",
-        "klais-af_xdp,klais-udp,tokio,python",
-        "--rate",
-        "3000",
-        "--duration",
-        "2",
-        "--devices",
-        "500",
-        "--quiet",
-        "--python",
-        py.to_str().unwrap(),
-        "--out",
-        tmp.path().to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "klais bench compare failed:\n{stdout}\n{stderr}"
-    );
-    let (dir, r) = result_of(tmp.path());
-    let targets = r["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 4);
-    for t in targets {
-        let trial = &t["trials"][0];
-        let name = t["target"].as_str().unwrap();
+
+    #[test]
+    #[ignore = "root, broker"]
+    fn udp_generator_shapes_and_malformed_share_are_accounted_exactly() {
+        common::require_root();
+        common::broker::require();
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = tempfile::tempdir().unwrap();
+        // sendmmsg generator, Poisson arrivals, mixed payload sizes, 2 % malformed
+        // (rejected by klais, never expected back).
+        let out = bench(&[
+            "run",
+            "--generator",
+            "udp",
+            "--shape",
+            "poisson",
+            "--payload",
+            "64-900",
+            "--malformed-ppm",
+            "20000",
+            "--rate",
+            "4000",
+            "--duration",
+            "2",
+            "--devices",
+            "300",
+            "--quiet",
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let (dir, r) = result_of(tmp.path());
+        let trial = &r["targets"][0]["trials"][0];
         let sent = trial["load"]["sent_valid"].as_u64().unwrap();
-        let m = &trial["measured"];
-        assert!(sent >= 5_000, "{name}: sent {sent}");
+        let bad = trial["load"]["sent_malformed"].as_u64().unwrap();
+        assert!(bad > 0, "malformed datagrams were sent");
+        assert_eq!(trial["measured"]["unique"].as_u64(), Some(sent));
         assert_eq!(
-            m["unique"].as_u64(),
+            trial["measured"]["records"].as_u64(),
             Some(sent),
-            "{name}: every message read back"
+            "no malformed datagram delivered"
+        );
+        assert_eq!(trial["zero_loss"].as_bool(), Some(true));
+        // klais counted the malformed ones under reject reasons (its own summary).
+        let log = std::fs::read_to_string(dir.join("trial-01-klais-af_xdp.log")).unwrap();
+        assert!(
+            log.contains("too_short") || log.contains("bad_magic"),
+            "klais's summary:\n{log}"
+        );
+
+        // A storm shape: silence, then every device flushes its backlog; the
+        // sequences continue, so completeness still holds. Two AF_XDP TX threads
+        // (devices split between them) toward klais on udp.
+        let out = bench(&[
+            "run",
+            "--target",
+            "klais-udp",
+            "--threads",
+            "2",
+            "--shape",
+            "storm:0.25:0.25:4",
+            "--rate",
+            "4000",
+            "--duration",
+            "4",
+            "--devices",
+            "300",
+            "--quiet",
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (_, r) = result_of(tmp.path());
+        let trial = &r["targets"][0]["trials"][0];
+        let per_s: Vec<u64> = trial["load"]["per_second"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert!(
+            per_s.len() >= 3 && per_s[1] < per_s[0] / 2,
+            "the outage is visible: {per_s:?}"
         );
         assert_eq!(
-            m["records"].as_u64(),
-            Some(sent),
-            "{name}: and nothing else"
+            trial["measured"]["unique"].as_u64(),
+            trial["load"]["sent_valid"].as_u64()
         );
-        assert_eq!(m["lost"].as_u64(), Some(0), "{name}");
-        assert_eq!(m["duplicates"].as_u64(), Some(0), "{name}");
-        assert_eq!(m["reordered"].as_u64(), Some(0), "{name}");
-        assert_eq!(trial["zero_loss"].as_bool(), Some(true), "{name}");
-        assert!(
-            m["latency"]["p50_us"].as_u64().unwrap() > 0,
-            "{name}: latency measured"
-        );
-        assert!(
-            trial["cpu"]["target_s"].as_f64().unwrap() > 0.0,
-            "{name}: CPU measured"
-        );
+        assert_eq!(trial["zero_loss"].as_bool(), Some(true));
+        no_bench_netns_left();
     }
-    for f in [
-        "result.json",
-        "summary.txt",
-        "throughput.png",
-        "latency.png",
-        "latency-cdf.png",
-    ] {
-        let p = dir.join(f);
-        assert!(
-            p.metadata().map(|m| m.len() > 0).unwrap_or(false),
-            "{} written",
-            p.display()
-        );
-    }
-    let summary = std::fs::read_to_string(dir.join("summary.txt")).unwrap();
-    for name in [
-        "klais (af_xdp)",
-        "klais (udp)",
-        "tokio + rdkafka",
-        "python asyncio + aiokafka",
-    ] {
-        assert!(summary.contains(name), "summary names {name}:\n{summary}");
-    }
-    no_bench_netns_left();
-}
-
-#[test]
-fn udp_generator_shapes_and_malformed_share_are_accounted_exactly() {
-    if !common::privileged() || common::broker::binary().is_none() {
-        return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
-    // sendmmsg generator, Poisson arrivals, mixed payload sizes, 2 % malformed
-    // (rejected by klais, never expected back).
-    let out = bench(&[
-        "run",
-        "--generator",
-        "udp",
-        "--shape",
-        "poisson",
-        "--payload",
-        "64-900",
-        "--malformed-ppm",
-        "20000",
-        "--rate",
-        "4000",
-        "--duration",
-        "2",
-        "--devices",
-        "300",
-        "--quiet",
-        "--out",
-        tmp.path().to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{}\n{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let (dir, r) = result_of(tmp.path());
-    let trial = &r["targets"][0]["trials"][0];
-    let sent = trial["load"]["sent_valid"].as_u64().unwrap();
-    let bad = trial["load"]["sent_malformed"].as_u64().unwrap();
-    assert!(bad > 0, "malformed datagrams were sent");
-    assert_eq!(trial["measured"]["unique"].as_u64(), Some(sent));
-    assert_eq!(
-        trial["measured"]["records"].as_u64(),
-        Some(sent),
-        "no malformed datagram delivered"
-    );
-    assert_eq!(trial["zero_loss"].as_bool(), Some(true));
-    // klais counted the malformed ones under reject reasons (its own summary).
-    let log = std::fs::read_to_string(dir.join("trial-01-klais-af_xdp.log")).unwrap();
-    assert!(
-        log.contains("too_short") || log.contains("bad_magic"),
-        "klais's summary:\n{log}"
-    );
-
-    // A storm shape: silence, then every device flushes its backlog; the
-    // sequences continue, so completeness still holds. Two AF_XDP TX threads
-    // (devices split between them) toward klais on udp.
-    let out = bench(&[
-        "run",
-        "--target",
-        "klais-udp",
-        "--threads",
-        "2",
-        "--shape",
-        "storm:0.25:0.25:4",
-        "--rate",
-        "4000",
-        "--duration",
-        "4",
-        "--devices",
-        "300",
-        "--quiet",
-        "--out",
-        tmp.path().to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_, r) = result_of(tmp.path());
-    let trial = &r["targets"][0]["trials"][0];
-    let per_s: Vec<u64> = trial["load"]["per_second"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    assert!(
-        per_s.len() >= 3 && per_s[1] < per_s[0] / 2,
-        "the outage is visible: {per_s:?}"
-    );
-    assert_eq!(
-        trial["measured"]["unique"].as_u64(),
-        trial["load"]["sent_valid"].as_u64()
-    );
-    assert_eq!(trial["zero_loss"].as_bool(), Some(true));
-    no_bench_netns_left();
 }
 
 #[test]
@@ -256,12 +263,20 @@ fn bad_arguments_name_the_flag_and_the_fix() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--iface"));
     let out = bench(&["compare", "--targets", "nginx"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("klais-udp"));
-    if !common::privileged() {
-        return;
+}
+
+/// Root tier: `cargo test -- --ignored root::`, as root.
+mod root {
+    use super::*;
+
+    #[test]
+    #[ignore = "root"]
+    fn bad_arguments_past_the_root_check_name_the_flag_and_the_fix() {
+        common::require_root();
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let out = bench(&["run", "--threads", "2"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--shards 2"));
+        let out = bench(&["compare", "--targets", "nginx"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("klais-udp"));
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = bench(&["run", "--threads", "2"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--shards 2"));
-    let out = bench(&["compare", "--targets", "nginx"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("klais-udp"));
 }

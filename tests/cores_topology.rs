@@ -47,7 +47,7 @@ fn this_machine_is_discovered_with_its_online_cpus() {
     let t = klais::cores::discover().unwrap();
     assert!(!t.cores.is_empty());
     assert!(!t.nodes.is_empty());
-    let online = klais::runtime::placement::online_cpus().unwrap();
+    let online = klais::cores::placement::online_cpus().unwrap();
     assert_eq!(t.online, online);
     for cpu in &online {
         assert!(t.core_of(*cpu).is_some(), "CPU {cpu} belongs to a core");

@@ -1,5 +1,6 @@
-//! Broker tier: klais against a real Kafka-compatible broker (tansu) on
-//! loopback, checked by what a consumer reads back.
+//! Broker tier (`#[ignore = "broker"]`, `cargo test -- --ignored broker::`):
+//! klais against a real Kafka-compatible broker (tansu) on loopback, checked
+//! by what a consumer reads back.
 //!
 //! - N messages from M devices → exactly N records, keys, headers, partition
 //!   (Java murmur2), per-device order, payload bytes identical;
@@ -114,217 +115,218 @@ fn devices(m: usize) -> Vec<String> {
     (0..m).map(|i| format!("sensor-{i:04}")).collect()
 }
 
-#[test]
-fn n_messages_from_m_devices_are_read_back_exactly() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(broker) = Broker::start(None) else {
-        return;
-    };
-    broker.create_topic("t-roundtrip", 3);
-    let dir = tempfile::tempdir().unwrap();
-    let running =
-        klais::runtime::start(&cfg(&broker.brokers(), "t-roundtrip", dir.path())).unwrap();
-    let devs = devices(40);
-    send(running.local_addr(), &devs, 0, 250, 20_000);
-    let n = 40 * 250;
-    wait_for("delivery", Duration::from_secs(60), || {
-        running.kafka_snapshot().unwrap().delivered >= n
-    });
-    let s = running.stop().unwrap();
-    let k = s.kafka.unwrap();
-    assert_eq!(s.shards.accepted, n, "every datagram accepted on loopback");
-    assert_eq!((k.accepted, k.delivered, k.journaled), (n, n, 0));
-    let (l, r) = k.reconcile();
-    assert_eq!(l, r, "{k:?}");
-    let recs = read_back(&broker.brokers(), "t-roundtrip", n);
-    assert_eq!(recs.len() as u64, n, "exactly N, no duplicates");
-    let per = check_records(&recs, 3);
-    assert_eq!(per.len(), 40);
-    for (id, seqs) in per {
-        assert_eq!(
-            seqs,
-            (0..250).collect::<Vec<u32>>(),
-            "{id}: order and completeness"
-        );
-    }
-}
+/// Broker tier: `cargo test -- --ignored broker::` (`scripts/broker.sh install`
+/// builds the broker).
+mod broker {
+    use super::*;
 
-#[test]
-fn a_broker_outage_under_load_loses_nothing_and_keeps_order() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let relay_port = free_port();
-    let Some(broker) = Broker::start(Some(relay_port)) else {
-        return;
-    };
-    broker.create_topic("t-outage", 3);
-    let relay = Relay::start_on(relay_port, broker.port);
-    let dir = tempfile::tempdir().unwrap();
-    let brokers = format!("127.0.0.1:{relay_port}");
-    let running = klais::runtime::start(&cfg(&brokers, "t-outage", dir.path())).unwrap();
-    let to = running.local_addr();
-    let devs = devices(200);
-    // Load before, during and after a cut of several seconds.
-    let sender = {
-        let devs = devs.clone();
-        std::thread::spawn(move || send(to, &devs, 0, 400, 10_000))
-    };
-    wait_for("first deliveries", Duration::from_secs(30), || {
-        running.kafka_snapshot().unwrap().delivered > 5_000
-    });
-    relay.cut();
-    wait_for("the breaker to open", Duration::from_secs(30), || {
-        running.kafka_snapshot().unwrap().breaker_opens > 0
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    let during = running.kafka_snapshot().unwrap();
-    relay.restore();
-    sender.join().unwrap();
-    let n = 200 * 400;
-    wait_for("accepted = delivered", Duration::from_secs(120), || {
-        let k = running.kafka_snapshot().unwrap();
-        k.accepted == n && k.delivered == n && k.journaled == 0
-    });
-    let s = running.stop().unwrap();
-    let k = s.kafka.unwrap();
-    println!("during the outage: {during:?}\nat the end: {k:?}");
-    assert!(
-        during.journal.appended > 0,
-        "the outage sent messages to the journal: {during:?}"
-    );
-    assert_eq!(
-        (k.delivered, k.journaled, k.dropped_journal_full),
-        (n, 0, 0)
-    );
-    assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
-    assert_eq!(
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| e
-                .as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "klj"))
-            .count(),
-        0,
-        "journal empty afterwards"
-    );
-    let recs = read_back(&brokers, "t-outage", n);
-    let per = check_records(&recs, 3);
-    assert_eq!(per.len(), 200);
-    let mut dups = 0;
-    for (id, seqs) in &per {
-        let mut seen = seqs.clone();
-        seen.dedup();
-        dups += seqs.len() - seen.len();
+    #[test]
+    #[ignore = "broker"]
+    fn n_messages_from_m_devices_are_read_back_exactly() {
+        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let broker = Broker::start(None);
+        broker.create_topic("t-roundtrip", 3);
+        let dir = tempfile::tempdir().unwrap();
+        let running =
+            klais::runtime::start(&cfg(&broker.brokers(), "t-roundtrip", dir.path())).unwrap();
+        let devs = devices(40);
+        send(running.local_addr(), &devs, 0, 250, 20_000);
+        let n = 40 * 250;
+        wait_for("delivery", Duration::from_secs(60), || {
+            running.kafka_snapshot().unwrap().delivered >= n
+        });
+        let s = running.stop().unwrap();
+        let k = s.kafka.unwrap();
+        assert_eq!(s.shards.accepted, n, "every datagram accepted on loopback");
+        assert_eq!((k.accepted, k.delivered, k.journaled), (n, n, 0));
+        let (l, r) = k.reconcile();
+        assert_eq!(l, r, "{k:?}");
+        let recs = read_back(&broker.brokers(), "t-roundtrip", n);
+        assert_eq!(recs.len() as u64, n, "exactly N, no duplicates");
+        let per = check_records(&recs, 3);
+        assert_eq!(per.len(), 40);
+        for (id, seqs) in per {
+            assert_eq!(
+                seqs,
+                (0..250).collect::<Vec<u32>>(),
+                "{id}: order and completeness"
+            );
+        }
+    }
+
+    #[test]
+    #[ignore = "broker"]
+    fn a_broker_outage_under_load_loses_nothing_and_keeps_order() {
+        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let relay_port = free_port();
+        let broker = Broker::start(Some(relay_port));
+        broker.create_topic("t-outage", 3);
+        let relay = Relay::start_on(relay_port, broker.port);
+        let dir = tempfile::tempdir().unwrap();
+        let brokers = format!("127.0.0.1:{relay_port}");
+        let running = klais::runtime::start(&cfg(&brokers, "t-outage", dir.path())).unwrap();
+        let to = running.local_addr();
+        let devs = devices(200);
+        // Load before, during and after a cut of several seconds.
+        let sender = {
+            let devs = devs.clone();
+            std::thread::spawn(move || send(to, &devs, 0, 400, 10_000))
+        };
+        wait_for("first deliveries", Duration::from_secs(30), || {
+            running.kafka_snapshot().unwrap().delivered > 5_000
+        });
+        relay.cut();
+        wait_for("the breaker to open", Duration::from_secs(30), || {
+            running.kafka_snapshot().unwrap().breaker_opens > 0
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let during = running.kafka_snapshot().unwrap();
+        relay.restore();
+        sender.join().unwrap();
+        let n = 200 * 400;
+        wait_for("accepted = delivered", Duration::from_secs(120), || {
+            let k = running.kafka_snapshot().unwrap();
+            k.accepted == n && k.delivered == n && k.journaled == 0
+        });
+        let s = running.stop().unwrap();
+        let k = s.kafka.unwrap();
+        println!("during the outage: {during:?}\nat the end: {k:?}");
         assert!(
-            seen.windows(2).all(|w| w[0] < w[1]),
-            "{id}: per-device order kept"
+            during.journal.appended > 0,
+            "the outage sent messages to the journal: {during:?}"
         );
-        assert_eq!(seen, (0..400).collect::<Vec<u32>>(), "{id}: nothing lost");
+        assert_eq!(
+            (k.delivered, k.journaled, k.dropped_journal_full),
+            (n, 0, 0)
+        );
+        assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+        assert_eq!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "klj"))
+                .count(),
+            0,
+            "journal empty afterwards"
+        );
+        let recs = read_back(&brokers, "t-outage", n);
+        let per = check_records(&recs, 3);
+        assert_eq!(per.len(), 200);
+        let mut dups = 0;
+        for (id, seqs) in &per {
+            let mut seen = seqs.clone();
+            seen.dedup();
+            dups += seqs.len() - seen.len();
+            assert!(
+                seen.windows(2).all(|w| w[0] < w[1]),
+                "{id}: per-device order kept"
+            );
+            assert_eq!(seen, (0..400).collect::<Vec<u32>>(), "{id}: nothing lost");
+        }
+        assert_eq!(dups, 0, "no duplicates (idempotent producer)");
     }
-    assert_eq!(dups, 0, "no duplicates (idempotent producer)");
-}
 
-#[test]
-fn sigterm_with_the_broker_down_journals_everything_and_the_next_start_delivers_it() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if common::broker::binary().is_none() {
-        return;
-    }
-    let port = free_port();
-    let udp = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("klais.toml");
-    let journal = dir.path().join("journal");
-    std::fs::write(
-        &conf,
-        format!(
-            "[ingest]\nlisten = \"127.0.0.1:{udp}\"\n[output]\nsink = \"kafka\"\n\
+    #[test]
+    #[ignore = "broker"]
+    fn sigterm_with_the_broker_down_journals_everything_and_the_next_start_delivers_it() {
+        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        common::broker::require();
+        let port = free_port();
+        let udp = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("klais.toml");
+        let journal = dir.path().join("journal");
+        std::fs::write(
+            &conf,
+            format!(
+                "[ingest]\nlisten = \"127.0.0.1:{udp}\"\n[output]\nsink = \"kafka\"\n\
              [output.kafka]\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"t-sigterm\"\n\
              gateway_id = \"gw-test\"\nshutdown_flush_ms = 1000\n\
              [output.kafka.journal]\ndir = \"{}\"\nsegment_bytes = 1048576\n",
-            journal.display()
-        ),
-    )
-    .unwrap();
-    let start = || {
-        Command::new(env!("CARGO_BIN_EXE_klais"))
-            .args(["run", "--config", conf.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let listening = |udp: u16| {
-        // klais binds the UDP port when it is up.
-        UdpSocket::bind(("127.0.0.1", udp)).is_err()
-    };
-    // 1. Nothing listens on the broker port.
-    let klais = start();
-    wait_for("klais up", Duration::from_secs(30), || listening(udp));
-    let devs = devices(50);
-    let to: SocketAddr = format!("127.0.0.1:{udp}").parse().unwrap();
-    send(to, &devs, 0, 200, 20_000);
-    std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(klais.id() as i32, libc::SIGTERM) };
-    let out = klais.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "klais exit: {err}");
-    let accepted: u64 = err
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("accepted"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no accepted line in: {err}"));
-    assert_eq!(accepted, 50 * 200, "{err}");
-    let held = klais::kafka::journal::read_all(&journal).unwrap();
-    assert_eq!(
-        held.len() as u64,
-        accepted,
-        "everything accepted is in the journal: {err}"
-    );
-    // 2. The broker comes up on that port; the next start delivers the journal.
-    let Some(broker) = Broker::start_at(port) else {
-        return;
-    };
-    broker.create_topic("t-sigterm", 3);
-    let klais = start();
-    let brokers = broker.brokers();
-    let mut recs = Vec::new();
-    let t = Instant::now();
-    while (recs.len() as u64) < accepted && t.elapsed() < Duration::from_secs(90) {
-        recs.clear();
-        for_each(
-            &brokers,
-            "t-sigterm",
-            Some(accepted),
-            Duration::from_secs(2),
-            |m| recs.push(m),
+                journal.display()
+            ),
         )
         .unwrap();
-    }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(klais.id() as i32, libc::SIGTERM) };
-    let out = klais.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let recs = read_back(&brokers, "t-sigterm", accepted);
-    assert_eq!(recs.len() as u64, accepted, "delivered exactly once");
-    for (id, seqs) in check_records(&recs, 3) {
+        let start = || {
+            Command::new(env!("CARGO_BIN_EXE_klais"))
+                .args(["run", "--config", conf.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let listening = |udp: u16| {
+            // klais binds the UDP port when it is up.
+            UdpSocket::bind(("127.0.0.1", udp)).is_err()
+        };
+        // 1. Nothing listens on the broker port.
+        let klais = start();
+        wait_for("klais up", Duration::from_secs(30), || listening(udp));
+        let devs = devices(50);
+        let to: SocketAddr = format!("127.0.0.1:{udp}").parse().unwrap();
+        send(to, &devs, 0, 200, 20_000);
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(klais.id() as i32, libc::SIGTERM) };
+        let out = klais.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "klais exit: {err}");
+        let accepted: u64 = err
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("accepted"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no accepted line in: {err}"));
+        assert_eq!(accepted, 50 * 200, "{err}");
+        let held = klais::kafka::journal::read_all(&journal).unwrap();
         assert_eq!(
-            seqs,
-            (0..200).collect::<Vec<u32>>(),
-            "{id}: order and completeness"
+            held.len() as u64,
+            accepted,
+            "everything accepted is in the journal: {err}"
+        );
+        // 2. The broker comes up on that port; the next start delivers the journal.
+        let broker = Broker::start_at(port);
+        broker.create_topic("t-sigterm", 3);
+        let klais = start();
+        let brokers = broker.brokers();
+        let mut recs = Vec::new();
+        let t = Instant::now();
+        while (recs.len() as u64) < accepted && t.elapsed() < Duration::from_secs(90) {
+            recs.clear();
+            for_each(
+                &brokers,
+                "t-sigterm",
+                Some(accepted),
+                Duration::from_secs(2),
+                |m| recs.push(m),
+            )
+            .unwrap();
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(klais.id() as i32, libc::SIGTERM) };
+        let out = klais.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recs = read_back(&brokers, "t-sigterm", accepted);
+        assert_eq!(recs.len() as u64, accepted, "delivered exactly once");
+        for (id, seqs) in check_records(&recs, 3) {
+            assert_eq!(
+                seqs,
+                (0..200).collect::<Vec<u32>>(),
+                "{id}: order and completeness"
+            );
+        }
+        assert!(
+            klais::kafka::journal::read_all(&journal)
+                .unwrap()
+                .is_empty(),
+            "journal empty after delivery"
         );
     }
-    assert!(
-        klais::kafka::journal::read_all(&journal)
-            .unwrap()
-            .is_empty(),
-        "journal empty after delivery"
-    );
 }

@@ -1,6 +1,7 @@
 //! Operating klais: the admin API over real HTTP against a running klais
 //! (UDP on loopback, file sink), protocol v2 devices end to end, and the
-//! capabilities a started `klais run` keeps (root tier: read from /proc).
+//! capabilities a started `klais run` keeps (root tier, `#[ignore = "root"]`:
+//! read from /proc).
 
 mod common;
 
@@ -463,129 +464,133 @@ fn a_port_that_requires_v2_refuses_v1_and_unauthenticated_v2() {
     assert_eq!(records(&out), vec![("meter-1".into(), 1)]);
 }
 
-/// Runs `klais run` with `config` (in namespace `ns` if given) until its
-/// stderr says it dropped capabilities; returns the child and that line
-/// (the caller waits for it: [`stop_child`]).
-#[allow(clippy::zombie_processes)]
-fn start_binary(config: &Path, ns: Option<&str>) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let exe = env!("CARGO_BIN_EXE_klais");
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = std::process::Command::new("ip");
-            c.args(["netns", "exec", ns, exe]);
-            c
-        }
-        None => std::process::Command::new(exe),
-    };
-    let mut child = cmd
-        .args(["run", "--config"])
-        .arg(config)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let t0 = Instant::now();
-    let mut seen = Vec::new();
-    while t0.elapsed() < Duration::from_secs(60) {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) if l.starts_with("capabilities:") => return (child, l),
-            Ok(l) => seen.push(l),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!(
-        "klais did not report its capabilities; stderr:\n{}",
-        seen.join("\n")
-    );
-}
+/// Root tier: `cargo test -- --ignored root::`, as root.
+mod root {
+    use super::*;
 
-/// The pid of `klais` itself (under `ip netns exec`, a child of the child).
-fn klais_pid(child: &std::process::Child) -> u32 {
-    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_klais")).unwrap();
-    let pid = child.id();
-    let is_klais = |p: u32| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == exe);
-    if is_klais(pid) {
-        return pid;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .find(|p| is_klais(*p))
-        .unwrap_or(pid)
-}
-
-fn assert_every_thread_holds(pid: u32, want: u64) -> usize {
-    let threads = klais::privilege::threads_of(&pid.to_string());
-    assert!(threads.len() > 3, "klais runs several threads: {threads:?}");
-    for (tid, c) in &threads {
-        let comm =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
-        assert_eq!(
-            (c.effective, c.permitted, c.inheritable, c.ambient),
-            (want, want, 0, 0),
-            "thread {tid} ({}) holds {:?}, documented: {:?}",
-            comm.trim(),
-            klais::privilege::names(c.permitted),
-            klais::privilege::names(want)
+    /// Runs `klais run` with `config` (in namespace `ns` if given) until its
+    /// stderr says it dropped capabilities; returns the child and that line
+    /// (the caller waits for it: [`stop_child`]).
+    #[allow(clippy::zombie_processes)]
+    fn start_binary(config: &Path, ns: Option<&str>) -> (std::process::Child, String) {
+        use std::io::BufRead;
+        let exe = env!("CARGO_BIN_EXE_klais");
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns, exe]);
+                c
+            }
+            None => std::process::Command::new(exe),
+        };
+        let mut child = cmd
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let t0 = Instant::now();
+        let mut seen = Vec::new();
+        while t0.elapsed() < Duration::from_secs(60) {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) if l.starts_with("capabilities:") => return (child, l),
+                Ok(l) => seen.push(l),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "klais did not report its capabilities; stderr:\n{}",
+            seen.join("\n")
         );
     }
-    threads.len()
-}
 
-fn stop_child(mut child: std::process::Child, pid: u32) {
-    // SAFETY: SIGTERM to a process this test started.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(30) {
-        if child.try_wait().unwrap().is_some() {
-            return;
+    /// The pid of `klais` itself (under `ip netns exec`, a child of the child).
+    fn klais_pid(child: &std::process::Child) -> u32 {
+        let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_klais")).unwrap();
+        let pid = child.id();
+        let is_klais =
+            |p: u32| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == exe);
+        if is_klais(pid) {
+            return pid;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .find(|p| is_klais(*p))
+            .unwrap_or(pid)
     }
-    let _ = child.kill();
-    let _ = child.wait();
-}
 
-#[test]
-fn after_start_up_klais_keeps_only_the_documented_capabilities() {
-    if !common::usable() {
-        return;
+    fn assert_every_thread_holds(pid: u32, want: u64) -> usize {
+        let threads = klais::privilege::threads_of(&pid.to_string());
+        assert!(threads.len() > 3, "klais runs several threads: {threads:?}");
+        for (tid, c) in &threads {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            assert_eq!(
+                (c.effective, c.permitted, c.inheritable, c.ambient),
+                (want, want, 0, 0),
+                "thread {tid} ({}) holds {:?}, documented: {:?}",
+                comm.trim(),
+                klais::privilege::names(c.permitted),
+                klais::privilege::names(want)
+            );
+        }
+        threads.len()
     }
-    let dir = tempfile::tempdir().unwrap();
-    // Without the XDP filter: nothing.
-    let port = free_udp_port();
-    let plain = dir.path().join("plain.toml");
-    std::fs::write(
+
+    fn stop_child(mut child: std::process::Child, pid: u32) {
+        // SAFETY: SIGTERM to a process this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    #[ignore = "root"]
+    fn after_start_up_klais_keeps_only_the_documented_capabilities() {
+        common::require_netns();
+        let dir = tempfile::tempdir().unwrap();
+        // Without the XDP filter: nothing.
+        let port = free_udp_port();
+        let plain = dir.path().join("plain.toml");
+        std::fs::write(
         &plain,
         format!(
             "[ingest]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\n[output]\nsink = \"null\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
         ),
     )
     .unwrap();
-    let (child, line) = start_binary(&plain, None);
-    let pid = klais_pid(&child);
-    assert_eq!(line, "capabilities: none kept");
-    let n = assert_every_thread_holds(pid, 0);
-    println!("no XDP: {n} threads, no capabilities");
-    stop_child(child, pid);
+        let (child, line) = start_binary(&plain, None);
+        let pid = klais_pid(&child);
+        assert_eq!(line, "capabilities: none kept");
+        let n = assert_every_thread_holds(pid, 0);
+        println!("no XDP: {n} threads, no capabilities");
+        stop_child(child, pid);
 
-    // With the XDP filter on a veth in its own namespace: CAP_BPF and
-    // CAP_NET_ADMIN, nothing else, in every thread.
-    let t = common::topology("cap", 1);
-    let xdp = dir.path().join("xdp.toml");
-    std::fs::write(
+        // With the XDP filter on a veth in its own namespace: CAP_BPF and
+        // CAP_NET_ADMIN, nothing else, in every thread.
+        let t = common::topology("cap", 1);
+        let xdp = dir.path().join("xdp.toml");
+        std::fs::write(
         &xdp,
         format!(
             "[ingest]\nlisten = \"{}:7700\"\nshards = 1\n[output]\nsink = \"null\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[xdp]\niface = \"{}\"\nmode = \"generic\"\n",
@@ -594,11 +599,12 @@ fn after_start_up_klais_keeps_only_the_documented_capabilities() {
         ),
     )
     .unwrap();
-    let (child, line) = start_binary(&xdp, Some(&t.a));
-    let pid = klais_pid(&child);
-    assert_eq!(line, "capabilities: kept only CAP_NET_ADMIN, CAP_BPF");
-    let want = 1u64 << klais::privilege::CAP_BPF | 1u64 << klais::privilege::CAP_NET_ADMIN;
-    let n = assert_every_thread_holds(pid, want);
-    println!("XDP: {n} threads, CAP_BPF + CAP_NET_ADMIN");
-    stop_child(child, pid);
+        let (child, line) = start_binary(&xdp, Some(&t.a));
+        let pid = klais_pid(&child);
+        assert_eq!(line, "capabilities: kept only CAP_NET_ADMIN, CAP_BPF");
+        let want = 1u64 << klais::privilege::CAP_BPF | 1u64 << klais::privilege::CAP_NET_ADMIN;
+        let n = assert_every_thread_holds(pid, want);
+        println!("XDP: {n} threads, CAP_BPF + CAP_NET_ADMIN");
+        stop_child(child, pid);
+    }
 }

@@ -21,18 +21,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The broker binary, or None (with the reason printed) when it is not built.
-pub fn binary() -> Option<PathBuf> {
+/// The broker binary, or why it is not there.
+pub fn binary() -> Result<PathBuf, String> {
     let p = klais::bench::broker_binary();
     if p.exists() {
-        Some(p)
+        Ok(p)
     } else {
-        println!(
-            "SKIPPED: the test broker is not built ({}); `scripts/broker.sh install` builds it (scripts/test.sh does)",
+        Err(format!(
+            "the test broker is not built ({}); `scripts/broker.sh install` builds it (scripts/test.sh does)",
             p.display()
-        );
-        None
+        ))
     }
+}
+
+/// The broker tier's precondition: the broker binary. A broker test runs only
+/// when asked for (`--ignored`), so without it it fails and says how to build
+/// it; it never passes untested.
+pub fn require() -> PathBuf {
+    binary().unwrap_or_else(|why| panic!("the broker tier needs the test broker: {why}"))
 }
 
 /// A running tansu; killed on drop.
@@ -46,19 +52,20 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts a broker on a free port, advertising `advertised` (None: itself).
-    pub fn start(advertised: Option<u16>) -> Option<Broker> {
+    /// Starts a broker on a free port, advertising `advertised` (None: itself);
+    /// fails the test when the broker is not built ([`require`]).
+    pub fn start(advertised: Option<u16>) -> Broker {
         let port = free_port();
         Broker::start_with(port, advertised.unwrap_or(port))
     }
 
     /// Starts a broker on `port`, advertising itself.
-    pub fn start_at(port: u16) -> Option<Broker> {
+    pub fn start_at(port: u16) -> Broker {
         Broker::start_with(port, port)
     }
 
-    fn start_with(port: u16, advertised: u16) -> Option<Broker> {
-        let bin = binary()?;
+    fn start_with(port: u16, advertised: u16) -> Broker {
+        let bin = require();
         let child = Command::new(&bin)
             .args([
                 "broker",
@@ -87,7 +94,7 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(b)
+        b
     }
 
     /// Bootstrap address clients use.

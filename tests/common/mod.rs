@@ -1,12 +1,23 @@
 //! Test hosts for the root tiers: two network namespaces joined by a veth
 //! pair that a test creates and a guard always removes, and helpers to move a
-//! thread into one of them.
+//! thread into one of them; what each tier needs, and the one way to skip.
+//!
+//! Tiers (DESIGN.md §8) are visible in test names and attributes: a test that
+//! needs root is `#[ignore = "root"]` in a module `root`, one that needs the
+//! test broker `#[ignore = "broker"]` in a module `broker`, one that needs
+//! both `#[ignore = "root, broker"]` in a module `root_broker`. A plain
+//! `cargo test` runs the tier that needs nothing; `cargo test -- --ignored
+//! root::` (`broker:: --skip root_broker::`, `root_broker::`) runs one of the
+//! others; scripts/test.sh runs them all and counts each.
 
 #![allow(dead_code)]
 
 use std::process::Command;
 
 pub mod broker;
+pub mod skip;
+
+pub use skip::skip;
 
 use klais::wire::{self, HEADER_LEN};
 
@@ -45,18 +56,26 @@ pub fn enter(ns: &str) {
     klais::bench::load::enter_netns(ns).unwrap();
 }
 
-/// Root and iproute2 are there; otherwise says why the test skips.
-pub fn usable() -> bool {
+/// The root tier's precondition: root (BPF programs, XDP, network
+/// namespaces). A root test runs only when asked for (`--ignored`), so without
+/// root it fails and says how to run it; it never passes untested.
+pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: needs root to create network namespaces and attach XDP");
-        return false;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        println!("SKIPPED: iproute2 (`ip`) is not installed; scripts/setup.sh installs it");
-        return false;
-    }
-    true
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "the root tier needs root (BPF_PROG_TEST_RUN, XDP, network namespaces); run it as root: \
+         `cargo test -- --ignored root::` (scripts/test.sh runs every tier)"
+    );
+}
+
+/// [`require_root`], and iproute2 for [`topology`].
+pub fn require_netns() {
+    require_root();
+    assert!(
+        Command::new("ip").arg("-V").output().is_ok(),
+        "iproute2 (`ip`) is not installed; scripts/setup.sh installs it"
+    );
 }
 
 /// The two hosts of one test.
@@ -131,16 +150,6 @@ pub fn v1(id: &str, seq: u32) -> Vec<u8> {
     b
 }
 
-/// Root, for `BPF_PROG_TEST_RUN`; otherwise says why the test skips.
-pub fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: BPF_PROG_TEST_RUN needs root (CI runs as root)");
-        return false;
-    }
-    true
-}
-
 /// A free UDP port on loopback (bound once, then released).
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -165,13 +174,13 @@ pub fn file_sink_config(out: &std::path::Path) -> klais::config::Config {
     cfg
 }
 
-/// Starts klais, or says why it cannot here (a locked-memory limit too low
-/// for io_uring) and returns None.
+/// Starts klais, or [`skip`]s with the reason it cannot here (a locked-memory
+/// limit too low for io_uring) and returns None.
 pub fn start_or_skip(cfg: &klais::config::Config) -> Option<klais::runtime::Running> {
     match klais::runtime::start(cfg) {
         Ok(r) => Some(r),
         Err(e @ klais::runtime::RunError::MemLock { .. }) => {
-            println!("SKIPPED: {e}");
+            skip(&e.to_string());
             None
         }
         Err(e) => panic!("klais did not start: {e}"),
