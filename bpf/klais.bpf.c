@@ -40,6 +40,14 @@ const volatile __u32 enforce = 1;			 /* 0: count would-be drops but let them thr
 const volatile __u32 events_enabled = 1;		 /* sampled events to the ring buffer */
 const volatile __u32 reset_window = 4;			 /* a sequence at or below this, going back, is a reset */
 const volatile __u32 bucket_set_mask = (1 << 18) - 1;	 /* sets in `buckets` minus one (a power of two) */
+/*
+ * Where a redirected frame's mark goes: 0 = the XDP metadata area in front of
+ * the frame (bpf_xdp_adjust_meta); 1 = an 8-byte prefix pushed in front of
+ * EVERY redirected frame (bpf_xdp_adjust_head), for kernels that refuse
+ * bpf_xdp_adjust_meta in XDP programs. User space probes the kernel and sets
+ * it; the verifier never sees the branch not taken (rodata is constant).
+ */
+const volatile __u32 mark_prefix = 0;
 
 /* Never read: they put the verdict and event types into BTF so the skeleton's
  * `types` module carries them to Rust (no hand-kept copy). */
@@ -675,7 +683,26 @@ global:
 		 * in front (the AF_XDP metadata area; 0xff = none) with the device
 		 * hash's low bits. Off, nothing is written (~10 ns saved).
 		 */
-		if (classified && bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct klais_xdp_meta)) == 0) {
+		if (mark_prefix) {
+			/*
+			 * Every frame carries the 8 bytes (the shard strips them
+			 * unread when the tag is absent): without the classifier,
+			 * tag 0. A frame with no headroom left is not redirected.
+			 */
+			if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct klais_xdp_meta)))
+				return record(c, KLAIS_V_PASS, XDP_PASS);
+			struct klais_xdp_meta *meta = (void *)(long)ctx->data;
+
+			if ((void *)(meta + 1) > (void *)(long)ctx->data_end)
+				return record(c, KLAIS_V_PASS, XDP_PASS);
+			meta->tag = classified ? KLAIS_META_TAG : 0;
+			meta->class = mark_class;
+			meta->action = mark_class == 0xff ? KLAIS_ACT_PASS : KLAIS_ACT_MARK;
+			meta->hash_lo = (__u32)hash;
+			if (classified && c && mark_class != 0xff)
+				c->model_marked++;
+		} else if (classified &&
+			   bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct klais_xdp_meta)) == 0) {
 			struct klais_xdp_meta *meta = (void *)(long)ctx->data_meta;
 
 			if ((void *)(meta + 1) <= (void *)(long)ctx->data) {

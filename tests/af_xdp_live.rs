@@ -37,7 +37,7 @@ mod root {
                 let prog = XdpProgram::load(&LoadOptions::default(), &Limits::default()).unwrap();
                 let att = prog.attach(&ia, AttachMode::Native).unwrap();
                 let mut xsk = XskSocket::open(&ia, 0, &XskConfig::default()).unwrap();
-                prog.maps().bind_socket(0, xsk.fd()).unwrap();
+                prog.maps().bind_xsk(0, &mut xsk).unwrap();
                 ready_tx.send(()).unwrap();
                 let mut got: Vec<(String, u32)> = Vec::new();
                 let opts = wire::ParseOptions {
@@ -245,7 +245,7 @@ mod root {
                 batch: 32,
             };
             let mut xsk = XskSocket::open(&ia, 0, &cfg).unwrap();
-            prog.maps().bind_socket(0, xsk.fd()).unwrap();
+            prog.maps().bind_xsk(0, &mut xsk).unwrap();
             ready_tx.send(()).unwrap();
             sent_rx.recv().unwrap();
             std::thread::sleep(Duration::from_millis(100));

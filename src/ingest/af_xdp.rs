@@ -129,6 +129,9 @@ pub struct XskSocket {
     /// Read the classifier's mark in front of each frame (see
     /// [`XskSocket::set_read_marks`]).
     read_marks: bool,
+    /// Every frame starts with the 8-byte mark (see
+    /// [`XskSocket::set_mark_prefix`]).
+    mark_prefix: bool,
 }
 
 impl std::fmt::Debug for XskSocket {
@@ -237,6 +240,7 @@ impl XskSocket {
             frames: 0,
             bad_descriptors: 0,
             read_marks: false,
+            mark_prefix: false,
         })
     }
 
@@ -258,6 +262,15 @@ impl XskSocket {
     /// reading.
     pub fn set_read_marks(&mut self, on: bool) {
         self.read_marks = on;
+    }
+
+    /// The program this socket is bound to puts the mark in an 8-byte prefix
+    /// of every frame instead of the metadata area (a kernel that refuses
+    /// `bpf_xdp_adjust_meta` in XDP programs; the XDP adapter probes it and
+    /// sets this when it binds the socket): the prefix is read as the mark
+    /// (when marks are read) and always stripped from the frame.
+    pub fn set_mark_prefix(&mut self, on: bool) {
+        self.mark_prefix = on;
     }
 
     /// Takes up to a batch of frames (see [`XskSocket::recv_batch_marked`]),
@@ -300,10 +313,12 @@ impl XskSocket {
         for pass in [Pass::Prefetch, Pass::Process] {
             for desc in &self.descs {
                 let end = desc.addr + u64::from(desc.len);
-                if end <= area_len {
+                let prefix = if self.mark_prefix { 8 } else { 0 };
+                if end <= area_len && u64::from(desc.len) >= prefix {
                     let mut mark = None;
-                    if read_marks && pass == Pass::Process && desc.addr >= 8 {
-                        let m = desc.addr as usize - 8;
+                    let start = desc.addr + prefix;
+                    if read_marks && pass == Pass::Process && start >= 8 {
+                        let m = start as usize - 8;
                         let meta = &mut self.area[m..m + 8];
                         if u16::from_ne_bytes([meta[0], meta[1]]) == KLAIS_META_TAG {
                             mark = Some(XdpMark {
@@ -315,7 +330,7 @@ impl XskSocket {
                             meta[1] = 0;
                         }
                     }
-                    on_frame(pass, &self.area[desc.addr as usize..end as usize], mark);
+                    on_frame(pass, &self.area[start as usize..end as usize], mark);
                 } else if pass == Pass::Process {
                     self.bad_descriptors += 1;
                 }

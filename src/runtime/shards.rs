@@ -208,7 +208,7 @@ async fn receive_af_xdp(
         return Err(fail("af_xdp needs the XDP filter (xdp.iface)".into()));
     };
     xsk.set_read_marks(env.models.read_marks);
-    maps.bind_socket(queue, xsk.fd())
+    maps.bind_xsk(queue, &mut xsk)
         .map_err(|e| fail(e.to_string()))?;
     let _ = ready.send(Ok(id));
     let not_udp =

@@ -213,7 +213,7 @@ fn redirect_programs(
             ..Limits::default()
         },
     )?;
-    let sock = crate::ingest::af_xdp::XskSocket::open(
+    let mut sock = crate::ingest::af_xdp::XskSocket::open(
         iface,
         0,
         &crate::ingest::af_xdp::XskConfig::default(),
@@ -222,12 +222,12 @@ fn redirect_programs(
         what: format!("opening an AF_XDP socket on {iface} queue 0"),
         source: std::io::Error::other(e.to_string()),
     })?;
-    prog.maps().bind_socket(0, sock.fd())?;
+    prog.maps().bind_xsk(0, &mut sock)?;
     let classifying = match all_pass {
         Some(m) => {
             let p = XdpProgram::load(opts, bucket_limits)?;
             p.maps().set_model(Some(m))?;
-            p.maps().bind_socket(0, sock.fd())?;
+            p.maps().bind_xsk(0, &mut sock)?;
             Some(p)
         }
         None => None,

@@ -342,6 +342,32 @@ pub struct KernelMaps {
     model: MapHandle,
     model_ctl: MapHandle,
     model_scratch: MapHandle,
+    /// The program puts marks in a frame prefix, not the metadata area
+    /// ([`kernel_allows_xdp_meta`]).
+    mark_prefix: bool,
+}
+
+/// Whether this kernel lets XDP programs call `bpf_xdp_adjust_meta` (asked
+/// once, through libbpf's helper probe). Some kernels refuse it ("program of
+/// this type cannot use helper bpf_xdp_adjust_meta"); the program then marks
+/// redirected frames with a prefix instead (`mark_prefix` in bpf/klais.bpf.c).
+pub fn kernel_allows_xdp_meta() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        // SAFETY: a probe that loads a tiny program of the given type calling
+        // the helper; the options pointer may be null.
+        let r = unsafe {
+            libbpf_rs::libbpf_sys::libbpf_probe_bpf_helper(
+                libbpf_rs::libbpf_sys::BPF_PROG_TYPE_XDP,
+                libbpf_rs::libbpf_sys::BPF_FUNC_xdp_adjust_meta,
+                std::ptr::null(),
+            )
+        };
+        if r != 1 {
+            tracing::info!("this kernel refuses bpf_xdp_adjust_meta in XDP programs: classifier marks travel in an 8-byte prefix of each redirected frame");
+        }
+        r == 1
+    })
 }
 
 /// Names under which maps are pinned, in `pin_dir(iface)`.
@@ -385,6 +411,8 @@ impl KernelMaps {
             model: open("model")?,
             model_ctl: open("model_ctl")?,
             model_scratch: open("model_scratch")?,
+            // No sockets are bound through pinned maps: the mode is not needed.
+            mark_prefix: false,
         })
     }
 
@@ -595,6 +623,26 @@ impl KernelMaps {
     /// Binds an AF_XDP socket to receive queue `queue`: from now on the filter
     /// redirects that queue's accepted klais traffic to it.
     pub fn bind_socket(&self, queue: u32, fd: std::os::fd::RawFd) -> Result<(), XdpError> {
+        self.bind_fd(queue, fd)
+    }
+
+    /// Binds `xsk` to receive queue `queue` ([`KernelMaps::bind_socket`]) and
+    /// tells it how this program hands it marks (metadata area or prefix).
+    pub fn bind_xsk(
+        &self,
+        queue: u32,
+        xsk: &mut crate::ingest::af_xdp::XskSocket,
+    ) -> Result<(), XdpError> {
+        xsk.set_mark_prefix(self.mark_prefix);
+        self.bind_fd(queue, xsk.fd())
+    }
+
+    /// Whether redirected frames start with the 8-byte mark prefix.
+    pub fn mark_prefix(&self) -> bool {
+        self.mark_prefix
+    }
+
+    fn bind_fd(&self, queue: u32, fd: std::os::fd::RawFd) -> Result<(), XdpError> {
         let xsks = self.xsks.as_ref().ok_or_else(|| XdpError::Map {
             what: "binding an AF_XDP socket".into(),
             source: libbpf_rs::Error::from(std::io::Error::other(
@@ -759,6 +807,7 @@ impl XdpProgram {
             ro.events_enabled = u32::from(opts.events);
             ro.reset_window = opts.reset_window;
             ro.bucket_set_mask = bucket_sets(opts.max_devices) - 1;
+            ro.mark_prefix = u32::from(!kernel_allows_xdp_meta());
         }
         open.maps
             .buckets
@@ -782,6 +831,7 @@ impl XdpProgram {
             model: handle(&skel.maps.model, "model")?,
             model_ctl: handle(&skel.maps.model_ctl, "model_ctl")?,
             model_scratch: handle(&skel.maps.model_scratch, "model_scratch")?,
+            mark_prefix: !kernel_allows_xdp_meta(),
         };
         let prog = Self {
             skel,
