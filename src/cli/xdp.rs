@@ -260,6 +260,9 @@ fn bench(
         .map(klais::model::load_classifier)
         .transpose()
         .map_err(usage_fail)?;
+    if redirect_iface.is_some() && !xdp::kernel_allows_xdp_meta() {
+        eprintln!("note: this kernel refuses bpf_xdp_adjust_meta, so marks travel in a frame prefix that BPF_PROG_TEST_RUN would keep across repeats: the redirect rows are left out (docs/xdp.md)");
+    }
     let rows = xdp::bench::run(repeat, rounds.max(1), redirect_iface, model.as_ref())
         .map_err(runtime_fail)?;
     print!("{}", xdp::bench::table(&rows, repeat));

@@ -62,7 +62,10 @@ fn measure(
 
 /// Measures every path. Needs root. With `redirect_iface`, an AF_XDP socket is
 /// opened on its queue 0 and bound in a program's XSKMAP, so the known-device
-/// path is also measured all the way to `XDP_REDIRECT`.
+/// path is also measured all the way to `XDP_REDIRECT` — on kernels that
+/// allow the XDP metadata area ([`super::kernel_allows_xdp_meta`]); where the
+/// mark goes in a frame prefix those rows are left out (the prefix would
+/// accumulate across `BPF_PROG_TEST_RUN` repeats).
 ///
 /// With `model`, the known-device path is also measured with the int8
 /// classifier on (every class's action set to pass, so each run goes through
@@ -203,7 +206,10 @@ fn redirect_programs(
     ),
     XdpError,
 > {
-    let Some(iface) = iface else {
+    // On a kernel that marks by prefix, BPF_PROG_TEST_RUN keeps the context
+    // between repeats: the prefix one run pushes stays for the next, which
+    // then parses as not-klais. Those rows would measure the wrong path.
+    let Some(iface) = iface.filter(|_| super::kernel_allows_xdp_meta()) else {
         return Ok((None, None, None));
     };
     let prog = XdpProgram::load(
