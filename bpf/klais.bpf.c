@@ -7,10 +7,16 @@
  * traffic; everything else leaves with XDP_PASS, untouched (ARP, SSH, the
  * operator's own session). For klais traffic, in this order:
  *   too short -> drop; bad magic -> drop; deny list -> drop;
+ *   classifier's class has action drop -> drop (when a model is on);
  *   per-device token bucket over rate -> drop; global budget -> drop;
  *   else redirect to the AF_XDP socket of the receive queue, or pass to the
  *   kernel UDP path when no socket is bound there.
  * Every exit goes through record(): every verdict has a per-CPU counter.
+ *
+ * The file reads top down: settings and maps; header parsing over a cursor;
+ * the counted exits and the steps' shared types; token buckets and events;
+ * the classifier; the verdict steps; and last the entry point, klais_xdp(),
+ * which is the order above in one screen.
  *
  * Token buckets are GCRA (one 64-bit "theoretical arrival time" per bucket):
  * - per device, shared by all CPUs and updated with compare-and-swap, so two
@@ -138,16 +144,124 @@ struct {
 	__type(value, struct klais_model_scratch);
 } model_scratch SEC(".maps"); /* classifier working memory; last packet's values */
 
-struct vlan_hdr {
-	__be16 tci;
-	__be16 proto;
+/*
+ * Header parsing over a cursor, after xdp-tools' headers/xdp/parsing_helpers.h:
+ * each parse_*() checks that its header lies inside the packet, moves the
+ * cursor past it, hands it back through the last argument and returns the
+ * next protocol (or a length), or -1 when the header is cut short. They know
+ * no klais verdicts; parse_to_udp() and parse_klais_hdr() turn their results
+ * into verdicts.
+ */
+struct hdr_cursor {
+	void *pos;
 };
 
-#define ETH_P_8021Q_ 0x8100
-#define ETH_P_8021AD_ 0x88A8
+struct vlan_hdr {
+	__be16 h_vlan_TCI;
+	__be16 h_vlan_encapsulated_proto;
+};
+
+/* 802.1Q and 802.1ad (QinQ) tags; more than two are not followed. */
+#define VLAN_MAX_DEPTH 2
+
+/* Fragment bits of iphdr.frag_off (the kernel's IP_MF / IP_OFFSET are not uapi). */
 #define IP_MF_ 0x2000
 #define IP_OFFSET_ 0x1FFF
 
+static __always_inline int proto_is_vlan(__u16 h_proto)
+{
+	return h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD);
+}
+
+/* Ethernet and up to VLAN_MAX_DEPTH VLAN tags. Returns the EtherType after
+ * the tags (network byte order), or -1 when a header is cut short. */
+static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end,
+					struct ethhdr **ethhdr)
+{
+	struct ethhdr *eth = nh->pos;
+	struct vlan_hdr *vlh;
+	__u16 h_proto;
+	int i;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	*ethhdr = eth;
+	vlh = (void *)(eth + 1);
+	h_proto = eth->h_proto;
+#pragma unroll
+	for (i = 0; i < VLAN_MAX_DEPTH; i++) {
+		if (!proto_is_vlan(h_proto))
+			break;
+		if ((void *)(vlh + 1) > data_end)
+			return -1;
+		h_proto = vlh->h_vlan_encapsulated_proto;
+		vlh++;
+	}
+	nh->pos = vlh;
+	return h_proto;
+}
+
+/*
+ * IPv4. Returns the transport protocol, or -1 when the fixed header is cut
+ * short. The cursor moves past the options by the header's own length field,
+ * unchecked: the caller refuses ihl < 5 once it knows it reads on (so a
+ * non-UDP datagram or a fragment with a bad length is not_klais, not
+ * truncated).
+ */
+static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data_end,
+				       struct iphdr **iphdr)
+{
+	struct iphdr *iph = nh->pos;
+
+	if ((void *)(iph + 1) > data_end)
+		return -1;
+	*iphdr = iph;
+	nh->pos += iph->ihl * 4;
+	return iph->protocol;
+}
+
+/* Any fragment, first or later: the kernel reassembles it. */
+static __always_inline int ip_is_fragment(const struct iphdr *iph)
+{
+	return (iph->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)) != 0;
+}
+
+/* IPv6 (extension headers are not followed). Returns the next header, or -1
+ * when the header is cut short. */
+static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data_end,
+					struct ipv6hdr **ip6hdr)
+{
+	struct ipv6hdr *ip6h = nh->pos;
+
+	if ((void *)(ip6h + 1) > data_end)
+		return -1;
+	*ip6hdr = ip6h;
+	nh->pos = ip6h + 1;
+	return ip6h->nexthdr;
+}
+
+/* UDP. Returns the datagram length its header states (header included), or
+ * -1 when the header is cut short. */
+static __always_inline int parse_udphdr(struct hdr_cursor *nh, void *data_end,
+					struct udphdr **udphdr)
+{
+	struct udphdr *udph = nh->pos;
+
+	if ((void *)(udph + 1) > data_end)
+		return -1;
+	*udphdr = udph;
+	nh->pos = udph + 1;
+	return bpf_ntohs(udph->len);
+}
+
+/*
+ * Verdicts. Every exit of the program returns record(): every verdict has a
+ * per-CPU counter. The steps below return a verdict, or KLAIS_V_CONTINUE to
+ * hand the packet to the next step.
+ */
+#define KLAIS_V_CONTINUE KLAIS_V__COUNT /* no verdict yet (not a counter slot) */
+
+/* The one counted exit. */
 static __always_inline int record(struct klais_counters *c, enum klais_verdict v, int action)
 {
 	if (c)
@@ -155,10 +269,102 @@ static __always_inline int record(struct klais_counters *c, enum klais_verdict v
 	return action;
 }
 
-/* A drop verdict, or a pass when enforcement is off (counted either way). */
-static __always_inline int drop(struct klais_counters *c, enum klais_verdict v)
+/* Exit with the action of any verdict but redirect: a drop verdict
+ * (KLAIS_V_DROPS, klais.h) drops, or passes when enforcement is off (counted
+ * either way); the others pass. */
+static __always_inline int verdict(struct klais_counters *c, enum klais_verdict v)
 {
-	return record(c, v, enforce ? XDP_DROP : XDP_PASS);
+	return record(c, v, ((KLAIS_V_DROPS >> v) & 1) && enforce ? XDP_DROP : XDP_PASS);
+}
+
+/* Out of line, as the compiler chose for the single-function original: the
+ * id stays one 16-byte array on the stack. Inlined, its bytes stay in
+ * registers until the events copy them, spilled one per 8-byte slot across
+ * the classifier: over the 512-byte stack. */
+static __noinline __u64 device_hash(const __u8 *id)
+{
+	return klais_device_hash(id);
+}
+
+/* What the steps learn about a klais packet. */
+struct klais_pkt {
+	__u8 id[KLAIS_DEVICE_ID_LEN]; /* copied out of the packet: events carry it */
+	__u32 seq;
+	__u32 plen;	  /* JSON payload length, from the UDP header */
+	__u64 hash;	  /* FNV-1a 64 of id */
+	__u32 classified; /* the classifier ran and passed it */
+	__u32 mark_class; /* the class to mark in the AF_XDP metadata; 0xff = none */
+};
+
+/* Device rate in GCRA form (klais_settings, or the device's policy override). */
+struct klais_limit {
+	__u64 interval;
+	__u64 tolerance;
+};
+
+/*
+ * Ethernet (and VLAN tags), IPv4 or IPv6, to the UDP header. Anything else
+ * is not klais traffic; headers cut short pass too (the kernel drops them).
+ */
+static __always_inline enum klais_verdict parse_to_udp(struct hdr_cursor *nh, void *data_end,
+						      struct udphdr **udph)
+{
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct ipv6hdr *ip6h;
+	int proto = parse_ethhdr(nh, data_end, &eth);
+
+	if (proto < 0)
+		return KLAIS_V_TRUNCATED;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		proto = parse_iphdr(nh, data_end, &iph);
+		if (proto < 0)
+			return KLAIS_V_TRUNCATED;
+		if (proto != IPPROTO_UDP || ip_is_fragment(iph))
+			return KLAIS_V_NOT_KLAIS;
+		if (iph->ihl < 5)
+			return KLAIS_V_TRUNCATED;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		proto = parse_ip6hdr(nh, data_end, &ip6h);
+		if (proto < 0)
+			return KLAIS_V_TRUNCATED;
+		/* Extension headers are not followed: such datagrams take the kernel path. */
+		if (proto != IPPROTO_UDP)
+			return KLAIS_V_NOT_KLAIS;
+	} else {
+		return KLAIS_V_NOT_KLAIS;
+	}
+	if (parse_udphdr(nh, data_end, udph) < 0)
+		return KLAIS_V_TRUNCATED;
+	return KLAIS_V_CONTINUE;
+}
+
+/*
+ * The klais header of a datagram to a klais port: its id, sequence and the
+ * id's hash into *p. v1 and v2 share the id and sequence offsets; v2's flags
+ * and MAC are checked by the shard (it holds the keys).
+ */
+static __always_inline enum klais_verdict parse_klais_hdr(struct hdr_cursor *nh, void *data_end,
+							 const struct udphdr *udph,
+							 struct klais_pkt *p)
+{
+	__u32 ulen = bpf_ntohs(udph->len);
+	__u8 *h = nh->pos;
+
+	if (ulen < sizeof(*udph) + KLAIS_HEADER_LEN)
+		return KLAIS_V_TOO_SHORT;
+	if ((void *)(h + KLAIS_HEADER_LEN) > data_end)
+		return KLAIS_V_TRUNCATED;
+	if (h[0] != (KLAIS_MAGIC_V1 >> 8) ||
+	    (h[1] != (KLAIS_MAGIC_V1 & 0xff) && h[1] != (KLAIS_MAGIC_V2 & 0xff)))
+		return KLAIS_V_BAD_MAGIC;
+	__builtin_memcpy(p->id, h + 2, KLAIS_DEVICE_ID_LEN);
+	p->seq = ((__u32)h[18] << 24) | ((__u32)h[19] << 16) | ((__u32)h[20] << 8) | (__u32)h[21];
+	p->plen = ulen - sizeof(*udph) - KLAIS_HEADER_LEN;
+	p->hash = device_hash(p->id);
+	p->classified = 0;
+	p->mark_class = 0xff;
+	return KLAIS_V_CONTINUE;
 }
 
 /* GCRA on a per-CPU slot: no other CPU touches it, no atomics needed. */
@@ -198,8 +404,9 @@ static __always_inline int device_take(struct klais_bucket *b, __u64 now, __u64 
 	return 0;
 }
 
-static __always_inline void emit(struct klais_counters *c, __u64 hash, const __u8 *id,
-				 __u32 kind, __u32 seq, const struct klais_settings *s)
+/* A sampled event about the packet's device, within the per-CPU event cap. */
+static __always_inline void emit(struct klais_counters *c, const struct klais_settings *s,
+				 const struct klais_pkt *p, __u32 kind)
 {
 	struct klais_event *e;
 	__u64 now;
@@ -219,10 +426,10 @@ static __always_inline void emit(struct klais_counters *c, __u64 hash, const __u
 		return;
 	}
 	e->ts_ns = now;
-	e->device_hash = hash;
-	__builtin_memcpy(e->device_id, id, KLAIS_DEVICE_ID_LEN);
+	e->device_hash = p->hash;
+	__builtin_memcpy(e->device_id, p->id, KLAIS_DEVICE_ID_LEN);
 	e->kind = kind;
-	e->seq = seq;
+	e->seq = p->seq;
 	bpf_ringbuf_submit(e, 0);
 	if (c)
 		c->events_sent++;
@@ -433,288 +640,310 @@ static __always_inline __u32 classify(const struct klais_model *m, struct klais_
 	return best;
 }
 
-SEC("xdp")
-int klais_xdp(struct xdp_md *ctx)
+/* The device's policy entry, when the map has any: on the deny list, or its own rate. */
+static __always_inline enum klais_verdict apply_policy(const struct klais_settings *s, __u64 hash,
+						      struct klais_limit *lim)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u32 zero = 0;
-	struct klais_counters *c = bpf_map_lookup_elem(&counters, &zero);
-	struct ethhdr *eth = data;
-	struct udphdr *udp;
-	__u8 *payload;
-	__u16 proto;
-	__u32 off, ulen;
+	struct klais_policy *pol;
+
+	if (!s->policy_entries)
+		return KLAIS_V_CONTINUE;
+	pol = bpf_map_lookup_elem(&policy, &hash);
+	if (!pol)
+		return KLAIS_V_CONTINUE;
+	if (pol->flags & KLAIS_POLICY_DENY)
+		return KLAIS_V_DENIED;
+	if (pol->flags & KLAIS_POLICY_OVERRIDE) {
+		lim->interval = pol->interval_ns;
+		lim->tolerance = pol->tolerance_ns;
+	}
+	return KLAIS_V_CONTINUE;
+}
+
+/*
+ * The cheap coarse clock when every bucket in play tolerates a tick of
+ * jitter (see klais_settings.coarse_tick_ns), else the precise one.
+ */
+static __always_inline __u64 clock_now(const struct klais_settings *s, const struct klais_limit *lim)
+{
+	__u64 tick = s->coarse_tick_ns;
+
+	if (tick && (!lim->interval || lim->tolerance >= tick) &&
+	    (!s->global_interval_ns || s->global_tolerance_ns >= tick))
+		return bpf_ktime_get_coarse_ns();
+	return bpf_ktime_get_ns();
+}
+
+/* The classifier, when on: features, inference, the class's action. */
+static __always_inline enum klais_verdict run_classifier(struct klais_counters *c,
+							struct klais_pkt *p)
+{
+	__u32 zero = 0, slot, cls, act;
+	struct klais_model_ctl *mc = bpf_map_lookup_elem(&model_ctl, &zero);
+	struct klais_model_scratch *sc;
+	struct klais_model *m;
+	__u64 now;
+
+	if (!mc || !mc->enabled)
+		return KLAIS_V_CONTINUE;
+	slot = mc->active & 1;
+	m = bpf_map_lookup_elem(&model, &slot);
+	sc = bpf_map_lookup_elem(&model_scratch, &zero);
+	if (!m || !sc)
+		return KLAIS_V_CONTINUE;
+	/* Intervals need the precise clock (the coarse one ticks in ms). */
+	now = bpf_ktime_get_ns();
+	sc->now_ns = now;
+	flow_features(p->hash, now, p->plen, p->seq, sc);
+	cls = classify(m, sc) & (KLAIS_MODEL_OUT - 1);
+	act = m->action[cls];
+	sc->class = cls;
+	sc->action = act;
+	if (c)
+		c->model_class[cls]++;
+	if (act == KLAIS_ACT_DROP)
+		return KLAIS_V_MODEL_DROP;
+	p->classified = 1;
+	if (act == KLAIS_ACT_MARK)
+		p->mark_class = cls;
+	return KLAIS_V_CONTINUE;
+}
+
+/* The way holding the device, or NULL. */
+static __always_inline struct klais_bucket *find_way(struct klais_bucket_set *set, __u64 tag)
+{
 	int i;
 
-	if ((void *)(eth + 1) > data_end)
-		return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
-	proto = eth->h_proto;
-	off = sizeof(*eth);
+#pragma unroll
+	for (i = 0; i < KLAIS_BUCKET_WAYS; i++) {
+		if (set->way[i].tag == tag)
+			return &set->way[i];
+	}
+	return 0;
+}
+
+/*
+ * New device: take the way admitted least recently. A way whose `tat` is
+ * still ahead of `now` belongs to a device in debt (over its rate); handing
+ * it over would forgive that debt, so when every way is in debt the new
+ * device goes untracked instead (NULL: admitted, counted; the global budget
+ * still applies). NULL too after losing the race for the way twice.
+ */
+static __always_inline struct klais_bucket *claim_way(struct klais_counters *c,
+						      const struct klais_settings *s,
+						      struct klais_bucket_set *set, __u64 tag,
+						      const struct klais_pkt *p, __u64 now)
+{
+	struct klais_bucket *victim = &set->way[0];
+	int i, tries;
 
 #pragma unroll
-	for (i = 0; i < 2; i++) {
-		if (proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_)) {
-			struct vlan_hdr *vh = data + off;
+	for (i = 1; i < KLAIS_BUCKET_WAYS; i++) {
+		if (set->way[i].tat < victim->tat)
+			victim = &set->way[i];
+	}
+	if (victim->tag && victim->tat > now)
+		return 0;
+#pragma unroll
+	for (tries = 0; tries < 2; tries++) {
+		__u64 old = *(volatile __u64 *)&victim->tag;
 
-			if ((void *)(vh + 1) > data_end)
-				return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
-			proto = vh->proto;
-			off += sizeof(*vh);
+		if (old == tag)
+			return victim; /* another CPU just claimed it for this device */
+		if (__sync_val_compare_and_swap(&victim->tag, old, tag) == old) {
+			__u64 t0 = *(volatile __u64 *)&victim->tat;
+
+			/* Start from an idle bucket unless a CPU already spent from it. */
+			if (t0 > now)
+				__sync_val_compare_and_swap(&victim->tat, t0, now);
+			victim->last_seq = p->seq;
+			victim->flags = 0;
+			if (old && c)
+				c->bucket_evictions++;
+			emit(c, s, p, KLAIS_EV_NEW_DEVICE);
+			return victim;
 		}
 	}
+	return 0;
+}
 
-	if (proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = data + off;
-		__u32 ihl;
-
-		if ((void *)(ip + 1) > data_end)
-			return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
-		if (ip->protocol != IPPROTO_UDP)
-			return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
-		/* Later fragments carry no UDP header; the kernel reassembles. */
-		if (ip->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_))
-			return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
-		ihl = ip->ihl * 4;
-		if (ihl < sizeof(*ip))
-			return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
-		off += ihl;
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = data + off;
-
-		if ((void *)(ip6 + 1) > data_end)
-			return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
-		/* Extension headers are not followed: such datagrams take the kernel path. */
-		if (ip6->nexthdr != IPPROTO_UDP)
-			return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
-		off += sizeof(*ip6);
-	} else {
-		return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
-	}
-
-	/* Bound the offset for the verifier: two VLAN tags + IPv4 with options is at most 86. */
-	if (off > 14 + 8 + 60)
-		return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
-	udp = data + off;
-	if ((void *)(udp + 1) > data_end)
-		return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
-	if (!is_klais_port(bpf_ntohs(udp->dest)))
-		return record(c, KLAIS_V_NOT_KLAIS, XDP_PASS);
-
-	ulen = bpf_ntohs(udp->len);
-	if (ulen < sizeof(*udp) + KLAIS_HEADER_LEN)
-		return drop(c, KLAIS_V_TOO_SHORT);
-	payload = (__u8 *)(udp + 1);
-	if ((void *)(payload + KLAIS_HEADER_LEN) > data_end)
-		return record(c, KLAIS_V_TRUNCATED, XDP_PASS);
-	/* v1 and v2 share the id and sequence offsets; v2's flags and MAC are
-	 * checked by the shard (it holds the keys). */
-	if (payload[0] != (KLAIS_MAGIC_V1 >> 8) ||
-	    (payload[1] != (KLAIS_MAGIC_V1 & 0xff) && payload[1] != (KLAIS_MAGIC_V2 & 0xff)))
-		return drop(c, KLAIS_V_BAD_MAGIC);
-
-	__u8 id[KLAIS_DEVICE_ID_LEN];
-	__builtin_memcpy(id, payload + 2, KLAIS_DEVICE_ID_LEN);
-	__u32 seq = ((__u32)payload[18] << 24) | ((__u32)payload[19] << 16) |
-		    ((__u32)payload[20] << 8) | (__u32)payload[21];
-	__u64 hash = klais_device_hash(id);
-
-	struct klais_settings *s = bpf_map_lookup_elem(&settings, &zero);
-	if (!s)
-		return record(c, KLAIS_V_PASS, XDP_PASS);
-	__u64 interval = s->device_interval_ns, tolerance = s->device_tolerance_ns;
-	if (s->policy_entries) {
-		struct klais_policy *pol = bpf_map_lookup_elem(&policy, &hash);
-
-		if (pol) {
-			if (pol->flags & KLAIS_POLICY_DENY)
-				return drop(c, KLAIS_V_DENIED);
-			if (pol->flags & KLAIS_POLICY_OVERRIDE) {
-				interval = pol->interval_ns;
-				tolerance = pol->tolerance_ns;
-			}
-		}
-	}
-	/*
-	 * The cheap coarse clock when every bucket in play tolerates a tick of
-	 * jitter (see klais_settings.coarse_tick_ns), else the precise one.
-	 */
-	__u64 now;
-	{
-		__u64 tick = s->coarse_tick_ns;
-
-		if (tick && (!interval || tolerance >= tick) &&
-		    (!s->global_interval_ns || s->global_tolerance_ns >= tick))
-			now = bpf_ktime_get_coarse_ns();
-		else
-			now = bpf_ktime_get_ns();
-	}
-
-	/* The classifier, when on: features, inference, the class's action. */
-	__u32 mark_class = 0xff, classified = 0;
-	{
-		struct klais_model_ctl *mc = bpf_map_lookup_elem(&model_ctl, &zero);
-
-		if (mc && mc->enabled) {
-			__u32 slot = mc->active & 1;
-			struct klais_model *m = bpf_map_lookup_elem(&model, &slot);
-			struct klais_model_scratch *sc = bpf_map_lookup_elem(&model_scratch, &zero);
-
-			if (m && sc) {
-				__u32 plen = ulen - sizeof(*udp) - KLAIS_HEADER_LEN;
-				__u32 cls, act;
-
-				/* Intervals need the precise clock (the coarse one ticks in ms). */
-				__u64 fnow = bpf_ktime_get_ns();
-
-				sc->now_ns = fnow;
-				flow_features(hash, fnow, plen, seq, sc);
-				cls = classify(m, sc) & (KLAIS_MODEL_OUT - 1);
-				act = m->action[cls];
-				sc->class = cls;
-				sc->action = act;
-				if (c)
-					c->model_class[cls]++;
-				if (act == KLAIS_ACT_DROP)
-					return drop(c, KLAIS_V_MODEL_DROP);
-				classified = 1;
-				if (act == KLAIS_ACT_MARK)
-					mark_class = cls;
-			}
-		}
-	}
-
-	__u64 tag = hash ? hash : 1;
+/*
+ * The device's token bucket: KLAIS_V_RATE_LIMITED over its rate. A device
+ * without a way (untracked) is admitted. With no bucket set to look in, the
+ * packet passes to the kernel at once (KLAIS_V_PASS).
+ */
+static __always_inline enum klais_verdict device_admit(struct klais_counters *c,
+						      const struct klais_settings *s,
+						      const struct klais_pkt *p,
+						      const struct klais_limit *lim, __u64 now)
+{
+	__u64 tag = p->hash ? p->hash : 1;
 	__u32 set_idx = (__u32)(tag >> 32) & bucket_set_mask;
 	struct klais_bucket_set *set = bpf_map_lookup_elem(&buckets, &set_idx);
-	struct klais_bucket *b = 0;
+	struct klais_bucket *b;
 	int admitted;
 
 	if (!set)
-		return record(c, KLAIS_V_PASS, XDP_PASS);
-#pragma unroll
-	for (i = 0; i < KLAIS_BUCKET_WAYS; i++) {
-		if (set->way[i].tag == tag) {
-			b = &set->way[i];
-			break;
-		}
-	}
+		return KLAIS_V_PASS;
+	b = find_way(set, tag);
+	if (!b)
+		b = claim_way(c, s, set, tag, p, now);
 	if (!b) {
-		/*
-		 * New device: take the way admitted least recently. A way whose
-		 * `tat` is still ahead of `now` belongs to a device in debt (over
-		 * its rate); handing it over would forgive that debt, so when every
-		 * way is in debt the new device goes untracked instead (admitted,
-		 * counted; the global budget still applies).
-		 */
-		struct klais_bucket *victim = &set->way[0];
-		int tries;
-
-#pragma unroll
-		for (i = 1; i < KLAIS_BUCKET_WAYS; i++) {
-			if (set->way[i].tat < victim->tat)
-				victim = &set->way[i];
-		}
-		if (victim->tag && victim->tat > now) {
-			if (c)
-				c->bucket_untracked++;
-			admitted = 1;
-			goto global;
-		}
-#pragma unroll
-		for (tries = 0; tries < 2 && !b; tries++) {
-			__u64 old = *(volatile __u64 *)&victim->tag;
-
-			if (old == tag) {
-				b = victim; /* another CPU just claimed it for this device */
-				break;
-			}
-			if (__sync_val_compare_and_swap(&victim->tag, old, tag) == old) {
-				__u64 t0 = *(volatile __u64 *)&victim->tat;
-
-				/* Start from an idle bucket unless a CPU already spent from it. */
-				if (t0 > now)
-					__sync_val_compare_and_swap(&victim->tat, t0, now);
-				victim->last_seq = seq;
-				victim->flags = 0;
-				if (old && c)
-					c->bucket_evictions++;
-				emit(c, hash, id, KLAIS_EV_NEW_DEVICE, seq, s);
-				b = victim;
-			}
-		}
-		if (!b) {
-			if (c)
-				c->bucket_untracked++;
-			admitted = 1;
-			goto global;
-		}
+		if (c)
+			c->bucket_untracked++;
+		return KLAIS_V_CONTINUE;
 	}
-	if (seq < b->last_seq && seq <= reset_window)
-		emit(c, hash, id, KLAIS_EV_SEQ_RESET, seq, s);
-	b->last_seq = seq;
-	if (!interval) {
+	if (p->seq < b->last_seq && p->seq <= reset_window)
+		emit(c, s, p, KLAIS_EV_SEQ_RESET);
+	b->last_seq = p->seq;
+	if (!lim->interval) {
 		/* No limit: `tat` only records when the device was last seen, for
 		 * choosing which way a new device replaces. */
 		b->tat = now;
 		admitted = 1;
 	} else {
-		admitted = device_take(b, now, interval, tolerance, c);
+		admitted = device_take(b, now, lim->interval, lim->tolerance, c);
 	}
 	if (!admitted) {
 		if (!(b->flags & KLAIS_BUCKET_LIMITED_EVENT)) {
 			b->flags |= KLAIS_BUCKET_LIMITED_EVENT;
-			emit(c, hash, id, KLAIS_EV_RATE_LIMITED, seq, s);
+			emit(c, s, p, KLAIS_EV_RATE_LIMITED);
 		}
-		return drop(c, KLAIS_V_RATE_LIMITED);
+		return KLAIS_V_RATE_LIMITED;
 	}
 	if (b->flags & KLAIS_BUCKET_LIMITED_EVENT)
 		b->flags &= ~KLAIS_BUCKET_LIMITED_EVENT;
+	return KLAIS_V_CONTINUE;
+}
 
-global:
+/* This CPU's share of the global budget. */
+static __always_inline enum klais_verdict global_admit(const struct klais_settings *s, __u64 now)
+{
 	if (s->global_interval_ns &&
 	    !cpu_take(0, now, s->global_interval_ns, s->global_tolerance_ns))
-		return drop(c, KLAIS_V_GLOBAL_BUDGET);
+		return KLAIS_V_GLOBAL_BUDGET;
+	return KLAIS_V_CONTINUE;
+}
 
+/* The mark's 8 bytes: class, action and the device hash's low bits, tagged
+ * when the classifier ran. */
+static __always_inline void fill_mark(struct klais_xdp_meta *meta, struct klais_counters *c,
+				      const struct klais_pkt *p)
+{
+	meta->tag = p->classified ? KLAIS_META_TAG : 0;
+	meta->class = p->mark_class;
+	meta->action = p->mark_class == 0xff ? KLAIS_ACT_PASS : KLAIS_ACT_MARK;
+	meta->hash_lo = (__u32)p->hash;
+	if (p->classified && c && p->mark_class != 0xff)
+		c->model_marked++;
+}
+
+/*
+ * While the classifier runs, every redirected frame carries its mark in
+ * front (the AF_XDP metadata area; 0xff = none) with the device hash's low
+ * bits. Off, nothing is written (~10 ns saved).
+ */
+static __always_inline void mark_in_meta(struct xdp_md *ctx, struct klais_counters *c,
+					 const struct klais_pkt *p)
+{
+	struct klais_xdp_meta *meta;
+
+	if (!p->classified || bpf_xdp_adjust_meta(ctx, -(int)sizeof(*meta)))
+		return;
+	meta = (void *)(long)ctx->data_meta;
+	if ((void *)(meta + 1) <= (void *)(long)ctx->data)
+		fill_mark(meta, c, p);
+}
+
+/*
+ * With mark_prefix, every frame carries the 8 bytes in front (the shard
+ * strips them, unread when the tag is absent: without the classifier, tag 0).
+ * Returns 0 for a frame with no headroom left: it is not redirected.
+ */
+static __always_inline int mark_in_prefix(struct xdp_md *ctx, struct klais_counters *c,
+					  const struct klais_pkt *p)
+{
+	struct klais_xdp_meta *meta;
+
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(*meta)))
+		return 0;
+	meta = (void *)(long)ctx->data;
+	if ((void *)(meta + 1) > (void *)(long)ctx->data_end)
+		return 0;
+	fill_mark(meta, c, p);
+	return 1;
+}
+
+/* To the AF_XDP socket of the receive queue, with the classifier's mark, or
+ * to the kernel UDP path when no socket is bound there. */
+static __always_inline int deliver(struct xdp_md *ctx, struct klais_counters *c,
+				   const struct klais_pkt *p)
+{
 	__u32 q = ctx->rx_queue_index;
-	if (bpf_map_lookup_elem(&xsks, &q)) {
-		/*
-		 * While the classifier runs, every redirected frame carries its mark
-		 * in front (the AF_XDP metadata area; 0xff = none) with the device
-		 * hash's low bits. Off, nothing is written (~10 ns saved).
-		 */
-		if (mark_prefix) {
-			/*
-			 * Every frame carries the 8 bytes (the shard strips them
-			 * unread when the tag is absent): without the classifier,
-			 * tag 0. A frame with no headroom left is not redirected.
-			 */
-			if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct klais_xdp_meta)))
-				return record(c, KLAIS_V_PASS, XDP_PASS);
-			struct klais_xdp_meta *meta = (void *)(long)ctx->data;
 
-			if ((void *)(meta + 1) > (void *)(long)ctx->data_end)
-				return record(c, KLAIS_V_PASS, XDP_PASS);
-			meta->tag = classified ? KLAIS_META_TAG : 0;
-			meta->class = mark_class;
-			meta->action = mark_class == 0xff ? KLAIS_ACT_PASS : KLAIS_ACT_MARK;
-			meta->hash_lo = (__u32)hash;
-			if (classified && c && mark_class != 0xff)
-				c->model_marked++;
-		} else if (classified &&
-			   bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct klais_xdp_meta)) == 0) {
-			struct klais_xdp_meta *meta = (void *)(long)ctx->data_meta;
-
-			if ((void *)(meta + 1) <= (void *)(long)ctx->data) {
-				meta->tag = KLAIS_META_TAG;
-				meta->class = mark_class;
-				meta->action = mark_class == 0xff ? KLAIS_ACT_PASS : KLAIS_ACT_MARK;
-				meta->hash_lo = (__u32)hash;
-				if (c && mark_class != 0xff)
-					c->model_marked++;
-			}
-		}
-		return record(c, KLAIS_V_REDIRECT, bpf_redirect_map(&xsks, q, XDP_PASS));
+	if (!bpf_map_lookup_elem(&xsks, &q))
+		return verdict(c, KLAIS_V_PASS);
+	if (mark_prefix) {
+		if (!mark_in_prefix(ctx, c, p))
+			return verdict(c, KLAIS_V_PASS);
+	} else {
+		mark_in_meta(ctx, c, p);
 	}
-	return record(c, KLAIS_V_PASS, XDP_PASS);
+	return record(c, KLAIS_V_REDIRECT, bpf_redirect_map(&xsks, q, XDP_PASS));
+}
+
+SEC("xdp")
+int klais_xdp(struct xdp_md *ctx)
+{
+	struct hdr_cursor nh = { .pos = (void *)(long)ctx->data };
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct klais_counters *c = bpf_map_lookup_elem(&counters, &zero);
+	struct klais_settings *s;
+	struct klais_limit lim;
+	struct klais_pkt p;
+	struct udphdr *udph;
+	enum klais_verdict v;
+	__u64 now;
+
+	/* Only UDP to a klais port is ours: everything else passes untouched. */
+	v = parse_to_udp(&nh, data_end, &udph);
+	if (v != KLAIS_V_CONTINUE)
+		return verdict(c, v);
+	if (!is_klais_port(bpf_ntohs(udph->dest)))
+		return verdict(c, KLAIS_V_NOT_KLAIS);
+
+	/* The klais header: too short or a bad magic is dropped, cut short passes. */
+	v = parse_klais_hdr(&nh, data_end, udph, &p);
+	if (v != KLAIS_V_CONTINUE)
+		return verdict(c, v);
+
+	/* Rates and budgets (the loader writes them before attaching). */
+	s = bpf_map_lookup_elem(&settings, &zero);
+	if (!s)
+		return verdict(c, KLAIS_V_PASS);
+	lim.interval = s->device_interval_ns;
+	lim.tolerance = s->device_tolerance_ns;
+
+	/* Deny list first; an override replaces the device rate. */
+	v = apply_policy(s, p.hash, &lim);
+	if (v != KLAIS_V_CONTINUE)
+		return verdict(c, v);
+	now = clock_now(s, &lim);
+
+	/* The classifier, when a model is on, may drop by class. */
+	v = run_classifier(c, &p);
+	if (v != KLAIS_V_CONTINUE)
+		return verdict(c, v);
+
+	/* The device's token bucket, then this CPU's share of the global budget. */
+	v = device_admit(c, s, &p, &lim, now);
+	if (v != KLAIS_V_CONTINUE)
+		return verdict(c, v);
+
+	v = global_admit(s, now);
+	if (v != KLAIS_V_CONTINUE)
+		return verdict(c, v);
+
+	return deliver(ctx, c, &p);
 }

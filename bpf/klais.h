@@ -25,6 +25,12 @@ enum klais_verdict {
 	KLAIS_V__COUNT = 10,
 };
 
+/* The verdicts that refuse a packet (XDP_DROP; counted and passed when enforcement is off). */
+#define KLAIS_V_DROPS                                                                  \
+	((1U << KLAIS_V_TOO_SHORT) | (1U << KLAIS_V_BAD_MAGIC) | (1U << KLAIS_V_DENIED) | \
+	 (1U << KLAIS_V_RATE_LIMITED) | (1U << KLAIS_V_GLOBAL_BUDGET) |                  \
+	 (1U << KLAIS_V_MODEL_DROP))
+
 /* Per-CPU counters, one slot per verdict. Written by the program, read by `klais xdp stats`. */
 struct klais_counters {
 	__u64 packets[KLAIS_V__COUNT];
