@@ -127,18 +127,7 @@ fn attach(
 
 /// The load-time settings of the configuration's [xdp] section.
 fn load_options(cfg: &Config) -> xdp::LoadOptions {
-    xdp::LoadOptions {
-        ports: cfg.xdp.effective_ports(&cfg.ingest.listen),
-        enforce: cfg.xdp.enforce,
-        events: cfg.xdp.events,
-        reset_window: cfg.sequence.reset_window,
-        max_devices: cfg.xdp.max_devices,
-        flow_entries: if cfg.model.classifier.is_some() {
-            cfg.xdp.max_devices
-        } else {
-            1 << 16
-        },
-    }
+    xdp::LoadOptions::from_config(cfg)
 }
 
 /// Writes `model.classifier` (with its drop classes) into the program, when

@@ -23,21 +23,7 @@ pub(super) fn attach_filter(
     let Some(iface) = &cfg.xdp.iface else {
         return Ok(None);
     };
-    let opts = crate::xdp::LoadOptions {
-        ports: cfg.xdp.effective_ports(&cfg.ingest.listen),
-        enforce: cfg.xdp.enforce,
-        events: cfg.xdp.events,
-        reset_window: cfg.sequence.reset_window,
-        max_devices: cfg.xdp.max_devices,
-        // Every device when the classifier runs from the start; a small table
-        // otherwise (a live `klais model load` then works, with evictions
-        // beyond 65,536 devices).
-        flow_entries: if cfg.model.classifier.is_some() {
-            cfg.xdp.max_devices
-        } else {
-            1 << 16
-        },
-    };
+    let opts = crate::xdp::LoadOptions::from_config(cfg);
     let limits = cfg.xdp.limits().map_err(crate::xdp::XdpError::from)?;
     let program = crate::xdp::XdpProgram::load(&opts, &limits)?;
     if let (Some(f), Some(path)) = (classifier, &cfg.model.classifier) {

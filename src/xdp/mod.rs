@@ -314,6 +314,27 @@ pub struct LoadOptions {
     pub flow_entries: u32,
 }
 
+impl LoadOptions {
+    /// The load-time settings a configuration's `[xdp]` section asks for.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        LoadOptions {
+            ports: cfg.xdp.effective_ports(&cfg.ingest.listen),
+            enforce: cfg.xdp.enforce,
+            events: cfg.xdp.events,
+            reset_window: cfg.sequence.reset_window,
+            max_devices: cfg.xdp.max_devices,
+            // Every device when the classifier runs from the start; a small
+            // table otherwise (a live `klais model load` then works, with
+            // evictions beyond 65,536 devices).
+            flow_entries: if cfg.model.classifier.is_some() {
+                cfg.xdp.max_devices
+            } else {
+                1 << 16
+            },
+        }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
