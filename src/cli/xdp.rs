@@ -105,7 +105,7 @@ fn attach(
     config: Option<&Path>,
 ) -> Result<ExitCode, ExitCode> {
     let cfg = load_config(config)?;
-    let opts = load_options(&cfg);
+    let opts = xdp::LoadOptions::from_config(&cfg);
     let limits = cfg.xdp.limits().map_err(runtime_fail)?;
     let program = XdpProgram::load(&opts, &limits).map_err(runtime_fail)?;
     load_classifier(&program, &cfg)?;
@@ -123,11 +123,6 @@ fn attach(
     );
     a.persist();
     Ok(ExitCode::SUCCESS)
-}
-
-/// The load-time settings of the configuration's [xdp] section.
-fn load_options(cfg: &Config) -> xdp::LoadOptions {
-    xdp::LoadOptions::from_config(cfg)
 }
 
 /// Writes `model.classifier` (with its drop classes) into the program, when

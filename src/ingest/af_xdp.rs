@@ -310,10 +310,11 @@ impl XskSocket {
             return 0;
         }
         let read_marks = self.read_marks;
+        // Per socket, not per frame: the program's mark mode.
+        let prefix: u64 = if self.mark_prefix { 8 } else { 0 };
         for pass in [Pass::Prefetch, Pass::Process] {
             for desc in &self.descs {
                 let end = desc.addr + u64::from(desc.len);
-                let prefix = if self.mark_prefix { 8 } else { 0 };
                 if end <= area_len && u64::from(desc.len) >= prefix {
                     let mut mark = None;
                     let start = desc.addr + prefix;

@@ -107,10 +107,11 @@ pub struct Loaded {
 
 impl Loaded {
     /// `cfg` with the core map applied (shard count and CPUs, output CPU),
-    /// validated again; `cfg` itself when there is no map.
+    /// validated again; `cfg` itself when there is no map, or when `cfg` is
+    /// already the applied one (its `cores.map` is then unset).
     pub fn effective_config(&self, cfg: &Config) -> Result<Config, PreflightError> {
         let mut c = cfg.clone();
-        if let Some(m) = &self.core_map {
+        if let (Some(m), Some(_)) = (&self.core_map, &cfg.cores.map) {
             c.ingest.shards = m.map.shards.len() as u16;
             c.cores.shard_cpus = Some(m.map.shards.iter().map(|s| s.cpu).collect());
             c.cores.output_cpu = Some(m.map.batcher_cpu);
