@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod cores;
+pub mod dapb;
 pub mod gen;
 pub mod handoff;
 pub mod ingest;

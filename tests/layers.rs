@@ -19,6 +19,9 @@ const LAYERS: &[(&str, &[&str])] = &[
         "leaves",
         &["wire", "clock", "handoff", "telemetry", "config"],
     ),
+    // Policy over plain data: adaptive batching (DAPB), which the shards
+    // apply when they close Kafka batches and the output core tunes.
+    ("policy", &["dapb"]),
     // Pure logic, no I/O: control (Dam, PID, prediction), model inference,
     // the shard pipeline.
     ("logic", &["control", "model", "shard"]),

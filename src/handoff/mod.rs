@@ -541,3 +541,110 @@ mod tests {
         }
     }
 }
+
+/// A finished Kafka RecordBatch from a shard (the native Kafka client): the
+/// shard encoded and compressed it; the output core only sends its bytes.
+#[derive(Debug, Default)]
+pub struct ProducedBatch {
+    /// Partition of the topic its records' keys hash to.
+    pub partition: u32,
+    /// Records in it.
+    pub records: u32,
+    /// Payload bytes of its records (before encoding).
+    pub payload_bytes: u64,
+    /// Receive time of its first record, ns since the Unix epoch.
+    pub first_recv_ns: u64,
+    /// It holds an urgent record.
+    pub urgent: bool,
+    /// The encoded batch (RecordBatch v2, CRC set, no producer id yet).
+    pub bytes: Vec<u8>,
+}
+
+/// The shard's end of a batch hand-off: finished batches out, emptied
+/// buffers back. The pool of buffers is fixed at creation and the ring holds
+/// all of them, so a push never fails: a shard without a free buffer cannot
+/// start a batch, and that is its backpressure.
+#[derive(Debug)]
+pub struct BatchTx {
+    out: Producer<ProducedBatch>,
+    back: Consumer<Vec<u8>>,
+    /// Free buffers on this side.
+    free: Vec<Vec<u8>>,
+}
+
+/// The output core's end of a batch hand-off.
+#[derive(Debug)]
+pub struct BatchRx {
+    rx: Consumer<ProducedBatch>,
+    back: Producer<Vec<u8>>,
+}
+
+/// One shard → output batch hand-off with `buffers` buffers of
+/// `buffer_bytes` capacity each.
+pub fn batch_ring(buffers: usize, buffer_bytes: usize) -> (BatchTx, BatchRx) {
+    let buffers = buffers.max(2);
+    let (out, rx) = RingBuffer::new(buffers);
+    let (back_tx, back) = RingBuffer::new(buffers);
+    (
+        BatchTx {
+            out,
+            back,
+            free: (0..buffers)
+                .map(|_| Vec::with_capacity(buffer_bytes))
+                .collect(),
+        },
+        BatchRx { rx, back: back_tx },
+    )
+}
+
+impl BatchTx {
+    /// A free buffer, if any (those given back by the output core first
+    /// move to this side).
+    #[inline]
+    pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
+        if self.free.is_empty() {
+            while let Ok(b) = self.back.pop() {
+                self.free.push(b);
+            }
+        }
+        self.free.pop()
+    }
+
+    /// Returns a buffer that was taken but not sent.
+    pub fn put_buffer(&mut self, buf: Vec<u8>) {
+        self.free.push(buf);
+    }
+
+    /// Hands a finished batch to the output core (visible at once).
+    #[inline]
+    pub fn push(&mut self, batch: ProducedBatch) {
+        // The ring holds every buffer of the pool, so it has room for any
+        // batch made from one; a batch made otherwise is the caller's bug,
+        // and is kept rather than lost: the ring is then over-full by design.
+        if let Err(rtrb::PushError::Full(b)) = self.out.push(batch) {
+            self.free.push(b.bytes);
+            debug_assert!(false, "batch ring over-full: a buffer not from the pool");
+        }
+    }
+}
+
+impl BatchRx {
+    /// The next finished batch.
+    #[inline]
+    pub fn pop(&mut self) -> Option<ProducedBatch> {
+        self.rx.pop().ok()
+    }
+
+    /// Gives an emptied buffer back to the shard.
+    #[inline]
+    pub fn give_back(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        // Room for every buffer of the pool: cannot fail for one from it.
+        let _ = self.back.push(buf);
+    }
+
+    /// True when the shard dropped its end and every batch was taken.
+    pub fn is_finished(&self) -> bool {
+        self.rx.is_abandoned() && self.rx.is_empty()
+    }
+}

@@ -39,8 +39,9 @@
 //! requests) plus the journal's unsubmitted buffer (≤ 1 MiB).
 
 pub mod consume;
-pub mod dapb;
+pub use crate::dapb;
 pub mod journal;
+pub mod native;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,6 +76,9 @@ pub enum OutputError {
     /// The journal could not be opened or written.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The native client could not start or run.
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
 }
 
 /// State of the circuit breaker.
@@ -139,6 +143,15 @@ pub struct KafkaSnapshot {
     pub cpu_ns: u64,
     /// Journal counters.
     pub journal: JournalStats,
+    /// Dropped: not delivered when a stop's flush time ran out (the native
+    /// client, which has no journal yet).
+    pub dropped_at_stop: u64,
+    /// Batches sent again after a retriable error (native client).
+    pub retries: u64,
+    /// Producer ids asked for again (unknown or fenced; native client).
+    pub producer_resets: u64,
+    /// Broker responses that could not be decoded (native client).
+    pub bad_responses: u64,
 }
 
 impl KafkaSnapshot {
@@ -152,7 +165,8 @@ impl KafkaSnapshot {
                 + self.journaled
                 + self.dropped_journal_full
                 + self.dropped_rejected
-                + self.journal_lost,
+                + self.journal_lost
+                + self.dropped_at_stop,
         )
     }
 

@@ -27,6 +27,7 @@
 //! recorded and a resend of it is not a duplicate.
 
 pub mod auth;
+pub mod produce;
 mod seq;
 pub mod store;
 

@@ -32,6 +32,7 @@
 //! shard's ([`crate::shard::auth`]): they need the device's key and state.
 
 mod fnv;
+pub mod kafka;
 pub mod policy;
 
 pub use fnv::{device_hash, fnv1a64, FNV1A64_OFFSET, FNV1A64_PRIME};

@@ -1,5 +1,7 @@
-//! Dynamic Adaptive Packet Buffering (DAPB, papers/002) for the batcher core:
-//! pure logic, no I/O.
+//! Dynamic Adaptive Packet Buffering (DAPB, papers/002): pure logic, no I/O.
+//! The librdkafka batcher applies it on the output core; with the native
+//! client the shards apply it as they close Kafka batches, and the output core
+//! measures C(t) and publishes the parameters to them ([`KnobFeed`]).
 //!
 //! - eq. 1: the buffer size B(t) is B_min for the latency-sensitive class, B_max
 //!   for the throughput class, and f(C(t)) for the adaptive class;
@@ -296,5 +298,56 @@ mod tests {
             prop_assert!(p.t_us >= cfg().t_min_us && p.t_us <= cfg().t_max_us);
             prop_assert!(c.error_pct >= 0.0 && c.error_pct <= 100.0);
         }
+    }
+}
+
+/// What a shard needs to close its Kafka batches (native client): the DAPB
+/// parameters of this tick and the topic's partition count (0: not known
+/// yet, nothing can be encoded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardKnobs {
+    /// B(t), T(t), U_th.
+    pub params: Params,
+    /// Partitions of the topic.
+    pub partitions: u32,
+}
+
+/// The output core publishes [`ShardKnobs`] here; each shard compares the
+/// version once per receive batch (one atomic load) and copies the knobs only
+/// when they moved.
+#[derive(Debug)]
+pub struct KnobFeed {
+    version: std::sync::atomic::AtomicU64,
+    knobs: std::sync::Mutex<ShardKnobs>,
+}
+
+impl KnobFeed {
+    /// A feed holding `knobs`.
+    pub fn new(knobs: ShardKnobs) -> KnobFeed {
+        KnobFeed {
+            version: std::sync::atomic::AtomicU64::new(1),
+            knobs: std::sync::Mutex::new(knobs),
+        }
+    }
+
+    /// Replaces the knobs when they changed (the output core, per tick).
+    pub fn publish(&self, knobs: ShardKnobs) {
+        let mut k = self.knobs.lock().unwrap_or_else(|p| p.into_inner());
+        if *k != knobs {
+            *k = knobs;
+            self.version
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The version now.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The knobs now.
+    pub fn read(&self) -> ShardKnobs {
+        *self.knobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

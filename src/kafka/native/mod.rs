@@ -1,0 +1,1005 @@
+//! The native Kafka producer's output core (`output.kafka.client =
+//! "native"`): the shards encode, compress and CRC RecordBatches
+//! ([`crate::shard::produce`]); this core only moves them. Per batch it pops
+//! a hand-off ring, stamps the idempotent producer's id, epoch and base
+//! sequence (O(log n), [`crate::wire::kafka::stamp`]), and sends it inside a
+//! Produce request to the partition's leader, scatter-gather from the shard's
+//! buffer over io_uring ([`uring`]); per response it gives the buffer back.
+//! No tokio, no librdkafka, no copy of a record on this core.
+//!
+//! **Idempotence** (decision): each shard is its own idempotent producer
+//! (InitProducerId once per shard) with contiguous sequences per partition. A
+//! device belongs to one shard (fnv1a64, DESIGN.md §1), so its records are
+//! one producer's, in order; no shard has to forward records to a partition
+//! owner, and the shards stay shared-nothing. The cost is S producer ids and
+//! up to S open batches per partition.
+//!
+//! **Order and retries**: a *lane* is one shard's batches for one partition,
+//! in sequence order. At most `max_in_flight` of a lane's batches are in
+//! flight, one per Produce request (brokers take one batch per partition per
+//! request). A retriable error stops the lane until all its in-flight batches
+//! have answered, then it sends again from its oldest unacknowledged batch
+//! with the same sequences (no duplicates, no reordering); a leader error
+//! refreshes the metadata first. An unknown or fenced producer id gets a new
+//! one; the lane's unacknowledged batches are stamped again from sequence 0.
+//! DUPLICATE_SEQUENCE_NUMBER is a delivery (the broker has it).
+//!
+//! **Not yet on this path** (the librdkafka client has them): the spill
+//! journal and circuit breaker (batches wait in memory, the shards' buffer
+//! pools and overflow queues are the bound, and what a stop cannot deliver
+//! within `shutdown_flush_ms` is counted `dropped_at_stop`), TLS and SASL.
+
+pub mod proto;
+pub mod uring;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::config::Kafka as KafkaConfig;
+use crate::dapb::{Conditions, KnobFeed, Params, ShardKnobs};
+use crate::handoff::{BatchRx, ProducedBatch};
+use crate::wire::kafka as kwire;
+use proto::{Outcome, PartitionResult};
+use uring::{Frame, Op, Part, Uring};
+
+use super::{mono_ns, thread_cpu_ns, KafkaSnapshot, OutputError};
+
+/// Why the native producer gave up on something (logged, counted).
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    /// A socket or io_uring call failed.
+    #[error("native Kafka client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// No bootstrap broker address resolved.
+    #[error("output.kafka.brokers {0:?}: no address resolves (host:port[,host:port…])")]
+    NoBroker(String),
+    /// The topic's metadata could not be had in time.
+    #[error("the native Kafka client needs the topic's partitions at start and got none within {0:?} from {1} (is the broker up and the topic created? or set output.kafka.client = \"librdkafka\")")]
+    NoMetadata(Duration, String),
+}
+
+/// Where a batch of a lane is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    /// To be sent (again).
+    Wait,
+    /// In a request without an answer yet.
+    Flight,
+    /// Delivered behind an older batch still waiting (no idempotence).
+    Done,
+}
+
+/// A batch in a lane.
+struct Queued {
+    /// Lane-local id (responses name the batch by it).
+    id: u64,
+    st: St,
+    batch: ProducedBatch,
+    /// Stamped with (producer id, epoch); None: not stamped yet.
+    stamped: Option<(i64, i16)>,
+}
+
+/// One shard's batches for one partition, oldest first.
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Queued>,
+    in_flight: usize,
+    next_id: u64,
+    /// A retriable error: no new send until nothing is in flight, then the
+    /// oldest unacknowledged batch goes first, at `resume_at`.
+    rewinding: bool,
+    resume_at: u64,
+    next_seq: i32,
+}
+
+impl Lane {
+    /// The first batch to send, if any.
+    fn next(&self) -> Option<usize> {
+        self.queue.iter().position(|q| q.st == St::Wait)
+    }
+
+    fn find(&self, id: u64) -> Option<usize> {
+        self.queue.iter().position(|q| q.id == id)
+    }
+}
+
+/// A shard's producer id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pid {
+    /// Not asked yet (or to be asked again).
+    None,
+    /// InitProducerId in flight.
+    Asked,
+    /// (id, epoch).
+    Ready(i64, i16),
+}
+
+/// What a connection waits for, in request order.
+enum Pending {
+    ApiVersions,
+    Metadata,
+    InitPid(usize),
+    /// (shard, partition, batch id) of every batch in the request, sent at
+    /// (ns).
+    Produce(Vec<(u32, u32, u64)>, u64),
+}
+
+/// A broker connection.
+struct Broker {
+    node: i32,
+    slot: usize,
+    /// Negotiated: produce version (0 until ApiVersions answered).
+    produce_version: i16,
+    pending: VecDeque<(i32, Pending)>,
+    /// Produce requests in flight.
+    produce_in_flight: usize,
+    /// Not before this (ns): reconnect backoff.
+    retry_at: u64,
+    up: bool,
+}
+
+/// The native output core.
+pub struct NativeProducer {
+    topic: String,
+    client_id: String,
+    acks: i16,
+    timeout_ms: i32,
+    max_in_flight: usize,
+    idempotent: bool,
+    bootstrap: Vec<SocketAddr>,
+    io: Uring,
+    brokers: Vec<Broker>,
+    addrs: HashMap<i32, SocketAddr>,
+    /// Leader node per partition (-1: none).
+    leaders: Vec<i32>,
+    metadata_wanted: bool,
+    metadata_in_flight: bool,
+    metadata_at: u64,
+    pids: Vec<Pid>,
+    lanes: Vec<Vec<Lane>>,
+    rings: Vec<BatchRx>,
+    feed: Arc<KnobFeed>,
+    dapb_cfg: crate::config::Dapb,
+    params: Params,
+    cond: Conditions,
+    correlation: i32,
+    results: Vec<PartitionResult>,
+    rr: usize,
+    hist_normal: Histogram<u64>,
+    hist_urgent: Histogram<u64>,
+    hist_rtt: Histogram<u64>,
+    snap: KafkaSnapshot,
+    cpu_at_start: u64,
+    errors_window: (u64, u64),
+    last_warn: u64,
+}
+
+impl std::fmt::Debug for NativeProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeProducer")
+            .field("topic", &self.topic)
+            .field("leaders", &self.leaders)
+            .finish_non_exhaustive()
+    }
+}
+
+fn acks_of(s: &str) -> i16 {
+    match s {
+        "0" => 0,
+        "1" => 1,
+        _ => -1,
+    }
+}
+
+impl NativeProducer {
+    /// Resolves the bootstrap brokers and makes the ring; nothing is sent
+    /// before [`NativeProducer::start`].
+    pub fn new(
+        cfg: &KafkaConfig,
+        rings: Vec<BatchRx>,
+        feed: Arc<KnobFeed>,
+    ) -> Result<NativeProducer, NativeError> {
+        let mut bootstrap = Vec::new();
+        for b in cfg
+            .brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        {
+            if let Ok(a) = b.to_socket_addrs() {
+                bootstrap.extend(a);
+            }
+        }
+        if bootstrap.is_empty() {
+            return Err(NativeError::NoBroker(cfg.brokers.clone()));
+        }
+        let gateway = cfg.gateway_id.clone().unwrap_or_else(super::hostname);
+        let hist = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+        let cond = Conditions::default();
+        let shards = rings.len();
+        Ok(NativeProducer {
+            topic: cfg.topic.clone(),
+            client_id: format!("klais-{gateway}"),
+            acks: acks_of(&cfg.acks),
+            timeout_ms: 30_000,
+            max_in_flight: cfg.max_in_flight.clamp(1, 5) as usize,
+            idempotent: cfg.idempotence,
+            bootstrap,
+            io: Uring::new(1024)?,
+            brokers: Vec::new(),
+            addrs: HashMap::new(),
+            leaders: Vec::new(),
+            metadata_wanted: true,
+            metadata_in_flight: false,
+            metadata_at: 0,
+            pids: vec![Pid::None; shards],
+            lanes: (0..shards).map(|_| Vec::new()).collect(),
+            rings,
+            feed,
+            params: Params::compute(&cfg.dapb, &cond),
+            dapb_cfg: cfg.dapb.clone(),
+            cond,
+            correlation: 0,
+            results: Vec::new(),
+            rr: 0,
+            hist_normal: hist(),
+            hist_urgent: hist(),
+            hist_rtt: hist(),
+            snap: KafkaSnapshot::default(),
+            cpu_at_start: thread_cpu_ns(),
+            errors_window: (0, 0),
+            last_warn: 0,
+        })
+    }
+
+    /// Connects and learns the topic's partitions (and the shards' producer
+    /// ids), up to `limit`; publishes the partition count to the shards.
+    pub fn start(&mut self, limit: Duration) -> Result<(), NativeError> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            self.step_io(200_000)?;
+            let pids_ready =
+                !self.idempotent || self.pids.iter().all(|p| matches!(p, Pid::Ready(..)));
+            if !self.leaders.is_empty() && pids_ready {
+                tracing::info!(
+                    topic = %self.topic,
+                    partitions = self.leaders.len(),
+                    ready_ms = t0.elapsed().as_millis() as u64,
+                    "Kafka broker reachable (native client)"
+                );
+                return Ok(());
+            }
+        }
+        if self.leaders.is_empty() {
+            return Err(NativeError::NoMetadata(
+                limit,
+                format!("{:?}", self.bootstrap),
+            ));
+        }
+        Ok(())
+    }
+
+    fn next_correlation(&mut self) -> i32 {
+        self.correlation = self.correlation.wrapping_add(1) & 0x7fff_ffff;
+        self.correlation
+    }
+
+    /// The broker entry for `node` (-1: bootstrap), connecting if needed.
+    fn broker(&mut self, node: i32) -> Option<usize> {
+        let now = mono_ns();
+        if let Some(i) = self.brokers.iter().position(|b| b.node == node) {
+            let b = &self.brokers[i];
+            let c = &self.io.conns[b.slot];
+            if c.sock.is_some() && !c.closing {
+                return Some(i);
+            }
+            if now < b.retry_at {
+                return None;
+            }
+            let addr = self.addr_of(node)?;
+            let slot = self.io.connect(addr).ok()?;
+            let b = &mut self.brokers[i];
+            b.slot = slot;
+            b.produce_version = 0;
+            b.up = false;
+            self.send_api_versions(i);
+            return Some(i);
+        }
+        let addr = self.addr_of(node)?;
+        let slot = self.io.connect(addr).ok()?;
+        self.brokers.push(Broker {
+            node,
+            slot,
+            produce_version: 0,
+            pending: VecDeque::new(),
+            produce_in_flight: 0,
+            retry_at: 0,
+            up: false,
+        });
+        let i = self.brokers.len() - 1;
+        self.send_api_versions(i);
+        Some(i)
+    }
+
+    fn addr_of(&self, node: i32) -> Option<SocketAddr> {
+        if node < 0 {
+            let k = (mono_ns() / 1_000_000_000) as usize % self.bootstrap.len();
+            return self.bootstrap.get(k).copied();
+        }
+        self.addrs.get(&node).copied()
+    }
+
+    fn send_control(
+        &mut self,
+        b: usize,
+        pending: Pending,
+        encode: impl FnOnce(&mut Vec<u8>, i32, &str),
+    ) {
+        let corr = self.next_correlation();
+        let mut head = Vec::with_capacity(64);
+        encode(&mut head, corr, &self.client_id);
+        let len = head.len();
+        let br = &mut self.brokers[b];
+        self.io.conns[br.slot].queue.push_back(Frame {
+            head,
+            parts: vec![Part::Head(0, len)],
+        });
+        br.pending.push_back((corr, pending));
+    }
+
+    fn send_api_versions(&mut self, b: usize) {
+        self.send_control(b, Pending::ApiVersions, proto::api_versions);
+    }
+
+    /// One round: batches from the rings into lanes, requests out, responses
+    /// in. Returns the batches taken.
+    pub fn step(&mut self, wait_ns: u64) -> Result<usize, NativeError> {
+        let got = self.take_batches();
+        self.maintain();
+        self.fill_requests();
+        self.step_io(if got > 0 { 0 } else { wait_ns })?;
+        Ok(got)
+    }
+
+    fn take_batches(&mut self) -> usize {
+        let mut got = 0;
+        for (s, rx) in self.rings.iter_mut().enumerate() {
+            for _ in 0..256 {
+                let Some(b) = rx.pop() else {
+                    break;
+                };
+                got += 1;
+                self.snap.accepted += u64::from(b.records);
+                self.snap.accepted_bytes += b.payload_bytes;
+                let lanes = &mut self.lanes[s];
+                let p = b.partition as usize;
+                if lanes.len() <= p {
+                    lanes.resize_with(p + 1, Lane::default);
+                }
+                let lane = &mut lanes[p];
+                lane.next_id += 1;
+                lane.queue.push_back(Queued {
+                    id: lane.next_id,
+                    st: St::Wait,
+                    batch: b,
+                    stamped: None,
+                });
+            }
+        }
+        got
+    }
+
+    /// Metadata, producer ids and reconnections when due.
+    fn maintain(&mut self) {
+        let now = mono_ns();
+        if now.saturating_sub(self.metadata_at) > 60_000_000_000 {
+            self.metadata_wanted = true;
+        }
+        if self.metadata_wanted && !self.metadata_in_flight {
+            let node = self.brokers.iter().find(|b| b.up).map_or(-1, |b| b.node);
+            if let Some(b) = self.broker(node) {
+                if self.brokers[b].up {
+                    let topic = self.topic.clone();
+                    self.send_control(b, Pending::Metadata, |o, c, id| {
+                        proto::metadata(o, c, id, &topic)
+                    });
+                    self.metadata_in_flight = true;
+                    self.metadata_wanted = false;
+                    self.metadata_at = now;
+                }
+            }
+        }
+        if self.idempotent {
+            for s in 0..self.pids.len() {
+                if self.pids[s] != Pid::None {
+                    continue;
+                }
+                let Some(b) = self.brokers.iter().position(|b| b.up) else {
+                    break;
+                };
+                self.send_control(b, Pending::InitPid(s), proto::init_producer_id);
+                self.pids[s] = Pid::Asked;
+            }
+        }
+    }
+
+    /// Builds Produce requests for every leader with room in flight.
+    fn fill_requests(&mut self) {
+        let parts = self.leaders.len();
+        if parts == 0 {
+            return;
+        }
+        let now = mono_ns();
+        let nodes: Vec<i32> = {
+            let mut n: Vec<i32> = self.leaders.iter().copied().filter(|&l| l >= 0).collect();
+            n.sort_unstable();
+            n.dedup();
+            n
+        };
+        for node in nodes {
+            let Some(b) = self.broker(node) else {
+                continue;
+            };
+            while self.brokers[b].up && self.brokers[b].produce_in_flight < self.max_in_flight {
+                if !self.build_request(b, node, now) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One Produce request to broker `b` (leader `node`): one ready batch per
+    /// partition it leads. False when nothing was ready.
+    fn build_request(&mut self, b: usize, node: i32, now: u64) -> bool {
+        let shards = self.lanes.len();
+        let mut picked: Vec<(u32, u32, u64)> = Vec::new();
+        self.rr = self.rr.wrapping_add(1);
+        for p in 0..self.leaders.len() {
+            if self.leaders[p] != node {
+                continue;
+            }
+            for k in 0..shards {
+                let s = (self.rr + k) % shards;
+                if let Some(i) = self.lane_ready(s, p, now) {
+                    picked.push((s as u32, p as u32, i as u64));
+                    break;
+                }
+            }
+        }
+        if picked.is_empty() {
+            return false;
+        }
+        let corr = self.next_correlation();
+        let version = self.brokers[b].produce_version;
+        let mut frame = Frame::default();
+        proto::produce_head(
+            &mut frame.head,
+            version,
+            corr,
+            &self.client_id,
+            self.acks,
+            self.timeout_ms,
+            &self.topic,
+            picked.len(),
+        );
+        let mut total = frame.head.len() - 4;
+        frame.parts.push(Part::Head(0, frame.head.len()));
+        for pick in &mut picked {
+            let (s, p, i) = (pick.0 as usize, pick.1 as usize, pick.2 as usize);
+            self.stamp(s, p, i);
+            let lane = &mut self.lanes[s][p];
+            lane.in_flight += 1;
+            let q = &mut lane.queue[i];
+            q.st = St::Flight;
+            pick.2 = q.id;
+            let at = frame.head.len();
+            frame.head.extend_from_slice(&proto::produce_partition(
+                pick.1 as i32,
+                q.batch.bytes.len(),
+            ));
+            frame.parts.push(Part::Head(at, 8));
+            frame
+                .parts
+                .push(Part::Borrowed(q.batch.bytes.as_ptr(), q.batch.bytes.len()));
+            total += 8 + q.batch.bytes.len();
+        }
+        frame.head[0..4].copy_from_slice(&(total as i32).to_be_bytes());
+        let br = &mut self.brokers[b];
+        self.io.conns[br.slot].queue.push_back(frame);
+        if self.acks == 0 {
+            // No response will come: delivered once written.
+            for (s, p, id) in picked {
+                self.delivered(s as usize, p as usize, id);
+            }
+        } else {
+            br.pending.push_back((corr, Pending::Produce(picked, now)));
+            br.produce_in_flight += 1;
+        }
+        true
+    }
+
+    /// The index of lane (s, p)'s next batch to send, if it may send now.
+    fn lane_ready(&self, s: usize, p: usize, now: u64) -> Option<usize> {
+        let lane = self.lanes[s].get(p)?;
+        if lane.in_flight >= self.max_in_flight || lane.rewinding || now < lane.resume_at {
+            return None;
+        }
+        if self.idempotent && !matches!(self.pids[s], Pid::Ready(..)) {
+            return None;
+        }
+        lane.next()
+    }
+
+    /// Stamps lane (s, p)'s batch `i` with the shard's producer id unless
+    /// it already carries it (a resend keeps its sequence).
+    fn stamp(&mut self, s: usize, p: usize, i: usize) {
+        let Pid::Ready(id, epoch) = self.pids[s] else {
+            return;
+        };
+        let lane = &mut self.lanes[s][p];
+        let seq = lane.next_seq;
+        let q = &mut lane.queue[i];
+        if q.stamped == Some((id, epoch)) {
+            return;
+        }
+        kwire::stamp(&mut q.batch.bytes, id, epoch, seq);
+        q.stamped = Some((id, epoch));
+        lane.next_seq = seq.wrapping_add(q.batch.records as i32) & 0x7fff_ffff;
+    }
+
+    /// Batch `id` of lane (s, p) is written: counted, and its buffer (with
+    /// every delivered one before it) goes back to the shard.
+    fn delivered(&mut self, s: usize, p: usize, id: u64) {
+        let lane = &mut self.lanes[s][p];
+        let Some(i) = lane.find(id) else {
+            return;
+        };
+        if lane.queue[i].st == St::Flight {
+            lane.in_flight -= 1;
+        }
+        lane.queue[i].st = St::Done;
+        let now = crate::clock::now_ns();
+        while lane.queue.front().is_some_and(|q| q.st == St::Done) {
+            let Some(q) = lane.queue.pop_front() else {
+                break;
+            };
+            self.snap.delivered += u64::from(q.batch.records);
+            let added = (now.saturating_sub(q.batch.first_recv_ns) / 1000).max(1);
+            let h = if q.batch.urgent {
+                &mut self.hist_urgent
+            } else {
+                &mut self.hist_normal
+            };
+            let _ = h.record(added);
+            self.rings[s].give_back(q.batch.bytes);
+        }
+    }
+
+    /// Submits, waits up to `wait_ns` for completions, handles them.
+    fn step_io(&mut self, wait_ns: u64) -> Result<(), NativeError> {
+        self.io.kick()?;
+        self.io.reap(wait_ns)?;
+        let done = std::mem::take(&mut self.io.done);
+        for &(slot, op, res) in &done {
+            let Some(b) = self.brokers.iter().position(|b| b.slot == slot) else {
+                continue;
+            };
+            match op {
+                Op::Connect if res != 0 => self.broker_failed(b, "connect", res),
+                Op::Connect => {}
+                Op::Send if res <= 0 => self.broker_failed(b, "send", res),
+                Op::Send => {}
+                Op::Recv if res <= 0 => self.broker_failed(b, "receive", res),
+                Op::Recv => self.read_responses(b),
+            }
+        }
+        self.io.done = done;
+        Ok(())
+    }
+
+    /// Parses every whole response in the connection's buffer.
+    fn read_responses(&mut self, b: usize) {
+        loop {
+            let slot = self.brokers[b].slot;
+            let c = &self.io.conns[slot];
+            if c.rlen < 4 {
+                return;
+            }
+            let size = i32::from_be_bytes([c.rbuf[0], c.rbuf[1], c.rbuf[2], c.rbuf[3]]);
+            if !(4..=(64 << 20)).contains(&size) {
+                self.protocol_error(b, "a response size out of bounds");
+                return;
+            }
+            let size = size as usize;
+            if c.rlen < 4 + size {
+                if c.rbuf.len() < 4 + size {
+                    let c = &mut self.io.conns[slot];
+                    c.rbuf.resize(4 + size + 1024, 0);
+                }
+                return;
+            }
+            let frame = c.rbuf[4..4 + size].to_vec();
+            let c = &mut self.io.conns[slot];
+            c.rbuf.copy_within(4 + size..c.rlen, 0);
+            c.rlen -= 4 + size;
+            let corr = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+            let Some((want, pending)) = self.brokers[b].pending.pop_front() else {
+                self.protocol_error(b, "a response nobody asked for");
+                return;
+            };
+            if want != corr {
+                self.protocol_error(b, "a response out of order (correlation id)");
+                return;
+            }
+            if let Err(e) = self.on_response(b, pending, &frame[4..]) {
+                self.snap.bad_responses += 1;
+                self.protocol_error(b, &e.to_string());
+                return;
+            }
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        b: usize,
+        pending: Pending,
+        body: &[u8],
+    ) -> Result<(), proto::DecodeError> {
+        match pending {
+            Pending::ApiVersions => {
+                let (err, apis) = proto::decode_api_versions(body)?;
+                let produce = apis.iter().find(|a| a.0 == proto::PRODUCE);
+                let v = produce.map_or(0, |&(_, _, max)| max.min(proto::PRODUCE_VERSIONS.1));
+                if err != 0 || v < proto::PRODUCE_VERSIONS.0 {
+                    self.warn(&format!(
+                        "broker node {} cannot take Produce v{}+ (ApiVersions error {err}, Produce up to v{v}): the native client needs Kafka 0.11 or later",
+                        self.brokers[b].node,
+                        proto::PRODUCE_VERSIONS.0
+                    ));
+                    self.close_broker(b, 1_000_000_000);
+                    return Ok(());
+                }
+                let br = &mut self.brokers[b];
+                br.produce_version = v;
+                br.up = true;
+            }
+            Pending::Metadata => {
+                self.metadata_in_flight = false;
+                let m = proto::decode_metadata(body)?;
+                self.apply_metadata(&m);
+            }
+            Pending::InitPid(s) => {
+                let (err, id, epoch) = proto::decode_init_producer_id(body)?;
+                self.pids[s] = if err == 0 {
+                    for lane in &mut self.lanes[s] {
+                        lane.next_seq = 0;
+                    }
+                    Pid::Ready(id, epoch)
+                } else {
+                    self.warn(&format!(
+                        "InitProducerId refused (error {err}); asking again"
+                    ));
+                    Pid::None
+                };
+            }
+            Pending::Produce(picked, sent_at) => {
+                self.brokers[b].produce_in_flight -= 1;
+                let mut results = std::mem::take(&mut self.results);
+                let v = self.brokers[b].produce_version;
+                let r = proto::decode_produce(body, v, &mut results);
+                if let Err(e) = r {
+                    self.results = results;
+                    self.produce_failed(&picked);
+                    return Err(e);
+                }
+                self.on_produce(&picked, &results, sent_at);
+                self.results = results;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_metadata(&mut self, m: &proto::Metadata) {
+        for br in &m.brokers {
+            let addr = format!("{}:{}", br.host, br.port);
+            if let Some(a) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                self.addrs.insert(br.id, a);
+            }
+        }
+        let Some((_, err, parts)) = m.topics.iter().find(|t| t.0 == self.topic) else {
+            return;
+        };
+        if *err != 0 || parts.is_empty() {
+            self.warn(&format!(
+                "topic {:?}: metadata error {err} (create it, or let the broker create topics); batches wait",
+                self.topic
+            ));
+            self.metadata_wanted = true;
+            return;
+        }
+        let n = parts.iter().map(|p| p.index + 1).max().unwrap_or(0).max(0) as usize;
+        let mut leaders = vec![-1; n.max(self.leaders.len())];
+        for p in parts {
+            if p.index >= 0 {
+                leaders[p.index as usize] = if p.error == 0 { p.leader } else { -1 };
+            }
+        }
+        if leaders.iter().any(|&l| l < 0) {
+            self.metadata_wanted = true;
+        }
+        self.leaders = leaders;
+        self.publish_knobs();
+    }
+
+    fn on_produce(
+        &mut self,
+        picked: &[(u32, u32, u64)],
+        results: &[PartitionResult],
+        sent_at: u64,
+    ) {
+        let now = mono_ns();
+        let rtt = now.saturating_sub(sent_at) / 1000;
+        let _ = self.hist_rtt.record(rtt.max(1));
+        self.cond.on_rtt(rtt as f64);
+        for &(s, p, id) in picked {
+            let code = results
+                .iter()
+                .find(|r| r.index == p as i32)
+                .map_or(-1, |r| r.error);
+            self.errors_window.0 += 1;
+            let front = self.lanes[s as usize][p as usize].find(id) == Some(0);
+            let outcome = match code {
+                -1 => Outcome::Retry,
+                // OUT_OF_ORDER_SEQUENCE_NUMBER for the oldest batch in
+                // flight: the broker lost this producer's state.
+                45 if front => Outcome::NewProducer,
+                c => proto::outcome(c),
+            };
+            if outcome != Outcome::Delivered {
+                self.errors_window.1 += 1;
+            }
+            match outcome {
+                Outcome::Delivered => self.delivered(s as usize, p as usize, id),
+                Outcome::Retry => self.lane_failed(s as usize, p as usize, id, now),
+                Outcome::RetryAfterMetadata => {
+                    self.metadata_wanted = true;
+                    self.lane_failed(s as usize, p as usize, id, now);
+                }
+                Outcome::NewProducer => {
+                    self.new_producer(s as usize);
+                    self.lane_failed(s as usize, p as usize, id, now);
+                }
+                Outcome::Reject => self.rejected(s as usize, p as usize, id, code),
+            }
+        }
+    }
+
+    /// A batch of lane (s, p) failed retriably: the lane stops, and resends
+    /// from its front once nothing of it is in flight.
+    fn lane_failed(&mut self, s: usize, p: usize, id: u64, now: u64) {
+        self.snap.retries += 1;
+        let lane = &mut self.lanes[s][p];
+        if let Some(i) = lane.find(id) {
+            if lane.queue[i].st == St::Flight {
+                lane.in_flight -= 1;
+                lane.queue[i].st = St::Wait;
+            }
+        }
+        lane.rewinding = true;
+        if lane.in_flight == 0 {
+            lane.rewinding = false;
+            lane.resume_at = now + 100_000_000;
+        }
+    }
+
+    /// The shard's producer id is gone: a new one is asked for, and its
+    /// unacknowledged batches are stamped again from sequence 0.
+    fn new_producer(&mut self, s: usize) {
+        if self.pids[s] != Pid::Asked {
+            self.pids[s] = Pid::None;
+        }
+        self.snap.producer_resets += 1;
+    }
+
+    fn rejected(&mut self, s: usize, p: usize, id: u64, code: i16) {
+        let lane = &mut self.lanes[s][p];
+        let Some(i) = lane.find(id) else {
+            return;
+        };
+        let Some(q) = lane.queue.remove(i) else {
+            return;
+        };
+        if q.st == St::Flight {
+            lane.in_flight -= 1;
+        }
+        self.snap.dropped_rejected += u64::from(q.batch.records);
+        tracing::error!(
+            partition = p,
+            records = q.batch.records,
+            error = code,
+            "the broker refused a batch permanently: DROPPED (counted as rejected)"
+        );
+        // Later batches of this producer have a sequence gap now.
+        self.new_producer(s);
+        self.rings[s].give_back(q.batch.bytes);
+    }
+
+    fn produce_failed(&mut self, picked: &[(u32, u32, u64)]) {
+        let now = mono_ns();
+        for &(s, p, id) in picked {
+            self.lane_failed(s as usize, p as usize, id, now);
+        }
+    }
+
+    fn protocol_error(&mut self, b: usize, why: &str) {
+        self.warn(&format!(
+            "broker node {}: {why}; reconnecting",
+            self.brokers[b].node
+        ));
+        self.close_broker(b, 100_000_000);
+    }
+
+    fn broker_failed(&mut self, b: usize, what: &str, res: i32) {
+        let err = std::io::Error::from_raw_os_error(-res.min(0));
+        self.warn(&format!(
+            "broker node {} ({}): {what} failed: {}",
+            self.brokers[b].node,
+            self.io.conns[self.brokers[b].slot].addr,
+            if res == 0 {
+                "closed by the peer".to_string()
+            } else {
+                err.to_string()
+            }
+        ));
+        self.close_broker(b, 200_000_000);
+    }
+
+    /// Closes a broker's connection: every request waiting on it failed.
+    fn close_broker(&mut self, b: usize, backoff_ns: u64) {
+        let br = &mut self.brokers[b];
+        br.up = false;
+        br.retry_at = mono_ns() + backoff_ns;
+        br.produce_in_flight = 0;
+        let slot = br.slot;
+        let pending: Vec<Pending> = br.pending.drain(..).map(|(_, p)| p).collect();
+        self.io.close(slot);
+        for p in pending {
+            match p {
+                Pending::Produce(picked, _) => self.produce_failed(&picked),
+                Pending::Metadata => self.metadata_in_flight = false,
+                Pending::InitPid(s) => self.pids[s] = Pid::None,
+                Pending::ApiVersions => {}
+            }
+        }
+        self.metadata_wanted = true;
+    }
+
+    fn warn(&mut self, msg: &str) {
+        let now = mono_ns();
+        if now.saturating_sub(self.last_warn) > 1_000_000_000 {
+            self.last_warn = now;
+            tracing::warn!("Kafka (native): {msg}");
+        }
+    }
+
+    /// Publishes the DAPB parameters and the partition count to the shards.
+    fn publish_knobs(&mut self) {
+        self.params = Params::compute(&self.dapb_cfg, &self.cond);
+        self.feed.publish(ShardKnobs {
+            params: self.params,
+            partitions: self.leaders.len() as u32,
+        });
+    }
+
+    /// Per tick: ρ(t) from the window's errors, new parameters to the shards.
+    pub fn tick(&mut self) {
+        let (sent, failed) = std::mem::take(&mut self.errors_window);
+        self.cond.on_window(sent, failed);
+        self.publish_knobs();
+    }
+
+    /// Records in lanes (in flight or waiting to be sent).
+    fn held(&self) -> u64 {
+        self.lanes
+            .iter()
+            .flatten()
+            .flat_map(|l| l.queue.iter())
+            .map(|q| u64::from(q.batch.records))
+            .sum()
+    }
+
+    /// The counters now.
+    pub fn snapshot(&mut self) -> KafkaSnapshot {
+        let q = |h: &Histogram<u64>| {
+            [
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+                h.len(),
+            ]
+        };
+        self.snap.in_flight = self.held();
+        self.snap.broker_up = self.brokers.iter().any(|b| b.up);
+        self.snap.params = Some(self.params);
+        self.snap.conditions = self.cond;
+        self.snap.latency_normal_us = q(&self.hist_normal);
+        self.snap.latency_urgent_us = q(&self.hist_urgent);
+        self.snap.rtt_us = q(&self.hist_rtt);
+        self.snap.cpu_ns = thread_cpu_ns() - self.cpu_at_start;
+        self.snap
+    }
+
+    /// Cheap progress counters: (accepted, held, delivered).
+    pub fn progress(&self) -> (u64, u64, u64) {
+        (self.snap.accepted, self.held(), self.snap.delivered)
+    }
+
+    /// Clears the latency histograms (benchmarks: after warm-up).
+    pub fn reset_latency(&mut self) {
+        self.hist_normal.reset();
+        self.hist_urgent.reset();
+        self.hist_rtt.reset();
+    }
+
+    /// True when every shard's ring is finished and nothing is held.
+    fn finished(&self) -> bool {
+        self.rings.iter().all(BatchRx::is_finished)
+    }
+
+    /// Stops: sends what is held for up to `flush`; what is left is counted
+    /// `dropped_at_stop` and said (no journal on this path yet).
+    pub fn shutdown(&mut self, flush: Duration) -> KafkaSnapshot {
+        let deadline = Instant::now() + flush;
+        while Instant::now() < deadline {
+            let _ = self.step(1_000_000);
+            if self.held() == 0 && self.finished() {
+                break;
+            }
+        }
+        let left = self.held();
+        if left > 0 {
+            self.snap.dropped_at_stop += left;
+            tracing::error!(
+                records = left,
+                "native Kafka client: not delivered within output.kafka.shutdown_flush_ms: DROPPED at stop (the native path has no spill journal yet)"
+            );
+            for lanes in &mut self.lanes {
+                lanes.clear();
+            }
+        }
+        self.snapshot()
+    }
+}
+
+/// Runs the native producer on the calling (output) thread until every ring
+/// is finished, then stops it.
+pub fn run(
+    mut p: NativeProducer,
+    published: &crate::telemetry::Published<KafkaSnapshot>,
+    tick: Duration,
+    abandon: &std::sync::atomic::AtomicBool,
+    flush: Duration,
+) -> Result<KafkaSnapshot, OutputError> {
+    let mut next_publish = Instant::now() + tick;
+    loop {
+        let got = p.step(200_000).map_err(OutputError::Native)?;
+        // Rings done (or abandoned): the shutdown below sends what is held.
+        if got == 0 && (p.finished() || abandon.load(std::sync::atomic::Ordering::Relaxed)) {
+            break;
+        }
+        let now = Instant::now();
+        if now >= next_publish {
+            p.tick();
+            published.publish(p.snapshot());
+            next_publish = now + tick;
+        }
+    }
+    let s = p.shutdown(flush);
+    published.publish(s);
+    Ok(s)
+}

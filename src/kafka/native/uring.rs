@@ -1,0 +1,387 @@
+//! The output core's sockets on one io_uring: connect, send (scatter-gather
+//! from the shards' batch buffers, no copy) and receive, each completion
+//! tagged with the connection's slot, its generation and the operation.
+//!
+//! Memory the kernel reads or writes (send vectors, the receive buffer, the
+//! peer address) lives in the [`Conn`] slot and is never freed or moved while
+//! an operation on it is outstanding: a closed connection is shut down, its
+//! outstanding operations complete with an error, and only then is the slot
+//! reused (with a new generation, so a late completion cannot be mistaken for
+//! the new connection's).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use io_uring::{opcode, types, IoUring};
+
+/// Operation kinds in a completion's user data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A connect finished.
+    Connect = 1,
+    /// A send finished (bytes written, or an error).
+    Send = 2,
+    /// A receive finished (bytes read, 0 at end of stream, or an error).
+    Recv = 3,
+}
+
+/// Encodes (slot, generation, op) as a completion's user data.
+fn user_data(slot: usize, gen: u32, op: Op) -> u64 {
+    (u64::from(gen) << 32) | ((slot as u64) << 8) | op as u64
+}
+
+/// Decodes a completion's user data.
+pub fn decode(ud: u64) -> (usize, u32, Option<Op>) {
+    let op = match ud & 0xff {
+        1 => Some(Op::Connect),
+        2 => Some(Op::Send),
+        3 => Some(Op::Recv),
+        _ => None,
+    };
+    (((ud >> 8) & 0xff_ffff) as usize, (ud >> 32) as u32, op)
+}
+
+/// Bytes a connection reads into at a time (grown for a larger response).
+const RECV_CHUNK: usize = 64 * 1024;
+
+/// One outgoing frame: a head buffer and the byte ranges sent after it
+/// (pointers into the shards' batches, which stay put until acknowledged).
+#[derive(Debug, Default)]
+pub struct Frame {
+    /// Request header and body up to the first borrowed range, and the small
+    /// pieces between ranges (`pieces` index into it).
+    pub head: Vec<u8>,
+    /// (offset in head, len) or a borrowed range, in send order.
+    pub parts: Vec<Part>,
+}
+
+/// A piece of a frame.
+#[derive(Debug, Clone, Copy)]
+pub enum Part {
+    /// `head[off..off + len]`.
+    Head(usize, usize),
+    /// Borrowed bytes (a batch in a lane; it outlives the send).
+    Borrowed(*const u8, usize),
+}
+
+/// A connection slot.
+pub struct Conn {
+    /// The socket (None once closed).
+    pub sock: Option<socket2::Socket>,
+    /// Generation of the slot.
+    pub gen: u32,
+    /// Peer.
+    pub addr: SocketAddr,
+    addr_raw: Box<socket2::SockAddr>,
+    /// Connected.
+    pub connected: bool,
+    /// Closing: no new operation; the slot is free when none is outstanding.
+    pub closing: bool,
+    connect_busy: bool,
+    send_busy: bool,
+    recv_busy: bool,
+    /// Frames waiting to be sent, in order.
+    pub queue: VecDeque<Frame>,
+    /// The frame being sent, its iovecs and how far it got.
+    sending: Option<(Frame, Vec<libc::iovec>, Box<libc::msghdr>)>,
+    /// Bytes read and not yet parsed: `rbuf[..rlen]`.
+    pub rbuf: Vec<u8>,
+    /// Filled length of `rbuf`.
+    pub rlen: usize,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("addr", &self.addr)
+            .field("connected", &self.connected)
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// True while the kernel may still touch this slot's memory.
+    pub fn busy(&self) -> bool {
+        self.connect_busy || self.send_busy || self.recv_busy
+    }
+
+    /// Frames queued or being sent.
+    pub fn unsent(&self) -> usize {
+        self.queue.len() + usize::from(self.sending.is_some())
+    }
+}
+
+/// The ring and its connection slots.
+pub struct Uring {
+    ring: IoUring,
+    /// Connection slots (a closed one is reused once idle).
+    pub conns: Vec<Conn>,
+    /// Completions pushed back for the caller: (slot, op, result).
+    pub done: Vec<(usize, Op, i32)>,
+}
+
+impl std::fmt::Debug for Uring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uring")
+            .field("conns", &self.conns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Uring {
+    /// A ring with room for `entries` operations.
+    pub fn new(entries: u32) -> io::Result<Uring> {
+        Ok(Uring {
+            ring: IoUring::new(entries)?,
+            conns: Vec::new(),
+            done: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
+        // SAFETY: every pointer in the entries built here refers to memory
+        // owned by a Conn slot that is not freed or moved while the operation
+        // is outstanding (busy flags), see the module's documentation.
+        unsafe {
+            if self.ring.submission().push(sqe).is_err() {
+                self.ring.submit()?;
+                self.ring
+                    .submission()
+                    .push(sqe)
+                    .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a connection to `addr`: a new slot (or an idle closed one), a
+    /// connect submitted. Returns the slot.
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<usize> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_nodelay(true)?;
+        let _ = sock.set_send_buffer_size(4 << 20);
+        let _ = sock.set_recv_buffer_size(1 << 20);
+        let slot = match self
+            .conns
+            .iter()
+            .position(|c| c.sock.is_none() && !c.busy())
+        {
+            Some(i) => i,
+            None => {
+                self.conns.push(Conn {
+                    sock: None,
+                    gen: 0,
+                    addr,
+                    addr_raw: Box::new(socket2::SockAddr::from(addr)),
+                    connected: false,
+                    closing: false,
+                    connect_busy: false,
+                    send_busy: false,
+                    recv_busy: false,
+                    queue: VecDeque::new(),
+                    sending: None,
+                    rbuf: Vec::new(),
+                    rlen: 0,
+                });
+                self.conns.len() - 1
+            }
+        };
+        let c = &mut self.conns[slot];
+        c.gen = c.gen.wrapping_add(1);
+        c.addr = addr;
+        *c.addr_raw = socket2::SockAddr::from(addr);
+        c.connected = false;
+        c.closing = false;
+        c.queue.clear();
+        c.sending = None;
+        c.rbuf.resize(RECV_CHUNK, 0);
+        c.rlen = 0;
+        let fd = sock.as_raw_fd();
+        c.sock = Some(sock);
+        c.connect_busy = true;
+        let sqe = opcode::Connect::new(types::Fd(fd), c.addr_raw.as_ptr().cast(), c.addr_raw.len())
+            .build()
+            .user_data(user_data(slot, c.gen, Op::Connect));
+        self.push(&sqe)?;
+        Ok(slot)
+    }
+
+    /// Closes a connection: no new operations; outstanding ones are ended by
+    /// a shutdown and the slot is reused once they have completed.
+    pub fn close(&mut self, slot: usize) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        c.closing = true;
+        c.connected = false;
+        c.queue.clear();
+        if let Some(s) = &c.sock {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        if !c.busy() {
+            c.sock = None;
+            c.sending = None;
+        }
+    }
+
+    /// Starts the next send and keeps a receive posted, for every connected
+    /// slot; then submits without waiting.
+    pub fn kick(&mut self) -> io::Result<()> {
+        for slot in 0..self.conns.len() {
+            self.start_send(slot)?;
+            self.start_recv(slot)?;
+        }
+        self.ring.submit()?;
+        Ok(())
+    }
+
+    fn start_send(&mut self, slot: usize) -> io::Result<()> {
+        let c = &mut self.conns[slot];
+        if !c.connected || c.closing || c.send_busy {
+            return Ok(());
+        }
+        if c.sending.is_none() {
+            let Some(frame) = c.queue.pop_front() else {
+                return Ok(());
+            };
+            let iov: Vec<libc::iovec> = frame
+                .parts
+                .iter()
+                .map(|p| match *p {
+                    Part::Head(off, len) => libc::iovec {
+                        iov_base: frame.head[off..].as_ptr() as *mut libc::c_void,
+                        iov_len: len,
+                    },
+                    Part::Borrowed(ptr, len) => libc::iovec {
+                        iov_base: ptr as *mut libc::c_void,
+                        iov_len: len,
+                    },
+                })
+                .collect();
+            // SAFETY: msghdr is plain data; zeroed is its empty value.
+            let hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            c.sending = Some((frame, iov, Box::new(hdr)));
+        }
+        let Some((_, iov, hdr)) = c.sending.as_mut() else {
+            return Ok(());
+        };
+        hdr.msg_iov = iov.as_mut_ptr();
+        hdr.msg_iovlen = iov.len();
+        let fd = c.sock.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+        let sqe = opcode::SendMsg::new(types::Fd(fd), &**hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(user_data(slot, c.gen, Op::Send));
+        c.send_busy = true;
+        self.push(&sqe)
+    }
+
+    fn start_recv(&mut self, slot: usize) -> io::Result<()> {
+        let c = &mut self.conns[slot];
+        if !c.connected || c.closing || c.recv_busy {
+            return Ok(());
+        }
+        if c.rbuf.len() - c.rlen < RECV_CHUNK / 4 {
+            let n = c.rbuf.len() + RECV_CHUNK;
+            c.rbuf.resize(n, 0);
+        }
+        let fd = c.sock.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+        let free = &mut c.rbuf[c.rlen..];
+        let sqe = opcode::Recv::new(types::Fd(fd), free.as_mut_ptr(), free.len() as u32)
+            .build()
+            .user_data(user_data(slot, c.gen, Op::Recv));
+        c.recv_busy = true;
+        self.push(&sqe)
+    }
+
+    /// Reaps completions into `done` (after bookkeeping: partial sends are
+    /// continued, closed slots freed), waiting up to `wait_ns` for the first
+    /// when there is none.
+    pub fn reap(&mut self, wait_ns: u64) -> io::Result<()> {
+        self.done.clear();
+        if wait_ns > 0 && self.ring.completion().is_empty() {
+            let ts = types::Timespec::new().nsec(wait_ns.min(999_999_999) as u32);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (ud, res) in cqes {
+            self.complete(ud, res);
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, ud: u64, res: i32) {
+        let (slot, gen, op) = decode(ud);
+        let (Some(op), Some(c)) = (op, self.conns.get_mut(slot)) else {
+            return;
+        };
+        if c.gen != gen {
+            return;
+        }
+        match op {
+            Op::Connect => {
+                c.connect_busy = false;
+                c.connected = res == 0 && !c.closing;
+            }
+            Op::Send => {
+                c.send_busy = false;
+                if res > 0 && !c.closing {
+                    if advance(c, res as usize) {
+                        // Whole frame written.
+                        c.sending = None;
+                    }
+                }
+            }
+            Op::Recv => {
+                c.recv_busy = false;
+                if res > 0 {
+                    c.rlen += res as usize;
+                }
+            }
+        }
+        if c.closing && !c.busy() {
+            c.sock = None;
+            c.sending = None;
+        }
+        self.done.push((slot, op, res));
+    }
+}
+
+/// Moves a partly sent frame's vectors past `n` bytes; true when nothing is
+/// left.
+fn advance(c: &mut Conn, mut n: usize) -> bool {
+    let Some((_, iov, _)) = c.sending.as_mut() else {
+        return true;
+    };
+    let mut i = 0;
+    while i < iov.len() && n >= iov[i].iov_len {
+        n -= iov[i].iov_len;
+        i += 1;
+    }
+    iov.drain(..i);
+    if let Some(first) = iov.first_mut() {
+        // SAFETY: n < iov_len, so the pointer stays inside the same buffer.
+        first.iov_base = unsafe { first.iov_base.cast::<u8>().add(n) }.cast();
+        first.iov_len -= n;
+        false
+    } else {
+        true
+    }
+}

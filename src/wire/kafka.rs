@@ -1,0 +1,629 @@
+//! Kafka's own wire format for what klais produces: RecordBatch v2 (the
+//! on-disk and on-wire unit of a partition's log), the Java client's murmur2
+//! partitioner, and the codecs a v2 batch may be compressed with.
+//!
+//! Plain encoding, no I/O, no allocation per record: a [`BatchWriter`] appends
+//! records into one buffer it owns (reused batch after batch), and
+//! [`BatchWriter::finish`] compresses the records section in place through a
+//! [`Codec`] whose scratch space is reused too, fills the 61-byte header and
+//! computes the CRC-32C. The shards call it for every accepted message; the
+//! output core only moves the finished bytes ([`stamp`] sets the idempotent
+//! producer's id, epoch and base sequence in O(log n) without touching the
+//! records).
+//!
+//! Layout (all integers big-endian; `varint` = zigzag LEB128):
+//!
+//! ```text
+//! batch:  baseOffset i64 @0 | batchLength i32 @8 | partitionLeaderEpoch i32 @12 |
+//!         magic i8 = 2 @16 | crc u32 @17 (CRC-32C of @21..end) | attributes i16 @21 |
+//!         lastOffsetDelta i32 @23 | baseTimestamp i64 @27 | maxTimestamp i64 @35 |
+//!         producerId i64 @43 | producerEpoch i16 @51 | baseSequence i32 @53 |
+//!         recordsCount i32 @57 | records @61 (compressed as one block when the
+//!         codec is not `none`)
+//! record: length varint | attributes i8 | timestampDelta varlong | offsetDelta varint |
+//!         keyLength varint | key | valueLength varint | value |
+//!         headerCount varint | (keyLength varint | key | valueLength varint | value)*
+//! ```
+
+use std::io::Write;
+
+/// Bytes of the RecordBatch v2 header (the records start here).
+pub const BATCH_HEADER_LEN: usize = 61;
+/// Offset of the CRC field.
+const CRC_AT: usize = 17;
+/// The CRC covers the batch from the attributes on.
+const CRC_FROM: usize = 21;
+/// Offset of producerId (then producerEpoch, baseSequence: 14 bytes).
+const PRODUCER_AT: usize = 43;
+
+/// A v2 batch's compression codec (attributes bits 0–2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Records stored as they are.
+    None = 0,
+    /// A gzip member (RFC 1952).
+    Gzip = 1,
+    /// Raw snappy (what librdkafka writes; every consumer also reads it).
+    Snappy = 2,
+    /// An LZ4 frame (independent 64 KiB blocks, no content checksum).
+    Lz4 = 3,
+    /// A zstd frame.
+    Zstd = 4,
+}
+
+impl Compression {
+    /// From `output.kafka.compression` (`none`, `gzip`, `snappy`, `lz4`,
+    /// `zstd`).
+    pub fn from_name(name: &str) -> Option<Compression> {
+        Some(match name {
+            "none" => Compression::None,
+            "gzip" => Compression::Gzip,
+            "snappy" => Compression::Snappy,
+            "lz4" => Compression::Lz4,
+            "zstd" => Compression::Zstd,
+            _ => return None,
+        })
+    }
+
+    /// The codec's name as configured.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// Reads the codec from a batch's attributes.
+    pub fn from_attributes(attributes: i16) -> Option<Compression> {
+        Some(match attributes & 7 {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
+            _ => return None,
+        })
+    }
+}
+
+/// The Java client's murmur2 (Kafka `Utils.murmur2`), seed 0x9747b28c.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ len as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition the Java client's default partitioner (and librdkafka's
+/// `murmur2_random`) picks for a non-empty key: `(murmur2(key) & 0x7fffffff)
+/// % partitions`.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    (murmur2(key) as u32 & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// Bytes of `v` as a zigzag varint.
+#[inline]
+fn varint_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    // 7 bits per byte; 0 still takes one byte.
+    (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+#[inline]
+fn put_varint(buf: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        buf.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    buf.push(z as u8);
+}
+
+/// Reads one zigzag varint at `*at` (decoders and tests); None when the
+/// bytes end first or it runs past 10 bytes.
+pub fn get_varint(buf: &[u8], at: &mut usize) -> Option<i64> {
+    let mut z: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let b = *buf.get(*at)?;
+        *at += 1;
+        z |= u64::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some((z >> 1) as i64 ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+/// One batch being written: records appended into a buffer that starts with
+/// room for the header.
+#[derive(Debug)]
+pub struct BatchWriter {
+    buf: Vec<u8>,
+    count: u32,
+    base_ts: i64,
+    max_ts: i64,
+}
+
+impl BatchWriter {
+    /// A writer over `buf` (cleared; its capacity is kept).
+    pub fn new(mut buf: Vec<u8>) -> BatchWriter {
+        buf.clear();
+        buf.resize(BATCH_HEADER_LEN, 0);
+        BatchWriter {
+            buf,
+            count: 0,
+            base_ts: 0,
+            max_ts: 0,
+        }
+    }
+
+    /// Records so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Bytes so far (header included, uncompressed).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True before the first record.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes the next record with these parts takes (its length prefix
+    /// included).
+    pub fn record_len(
+        ts_delta: i64,
+        key: &[u8],
+        value: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> usize {
+        let body = Self::body_len(ts_delta, 0, key, value, headers);
+        varint_len(body as i64) + body
+    }
+
+    fn body_len(
+        ts_delta: i64,
+        offset_delta: u32,
+        key: &[u8],
+        value: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> usize {
+        let mut n = 1
+            + varint_len(ts_delta)
+            + varint_len(i64::from(offset_delta))
+            + varint_len(key.len() as i64)
+            + key.len()
+            + varint_len(value.len() as i64)
+            + value.len()
+            + varint_len(headers.len() as i64);
+        for (k, v) in headers {
+            n += varint_len(k.len() as i64) + k.len() + varint_len(v.len() as i64) + v.len();
+        }
+        n
+    }
+
+    /// Appends one record: timestamp (ms), key, value, headers in order.
+    pub fn push(&mut self, ts_ms: i64, key: &[u8], value: &[u8], headers: &[(&[u8], &[u8])]) {
+        if self.count == 0 {
+            self.base_ts = ts_ms;
+            self.max_ts = ts_ms;
+        }
+        self.max_ts = self.max_ts.max(ts_ms);
+        let ts_delta = ts_ms - self.base_ts;
+        let body = Self::body_len(ts_delta, self.count, key, value, headers);
+        let b = &mut self.buf;
+        b.reserve(body + 5);
+        put_varint(b, body as i64);
+        b.push(0); // attributes
+        put_varint(b, ts_delta);
+        put_varint(b, i64::from(self.count));
+        put_varint(b, key.len() as i64);
+        b.extend_from_slice(key);
+        put_varint(b, value.len() as i64);
+        b.extend_from_slice(value);
+        put_varint(b, headers.len() as i64);
+        for (k, v) in headers {
+            put_varint(b, k.len() as i64);
+            b.extend_from_slice(k);
+            put_varint(b, v.len() as i64);
+            b.extend_from_slice(v);
+        }
+        self.count += 1;
+    }
+
+    /// Closes the batch: compresses the records with `codec`, writes the
+    /// header (no producer id: see [`stamp`]) and the CRC. Returns the whole
+    /// batch's bytes, and false when the codec failed and the records went
+    /// uncompressed (valid, never lost).
+    pub fn finish(mut self, codec: &mut Codec) -> (Vec<u8>, bool) {
+        let mut kind = codec.kind;
+        let mut ok = true;
+        if kind != Compression::None && self.count > 0 {
+            if codec
+                .compress_tail(&mut self.buf, BATCH_HEADER_LEN)
+                .is_err()
+            {
+                kind = Compression::None;
+                ok = false;
+            }
+        }
+        let count = self.count;
+        let b = &mut self.buf;
+        let batch_len = (b.len() - 12) as i32;
+        b[0..8].copy_from_slice(&0i64.to_be_bytes());
+        b[8..12].copy_from_slice(&batch_len.to_be_bytes());
+        b[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+        b[16] = 2;
+        b[21..23].copy_from_slice(&(kind as i16).to_be_bytes());
+        b[23..27].copy_from_slice(&(count as i32 - 1).max(0).to_be_bytes());
+        b[27..35].copy_from_slice(&self.base_ts.to_be_bytes());
+        b[35..43].copy_from_slice(&self.max_ts.to_be_bytes());
+        b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+        b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
+        b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+        b[57..61].copy_from_slice(&(count as i32).to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_FROM..]);
+        b[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
+        (self.buf, ok)
+    }
+
+    /// Gives the buffer back without writing a batch (what it held is
+    /// dropped).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// The producer fields of a finished batch: (producerId, epoch, baseSequence).
+pub fn producer_fields(batch: &[u8]) -> Option<(i64, i16, i32)> {
+    let f = batch.get(PRODUCER_AT..PRODUCER_AT + 14)?;
+    Some((
+        i64::from_be_bytes(f[0..8].try_into().ok()?),
+        i16::from_be_bytes(f[8..10].try_into().ok()?),
+        i32::from_be_bytes(f[10..14].try_into().ok()?),
+    ))
+}
+
+/// Records in a finished batch (its header's count).
+pub fn record_count(batch: &[u8]) -> Option<u32> {
+    let f = batch.get(57..61)?;
+    Some(i32::from_be_bytes(f.try_into().ok()?).max(0) as u32)
+}
+
+/// Sets a finished batch's producer id, epoch and base sequence and updates
+/// its CRC without reading the records: CRC-32C is linear, so the change of
+/// 14 bytes followed by `n` unchanged bytes moves the CRC by the CRC of the
+/// change shifted past `n` zero bytes (`crc32c_combine`, O(log n)).
+pub fn stamp(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    if batch.len() < BATCH_HEADER_LEN {
+        return;
+    }
+    let mut new = [0u8; 14];
+    new[0..8].copy_from_slice(&producer_id.to_be_bytes());
+    new[8..10].copy_from_slice(&epoch.to_be_bytes());
+    new[10..14].copy_from_slice(&base_sequence.to_be_bytes());
+    let old = &batch[PRODUCER_AT..PRODUCER_AT + 14];
+    let mut delta = [0u8; 14];
+    for i in 0..14 {
+        delta[i] = old[i] ^ new[i];
+    }
+    // The linear part of the change: crc(delta) ^ crc(zeros of its length).
+    let lin = crc32c::crc32c(&delta) ^ crc32c::crc32c(&[0u8; 14]);
+    let after = batch.len() - (PRODUCER_AT + 14);
+    let shifted = crc32c::crc32c_combine(lin, 0, after);
+    let crc = u32::from_be_bytes(batch[CRC_AT..CRC_FROM].try_into().unwrap_or_default());
+    batch[CRC_AT..CRC_FROM].copy_from_slice(&(crc ^ shifted).to_be_bytes());
+    batch[PRODUCER_AT..PRODUCER_AT + 14].copy_from_slice(&new);
+}
+
+/// Why a batch could not be compressed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The codec library failed.
+    #[error("{codec} compression failed: {why}")]
+    Failed {
+        /// Codec name.
+        codec: &'static str,
+        /// The library's message.
+        why: String,
+    },
+}
+
+/// A codec with its reused state and scratch buffer (one per shard).
+pub struct Codec {
+    kind: Compression,
+    scratch: Vec<u8>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    snappy: snap::raw::Encoder,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec").field("kind", &self.kind).finish()
+    }
+}
+
+/// The LZ4 frame header klais writes: magic, FLG = version 01 + independent
+/// blocks (no checksums, no content size), BD = 64 KiB blocks, and the
+/// header checksum byte (xxh32 of FLG..BD, second byte).
+const LZ4_FRAME_HEADER: [u8; 7] = [0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82];
+const LZ4_BLOCK: usize = 64 * 1024;
+
+impl Codec {
+    /// A codec of `kind`; zstd at `level` (1–19, 3 is zstd's default).
+    pub fn new(kind: Compression, zstd_level: i32) -> Result<Codec, CodecError> {
+        let zstd = if kind == Compression::Zstd {
+            Some(
+                zstd::bulk::Compressor::new(zstd_level).map_err(|e| CodecError::Failed {
+                    codec: "zstd",
+                    why: e.to_string(),
+                })?,
+            )
+        } else {
+            None
+        };
+        Ok(Codec {
+            kind,
+            scratch: Vec::new(),
+            zstd,
+            snappy: snap::raw::Encoder::new(),
+        })
+    }
+
+    /// The codec.
+    pub fn kind(&self) -> Compression {
+        self.kind
+    }
+
+    /// Replaces `buf[from..]` by its compressed form.
+    fn compress_tail(&mut self, buf: &mut Vec<u8>, from: usize) -> Result<(), CodecError> {
+        let fail = |codec: &'static str, why: String| CodecError::Failed { codec, why };
+        let src = &buf[from..];
+        let out = &mut self.scratch;
+        out.clear();
+        match self.kind {
+            Compression::None => return Ok(()),
+            Compression::Lz4 => {
+                out.extend_from_slice(&LZ4_FRAME_HEADER);
+                for block in src.chunks(LZ4_BLOCK) {
+                    let at = out.len();
+                    let bound = lz4_flex::block::get_maximum_output_size(block.len());
+                    out.resize(at + 4 + bound, 0);
+                    let n = lz4_flex::block::compress_into(block, &mut out[at + 4..])
+                        .map_err(|e| fail("lz4", e.to_string()))?;
+                    if n >= block.len() {
+                        // Incompressible: stored, high bit set.
+                        out.truncate(at + 4);
+                        out.extend_from_slice(block);
+                        let size = block.len() as u32 | 0x8000_0000;
+                        out[at..at + 4].copy_from_slice(&size.to_le_bytes());
+                    } else {
+                        out.truncate(at + 4 + n);
+                        out[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+                    }
+                }
+                out.extend_from_slice(&0u32.to_le_bytes());
+            }
+            Compression::Snappy => {
+                out.resize(snap::raw::max_compress_len(src.len()), 0);
+                let n = self
+                    .snappy
+                    .compress(src, out)
+                    .map_err(|e| fail("snappy", e.to_string()))?;
+                out.truncate(n);
+            }
+            Compression::Zstd => {
+                let z = self
+                    .zstd
+                    .as_mut()
+                    .ok_or_else(|| fail("zstd", "no context".into()))?;
+                out.reserve(zstd::zstd_safe::compress_bound(src.len()));
+                z.compress_to_buffer(src, out)
+                    .map_err(|e| fail("zstd", e.to_string()))?;
+            }
+            Compression::Gzip => {
+                // A gzip member: 10-byte header, raw deflate, CRC-32, size.
+                out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+                let mut enc = flate2::write::DeflateEncoder::new(
+                    std::mem::take(out),
+                    flate2::Compression::fast(),
+                );
+                enc.write_all(src)
+                    .map_err(|e| fail("gzip", e.to_string()))?;
+                *out = enc.finish().map_err(|e| fail("gzip", e.to_string()))?;
+                let crc = crc32fast::hash(src);
+                out.extend_from_slice(&crc.to_le_bytes());
+                out.extend_from_slice(&(src.len() as u32).to_le_bytes());
+            }
+        }
+        buf.truncate(from);
+        buf.extend_from_slice(out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Kafka's UtilsTest.testMurmur2.
+        for (s, want) in [
+            ("21", -973932308),
+            ("foobar", -790332482),
+            ("a-little-bit-long-string", -985981536),
+            ("a-little-bit-longer-string", -1486304829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
+            ("abc", 479470107),
+        ] {
+            assert_eq!(murmur2(s.as_bytes()), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            300,
+            -300,
+            i32::MAX.into(),
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+            let mut at = 0;
+            assert_eq!(get_varint(&b, &mut at), Some(v));
+            assert_eq!(at, b.len());
+        }
+        assert_eq!(get_varint(&[0x80, 0x80], &mut 0), None);
+    }
+
+    fn sample(kind: Compression) -> Vec<u8> {
+        let mut codec = Codec::new(kind, 3).unwrap();
+        let mut w = BatchWriter::new(Vec::new());
+        for i in 0..200u32 {
+            let key = format!("dev-{}", i % 7);
+            let value = format!("{{\"t\":{i},\"pad\":\"{}\"}}", "x".repeat(40));
+            let seq = i.to_string();
+            w.push(
+                1_700_000_000_000 + i64::from(i),
+                key.as_bytes(),
+                value.as_bytes(),
+                &[(b"sequence", seq.as_bytes()), (b"gateway", b"gw")],
+            );
+        }
+        w.finish(&mut codec).0
+    }
+
+    #[test]
+    fn the_crc_covers_attributes_to_end_and_stamp_keeps_it_right() {
+        for kind in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut b = sample(kind);
+            let crc = |b: &[u8]| u32::from_be_bytes(b[17..21].try_into().unwrap());
+            assert_eq!(crc(&b), crc32c::crc32c(&b[21..]), "{kind:?}");
+            assert_eq!(producer_fields(&b), Some((-1, -1, -1)));
+            stamp(&mut b, 4242, 3, 1_000_000);
+            assert_eq!(producer_fields(&b), Some((4242, 3, 1_000_000)));
+            assert_eq!(crc(&b), crc32c::crc32c(&b[21..]), "{kind:?} after stamp");
+            stamp(&mut b, 7, 0, 0);
+            assert_eq!(crc(&b), crc32c::crc32c(&b[21..]), "{kind:?} restamped");
+            assert_eq!(record_count(&b), Some(200));
+            assert_eq!(
+                i32::from_be_bytes(b[8..12].try_into().unwrap()) as usize,
+                b.len() - 12
+            );
+            if kind != Compression::None {
+                assert!(b.len() < sample(Compression::None).len(), "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn lz4_frames_decode_with_a_standard_reader() {
+        use std::io::Read;
+        let plain = sample(Compression::None);
+        let lz = sample(Compression::Lz4);
+        let mut out = Vec::new();
+        lz4_flex::frame::FrameDecoder::new(&lz[61..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, plain[61..]);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&sample(Compression::Gzip)[61..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, plain[61..]);
+        let z = sample(Compression::Zstd);
+        assert_eq!(zstd::decode_all(&z[61..]).unwrap(), plain[61..]);
+        let s = sample(Compression::Snappy);
+        assert_eq!(
+            snap::raw::Decoder::new().decompress_vec(&s[61..]).unwrap(),
+            plain[61..]
+        );
+    }
+
+    #[test]
+    fn records_decode_field_by_field() {
+        let b = sample(Compression::None);
+        let mut at = 61;
+        let len = get_varint(&b, &mut at).unwrap() as usize;
+        let start = at;
+        assert_eq!(b[at], 0);
+        at += 1;
+        assert_eq!(get_varint(&b, &mut at), Some(0)); // ts delta
+        assert_eq!(get_varint(&b, &mut at), Some(0)); // offset delta
+        let kl = get_varint(&b, &mut at).unwrap() as usize;
+        assert_eq!(&b[at..at + kl], b"dev-0");
+        at += kl;
+        let vl = get_varint(&b, &mut at).unwrap() as usize;
+        at += vl;
+        assert_eq!(get_varint(&b, &mut at), Some(2));
+        let hk = get_varint(&b, &mut at).unwrap() as usize;
+        assert_eq!(&b[at..at + hk], b"sequence");
+        at += hk;
+        let hv = get_varint(&b, &mut at).unwrap() as usize;
+        assert_eq!(&b[at..at + hv], b"0");
+        at += hv;
+        let hk = get_varint(&b, &mut at).unwrap() as usize;
+        at += hk;
+        let hv = get_varint(&b, &mut at).unwrap() as usize;
+        at += hv;
+        assert_eq!(at - start, len);
+        assert_eq!(
+            BatchWriter::record_len(
+                0,
+                b"dev-0",
+                &b[0..vl],
+                &[(b"sequence", b"0"), (b"gateway", b"gw")]
+            ),
+            at - 61
+        );
+    }
+}
