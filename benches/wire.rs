@@ -208,14 +208,14 @@ fn bench_cross_shard(c: &mut Criterion) {
         0,
         2,
         shard_settings(),
-        rings(o0, vec![None, Some(m01)], m10r),
+        rings(o0.into(), vec![None, Some(m01)], m10r),
     )
     .unwrap();
     let mut s1 = Shard::new(
         1,
         2,
         shard_settings(),
-        rings(o1, vec![Some(m10), None], m01r),
+        rings(o1.into(), vec![Some(m10), None], m01r),
     )
     .unwrap();
     let mut g = c.benchmark_group("shard_pipeline");

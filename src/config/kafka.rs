@@ -29,9 +29,19 @@ pub struct Kafka {
     /// Idempotent producer: retries never duplicate or reorder per partition.
     #[serde(default = "default_true")]
     pub idempotence: bool,
-    /// `"lz4"`, `"snappy"`, `"gzip"` or `"none"`.
+    /// `"lz4"`, `"snappy"`, `"gzip"`, `"none"`, or `"zstd"` (native client
+    /// only: this build's librdkafka has no zstd).
     #[serde(default = "default_compression")]
     pub compression: String,
+    /// zstd level, 1–19 (native client).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// `"librdkafka"`: one librdkafka producer on the output core, which
+    /// batches (DAPB) and produces message by message. `"native"`: the shards
+    /// encode Kafka record batches and the output core only sends them
+    /// (docs/kafka.md).
+    #[serde(default = "default_client")]
+    pub client: String,
     /// Produce requests in flight per broker connection (1–5 keeps order with
     /// idempotence).
     #[serde(default = "default_max_in_flight")]
@@ -193,6 +203,12 @@ fn default_acks() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_zstd_level() -> i32 {
+    3
+}
+fn default_client() -> String {
+    "librdkafka".into()
+}
 fn default_compression() -> String {
     "lz4".into()
 }
@@ -266,6 +282,8 @@ impl Default for Kafka {
             acks: default_acks(),
             idempotence: true,
             compression: default_compression(),
+            zstd_level: default_zstd_level(),
+            client: default_client(),
             max_in_flight: default_max_in_flight(),
             queue_high_water: default_high_water(),
             shutdown_flush_ms: default_shutdown_flush_ms(),
@@ -357,11 +375,32 @@ impl Kafka {
                 "set acks = \"all\" or idempotence = false",
             ));
         }
-        if !["lz4", "snappy", "gzip", "none"].contains(&self.compression.as_str()) {
+        let native = self.client == "native";
+        if !["librdkafka", "native"].contains(&self.client.as_str()) {
+            errs.push(invalid(
+                "output.kafka.client",
+                format!("{:?} is not a Kafka client", self.client),
+                "use \"native\" or \"librdkafka\"",
+            ));
+        }
+        if self.compression == "zstd" && !native {
+            errs.push(invalid(
+                "output.kafka.compression",
+                "zstd is not in this build's librdkafka".into(),
+                "set client = \"native\", or use \"lz4\", \"snappy\", \"gzip\" or \"none\"",
+            ));
+        } else if !["lz4", "snappy", "gzip", "none", "zstd"].contains(&self.compression.as_str()) {
             errs.push(invalid(
                 "output.kafka.compression",
                 format!("{:?} is not supported by this build", self.compression),
-                "use \"lz4\", \"snappy\", \"gzip\" or \"none\"",
+                "use \"lz4\", \"zstd\", \"snappy\", \"gzip\" or \"none\"",
+            ));
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            errs.push(invalid(
+                "output.kafka.zstd_level",
+                format!("{} is out of range", self.zstd_level),
+                "use 1 (fast) to 19 (small); 3 is zstd's default",
             ));
         }
         if self.max_in_flight == 0 || (self.idempotence && self.max_in_flight > 5) {

@@ -8,11 +8,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::{Config, SinkKind};
-use crate::handoff::RecordRx;
 use crate::kafka::KafkaSnapshot;
 use crate::sink::{self, SinkSnapshot, SinkTarget};
 use crate::telemetry::Published;
 
+use super::queues::OutputEnds;
 use super::{placement, OutputEnd, Placement, RunError, SetOnDrop};
 
 /// The running output stage.
@@ -31,7 +31,7 @@ pub(super) struct OutputSide {
 pub(super) fn spawn(
     cfg: &Config,
     placement: &Placement,
-    out_rx: Vec<RecordRx>,
+    out_rx: OutputEnds,
     tick: Duration,
     abandon: &Arc<AtomicBool>,
 ) -> Result<OutputSide, RunError> {
@@ -127,9 +127,13 @@ struct OutputJob {
 impl OutputJob {
     fn run(
         self,
-        out_rx: Vec<RecordRx>,
+        ends: OutputEnds,
         up: &std::sync::mpsc::Sender<Result<(), RunError>>,
     ) -> Result<OutputEnd, RunError> {
+        let out_rx = match ends {
+            OutputEnds::Records(rx) => rx,
+            OutputEnds::Batches(rx, feed) => return self.run_native(rx, feed, up),
+        };
         let Some(kstats) = self.kstats.clone() else {
             let target = self.target.ok_or(RunError::Core {
                 role: "output thread",
@@ -174,6 +178,49 @@ impl OutputJob {
         core_affinity::set_for_current(core_affinity::CoreId { id: self.cpu });
         let _ = up.send(Ok(()));
         let k = crate::kafka::run(b, out_rx, &kstats, self.tick, &self.abandon)?;
+        let sink = SinkSnapshot {
+            records: k.accepted,
+            payload_bytes: k.accepted_bytes,
+        };
+        self.stats.publish(sink);
+        Ok(OutputEnd {
+            sink,
+            kafka: Some(k),
+        })
+    }
+}
+
+impl OutputJob {
+    /// The native Kafka client: this thread alone, pinned; it learns the
+    /// topic's partitions (and the shards' producer ids) before saying it is
+    /// up, so the shards can encode from their first record.
+    fn run_native(
+        self,
+        rx: Vec<crate::handoff::BatchRx>,
+        feed: Arc<crate::dapb::KnobFeed>,
+        up: &std::sync::mpsc::Sender<Result<(), RunError>>,
+    ) -> Result<OutputEnd, RunError> {
+        let fail = |e: RunError| {
+            let _ = up.send(Err(e));
+            RunError::Core {
+                role: "output thread",
+                reason: "Kafka output did not start".into(),
+            }
+        };
+        core_affinity::set_for_current(core_affinity::CoreId { id: self.cpu });
+        if let Some(keep) = &self.drop_keep {
+            if let Err(e) = crate::privilege::drop_self(keep) {
+                return Err(fail(e.into()));
+            }
+        }
+        let kstats = self.kstats.clone().unwrap_or_default();
+        let mut p = crate::kafka::native::NativeProducer::new(&self.kcfg, rx, feed)
+            .map_err(|e| fail(crate::kafka::OutputError::from(e).into()))?;
+        p.start(Duration::from_secs(5))
+            .map_err(|e| fail(crate::kafka::OutputError::from(e).into()))?;
+        let _ = up.send(Ok(()));
+        let flush = Duration::from_millis(self.kcfg.shutdown_flush_ms);
+        let k = crate::kafka::native::run(p, &kstats, self.tick, &self.abandon, flush)?;
         let sink = SinkSnapshot {
             records: k.accepted,
             payload_bytes: k.accepted_bytes,

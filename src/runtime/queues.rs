@@ -3,13 +3,17 @@
 //! AF_XDP shard) and the rings between the cores.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use crate::config::{Backend, Config};
-use crate::handoff::{record_ring, RecordRx, RecordTx};
+use crate::config::{Backend, Config, SinkKind};
+use crate::dapb::{Class, Conditions, KnobFeed, Params, ShardKnobs};
+use crate::handoff::{batch_ring, record_ring, BatchRx, RecordRx, RecordTx};
 use crate::ingest::udp;
 use crate::model::classifier::ClassifierFile;
-use crate::shard::{DamSetpoints, ShardRings};
+use crate::shard::produce::{BatchProducer, ProduceSettings};
+use crate::shard::{DamSetpoints, ShardOut, ShardRings};
 use crate::telemetry::Published;
+use crate::wire::kafka::Compression;
 
 use super::{KernelSide, Placement, RunError};
 
@@ -120,6 +124,73 @@ pub(super) struct ShardSeed {
     pub setpoints: Option<DamSetpoints>,
 }
 
+/// The output core's ends of the shard → output hand-offs.
+pub(super) enum OutputEnds {
+    /// Record rings (the librdkafka batcher, the debug sinks).
+    Records(Vec<RecordRx>),
+    /// Batch hand-offs and the knobs the output core publishes to the
+    /// shards (the native Kafka client).
+    Batches(Vec<BatchRx>, Arc<KnobFeed>),
+}
+
+/// Batch buffers per shard (native client): open batches (one per
+/// partition) plus those in flight. A buffer starts at 64 KiB and keeps what
+/// it grew to.
+const BATCH_BUFFERS: usize = 64;
+
+/// The shard → output hand-offs: record rings, or with the native Kafka
+/// client a batch producer per shard.
+fn output_ends(cfg: &Config, n: usize) -> Result<(OutputEnds, Vec<ShardOut>), RunError> {
+    let k = &cfg.output.kafka;
+    if cfg.output.sink == SinkKind::Kafka && k.client == "native" {
+        let feed = Arc::new(KnobFeed::new(ShardKnobs {
+            params: Params::compute(&k.dapb, &Conditions::default()),
+            partitions: 0,
+        }));
+        let raw = |s: &String| {
+            let mut id = [0u8; 16];
+            let n = s.len().min(16);
+            id[..n].copy_from_slice(&s.as_bytes()[..n]);
+            id
+        };
+        let settings = ProduceSettings {
+            gateway: k
+                .gateway_id
+                .clone()
+                .unwrap_or_else(crate::kafka::hostname)
+                .into_bytes(),
+            compression: Compression::from_name(&k.compression).unwrap_or(Compression::Lz4),
+            zstd_level: k.zstd_level,
+            default_class: Class::from_name(&k.default_class),
+            urgent_devices: k.urgent_devices.iter().map(raw).collect(),
+            latency_devices: k.latency_devices.iter().map(raw).collect(),
+        };
+        let mut rxs = Vec::with_capacity(n);
+        let mut outs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = batch_ring(BATCH_BUFFERS, 64 << 10);
+            let p = BatchProducer::new(tx, feed.clone(), settings.clone()).map_err(|e| {
+                RunError::Core {
+                    role: "shard",
+                    reason: format!("Kafka batch codec: {e} (output.kafka.compression)"),
+                }
+            })?;
+            rxs.push(rx);
+            outs.push(ShardOut::Batches(Box::new(p)));
+        }
+        return Ok((OutputEnds::Batches(rxs, feed), outs));
+    }
+    let max_payload = cfg.protocol.max_payload_bytes;
+    let mut out_rx = Vec::with_capacity(n);
+    let mut out_tx = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (t, r) = record_ring(cfg.pipeline.ring_bytes, max_payload)?;
+        out_tx.push(ShardOut::Records(t));
+        out_rx.push(r);
+    }
+    Ok((OutputEnds::Records(out_rx), out_tx))
+}
+
 /// The rings: shard → output, shard → shard (the mesh), each shard's
 /// overflow queue; returns the output's ends and each shard's seed (with a
 /// Dam setpoint slot when `dam` is on).
@@ -128,16 +199,10 @@ pub(super) fn rings(
     placement: &Placement,
     sockets: Vec<Option<socket2::Socket>>,
     dam: bool,
-) -> Result<(Vec<RecordRx>, Vec<ShardSeed>), RunError> {
+) -> Result<(OutputEnds, Vec<ShardSeed>), RunError> {
     let n = sockets.len();
     let max_payload = cfg.protocol.max_payload_bytes;
-    let mut out_rx = Vec::with_capacity(n);
-    let mut out_tx = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (t, r) = record_ring(cfg.pipeline.ring_bytes, max_payload)?;
-        out_tx.push(t);
-        out_rx.push(r);
-    }
+    let (out_rx, out_tx) = output_ends(cfg, n)?;
     let mut mesh_tx: Vec<Vec<Option<RecordTx>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     let mut mesh_rx: Vec<Vec<RecordRx>> = (0..n).map(|_| Vec::new()).collect();

@@ -246,5 +246,5 @@ async fn drain(shard: &mut Shard, id: u16) {
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
-    shard.flush();
+    shard.finish_output();
 }

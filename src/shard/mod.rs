@@ -211,11 +211,53 @@ impl ShardSnapshot {
     }
 }
 
+/// Where a shard's accepted records go.
+#[derive(Debug)]
+pub enum ShardOut {
+    /// Records framed into a ring (the librdkafka batcher and the debug
+    /// sinks read them).
+    Records(RecordTx),
+    /// Kafka record batches encoded here (the native client).
+    Batches(Box<produce::BatchProducer>),
+}
+
+impl From<RecordTx> for ShardOut {
+    fn from(tx: RecordTx) -> ShardOut {
+        ShardOut::Records(tx)
+    }
+}
+
+impl ShardOut {
+    #[inline]
+    fn stage(&mut self, meta: &RecordMeta, payload: &[u8]) -> Result<(), crate::handoff::RingFull> {
+        match self {
+            ShardOut::Records(tx) => tx.stage(meta, payload),
+            ShardOut::Batches(b) => b.stage(meta, payload),
+        }
+    }
+
+    #[inline]
+    fn flush(&mut self) {
+        match self {
+            ShardOut::Records(tx) => tx.flush(),
+            ShardOut::Batches(b) => b.flush(crate::clock::now_ns()),
+        }
+    }
+
+    /// Stop: every open batch to the output core.
+    fn finish(&mut self) {
+        match self {
+            ShardOut::Records(tx) => tx.flush(),
+            ShardOut::Batches(b) => b.close_all(),
+        }
+    }
+}
+
 /// The rings a shard is wired to (made by the runtime's one wiring point).
 #[derive(Debug)]
 pub struct ShardRings {
     /// To the output stage.
-    pub out: RecordTx,
+    pub out: ShardOut,
     /// The overflow queue: both ends stay on this shard.
     pub overflow: (RecordTx, RecordRx),
     /// To every other shard, indexed by shard id (None at this shard's index).
@@ -256,7 +298,7 @@ struct Owner {
     id: u16,
     settings: ShardSettings,
     tracker: SeqTracker,
-    out: RecordTx,
+    out: ShardOut,
     ovf_tx: RecordTx,
     /// GCRA theoretical arrival time of the shard-wide bucket.
     tat: u64,
@@ -454,7 +496,7 @@ impl Shard {
     /// A single shard wired only to the output (tests, benchmarks).
     pub fn standalone(
         settings: ShardSettings,
-        out: RecordTx,
+        out: impl Into<ShardOut>,
         overflow: (RecordTx, RecordRx),
     ) -> std::io::Result<Self> {
         Self::new(
@@ -462,7 +504,7 @@ impl Shard {
             1,
             settings,
             ShardRings {
-                out,
+                out: out.into(),
                 overflow,
                 mesh_tx: vec![None],
                 mesh_rx: Vec::new(),
@@ -819,6 +861,13 @@ impl Shard {
         owner.snap.queued_bytes = self.ovf_rx.queued_bytes() as u64;
     }
 
+    /// Stop: closes every open Kafka batch (native client) and publishes
+    /// what is staged. Called last, after the drain.
+    pub fn finish_output(&mut self) {
+        self.owner.out.finish();
+        self.flush();
+    }
+
     /// Stops forwarding: drops this shard's ends of the mesh rings, so their
     /// owners see them finished once drained. Called when receive has stopped.
     pub fn close_mesh(&mut self) {
@@ -1079,7 +1128,7 @@ mod tests {
             2,
             settings(false),
             ShardRings {
-                out: o0,
+                out: o0.into(),
                 overflow: record_ring(1 << 14, 1024).unwrap(),
                 mesh_tx: vec![None, Some(m01)],
                 mesh_rx: vec![m10r],
@@ -1091,7 +1140,7 @@ mod tests {
             2,
             settings(false),
             ShardRings {
-                out: o1,
+                out: o1.into(),
                 overflow: record_ring(1 << 14, 1024).unwrap(),
                 mesh_tx: vec![Some(m10), None],
                 mesh_rx: vec![m01r],

@@ -153,9 +153,14 @@ impl BatchProducer {
     /// buffer is free or the partition count is not known yet.
     #[inline]
     pub fn stage(&mut self, meta: &RecordMeta, payload: &[u8]) -> Result<(), RingFull> {
-        let parts = self.knobs.partitions;
+        let mut parts = self.knobs.partitions;
         if parts == 0 {
-            return Err(RingFull);
+            // Not known yet (only before the output core's first metadata).
+            self.refresh();
+            parts = self.knobs.partitions;
+            if parts == 0 {
+                return Err(RingFull);
+            }
         }
         let len = meta.raw_id.iter().position(|&b| b == 0).unwrap_or(16);
         let key = &meta.raw_id[..len];
@@ -242,18 +247,7 @@ impl BatchProducer {
     /// them, and closes every batch whose oldest record waited T(t).
     #[inline]
     pub fn flush(&mut self, now_ns: u64) {
-        let v = self.feed.version();
-        if v != self.seen {
-            self.seen = v;
-            let k = self.feed.read();
-            if k.partitions != self.knobs.partitions {
-                // Batches encoded for the old count are still right for it:
-                // send them, then route by the new count.
-                self.close_all();
-                self.b.open = (0..k.partitions).map(|_| None).collect();
-            }
-            self.knobs = k;
-        }
+        self.refresh();
         let b = &mut self.b;
         if b.opened.is_empty() {
             return;
@@ -272,6 +266,24 @@ impl BatchProducer {
                 i += 1;
             }
         }
+    }
+
+    /// Takes the knobs when the output core moved them (one atomic load).
+    #[inline]
+    fn refresh(&mut self) {
+        let v = self.feed.version();
+        if v == self.seen {
+            return;
+        }
+        self.seen = v;
+        let k = self.feed.read();
+        if k.partitions != self.knobs.partitions {
+            // Batches encoded for the old count are still right for it:
+            // send them, then route by the new count.
+            self.close_all();
+            self.b.open = (0..k.partitions).map(|_| None).collect();
+        }
+        self.knobs = k;
     }
 
     /// Closes every open batch (stop, or the partition count moved).

@@ -268,14 +268,14 @@ impl BatchWriter {
     pub fn finish(mut self, codec: &mut Codec) -> (Vec<u8>, bool) {
         let mut kind = codec.kind;
         let mut ok = true;
-        if kind != Compression::None && self.count > 0 {
-            if codec
+        if kind != Compression::None
+            && self.count > 0
+            && codec
                 .compress_tail(&mut self.buf, BATCH_HEADER_LEN)
                 .is_err()
-            {
-                kind = Compression::None;
-                ok = false;
-            }
+        {
+            kind = Compression::None;
+            ok = false;
         }
         let count = self.count;
         let b = &mut self.buf;

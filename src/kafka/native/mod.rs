@@ -121,8 +121,10 @@ enum Pid {
 /// What a connection waits for, in request order.
 enum Pending {
     ApiVersions,
-    Metadata,
-    InitPid(usize),
+    /// Version asked.
+    Metadata(i16),
+    /// Shard, version asked.
+    InitPid(usize, i16),
     /// (shard, partition, batch id) of every batch in the request, sent at
     /// (ns).
     Produce(Vec<(u32, u32, u64)>, u64),
@@ -134,6 +136,9 @@ struct Broker {
     slot: usize,
     /// Negotiated: produce version (0 until ApiVersions answered).
     produce_version: i16,
+    /// Negotiated Metadata and InitProducerId versions.
+    metadata_version: i16,
+    init_pid_version: i16,
     pending: VecDeque<(i32, Pending)>,
     /// Produce requests in flight.
     produce_in_flight: usize,
@@ -261,6 +266,7 @@ impl NativeProducer {
     pub fn start(&mut self, limit: Duration) -> Result<(), NativeError> {
         let t0 = Instant::now();
         while t0.elapsed() < limit {
+            self.maintain();
             self.step_io(200_000)?;
             let pids_ready =
                 !self.idempotent || self.pids.iter().all(|p| matches!(p, Pid::Ready(..)));
@@ -316,6 +322,8 @@ impl NativeProducer {
             slot,
             produce_version: 0,
             pending: VecDeque::new(),
+            metadata_version: 1,
+            init_pid_version: 1,
             produce_in_flight: 0,
             retry_at: 0,
             up: false,
@@ -399,13 +407,18 @@ impl NativeProducer {
         if now.saturating_sub(self.metadata_at) > 60_000_000_000 {
             self.metadata_wanted = true;
         }
-        if self.metadata_wanted && !self.metadata_in_flight {
+        // At most four metadata requests a second.
+        if self.metadata_wanted
+            && !self.metadata_in_flight
+            && now.saturating_sub(self.metadata_at) >= 250_000_000
+        {
             let node = self.brokers.iter().find(|b| b.up).map_or(-1, |b| b.node);
             if let Some(b) = self.broker(node) {
                 if self.brokers[b].up {
                     let topic = self.topic.clone();
-                    self.send_control(b, Pending::Metadata, |o, c, id| {
-                        proto::metadata(o, c, id, &topic)
+                    let v = self.brokers[b].metadata_version;
+                    self.send_control(b, Pending::Metadata(v), |o, c, id| {
+                        proto::metadata(o, v, c, id, &topic)
                     });
                     self.metadata_in_flight = true;
                     self.metadata_wanted = false;
@@ -421,7 +434,10 @@ impl NativeProducer {
                 let Some(b) = self.brokers.iter().position(|b| b.up) else {
                     break;
                 };
-                self.send_control(b, Pending::InitPid(s), proto::init_producer_id);
+                let v = self.brokers[b].init_pid_version;
+                self.send_control(b, Pending::InitPid(s, v), |o, c, id| {
+                    proto::init_producer_id(o, v, c, id)
+                });
                 self.pids[s] = Pid::Asked;
             }
         }
@@ -476,16 +492,14 @@ impl NativeProducer {
         let corr = self.next_correlation();
         let version = self.brokers[b].produce_version;
         let mut frame = Frame::default();
-        proto::produce_head(
-            &mut frame.head,
+        let head = proto::ProduceHead {
             version,
-            corr,
-            &self.client_id,
-            self.acks,
-            self.timeout_ms,
-            &self.topic,
-            picked.len(),
-        );
+            client: &self.client_id,
+            acks: self.acks,
+            timeout_ms: self.timeout_ms,
+            topic: &self.topic,
+        };
+        proto::produce_head(&mut frame.head, &head, corr, picked.len());
         let mut total = frame.head.len() - 4;
         frame.parts.push(Part::Head(0, frame.head.len()));
         for pick in &mut picked {
@@ -627,6 +641,12 @@ impl NativeProducer {
             c.rbuf.copy_within(4 + size..c.rlen, 0);
             c.rlen -= 4 + size;
             let corr = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+            let expected = self.brokers[b].pending.iter().any(|(c, _)| *c == corr);
+            if self.acks == 0 && !expected {
+                // A broker that answers acks=0 requests anyway (tansu does;
+                // Apache Kafka does not): nothing waits for it.
+                continue;
+            }
             let Some((want, pending)) = self.brokers[b].pending.pop_front() else {
                 self.protocol_error(b, "a response nobody asked for");
                 return;
@@ -663,17 +683,27 @@ impl NativeProducer {
                     self.close_broker(b, 1_000_000_000);
                     return Ok(());
                 }
+                let max = |key: i16| apis.iter().find(|a| a.0 == key).map_or(-1, |a| a.2);
                 let br = &mut self.brokers[b];
                 br.produce_version = v;
+                br.metadata_version = max(proto::METADATA)
+                    .clamp(proto::METADATA_VERSIONS.0, proto::METADATA_VERSIONS.1);
+                // v3 where the broker has it (tansu gives an idempotent
+                // producer id only from v3), else v1.
+                br.init_pid_version = if max(proto::INIT_PRODUCER_ID) >= 3 {
+                    3
+                } else {
+                    1
+                };
                 br.up = true;
             }
-            Pending::Metadata => {
+            Pending::Metadata(v) => {
                 self.metadata_in_flight = false;
-                let m = proto::decode_metadata(body)?;
+                let m = proto::decode_metadata(body, v)?;
                 self.apply_metadata(&m);
             }
-            Pending::InitPid(s) => {
-                let (err, id, epoch) = proto::decode_init_producer_id(body)?;
+            Pending::InitPid(s, v) => {
+                let (err, id, epoch) = proto::decode_init_producer_id(body, v)?;
                 self.pids[s] = if err == 0 {
                     for lane in &mut self.lanes[s] {
                         lane.next_seq = 0;
@@ -711,6 +741,11 @@ impl NativeProducer {
             }
         }
         let Some((_, err, parts)) = m.topics.iter().find(|t| t.0 == self.topic) else {
+            self.warn(&format!(
+                "topic {:?}: not in the broker's metadata (create it, or let the broker create topics); batches wait",
+                self.topic
+            ));
+            self.metadata_wanted = true;
             return;
         };
         if *err != 0 || parts.is_empty() {
@@ -870,8 +905,8 @@ impl NativeProducer {
         for p in pending {
             match p {
                 Pending::Produce(picked, _) => self.produce_failed(&picked),
-                Pending::Metadata => self.metadata_in_flight = false,
-                Pending::InitPid(s) => self.pids[s] = Pid::None,
+                Pending::Metadata(_) => self.metadata_in_flight = false,
+                Pending::InitPid(s, _) => self.pids[s] = Pid::None,
                 Pending::ApiVersions => {}
             }
         }

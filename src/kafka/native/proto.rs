@@ -1,6 +1,7 @@
 //! The few Kafka requests the native producer speaks, encoded and decoded by
-//! hand (non-flexible versions only): ApiVersions v0, Metadata v1,
-//! InitProducerId v0, Produce v3–v8. Every decoder is bounds-checked and
+//! hand: ApiVersions v0, Metadata v1–v8, InitProducerId v1 or v3 (the one
+//! flexible version here: brokers such as tansu give an idempotent producer
+//! id only from v3), Produce v3–v8. Every decoder is bounds-checked and
 //! returns [`DecodeError`] on anything short, negative or inconsistent: a
 //! broker response that makes no sense is an error counted, never a panic
 //! (`fuzz/fuzz_targets/kafka_response.rs` holds it to that).
@@ -174,8 +175,11 @@ pub fn api_versions(out: &mut Vec<u8>, correlation: i32, client: &str) {
     finish_frame(out, start, 0);
 }
 
+/// (api_key, min version, max version) per API a broker speaks.
+pub type ApiVersionList = Vec<(i16, i16, i16)>;
+
 /// ApiVersions response: error code, then (api_key, min, max) per API.
-pub fn decode_api_versions(body: &[u8]) -> Result<(i16, Vec<(i16, i16, i16)>), DecodeError> {
+pub fn decode_api_versions(body: &[u8]) -> Result<(i16, ApiVersionList), DecodeError> {
     let mut r = Reader::new(body);
     let err = r.i16()?;
     let n = r.count(6)?;
@@ -188,12 +192,22 @@ pub fn decode_api_versions(body: &[u8]) -> Result<(i16, Vec<(i16, i16, i16)>), D
     Ok((err, v))
 }
 
-/// Metadata v1 request for one topic.
-pub fn metadata(out: &mut Vec<u8>, correlation: i32, client: &str, topic: &str) {
+/// Metadata versions this client can speak (v9 is the first flexible one).
+pub const METADATA_VERSIONS: (i16, i16) = (1, 8);
+
+/// Metadata request (v1–v8) for one topic; the broker may create it.
+pub fn metadata(out: &mut Vec<u8>, version: i16, correlation: i32, client: &str, topic: &str) {
     let start = out.len();
-    start_frame(out, METADATA, 1, correlation, client);
+    start_frame(out, METADATA, version, correlation, client);
     out.extend_from_slice(&1i32.to_be_bytes());
     put_str(out, topic);
+    if version >= 4 {
+        out.push(1); // allow_auto_topic_creation
+    }
+    if version >= 8 {
+        out.push(0); // include_cluster_authorized_operations
+        out.push(0); // include_topic_authorized_operations
+    }
     finish_frame(out, start, 0);
 }
 
@@ -228,16 +242,29 @@ pub struct Metadata {
     pub topics: Vec<(String, i16, Vec<PartitionMeta>)>,
 }
 
-/// Decodes a Metadata v1 response body.
-pub fn decode_metadata(body: &[u8]) -> Result<Metadata, DecodeError> {
+fn skip_ints(r: &mut Reader<'_>) -> Result<(), DecodeError> {
+    for _ in 0..r.count(4)? {
+        r.i32()?;
+    }
+    Ok(())
+}
+
+/// Decodes a Metadata v1–v8 response body.
+pub fn decode_metadata(body: &[u8], version: i16) -> Result<Metadata, DecodeError> {
     let mut r = Reader::new(body);
     let mut m = Metadata::default();
+    if version >= 3 {
+        let _throttle = r.i32()?;
+    }
     for _ in 0..r.count(10)? {
         let id = r.i32()?;
         let host = r.str()?.to_string();
         let port = r.i32()?;
         let _rack = r.nullable_str()?;
         m.brokers.push(BrokerMeta { id, host, port });
+    }
+    if version >= 2 {
+        let _cluster_id = r.nullable_str()?;
     }
     let _controller = r.i32()?;
     for _ in 0..r.count(9)? {
@@ -249,11 +276,13 @@ pub fn decode_metadata(body: &[u8]) -> Result<Metadata, DecodeError> {
             let error = r.i16()?;
             let index = r.i32()?;
             let leader = r.i32()?;
-            for _ in 0..r.count(4)? {
-                r.i32()?;
+            if version >= 7 {
+                let _leader_epoch = r.i32()?;
             }
-            for _ in 0..r.count(4)? {
-                r.i32()?;
+            skip_ints(&mut r)?;
+            skip_ints(&mut r)?;
+            if version >= 5 {
+                skip_ints(&mut r)?;
             }
             parts.push(PartitionMeta {
                 index,
@@ -261,50 +290,106 @@ pub fn decode_metadata(body: &[u8]) -> Result<Metadata, DecodeError> {
                 leader,
             });
         }
+        if version >= 8 {
+            let _topic_authorized_operations = r.i32()?;
+        }
         m.topics.push((name, err, parts));
+    }
+    if version >= 8 {
+        let _cluster_authorized_operations = r.i32()?;
     }
     r.end()?;
     Ok(m)
 }
 
-/// InitProducerId v0 request (no transactional id).
-pub fn init_producer_id(out: &mut Vec<u8>, correlation: i32, client: &str) {
+/// An unsigned varint (flexible versions' lengths and tag counts).
+fn get_uvarint(r: &mut Reader<'_>) -> Result<u64, DecodeError> {
+    let at = r.at;
+    let mut v: u64 = 0;
+    for shift in (0..35).step_by(7) {
+        let b = r.take(1)?[0];
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(DecodeError::BadLength { at, len: -1 })
+}
+
+/// Skips a flexible version's tagged fields.
+fn skip_tags(r: &mut Reader<'_>) -> Result<(), DecodeError> {
+    let n = get_uvarint(r)?;
+    for _ in 0..n {
+        let _tag = get_uvarint(r)?;
+        let size = get_uvarint(r)? as usize;
+        r.take(size)?;
+    }
+    Ok(())
+}
+
+/// InitProducerId request for an idempotent producer (no transactional id):
+/// v1, or v3 (flexible: header v2, producer id and epoch -1, no tags).
+pub fn init_producer_id(out: &mut Vec<u8>, version: i16, correlation: i32, client: &str) {
     let start = out.len();
-    start_frame(out, INIT_PRODUCER_ID, 0, correlation, client);
-    out.extend_from_slice(&(-1i16).to_be_bytes());
-    out.extend_from_slice(&60_000i32.to_be_bytes());
+    start_frame(out, INIT_PRODUCER_ID, version, correlation, client);
+    if version >= 2 {
+        out.push(0); // request header tags
+        out.push(0); // transactional_id: compact null
+        out.extend_from_slice(&60_000i32.to_be_bytes());
+        if version >= 3 {
+            out.extend_from_slice(&(-1i64).to_be_bytes());
+            out.extend_from_slice(&(-1i16).to_be_bytes());
+        }
+        out.push(0); // body tags
+    } else {
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out.extend_from_slice(&60_000i32.to_be_bytes());
+    }
     finish_frame(out, start, 0);
 }
 
-/// InitProducerId v0 response: (error, producer id, epoch).
-pub fn decode_init_producer_id(body: &[u8]) -> Result<(i16, i64, i16), DecodeError> {
+/// InitProducerId response (after the correlation id): (error, producer id,
+/// epoch).
+pub fn decode_init_producer_id(body: &[u8], version: i16) -> Result<(i16, i64, i16), DecodeError> {
     let mut r = Reader::new(body);
+    if version >= 2 {
+        skip_tags(&mut r)?; // response header v1
+    }
     let _throttle = r.i32()?;
     let err = r.i16()?;
     let id = r.i64()?;
     let epoch = r.i16()?;
+    if version >= 2 {
+        skip_tags(&mut r)?;
+    }
     r.end()?;
     Ok((err, id, epoch))
 }
 
+/// What every Produce request of a producer shares.
+#[derive(Debug, Clone, Copy)]
+pub struct ProduceHead<'a> {
+    /// Negotiated version (3–8).
+    pub version: i16,
+    /// Client id.
+    pub client: &'a str,
+    /// -1 (all), 1 or 0.
+    pub acks: i16,
+    /// How long the broker may wait for replicas, ms.
+    pub timeout_ms: i32,
+    /// The topic.
+    pub topic: &'a str,
+}
+
 /// The head of a Produce request for one topic and `parts` partitions; each
 /// partition then follows as [`produce_partition`]'s 8 bytes and the batch.
-pub fn produce_head(
-    out: &mut Vec<u8>,
-    version: i16,
-    correlation: i32,
-    client: &str,
-    acks: i16,
-    timeout_ms: i32,
-    topic: &str,
-    parts: usize,
-) {
-    start_frame(out, PRODUCE, version, correlation, client);
+pub fn produce_head(out: &mut Vec<u8>, h: &ProduceHead<'_>, correlation: i32, parts: usize) {
+    start_frame(out, PRODUCE, h.version, correlation, h.client);
     out.extend_from_slice(&(-1i16).to_be_bytes()); // transactional_id: null
-    out.extend_from_slice(&acks.to_be_bytes());
-    out.extend_from_slice(&timeout_ms.to_be_bytes());
+    out.extend_from_slice(&h.acks.to_be_bytes());
+    out.extend_from_slice(&h.timeout_ms.to_be_bytes());
     out.extend_from_slice(&1i32.to_be_bytes());
-    put_str(out, topic);
+    put_str(out, h.topic);
     out.extend_from_slice(&(parts as i32).to_be_bytes());
 }
 
@@ -412,7 +497,7 @@ mod tests {
     #[test]
     fn frames_carry_their_size_and_header() {
         let mut out = Vec::new();
-        metadata(&mut out, 7, "klais", "t");
+        metadata(&mut out, 1, 7, "klais", "t");
         assert_eq!(
             i32::from_be_bytes(out[0..4].try_into().unwrap()) as usize,
             out.len() - 4

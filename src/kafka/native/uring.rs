@@ -342,11 +342,9 @@ impl Uring {
             }
             Op::Send => {
                 c.send_busy = false;
-                if res > 0 && !c.closing {
-                    if advance(c, res as usize) {
-                        // Whole frame written.
-                        c.sending = None;
-                    }
+                // A whole frame written: the next one may go.
+                if res > 0 && !c.closing && advance(c, res as usize) {
+                    c.sending = None;
                 }
             }
             Op::Recv => {
