@@ -27,7 +27,7 @@ cd "$ROOT"
 # nightlies take.
 CARGO_FUZZ_VERSION=0.13.2
 CARGO_FUZZ_ROOT="${KLAIS_FUZZ_CACHE:-/var/cache/klais}/cargo-fuzz-$CARGO_FUZZ_VERSION"
-ALL_TARGETS=(wire_parse wire_v2_roundtrip config_toml journal_reader)
+ALL_TARGETS=(wire_parse wire_v2_roundtrip config_toml journal_reader kafka_response batch_encoder)
 
 usage() {
   sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2

@@ -27,7 +27,9 @@ fn every_regression_file_belongs_to_a_known_target() {
                 "config_toml-",
                 "wire_parse-",
                 "journal_reader-",
-                "wire_v2_roundtrip-"
+                "wire_v2_roundtrip-",
+                "kafka_response-",
+                "batch_encoder-"
             ]
             .iter()
             .any(|t| name.starts_with(t)),
