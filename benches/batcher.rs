@@ -18,9 +18,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use klais::config::Kafka;
-use klais::handoff::{record_ring, RecordMeta};
-use klais::kafka::{Batcher, KafkaSnapshot};
+use klais::dapb::{Class, Conditions, KnobFeed, Params, ShardKnobs};
+use klais::handoff::{batch_ring, record_ring, RecordMeta};
+use klais::kafka::native::NativeProducer;
+use klais::kafka::{thread_cpu_ns, Batcher, KafkaSnapshot};
+use klais::shard::produce::{BatchProducer, ProduceSettings};
+use klais::wire::kafka::Compression;
 
 const PAYLOAD: usize = 200;
 const DEVICES: u32 = 10_000;
@@ -137,6 +143,163 @@ fn throughput_round(brokers: &str, n: u64) -> Round {
     }
 }
 
+/// One round of the native client as the runtime runs it: a shard thread
+/// encodes `n` records through its batch producer as fast as its buffer pool
+/// lets it (its thread CPU per record is the shard-side cost), while the
+/// output core, pinned like the batcher, sends the batches, publishes DAPB's
+/// parameters every 10 ms and waits on io_uring when idle (its thread CPU
+/// per record is the output core's cost).
+struct NativeRound {
+    encode_ns: f64,
+    acked_rate: f64,
+    out_cpu_ns: f64,
+    batches: u64,
+    batch_bytes: u64,
+}
+
+fn native_round(brokers: &str, n: u64, codec: Compression, class: Class) -> NativeRound {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(brokers, dir.path());
+    let feed = Arc::new(KnobFeed::new(ShardKnobs {
+        params: Params::compute(&cfg.dapb, &Conditions::default()),
+        partitions: 0,
+    }));
+    let (tx, rx) = batch_ring(64, 64 << 10);
+    let last = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+    core_affinity::set_for_current(core_affinity::CoreId { id: last });
+    let mut p = NativeProducer::new(&cfg, vec![rx], feed.clone()).unwrap();
+    p.start(Duration::from_secs(10)).unwrap();
+    let shard = std::thread::spawn(move || {
+        core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
+        let mut shard = BatchProducer::new(
+            tx,
+            feed,
+            ProduceSettings {
+                gateway: b"bench".to_vec(),
+                compression: codec,
+                zstd_level: 3,
+                default_class: class,
+                urgent_devices: Vec::new(),
+                latency_devices: Vec::new(),
+            },
+        )
+        .unwrap();
+        let payload = vec![b'x'; PAYLOAD];
+        // The records' headers made before timing (a shard has them from
+        // the parser; formatting device names is not the shard's cost).
+        let metas: Vec<RecordMeta> = (0..u64::from(DEVICES)).map(|i| meta(i, false)).collect();
+        let c0 = thread_cpu_ns();
+        let mut waited = 0u64;
+        for i in 0..n {
+            let m = RecordMeta {
+                sequence: (i / u64::from(DEVICES)) as u32,
+                recv_ts_ns: 1_795_000_000_000_000_000 + i,
+                ..metas[(i % u64::from(DEVICES)) as usize]
+            };
+            while shard.stage(&m, &payload).is_err() {
+                // No free buffer: the output core has them (backpressure).
+                let w = thread_cpu_ns();
+                std::thread::yield_now();
+                waited += thread_cpu_ns() - w;
+            }
+            if i % 32 == 31 {
+                shard.flush(klais::clock::now_ns());
+            }
+        }
+        shard.close_all();
+        let cpu = thread_cpu_ns() - c0 - waited;
+        (cpu, shard.stats())
+    });
+    let (t0, c0) = (Instant::now(), thread_cpu_ns());
+    let mut next_tick = Instant::now();
+    while p.progress().2 < n {
+        p.step(200_000).unwrap();
+        if Instant::now() >= next_tick {
+            p.tick();
+            next_tick += Duration::from_millis(10);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "stuck: {:?}",
+            p.snapshot()
+        );
+    }
+    let (t, cpu) = (t0.elapsed(), thread_cpu_ns() - c0);
+    let (encode, st) = shard.join().unwrap();
+    NativeRound {
+        encode_ns: encode as f64 / n as f64,
+        acked_rate: n as f64 / t.as_secs_f64(),
+        out_cpu_ns: cpu as f64 / n as f64,
+        batches: st.batches,
+        batch_bytes: st.batch_bytes,
+    }
+}
+
+/// Median (by acknowledged rate) of `rounds` native rounds.
+fn native_median(
+    brokers: &str,
+    n: u64,
+    codec: Compression,
+    class: Class,
+    rounds: usize,
+) -> NativeRound {
+    let mut rs: Vec<NativeRound> = (0..rounds)
+        .map(|_| native_round(brokers, n, codec, class))
+        .collect();
+    rs.sort_by(|a, b| a.acked_rate.total_cmp(&b.acked_rate));
+    rs.swap_remove(rs.len() / 2)
+}
+
+fn print_native(what: &str, r: &NativeRound) {
+    println!(
+        "  {what:<28} shard encode {:>6.1} ns/msg   acknowledged {:>10.0} msg/s   output core CPU {:>6.1} ns/msg   {} batches, {:.0} B each",
+        r.encode_ns,
+        r.acked_rate,
+        r.out_cpu_ns,
+        r.batches,
+        r.batch_bytes as f64 / r.batches.max(1) as f64
+    );
+}
+
+/// Both clients, one after the other, against the same broker.
+fn clients_side_by_side(brokers: &str, n: u64, rounds: usize) -> serde_json::Value {
+    let mut lib: Vec<Round> = (0..rounds).map(|_| throughput_round(brokers, n)).collect();
+    lib.sort_by(|a, b| a.acked_rate.total_cmp(&b.acked_rate));
+    let l = &lib[lib.len() / 2];
+    println!(
+        "  {:<28} batcher CPU {:>6.1} ns/msg   acknowledged {:>10.0} msg/s",
+        "librdkafka, lz4", l.cpu_ns_per_msg, l.acked_rate
+    );
+    let mut out = serde_json::json!({
+        "librdkafka_lz4": {"acknowledged_msg_per_s": l.acked_rate, "output_cpu_ns_per_msg": l.cpu_ns_per_msg},
+    });
+    for codec in [
+        Compression::None,
+        Compression::Lz4,
+        Compression::Zstd,
+        Compression::Snappy,
+        Compression::Gzip,
+    ] {
+        let r = native_median(brokers, n, codec, Class::Adaptive, rounds);
+        print_native(&format!("native, {}", codec.name()), &r);
+        out[format!("native_{}", codec.name())] = native_json(&r);
+    }
+    // The throughput class (B(t) = B_max): the same bytes in fewer, larger
+    // batches, so the output core's per-batch work is spread wider.
+    let r = native_median(brokers, n, Compression::Lz4, Class::Throughput, rounds);
+    print_native("native, lz4, throughput class", &r);
+    out["native_lz4_throughput_class"] = native_json(&r);
+    out
+}
+
+fn native_json(r: &NativeRound) -> serde_json::Value {
+    serde_json::json!({
+        "acknowledged_msg_per_s": r.acked_rate, "output_cpu_ns_per_msg": r.out_cpu_ns,
+        "shard_encode_ns_per_msg": r.encode_ns, "batches": r.batches,
+        "mean_batch_bytes": r.batch_bytes as f64 / r.batches.max(1) as f64,
+    })
+}
+
 fn quantiles(h: &hdrhistogram::Histogram<u64>) -> [u64; 4] {
     [
         h.value_at_quantile(0.5),
@@ -241,6 +404,15 @@ fn main() {
             "tansu on loopback"
         }
     );
+    // KLAIS_BENCH_NATIVE_PROFILE=1: only the native client, lz4, against a
+    // discarding broker, for a profiler (`perf record`) to watch.
+    if std::env::var_os("KLAIS_BENCH_NATIVE_PROFILE").is_some() {
+        let d = broker::Broker::start_discarding();
+        d.create_topic("bench", 3);
+        let r = native_median(&d.brokers(), n, Compression::Lz4, Class::Adaptive, rounds);
+        print_native("native, lz4, tansu null://", &r);
+        return;
+    }
     let mut rs: Vec<Round> = (0..rounds).map(|_| throughput_round(&brokers, n)).collect();
     rs.sort_by(|a, b| a.acked_rate.total_cmp(&b.acked_rate));
     let m = &rs[rs.len() / 2];
@@ -259,6 +431,28 @@ fn main() {
         m.snap.dapb.messages as f64 / m.snap.dapb.batches.max(1) as f64,
         100.0 * m.snap.dapb.efficiency(),
         m.snap.dapb.by_reason
+    );
+    // The two clients side by side: against the same broker (it stores),
+    // then against one that discards (tansu null://), so the broker is not
+    // what limits the producer.
+    let native_rounds = if bench { 3 } else { 1 };
+    println!("\nboth clients, {n} x {PAYLOAD}-byte messages, acks=all, idempotent (median of {native_rounds}), tansu memory://:");
+    let stored = clients_side_by_side(&brokers, n, native_rounds);
+    let discarding = if mock.is_none() {
+        let d = broker::Broker::start_discarding();
+        d.create_topic("bench", 3);
+        println!("the same, tansu null:// (acknowledges and discards):");
+        Some(clients_side_by_side(&d.brokers(), n, native_rounds))
+    } else {
+        None
+    };
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(
+        out.join("batcher-clients.json"),
+        serde_json::json!({"messages": n, "payload_bytes": PAYLOAD, "rounds": native_rounds,
+            "tansu_memory": stored, "tansu_null": discarding})
+        .to_string(),
     );
     if std::env::var_os("KLAIS_BENCH_THROUGHPUT_ONLY").is_some() {
         return;

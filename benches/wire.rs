@@ -256,8 +256,73 @@ fn bench_json_validators(c: &mut Criterion) {
     g.finish();
 }
 
+/// The native Kafka client's shard side: one accepted 200-byte record
+/// encoded into its partition's open RecordBatch (3 partitions, 10,000
+/// devices, the runtime's record headers), batches closed by DAPB's default
+/// B(t) and compressed; the output core's part is played by giving each
+/// batch's buffer straight back. Per message, with each codec.
+fn bench_batch_encode(c: &mut Criterion) {
+    use klais::dapb::{Class, Conditions, KnobFeed, Params, ShardKnobs};
+    use klais::handoff::{batch_ring, RecordMeta};
+    use klais::shard::produce::{BatchProducer, ProduceSettings};
+    use klais::wire::kafka::Compression;
+    let dapb = klais::config::Dapb::default();
+    let mut g = c.benchmark_group("kafka_batch_encode");
+    g.throughput(Throughput::Elements(1));
+    let metas: Vec<RecordMeta> = (0..10_000u32)
+        .map(|i| {
+            let mut raw_id = [0u8; 16];
+            let id = format!("dev-{i:08}");
+            raw_id[..id.len()].copy_from_slice(id.as_bytes());
+            RecordMeta {
+                raw_id,
+                sequence: i,
+                recv_ts_ns: 1_795_000_000_000_000_000 + u64::from(i),
+                shard: 0,
+                seq_event: 1,
+                flags: 1,
+            }
+        })
+        .collect();
+    let payload = vec![b'x'; 200];
+    for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        let feed = std::sync::Arc::new(KnobFeed::new(ShardKnobs {
+            params: Params::compute(&dapb, &Conditions::default()),
+            partitions: 3,
+        }));
+        let (tx, mut rx) = batch_ring(16, 64 << 10);
+        let mut p = BatchProducer::new(
+            tx,
+            feed,
+            ProduceSettings {
+                gateway: b"gateway-01".to_vec(),
+                compression: codec,
+                zstd_level: 3,
+                default_class: Class::Adaptive,
+                urgent_devices: Vec::new(),
+                latency_devices: Vec::new(),
+            },
+        )
+        .unwrap();
+        let mut i = 0usize;
+        g.bench_function(format!("record_200B_{}", codec.name()), |b| {
+            b.iter(|| {
+                i = (i + 1) % metas.len();
+                if p.stage(black_box(&metas[i]), black_box(&payload)).is_err() {
+                    while let Some(done) = rx.pop() {
+                        rx.give_back(done.bytes);
+                    }
+                    p.stage(&metas[i], &payload).unwrap();
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_batch_encode,
     bench_parse_hash_track,
     bench_parts,
     bench_shard_step,

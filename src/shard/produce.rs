@@ -62,6 +62,10 @@ pub struct ProduceStats {
 
 struct Open {
     w: BatchWriter,
+    /// When it was opened (the shard's clock as of its last flush): T(t)
+    /// counts from here.
+    opened_ns: u64,
+    /// Receive time of its first record (added latency is measured from it).
     first_ns: u64,
     urgent: u32,
     payload: u64,
@@ -75,6 +79,8 @@ pub struct BatchProducer {
     knobs: ShardKnobs,
     settings: ProduceSettings,
     classes: HashMap<[u8; 16], (bool, bool)>,
+    /// The clock at the last flush (no clock read per record).
+    now_ns: u64,
     b: Batches,
 }
 
@@ -96,20 +102,6 @@ impl std::fmt::Debug for BatchProducer {
             .field("stats", &self.b.stats)
             .finish_non_exhaustive()
     }
-}
-
-/// Decimal text of `v` in `buf`.
-fn dec(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 impl BatchProducer {
@@ -136,6 +128,7 @@ impl BatchProducer {
                 stats: ProduceStats::default(),
             },
             seen: feed.version(),
+            now_ns: crate::clock::now_ns(),
             knobs,
             feed,
             settings,
@@ -175,10 +168,14 @@ impl BatchProducer {
         };
         let urgent = urgent || meta.flags & FLAG_URGENT != 0;
         let ts_ms = (meta.recv_ts_ns / 1_000_000) as i64;
-        let (mut b1, mut b2, mut b3) = ([0u8; 20], [0u8; 20], [0u8; 20]);
-        let seq = dec(&mut b1, u64::from(meta.sequence));
-        let recv = dec(&mut b2, meta.recv_ts_ns);
-        let shard = dec(&mut b3, u64::from(meta.shard));
+        let (mut b1, mut b2, mut b3) = (
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        );
+        let seq = b1.format(meta.sequence).as_bytes();
+        let recv = b2.format(meta.recv_ts_ns).as_bytes();
+        let shard = b3.format(meta.shard).as_bytes();
         let mut headers: [(&[u8], &[u8]); 6] = [
             (b"sequence", seq),
             (b"recv_ts_ns", recv),
@@ -201,8 +198,7 @@ impl BatchProducer {
         // largest batch.
         let b = &mut self.b;
         if let Some(o) = &b.open[p] {
-            // The timestamp delta and offset delta take at most 10 bytes more.
-            let add = BatchWriter::record_len(0, key, payload, headers) + 10;
+            let add = BatchWriter::bound(key, payload, headers);
             if o.w.len() + add > MAX_BATCH_BYTES {
                 b.close(p);
             }
@@ -214,6 +210,7 @@ impl BatchProducer {
             };
             b.open[p] = Some(Open {
                 w: BatchWriter::new(buf),
+                opened_ns: self.now_ns,
                 first_ns: meta.recv_ts_ns,
                 urgent: 0,
                 payload: 0,
@@ -247,6 +244,7 @@ impl BatchProducer {
     /// them, and closes every batch whose oldest record waited T(t).
     #[inline]
     pub fn flush(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
         self.refresh();
         let b = &mut self.b;
         if b.opened.is_empty() {
@@ -258,7 +256,7 @@ impl BatchProducer {
             let p = b.opened[i] as usize;
             let due = b.open[p]
                 .as_ref()
-                .is_some_and(|o| now_ns.saturating_sub(o.first_ns) >= t_ns);
+                .is_some_and(|o| now_ns.saturating_sub(o.opened_ns) >= t_ns);
             if due {
                 // close() removes p from `opened` (swap_remove): same i again.
                 b.close(p);

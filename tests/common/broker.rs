@@ -64,7 +64,19 @@ impl Broker {
         Broker::start_with(port, port)
     }
 
+    /// Starts a broker that acknowledges every produce request and keeps
+    /// nothing (tansu's `null://` storage): benchmarks of the producer side
+    /// against a broker that is not itself the limit.
+    pub fn start_discarding() -> Broker {
+        let port = free_port();
+        Broker::launch(port, port, "null://sink")
+    }
+
     fn start_with(port: u16, advertised: u16) -> Broker {
+        Broker::launch(port, advertised, "memory://tansu/")
+    }
+
+    fn launch(port: u16, advertised: u16, storage: &str) -> Broker {
         let bin = require();
         let child = Command::new(&bin)
             .args([
@@ -74,7 +86,7 @@ impl Broker {
                 "--advertised-listener-url",
                 &format!("tcp://127.0.0.1:{advertised}"),
                 "--storage-engine",
-                "memory://tansu/",
+                storage,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

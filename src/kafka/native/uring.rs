@@ -121,6 +121,8 @@ pub struct Uring {
     pub conns: Vec<Conn>,
     /// Completions pushed back for the caller: (slot, op, result).
     pub done: Vec<(usize, Op, i32)>,
+    /// Reused: the completions of one reap.
+    cqes: Vec<(u64, i32)>,
 }
 
 impl std::fmt::Debug for Uring {
@@ -138,6 +140,7 @@ impl Uring {
             ring: IoUring::new(entries)?,
             conns: Vec::new(),
             done: Vec::new(),
+            cqes: Vec::new(),
         })
     }
 
@@ -238,7 +241,10 @@ impl Uring {
             self.start_send(slot)?;
             self.start_recv(slot)?;
         }
-        self.ring.submit()?;
+        // No system call when there is nothing to submit.
+        if !self.ring.submission().is_empty() {
+            self.ring.submit()?;
+        }
         Ok(())
     }
 
@@ -316,14 +322,13 @@ impl Uring {
                 Err(e) => return Err(e),
             }
         }
-        let cqes: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (ud, res) in cqes {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(ud, res) in &cqes {
             self.complete(ud, res);
         }
+        self.cqes = cqes;
         Ok(())
     }
 
