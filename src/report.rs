@@ -203,9 +203,15 @@ pub fn summary_text(s: &RunSummary) -> String {
 pub fn kafka_text(k: &KafkaSnapshot) -> String {
     let mut t = String::from("  kafka:\n");
     t.push_str(&format!(
-        "    delivered {}, buffered {}, in flight {}, journaled {}; dropped: journal full {}, rejected by broker {}, journal damage {}\n",
-        k.delivered, k.buffered, k.in_flight, k.journaled, k.dropped_journal_full, k.dropped_rejected, k.journal_lost
+        "    delivered {}, buffered {}, in flight {}, journaled {}; dropped: journal full {}, rejected by broker {}, journal damage {}, not delivered at stop {}\n",
+        k.delivered, k.buffered, k.in_flight, k.journaled, k.dropped_journal_full, k.dropped_rejected, k.journal_lost, k.dropped_at_stop
     ));
+    if k.retries + k.producer_resets + k.bad_responses > 0 {
+        t.push_str(&format!(
+            "    native client: batches retried {}, producer ids renewed {}, undecodable responses {}\n",
+            k.retries, k.producer_resets, k.bad_responses
+        ));
+    }
     let (l, r) = k.reconcile();
     t.push_str(&format!(
         "    accounting: accepted {} + recovered {} = {} {} delivered + buffered + in flight + journaled + dropped = {}\n",

@@ -447,70 +447,125 @@ mod native {
         }
     }
 
-    #[test]
-    #[ignore = "broker"]
-    fn every_codec_is_read_back_exactly_by_aiokafka_and_librdkafka() {
-        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        for codec in ["lz4", "zstd", "snappy", "gzip", "none"] {
-            round_trip(codec);
-        }
-    }
+    /// The broker tier (`-- --ignored broker::`).
+    mod broker {
+        use super::*;
 
-    #[test]
-    #[ignore = "broker"]
-    fn a_cut_connection_loses_nothing_duplicates_nothing_and_keeps_order() {
-        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        let relay_port = free_port();
-        let broker = Broker::start(Some(relay_port));
-        broker.create_topic("t-native-cut", 3);
-        let relay = Relay::start_on(relay_port, broker.port);
-        let dir = tempfile::tempdir().unwrap();
-        let brokers = format!("127.0.0.1:{relay_port}");
-        let running =
-            klais::runtime::start(&native_cfg(&brokers, "t-native-cut", dir.path(), "lz4"))
-                .unwrap();
-        let to = running.local_addr();
-        let devs = devices(100);
-        let sender = {
-            let devs = devs.clone();
-            std::thread::spawn(move || send(to, &devs, 0, 300, 10_000))
-        };
-        wait_for("first deliveries", Duration::from_secs(30), || {
-            running.kafka_snapshot().unwrap().delivered > 3_000
-        });
-        relay.cut();
-        std::thread::sleep(Duration::from_millis(1500));
-        let during = running.kafka_snapshot().unwrap();
-        relay.restore();
-        sender.join().unwrap();
-        let n = 100 * 300;
-        wait_for("accepted = delivered", Duration::from_secs(120), || {
-            let k = running.kafka_snapshot().unwrap();
-            k.accepted == n && k.delivered == n
-        });
-        let s = running.stop().unwrap();
-        let k = s.kafka.unwrap();
-        println!("during the cut: {during:?}\nat the end: {k:?}");
-        assert_eq!(s.shards.accepted, n);
-        assert_eq!(
-            (k.delivered, k.dropped_at_stop, k.dropped_rejected),
-            (n, 0, 0)
-        );
-        assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
-        let recs = read_back(&brokers, "t-native-cut", n);
-        let per = check_records(&recs, 3);
-        assert_eq!(per.len(), 100);
-        let mut dups = 0;
-        for (id, seqs) in &per {
-            let mut seen = seqs.clone();
-            seen.dedup();
-            dups += seqs.len() - seen.len();
-            assert!(
-                seen.windows(2).all(|w| w[0] < w[1]),
-                "{id}: per-device order kept"
-            );
-            assert_eq!(seen, (0..300).collect::<Vec<u32>>(), "{id}: nothing lost");
+        #[test]
+        #[ignore = "broker"]
+        fn every_codec_is_read_back_exactly_by_aiokafka_and_librdkafka() {
+            let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+            for codec in ["lz4", "zstd", "snappy", "gzip", "none"] {
+                round_trip(codec);
+            }
         }
-        assert_eq!(dups, 0, "no duplicates (idempotent producer)");
+
+        #[test]
+        #[ignore = "broker"]
+        fn a_hung_broker_times_out_and_on_resume_nothing_is_lost_or_duplicated() {
+            let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+            let broker = Broker::start(None);
+            broker.create_topic("t-native-hang", 3);
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = native_cfg(&broker.brokers(), "t-native-hang", dir.path(), "lz4");
+            c.output.kafka.request_timeout_ms = 1000;
+            let running = klais::runtime::start(&c).unwrap();
+            let to = running.local_addr();
+            let devs = devices(100);
+            let sender = {
+                let devs = devs.clone();
+                std::thread::spawn(move || send(to, &devs, 0, 300, 10_000))
+            };
+            wait_for("first deliveries", Duration::from_secs(30), || {
+                running.kafka_snapshot().unwrap().delivered > 3_000
+            });
+            broker.pause(true);
+            wait_for("a request timeout", Duration::from_secs(30), || {
+                running.kafka_snapshot().unwrap().request_timeouts > 0
+            });
+            std::thread::sleep(Duration::from_millis(1000));
+            let during = running.kafka_snapshot().unwrap();
+            broker.pause(false);
+            sender.join().unwrap();
+            let n = 100 * 300;
+            wait_for("accepted = delivered", Duration::from_secs(120), || {
+                let k = running.kafka_snapshot().unwrap();
+                k.accepted == n && k.delivered == n
+            });
+            let s = running.stop().unwrap();
+            let k = s.kafka.unwrap();
+            println!("while hung: {during:?}\nat the end: {k:?}");
+            assert_eq!(s.shards.accepted, n);
+            assert_eq!((k.delivered, k.dropped()), (n, 0), "{k:?}");
+            assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+            let recs = read_back(&broker.brokers(), "t-native-hang", n);
+            assert_eq!(recs.len() as u64, n, "exactly N: no duplicates");
+            let per = check_records(&recs, 3);
+            for (id, seqs) in &per {
+                assert_eq!(
+                    seqs,
+                    &(0..300).collect::<Vec<u32>>(),
+                    "{id}: order, nothing lost"
+                );
+            }
+        }
+
+        #[test]
+        #[ignore = "broker"]
+        fn a_cut_connection_loses_nothing_duplicates_nothing_and_keeps_order() {
+            let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+            let relay_port = free_port();
+            let broker = Broker::start(Some(relay_port));
+            broker.create_topic("t-native-cut", 3);
+            let relay = Relay::start_on(relay_port, broker.port);
+            let dir = tempfile::tempdir().unwrap();
+            let brokers = format!("127.0.0.1:{relay_port}");
+            let running =
+                klais::runtime::start(&native_cfg(&brokers, "t-native-cut", dir.path(), "lz4"))
+                    .unwrap();
+            let to = running.local_addr();
+            let devs = devices(100);
+            let sender = {
+                let devs = devs.clone();
+                std::thread::spawn(move || send(to, &devs, 0, 300, 10_000))
+            };
+            wait_for("first deliveries", Duration::from_secs(30), || {
+                running.kafka_snapshot().unwrap().delivered > 3_000
+            });
+            relay.cut();
+            std::thread::sleep(Duration::from_millis(1500));
+            let during = running.kafka_snapshot().unwrap();
+            relay.restore();
+            sender.join().unwrap();
+            let n = 100 * 300;
+            wait_for("accepted = delivered", Duration::from_secs(120), || {
+                let k = running.kafka_snapshot().unwrap();
+                k.accepted == n && k.delivered == n
+            });
+            let s = running.stop().unwrap();
+            let k = s.kafka.unwrap();
+            println!("during the cut: {during:?}\nat the end: {k:?}");
+            assert_eq!(s.shards.accepted, n);
+            assert_eq!(
+                (k.delivered, k.dropped_at_stop, k.dropped_rejected),
+                (n, 0, 0)
+            );
+            assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+            let recs = read_back(&brokers, "t-native-cut", n);
+            let per = check_records(&recs, 3);
+            assert_eq!(per.len(), 100);
+            let mut dups = 0;
+            for (id, seqs) in &per {
+                let mut seen = seqs.clone();
+                seen.dedup();
+                dups += seqs.len() - seen.len();
+                assert!(
+                    seen.windows(2).all(|w| w[0] < w[1]),
+                    "{id}: per-device order kept"
+                );
+                assert_eq!(seen, (0..300).collect::<Vec<u32>>(), "{id}: nothing lost");
+            }
+            assert_eq!(dups, 0, "no duplicates (idempotent producer)");
+        }
     }
 }

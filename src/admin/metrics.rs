@@ -489,6 +489,35 @@ fn kafka_families(w: &mut W, k: &KafkaSnapshot) {
         &[("reason", "journal_damaged")],
         k.journal_lost as f64,
     );
+    w.v(
+        "klais_kafka_dropped_total",
+        &[("reason", "not_delivered_at_stop")],
+        k.dropped_at_stop as f64,
+    );
+    w.one(
+        "klais_kafka_batch_retries_total",
+        "counter",
+        "Record batches sent again after a retriable error (native client).",
+        k.retries as f64,
+    );
+    w.one(
+        "klais_kafka_producer_resets_total",
+        "counter",
+        "Producer ids asked for again, unknown or fenced (native client).",
+        k.producer_resets as f64,
+    );
+    w.one(
+        "klais_kafka_request_timeouts_total",
+        "counter",
+        "Broker connections closed for an answer that did not come in time (native client).",
+        k.request_timeouts as f64,
+    );
+    w.one(
+        "klais_kafka_bad_responses_total",
+        "counter",
+        "Broker responses that could not be decoded (native client).",
+        k.bad_responses as f64,
+    );
     w.one(
         "klais_kafka_replayed_total",
         "counter",

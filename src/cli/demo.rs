@@ -184,7 +184,7 @@ fn reconcile(
             k.delivered,
             k.accepted,
             k.journaled,
-            k.dropped_journal_full + k.dropped_rejected + k.journal_lost,
+            k.dropped(),
             args.topic
         );
         match consume_report(brokers, &args.topic, Some(k.delivered), 3, 5.0) {

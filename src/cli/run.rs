@@ -168,7 +168,7 @@ pub(super) fn wait_with_live_figures(
 /// The Kafka part of a live line (empty without Kafka output).
 fn kafka_live(running: &Running) -> String {
     running.kafka_snapshot().map_or(String::new(), |k| {
-        let dropped = k.dropped_journal_full + k.dropped_rejected + k.journal_lost;
+        let dropped = k.dropped();
         format!(
             "  | kafka delivered {} in flight {} journal {} breaker {:?}{}",
             k.delivered,

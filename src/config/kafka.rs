@@ -33,6 +33,10 @@ pub struct Kafka {
     /// only: this build's librdkafka has no zstd).
     #[serde(default = "default_compression")]
     pub compression: String,
+    /// How long the native client waits for a broker's answer before it
+    /// closes the connection and sends again on a new one, ms.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
     /// zstd level, 1–19 (native client).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
@@ -203,6 +207,9 @@ fn default_acks() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
 fn default_zstd_level() -> i32 {
     3
 }
@@ -283,6 +290,7 @@ impl Default for Kafka {
             idempotence: true,
             compression: default_compression(),
             zstd_level: default_zstd_level(),
+            request_timeout_ms: default_request_timeout_ms(),
             client: default_client(),
             max_in_flight: default_max_in_flight(),
             queue_high_water: default_high_water(),
@@ -394,6 +402,13 @@ impl Kafka {
                 "output.kafka.compression",
                 format!("{:?} is not supported by this build", self.compression),
                 "use \"lz4\", \"zstd\", \"snappy\", \"gzip\" or \"none\"",
+            ));
+        }
+        if !(1_000..=300_000).contains(&self.request_timeout_ms) {
+            errs.push(invalid(
+                "output.kafka.request_timeout_ms",
+                format!("{} ms is out of range", self.request_timeout_ms),
+                "use 1000 to 300000 (10000 is the default)",
             ));
         }
         if !(1..=19).contains(&self.zstd_level) {

@@ -152,6 +152,9 @@ pub struct KafkaSnapshot {
     pub producer_resets: u64,
     /// Broker responses that could not be decoded (native client).
     pub bad_responses: u64,
+    /// Connections closed because the broker did not answer in time (native
+    /// client).
+    pub request_timeouts: u64,
 }
 
 impl KafkaSnapshot {
@@ -168,6 +171,11 @@ impl KafkaSnapshot {
                 + self.journal_lost
                 + self.dropped_at_stop,
         )
+    }
+
+    /// Records lost after acceptance, every reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_journal_full + self.dropped_rejected + self.journal_lost + self.dropped_at_stop
     }
 
     /// Batcher CPU per accepted message, ns.

@@ -109,6 +109,15 @@ impl Broker {
         b
     }
 
+    /// Stops (SIGSTOP, `true`) or resumes (SIGCONT) the broker process: a
+    /// broker that hangs with its connections open.
+    pub fn pause(&self, stop: bool) {
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: a signal to our own child process, which is still ours
+        // (it is killed and reaped only on drop).
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// Bootstrap address clients use.
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.advertised)

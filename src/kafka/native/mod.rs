@@ -133,13 +133,16 @@ enum Pending {
 /// A broker connection.
 struct Broker {
     node: i32,
-    slot: usize,
+    /// Its connection's slot while it has one (a closed slot may be reused
+    /// by another broker: never look at it again).
+    slot: Option<usize>,
     /// Negotiated: produce version (0 until ApiVersions answered).
     produce_version: i16,
     /// Negotiated Metadata and InitProducerId versions.
     metadata_version: i16,
     init_pid_version: i16,
-    pending: VecDeque<(i32, Pending)>,
+    /// (correlation id, sent at ns, what it was).
+    pending: VecDeque<(i32, u64, Pending)>,
     /// Produce requests in flight.
     produce_in_flight: usize,
     /// Not before this (ns): reconnect backoff.
@@ -153,6 +156,7 @@ pub struct NativeProducer {
     client_id: String,
     acks: i16,
     timeout_ms: i32,
+    request_timeout_ns: u64,
     max_in_flight: usize,
     idempotent: bool,
     bootstrap: Vec<SocketAddr>,
@@ -230,7 +234,9 @@ impl NativeProducer {
             topic: cfg.topic.clone(),
             client_id: format!("klais-{gateway}"),
             acks: acks_of(&cfg.acks),
-            timeout_ms: 30_000,
+            // The broker's own wait for replicas stays under ours.
+            timeout_ms: (cfg.request_timeout_ms.saturating_sub(1000)).clamp(1000, 30_000) as i32,
+            request_timeout_ns: cfg.request_timeout_ms * 1_000_000,
             max_in_flight: cfg.max_in_flight.clamp(1, 5) as usize,
             idempotent: cfg.idempotence,
             bootstrap,
@@ -299,8 +305,7 @@ impl NativeProducer {
         let now = mono_ns();
         if let Some(i) = self.brokers.iter().position(|b| b.node == node) {
             let b = &self.brokers[i];
-            let c = &self.io.conns[b.slot];
-            if c.sock.is_some() && !c.closing {
+            if b.slot.is_some() {
                 return Some(i);
             }
             if now < b.retry_at {
@@ -309,7 +314,7 @@ impl NativeProducer {
             let addr = self.addr_of(node)?;
             let slot = self.io.connect(addr).ok()?;
             let b = &mut self.brokers[i];
-            b.slot = slot;
+            b.slot = Some(slot);
             b.produce_version = 0;
             b.up = false;
             self.send_api_versions(i);
@@ -319,7 +324,7 @@ impl NativeProducer {
         let slot = self.io.connect(addr).ok()?;
         self.brokers.push(Broker {
             node,
-            slot,
+            slot: Some(slot),
             produce_version: 0,
             pending: VecDeque::new(),
             metadata_version: 1,
@@ -352,11 +357,14 @@ impl NativeProducer {
         encode(&mut head, corr, &self.client_id);
         let len = head.len();
         let br = &mut self.brokers[b];
-        self.io.conns[br.slot].queue.push_back(Frame {
+        let Some(slot) = br.slot else {
+            return;
+        };
+        self.io.conns[slot].queue.push_back(Frame {
             head,
             parts: vec![Part::Head(0, len)],
         });
-        br.pending.push_back((corr, pending));
+        br.pending.push_back((corr, mono_ns(), pending));
     }
 
     fn send_api_versions(&mut self, b: usize) {
@@ -401,9 +409,27 @@ impl NativeProducer {
         got
     }
 
-    /// Metadata, producer ids and reconnections when due.
+    /// Metadata, producer ids and reconnections when due; a broker that
+    /// has not answered its oldest request within the request timeout is
+    /// closed (its requests fail and are retried on a new connection: a
+    /// broker that hangs — stopped, overloaded, a dead path with no RST —
+    /// never holds batches for good).
     fn maintain(&mut self) {
         let now = mono_ns();
+        let timeout = self.request_timeout_ns;
+        if let Some(b) = self.brokers.iter().position(|b| {
+            b.pending
+                .front()
+                .is_some_and(|&(_, at, _)| now.saturating_sub(at) > timeout)
+        }) {
+            self.snap.request_timeouts += 1;
+            self.warn(&format!(
+                "broker node {}: no answer within output.kafka.request_timeout_ms ({} ms); reconnecting",
+                self.brokers[b].node,
+                timeout / 1_000_000
+            ));
+            self.close_broker(b, 200_000_000);
+        }
         if now.saturating_sub(self.metadata_at) > 60_000_000_000 {
             self.metadata_wanted = true;
         }
@@ -471,6 +497,9 @@ impl NativeProducer {
     /// One Produce request to broker `b` (leader `node`): one ready batch per
     /// partition it leads. False when nothing was ready.
     fn build_request(&mut self, b: usize, node: i32, now: u64) -> bool {
+        let Some(slot) = self.brokers[b].slot else {
+            return false;
+        };
         let shards = self.lanes.len();
         let mut picked: Vec<(u32, u32, u64)> = Vec::new();
         self.rr = self.rr.wrapping_add(1);
@@ -523,14 +552,15 @@ impl NativeProducer {
         }
         frame.head[0..4].copy_from_slice(&(total as i32).to_be_bytes());
         let br = &mut self.brokers[b];
-        self.io.conns[br.slot].queue.push_back(frame);
+        self.io.conns[slot].queue.push_back(frame);
         if self.acks == 0 {
             // No response will come: delivered once written.
             for (s, p, id) in picked {
                 self.delivered(s as usize, p as usize, id);
             }
         } else {
-            br.pending.push_back((corr, Pending::Produce(picked, now)));
+            br.pending
+                .push_back((corr, now, Pending::Produce(picked, now)));
             br.produce_in_flight += 1;
         }
         true
@@ -599,7 +629,7 @@ impl NativeProducer {
         self.io.reap(wait_ns)?;
         let done = std::mem::take(&mut self.io.done);
         for &(slot, op, res) in &done {
-            let Some(b) = self.brokers.iter().position(|b| b.slot == slot) else {
+            let Some(b) = self.brokers.iter().position(|b| b.slot == Some(slot)) else {
                 continue;
             };
             match op {
@@ -618,7 +648,9 @@ impl NativeProducer {
     /// Parses every whole response in the connection's buffer.
     fn read_responses(&mut self, b: usize) {
         loop {
-            let slot = self.brokers[b].slot;
+            let Some(slot) = self.brokers[b].slot else {
+                return;
+            };
             let c = &self.io.conns[slot];
             if c.rlen < 4 {
                 return;
@@ -641,13 +673,13 @@ impl NativeProducer {
             c.rbuf.copy_within(4 + size..c.rlen, 0);
             c.rlen -= 4 + size;
             let corr = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-            let expected = self.brokers[b].pending.iter().any(|(c, _)| *c == corr);
+            let expected = self.brokers[b].pending.iter().any(|(c, _, _)| *c == corr);
             if self.acks == 0 && !expected {
                 // A broker that answers acks=0 requests anyway (tansu does;
                 // Apache Kafka does not): nothing waits for it.
                 continue;
             }
-            let Some((want, pending)) = self.brokers[b].pending.pop_front() else {
+            let Some((want, _, pending)) = self.brokers[b].pending.pop_front() else {
                 self.protocol_error(b, "a response nobody asked for");
                 return;
             };
@@ -883,7 +915,9 @@ impl NativeProducer {
         self.warn(&format!(
             "broker node {} ({}): {what} failed: {}",
             self.brokers[b].node,
-            self.io.conns[self.brokers[b].slot].addr,
+            self.brokers[b]
+                .slot
+                .map_or_else(|| "-".to_string(), |s| self.io.conns[s].addr.to_string()),
             if res == 0 {
                 "closed by the peer".to_string()
             } else {
@@ -899,9 +933,11 @@ impl NativeProducer {
         br.up = false;
         br.retry_at = mono_ns() + backoff_ns;
         br.produce_in_flight = 0;
-        let slot = br.slot;
-        let pending: Vec<Pending> = br.pending.drain(..).map(|(_, p)| p).collect();
-        self.io.close(slot);
+        let slot = br.slot.take();
+        let pending: Vec<Pending> = br.pending.drain(..).map(|(_, _, p)| p).collect();
+        if let Some(slot) = slot {
+            self.io.close(slot);
+        }
         for p in pending {
             match p {
                 Pending::Produce(picked, _) => self.produce_failed(&picked),
