@@ -110,63 +110,9 @@ pub fn for_each(
 }
 
 /// Java-client-compatible partition of a key (murmur2, as librdkafka's
-/// `murmur2_random` partitioner for non-empty keys).
+/// `murmur2_random` partitioner for non-empty keys): the native client's own
+/// function, so the broker tier's check of librdkafka's partitions checks it.
 pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
-    ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32
+    crate::wire::kafka::partition_for(key, partitions.max(1) as u32) as i32
 }
 
-/// Kafka's murmur2 (seed 0x9747b28c), as in the Java client's `Utils.murmur2`.
-pub fn murmur2(data: &[u8]) -> u32 {
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let len = data.len();
-    let mut h: u32 = 0x9747_b28c ^ len as u32;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_the_java_client() {
-        // Vectors from Kafka's UtilsTest.testMurmur2 (as signed ints there).
-        let cases: [(&[u8], i32); 6] = [
-            (b"21", -973932308),
-            (b"foobar", -790332482),
-            (b"a-little-bit-long-string", -985981536),
-            (b"a-little-bit-longer-string", -1486304829),
-            (
-                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
-                -58897971,
-            ),
-            (b"abc", 479470107),
-        ];
-        for (k, want) in cases {
-            assert_eq!(murmur2(k) as i32, want, "{}", String::from_utf8_lossy(k));
-        }
-    }
-}
