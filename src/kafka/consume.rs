@@ -115,4 +115,3 @@ pub fn for_each(
 pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
     crate::wire::kafka::partition_for(key, partitions.max(1) as u32) as i32
 }
-
