@@ -510,6 +510,143 @@ mod native {
             }
         }
 
+        /// Every record of `topic` read back once, in order, from `m`
+        /// devices with `per` sequences each.
+        fn exactly_once(brokers: &str, topic: &str, m: usize, per: u32) {
+            let n = m as u64 * u64::from(per);
+            let recs = read_back(brokers, topic, n);
+            assert_eq!(recs.len() as u64, n, "exactly N: no duplicates");
+            let per_dev = check_records(&recs, 3);
+            assert_eq!(per_dev.len(), m);
+            for (id, seqs) in &per_dev {
+                assert_eq!(
+                    seqs,
+                    &(0..per).collect::<Vec<u32>>(),
+                    "{id}: order, nothing lost"
+                );
+            }
+        }
+
+        fn journal_files(dir: &Path) -> usize {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "klj"))
+                .count()
+        }
+
+        #[test]
+        #[ignore = "broker"]
+        fn an_outage_past_the_breaker_goes_through_the_journal_and_loses_nothing() {
+            let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+            let relay_port = free_port();
+            let broker = Broker::start(Some(relay_port));
+            broker.create_topic("t-native-outage", 3);
+            let relay = Relay::start_on(relay_port, broker.port);
+            let dir = tempfile::tempdir().unwrap();
+            let brokers = format!("127.0.0.1:{relay_port}");
+            let running =
+                klais::runtime::start(&native_cfg(&brokers, "t-native-outage", dir.path(), "lz4"))
+                    .unwrap();
+            let to = running.local_addr();
+            let devs = devices(200);
+            let sender = {
+                let devs = devs.clone();
+                std::thread::spawn(move || send(to, &devs, 0, 400, 10_000))
+            };
+            wait_for("first deliveries", Duration::from_secs(30), || {
+                running.kafka_snapshot().unwrap().delivered > 5_000
+            });
+            relay.cut();
+            wait_for("the breaker to open", Duration::from_secs(30), || {
+                running.kafka_snapshot().unwrap().breaker_opens > 0
+            });
+            std::thread::sleep(Duration::from_secs(2));
+            let during = running.kafka_snapshot().unwrap();
+            relay.restore();
+            sender.join().unwrap();
+            let n = 200 * 400;
+            wait_for("accepted = delivered", Duration::from_secs(120), || {
+                let k = running.kafka_snapshot().unwrap();
+                k.accepted == n && k.delivered == n && k.journaled == 0
+            });
+            let s = running.stop().unwrap();
+            let k = s.kafka.unwrap();
+            println!("during the outage: {during:?}\nat the end: {k:?}");
+            assert!(
+                during.journal.appended > 0,
+                "batches went to the journal: {during:?}"
+            );
+            assert_eq!(s.shards.accepted, n);
+            assert_eq!((k.delivered, k.journaled, k.dropped()), (n, 0, 0), "{k:?}");
+            assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+            assert_eq!(journal_files(dir.path()), 0, "journal empty afterwards");
+            exactly_once(&brokers, "t-native-outage", 200, 400);
+        }
+
+        #[test]
+        #[ignore = "broker"]
+        fn a_stop_with_the_broker_gone_journals_the_batches_and_the_next_start_delivers_them() {
+            let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+            let relay_port = free_port();
+            let broker = Broker::start(Some(relay_port));
+            broker.create_topic("t-native-stop", 3);
+            let relay = Relay::start_on(relay_port, broker.port);
+            let dir = tempfile::tempdir().unwrap();
+            let brokers = format!("127.0.0.1:{relay_port}");
+            let mut c = native_cfg(&brokers, "t-native-stop", dir.path(), "zstd");
+            c.output.kafka.shutdown_flush_ms = 1000;
+            let running = klais::runtime::start(&c).unwrap();
+            let devs = devices(50);
+            send(running.local_addr(), &devs, 0, 100, 20_000);
+            wait_for("the first 5,000 delivered", Duration::from_secs(30), || {
+                running.kafka_snapshot().unwrap().delivered >= 5_000
+            });
+            relay.cut();
+            send(running.local_addr(), &devs, 100, 100, 20_000);
+            wait_for("all accepted", Duration::from_secs(30), || {
+                running.kafka_snapshot().unwrap().accepted >= 10_000
+            });
+            let s = running.stop().unwrap();
+            let k = s.kafka.unwrap();
+            println!("at the stop: {k:?}");
+            assert_eq!(s.shards.accepted, 10_000);
+            assert_eq!(
+                (k.delivered, k.journaled, k.dropped()),
+                (5_000, 5_000, 0),
+                "{k:?}"
+            );
+            assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+            assert!(journal_files(dir.path()) > 0);
+            // The next start, the broker back: the journal goes first.
+            relay.restore();
+            let running = klais::runtime::start(&c).unwrap();
+            wait_for("the journal delivered", Duration::from_secs(60), || {
+                let k = running.kafka_snapshot().unwrap();
+                k.delivered >= 5_000 && k.journaled == 0
+            });
+            let s = running.stop().unwrap();
+            let k = s.kafka.unwrap();
+            println!("after the restart: {k:?}");
+            assert_eq!(
+                (k.recovered, k.delivered, k.dropped()),
+                (5_000, 5_000, 0),
+                "{k:?}"
+            );
+            assert_eq!(journal_files(dir.path()), 0, "journal empty afterwards");
+            // zstd: only the Python reader decodes it here.
+            let recs = read_back_python(&brokers, "t-native-stop", 10_000);
+            assert_eq!(recs.len(), 10_000, "exactly N: no duplicates");
+            let per = check_records(&recs, 3);
+            for (id, seqs) in &per {
+                assert_eq!(
+                    seqs,
+                    &(0..200).collect::<Vec<u32>>(),
+                    "{id}: order, nothing lost"
+                );
+            }
+        }
+
         #[test]
         #[ignore = "broker"]
         fn a_cut_connection_loses_nothing_duplicates_nothing_and_keeps_order() {

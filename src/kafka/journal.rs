@@ -98,6 +98,51 @@ pub enum JournalError {
     /// io_uring could not be set up.
     #[error("spill journal: io_uring setup failed: {0} (needs Linux ≥ 5.6 and io_uring not disabled by kernel.io_uring_disabled)")]
     Uring(io::Error),
+    /// The journal holds what the other Kafka client wrote.
+    #[error("spill journal {dir} holds records the {other} Kafka client wrote, which this client ({me}) cannot send: run with output.kafka.client = \"{other}\" until it is empty, or point output.kafka.journal.dir elsewhere")]
+    OtherClient {
+        /// The journal directory.
+        dir: PathBuf,
+        /// The client that wrote it.
+        other: String,
+        /// This client.
+        me: &'static str,
+    },
+}
+
+/// Claims the journal directory for a Kafka client (`librdkafka` or
+/// `native`): their entries differ (records, whole batches), so a journal
+/// one wrote and the other would read is refused while it holds anything.
+/// The claim is the file `<dir>/client`.
+pub fn claim(dir: &Path, client: &'static str) -> Result<(), JournalError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    let marker = dir.join("client");
+    let owner = fs::read_to_string(&marker).unwrap_or_default();
+    let owner = owner.trim();
+    // Before the marker existed, only librdkafka wrote journals.
+    let owner = if owner.is_empty() {
+        "librdkafka"
+    } else {
+        owner
+    };
+    if owner != client {
+        let has_segments = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".klj"));
+        if has_segments {
+            return Err(JournalError::OtherClient {
+                dir: dir.to_path_buf(),
+                other: owner.to_string(),
+                me: client,
+            });
+        }
+    }
+    fs::write(&marker, client).map_err(io_err(&marker))
 }
 
 /// The budget is exhausted: the record was not stored.
@@ -1040,6 +1085,30 @@ pub fn read_all(dir: &Path) -> io::Result<Vec<(RecordMeta, Vec<u8>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journal_one_client_wrote_is_refused_to_the_other_until_empty() {
+        let d = tempfile::tempdir().unwrap();
+        claim(d.path(), "native").unwrap();
+        {
+            let mut j = Journal::open(cfg(d.path(), 1 << 20, 1 << 30)).unwrap();
+            j.append(&RecordMeta::default(), b"batch").unwrap();
+            j.close().unwrap();
+        }
+        let e = claim(d.path(), "librdkafka").unwrap_err();
+        assert!(
+            e.to_string().contains("the native Kafka client wrote"),
+            "{e}"
+        );
+        claim(d.path(), "native").unwrap();
+        // Empty: either client may take it.
+        for e in std::fs::read_dir(d.path()).unwrap().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".klj") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        claim(d.path(), "librdkafka").unwrap();
+    }
 
     fn cfg(dir: &Path, seg: u64, budget: u64) -> JournalConfig {
         JournalConfig {

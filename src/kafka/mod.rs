@@ -467,6 +467,7 @@ impl Batcher {
             ),
         }
         // The journal first: if it cannot open, nothing below needs undoing.
+        journal::claim(&cfg.journal.dir, "librdkafka")?;
         let journal = Journal::open(JournalConfig {
             dir: cfg.journal.dir.clone(),
             segment_bytes: cfg.journal.segment_bytes,

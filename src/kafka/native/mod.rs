@@ -24,10 +24,20 @@
 //! one; the lane's unacknowledged batches are stamped again from sequence 0.
 //! DUPLICATE_SEQUENCE_NUMBER is a delivery (the broker has it).
 //!
-//! **Not yet on this path** (the librdkafka client has them): the spill
-//! journal and circuit breaker (batches wait in memory, the shards' buffer
-//! pools and overflow queues are the bound, and what a stop cannot deliver
-//! within `shutdown_flush_ms` is counted `dropped_at_stop`), TLS and SASL.
+//! **Spill journal, batches as the unit**: the circuit breaker opens when no
+//! broker has been reachable for a second while batches wait, or when more
+//! than `queue_high_water` records wait; while it is open every new batch is
+//! appended whole to the journal (its buffer goes straight back to the
+//! shard). Once a broker is up and no older in-memory batch is left, the
+//! journal replays in order (a bounded window of batches in the lanes, each
+//! acknowledged in the journal by its delivery); the breaker closes when the
+//! journal is empty. A stop that cannot deliver within `shutdown_flush_ms`
+//! writes the batches it still holds ahead of the journal; the next start
+//! delivers them first. A journal entry is `RecordMeta` with
+//! [`FLAG_BATCH`]: `sequence` = records, `shard` = shard, `raw_id[0..4]` =
+//! partition, `recv_ts_ns` = the first record's receive time.
+//!
+//! **Not yet on this path**: TLS and SASL.
 
 pub mod proto;
 pub mod uring;
@@ -46,7 +56,13 @@ use crate::wire::kafka as kwire;
 use proto::{Outcome, PartitionResult};
 use uring::{Frame, Op, Part, Uring};
 
-use super::{mono_ns, thread_cpu_ns, KafkaSnapshot, OutputError};
+use super::journal::{self, Fsync, Journal, JournalConfig, JournalError};
+use super::{mono_ns, thread_cpu_ns, Breaker, KafkaSnapshot, OutputError};
+use crate::handoff::RecordMeta;
+
+/// Journal entry flag: the payload is a whole Kafka record batch (native
+/// client), not one record.
+pub const FLAG_BATCH: u8 = 0x08;
 
 /// Why the native producer gave up on something (logged, counted).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +76,9 @@ pub enum NativeError {
     /// The topic's metadata could not be had in time.
     #[error("the native Kafka client needs the topic's partitions at start and got none within {0:?} from {1} (is the broker up and the topic created? or set output.kafka.client = \"librdkafka\")")]
     NoMetadata(Duration, String),
+    /// The spill journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// Where a batch of a lane is.
@@ -81,6 +100,25 @@ struct Queued {
     batch: ProducedBatch,
     /// Stamped with (producer id, epoch); None: not stamped yet.
     stamped: Option<(i64, i16)>,
+    /// Replayed from the journal: its token (acknowledged on delivery; its
+    /// buffer is not a shard's).
+    token: Option<u64>,
+    /// Its bytes are a copy (the shard's buffer went back at once).
+    copy: bool,
+}
+
+impl Queued {
+    /// A batch from a shard's ring.
+    fn direct(id: u64, batch: ProducedBatch, copy: bool) -> Queued {
+        Queued {
+            id,
+            st: St::Wait,
+            batch,
+            stamped: None,
+            token: None,
+            copy,
+        }
+    }
 }
 
 /// One shard's batches for one partition, oldest first.
@@ -185,6 +223,17 @@ pub struct NativeProducer {
     cpu_at_start: u64,
     errors_window: (u64, u64),
     last_warn: u64,
+    journal: Journal,
+    breaker: Breaker,
+    /// Records in the journal not yet delivered.
+    journaled_records: u64,
+    /// Journal batches now in lanes.
+    replaying: usize,
+    /// Records waiting in lanes beyond which the breaker opens.
+    high_water: u64,
+    /// Since when no broker has been up while batches waited (ns).
+    down_since: Option<u64>,
+    last_full_log: u64,
 }
 
 impl std::fmt::Debug for NativeProducer {
@@ -230,7 +279,39 @@ impl NativeProducer {
         let hist = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
         let cond = Conditions::default();
         let shards = rings.len();
+        journal::claim(&cfg.journal.dir, "native")?;
+        let recovered_records = journal::read_all(&cfg.journal.dir)
+            .map(|v| v.iter().map(|(m, _)| u64::from(m.sequence)).sum())
+            .unwrap_or(0);
+        let journal = Journal::open(JournalConfig {
+            dir: cfg.journal.dir.clone(),
+            segment_bytes: cfg.journal.segment_bytes,
+            budget_bytes: cfg.journal.budget_bytes,
+            fsync: Fsync::from_config(&cfg.journal.fsync, cfg.journal.fsync_interval_ms),
+        })?;
+        let breaker = if journal.outstanding() > 0 {
+            tracing::info!(
+                batches = journal.outstanding(),
+                records = recovered_records,
+                "spill journal holds batches from an earlier run: they are delivered first"
+            );
+            Breaker::Open
+        } else {
+            Breaker::Closed
+        };
+        let snap = KafkaSnapshot {
+            recovered: recovered_records,
+            breaker,
+            ..KafkaSnapshot::default()
+        };
         Ok(NativeProducer {
+            journal,
+            breaker,
+            journaled_records: recovered_records,
+            replaying: 0,
+            high_water: u64::from(cfg.queue_high_water),
+            down_since: None,
+            last_full_log: 0,
             topic: cfg.topic.clone(),
             client_id: format!("klais-{gateway}"),
             acks: acks_of(&cfg.acks),
@@ -260,7 +341,7 @@ impl NativeProducer {
             hist_normal: hist(),
             hist_urgent: hist(),
             hist_rtt: hist(),
-            snap: KafkaSnapshot::default(),
+            snap,
             cpu_at_start: thread_cpu_ns(),
             errors_window: (0, 0),
             last_warn: 0,
@@ -376,6 +457,8 @@ impl NativeProducer {
     pub fn step(&mut self, wait_ns: u64) -> Result<usize, NativeError> {
         let got = self.take_batches();
         self.maintain();
+        self.breaker_step();
+        self.journal.poll();
         self.fill_requests();
         self.step_io(if got > 0 { 0 } else { wait_ns })?;
         Ok(got)
@@ -385,7 +468,7 @@ impl NativeProducer {
         let mut got = 0;
         for (s, rx) in self.rings.iter_mut().enumerate() {
             for _ in 0..256 {
-                let Some(b) = rx.pop() else {
+                let Some(mut b) = rx.pop() else {
                     break;
                 };
                 got += 1;
@@ -397,13 +480,34 @@ impl NativeProducer {
                     lanes.resize_with(p + 1, Lane::default);
                 }
                 let lane = &mut lanes[p];
+                if self.breaker == Breaker::Open {
+                    if lane.queue.iter().all(|q| q.token.is_some()) {
+                        spill(
+                            &mut self.journal,
+                            &mut self.snap,
+                            &mut self.journaled_records,
+                            &mut self.last_full_log,
+                            s,
+                            &b,
+                        );
+                        rx.give_back(b.bytes);
+                        continue;
+                    }
+                    // Older batches of this lane are still in memory (in
+                    // flight): this one queues behind them as a copy, and
+                    // the shard gets its buffer back now.
+                    let copy = ProducedBatch {
+                        bytes: b.bytes.clone(),
+                        ..b
+                    };
+                    rx.give_back(std::mem::take(&mut b.bytes));
+                    lane.next_id += 1;
+                    lane.queue
+                        .push_back(Queued::direct(lane.next_id, copy, true));
+                    continue;
+                }
                 lane.next_id += 1;
-                lane.queue.push_back(Queued {
-                    id: lane.next_id,
-                    st: St::Wait,
-                    batch: b,
-                    stamped: None,
-                });
+                lane.queue.push_back(Queued::direct(lane.next_id, b, false));
             }
         }
         got
@@ -619,7 +723,15 @@ impl NativeProducer {
                 &mut self.hist_normal
             };
             let _ = h.record(added);
-            self.rings[s].give_back(q.batch.bytes);
+            match q.token {
+                Some(t) => {
+                    self.journal.ack(t);
+                    self.replaying -= 1;
+                    self.journaled_records -= u64::from(q.batch.records);
+                }
+                None if !q.copy => self.rings[s].give_back(q.batch.bytes),
+                None => {}
+            }
         }
     }
 
@@ -892,7 +1004,15 @@ impl NativeProducer {
         );
         // Later batches of this producer have a sequence gap now.
         self.new_producer(s);
-        self.rings[s].give_back(q.batch.bytes);
+        match q.token {
+            Some(t) => {
+                self.journal.ack(t);
+                self.replaying -= 1;
+                self.journaled_records -= u64::from(q.batch.records);
+            }
+            None if !q.copy => self.rings[s].give_back(q.batch.bytes),
+            None => {}
+        }
     }
 
     fn produce_failed(&mut self, picked: &[(u32, u32, u64)]) {
@@ -979,8 +1099,129 @@ impl NativeProducer {
             .iter()
             .flatten()
             .flat_map(|l| l.queue.iter())
+            .filter(|q| q.token.is_none())
             .map(|q| u64::from(q.batch.records))
             .sum()
+    }
+
+    /// Breaker open: every lane with nothing in flight moves its in-memory
+    /// batches, oldest first, to the journal (ahead of any newer batch of
+    /// the lane, which queued behind them); their shard buffers go back.
+    fn journal_lanes(&mut self) {
+        for (s, lanes) in self.lanes.iter_mut().enumerate() {
+            for (p, lane) in lanes.iter_mut().enumerate() {
+                if lane.in_flight > 0 || lane.queue.iter().all(|q| q.token.is_some()) {
+                    continue;
+                }
+                let mut keep = VecDeque::new();
+                for mut q in lane.queue.drain(..) {
+                    if q.token.is_some() {
+                        keep.push_back(q);
+                        continue;
+                    }
+                    if q.st == St::Done {
+                        // Delivered behind an older batch: only counted.
+                        self.snap.delivered += u64::from(q.batch.records);
+                    } else {
+                        q.batch.partition = p as u32;
+                        spill(
+                            &mut self.journal,
+                            &mut self.snap,
+                            &mut self.journaled_records,
+                            &mut self.last_full_log,
+                            s,
+                            &q.batch,
+                        );
+                    }
+                    if !q.copy {
+                        self.rings[s].give_back(std::mem::take(&mut q.batch.bytes));
+                    }
+                }
+                lane.queue = keep;
+                lane.rewinding = false;
+            }
+        }
+    }
+
+    /// The circuit breaker: opens when no broker has been up for a second
+    /// while batches wait, or past the high-water mark; replays the journal
+    /// once a broker is up and no in-memory batch is older; closes when the
+    /// journal is empty.
+    fn breaker_step(&mut self) {
+        let now = mono_ns();
+        let up = self.brokers.iter().any(|b| b.up);
+        let held = self.held();
+        self.down_since = match (up, held > 0, self.down_since) {
+            (false, true, None) => Some(now),
+            (false, true, since) => since,
+            _ => None,
+        };
+        if self.breaker == Breaker::Closed {
+            let down_long = self
+                .down_since
+                .is_some_and(|t| now.saturating_sub(t) > 1_000_000_000);
+            if down_long || held > self.high_water {
+                self.breaker = Breaker::Open;
+                self.snap.breaker_opens += 1;
+                tracing::warn!(
+                    held,
+                    "circuit breaker open ({}): new record batches go to the spill journal",
+                    if down_long {
+                        "no broker reachable for 1 s"
+                    } else {
+                        "more than output.kafka.queue_high_water records waiting"
+                    }
+                );
+            }
+            return;
+        }
+        self.journal_lanes();
+        let held = self.held();
+        if up && held == 0 {
+            let shards = self.lanes.len().max(1);
+            let parts = self.leaders.len().max(1);
+            while self.replaying < 64 {
+                let Some((token, meta, bytes)) = self.journal.next_record() else {
+                    break;
+                };
+                let (s, p, batch) = replayed(&meta, bytes, shards, parts);
+                self.snap.replayed += u64::from(batch.records);
+                let lanes = &mut self.lanes[s];
+                if lanes.len() <= p {
+                    lanes.resize_with(p + 1, Lane::default);
+                }
+                let lane = &mut lanes[p];
+                lane.next_id += 1;
+                // Stamped in this run by this shard's producer: it keeps
+                // its sequence (the broker may have it already: then it
+                // answers duplicate, and that is a delivery).
+                let stamped = kwire::producer_fields(&batch.bytes)
+                    .map(|(id, epoch, _)| (id, epoch))
+                    .filter(|&(id, epoch)| self.pids[s] == Pid::Ready(id, epoch));
+                lane.queue.push_back(Queued {
+                    id: lane.next_id,
+                    st: St::Wait,
+                    batch,
+                    stamped,
+                    token: Some(token),
+                    copy: true,
+                });
+                self.replaying += 1;
+            }
+        }
+        // Closed again once what opened it has cleared and the journal is
+        // delivered.
+        if up
+            && held <= self.high_water / 2
+            && self.journal.outstanding() == 0
+            && self.replaying == 0
+        {
+            self.breaker = Breaker::Closed;
+            tracing::info!(
+                replayed = self.snap.replayed,
+                "circuit breaker closed: journal delivered"
+            );
+        }
     }
 
     /// The counters now.
@@ -995,6 +1236,10 @@ impl NativeProducer {
             ]
         };
         self.snap.in_flight = self.held();
+        self.snap.journaled = self.journaled_records;
+        self.snap.journal = self.journal.stats();
+        self.snap.journal_lost = self.snap.journal.lost;
+        self.snap.breaker = self.breaker;
         self.snap.broker_up = self.brokers.iter().any(|b| b.up);
         self.snap.params = Some(self.params);
         self.snap.conditions = self.cond;
@@ -1034,14 +1279,37 @@ impl NativeProducer {
         }
         let left = self.held();
         if left > 0 {
-            self.snap.dropped_at_stop += left;
-            tracing::error!(
+            tracing::warn!(
                 records = left,
-                "native Kafka client: not delivered within output.kafka.shutdown_flush_ms: DROPPED at stop (the native path has no spill journal yet)"
+                "not delivered within output.kafka.shutdown_flush_ms: moving them to the spill journal"
             );
-            for lanes in &mut self.lanes {
-                lanes.clear();
+            // Oldest first, per lane: they go ahead of what the journal holds.
+            let mut direct: Vec<(RecordMeta, Vec<u8>)> = Vec::new();
+            for (s, lanes) in self.lanes.iter_mut().enumerate() {
+                for (p, lane) in lanes.iter_mut().enumerate() {
+                    for q in lane.queue.drain(..) {
+                        if q.token.is_none() {
+                            let mut b = q.batch;
+                            b.partition = p as u32;
+                            direct.push((batch_meta(s, &b), std::mem::take(&mut b.bytes)));
+                        }
+                    }
+                }
             }
+            match self.journal.prepend(&direct) {
+                Ok(()) => self.journaled_records += left,
+                Err(e) => {
+                    self.snap.dropped_at_stop += left;
+                    tracing::error!(records = left, error = %e, "cannot journal the batches left at stop: DROPPED");
+                }
+            }
+        }
+        for lanes in &mut self.lanes {
+            lanes.clear();
+        }
+        self.replaying = 0;
+        if let Err(e) = self.journal.close() {
+            tracing::error!(error = %e, "spill journal: close failed");
         }
         self.snapshot()
     }
@@ -1073,4 +1341,76 @@ pub fn run(
     let s = p.shutdown(flush);
     published.publish(s);
     Ok(s)
+}
+
+/// The journal entry's header for batch `b` of shard `s`.
+fn batch_meta(s: usize, b: &ProducedBatch) -> RecordMeta {
+    let mut raw_id = [0u8; 16];
+    raw_id[0..4].copy_from_slice(&b.partition.to_le_bytes());
+    RecordMeta {
+        raw_id,
+        sequence: b.records,
+        recv_ts_ns: b.first_recv_ns,
+        shard: s as u16,
+        seq_event: 0,
+        flags: FLAG_BATCH
+            | if b.urgent {
+                crate::handoff::FLAG_URGENT
+            } else {
+                0
+            },
+    }
+}
+
+/// A journal entry back as a batch, and its lane (a shard or partition
+/// beyond today's counts folds into them: order per shard is kept).
+fn replayed(
+    meta: &RecordMeta,
+    bytes: &[u8],
+    shards: usize,
+    parts: usize,
+) -> (usize, usize, ProducedBatch) {
+    let partition = u32::from_le_bytes([
+        meta.raw_id[0],
+        meta.raw_id[1],
+        meta.raw_id[2],
+        meta.raw_id[3],
+    ]);
+    let p = partition as usize % parts;
+    let s = usize::from(meta.shard) % shards;
+    let batch = ProducedBatch {
+        partition: p as u32,
+        records: kwire::record_count(bytes).unwrap_or(meta.sequence),
+        payload_bytes: 0,
+        first_recv_ns: meta.recv_ts_ns,
+        urgent: meta.flags & crate::handoff::FLAG_URGENT != 0,
+        bytes: bytes.to_vec(),
+    };
+    (s, p, batch)
+}
+
+/// Appends batch `b` of shard `s` to the journal (the breaker is open);
+/// counted as dropped when the journal's budget is spent.
+fn spill(
+    journal: &mut Journal,
+    snap: &mut KafkaSnapshot,
+    journaled: &mut u64,
+    last_log: &mut u64,
+    s: usize,
+    b: &ProducedBatch,
+) {
+    match journal.append(&batch_meta(s, b), &b.bytes) {
+        Ok(()) => *journaled += u64::from(b.records),
+        Err(journal::JournalFull) => {
+            snap.dropped_journal_full += u64::from(b.records);
+            let now = mono_ns();
+            if now.saturating_sub(*last_log) > 1_000_000_000 {
+                *last_log = now;
+                tracing::error!(
+                    total = snap.dropped_journal_full,
+                    "spill journal full (output.kafka.journal.budget_bytes): accepted messages DROPPED"
+                );
+            }
+        }
+    }
 }
