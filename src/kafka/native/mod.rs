@@ -1267,8 +1267,9 @@ impl NativeProducer {
         self.rings.iter().all(BatchRx::is_finished)
     }
 
-    /// Stops: sends what is held for up to `flush`; what is left is counted
-    /// `dropped_at_stop` and said (no journal on this path yet).
+    /// Stops: sends what is held for up to `flush`; what is left is
+    /// journaled ahead of what the journal holds (`dropped_at_stop` only if
+    /// that write fails).
     pub fn shutdown(&mut self, flush: Duration) -> KafkaSnapshot {
         let deadline = Instant::now() + flush;
         while Instant::now() < deadline {
