@@ -16,7 +16,8 @@
 //!
 //! **Order and retries**: a *lane* is one shard's batches for one partition,
 //! in sequence order. At most `max_in_flight` of a lane's batches are in
-//! flight, one per Produce request (brokers take one batch per partition per
+//! flight (one without idempotence: then no broker check keeps the order of
+//! a retried batch and the next), one per Produce request (brokers take one batch per partition per
 //! request). A retriable error stops the lane until all its in-flight batches
 //! have answered, then it sends again from its oldest unacknowledged batch
 //! with the same sequences (no duplicates, no reordering); a leader error
@@ -142,6 +143,16 @@ impl Lane {
 
     fn find(&self, id: u64) -> Option<usize> {
         self.queue.iter().position(|q| q.id == id)
+    }
+
+    /// A lane stopped by a retriable error resumes (from its oldest
+    /// unacknowledged batch, after 100 ms) once its last batch in flight
+    /// has answered, whatever that answer was.
+    fn settle_rewind(&mut self) {
+        if self.rewinding && self.in_flight == 0 {
+            self.rewinding = false;
+            self.resume_at = mono_ns() + 100_000_000;
+        }
     }
 }
 
@@ -673,7 +684,14 @@ impl NativeProducer {
     /// The index of lane (s, p)'s next batch to send, if it may send now.
     fn lane_ready(&self, s: usize, p: usize, now: u64) -> Option<usize> {
         let lane = self.lanes[s].get(p)?;
-        if lane.in_flight >= self.max_in_flight || lane.rewinding || now < lane.resume_at {
+        // Without idempotence nothing on the broker keeps a lane's order
+        // across a retry: one batch of a lane in flight at a time.
+        let limit = if self.idempotent {
+            self.max_in_flight
+        } else {
+            1
+        };
+        if lane.in_flight >= limit || lane.rewinding || now < lane.resume_at {
             return None;
         }
         if self.idempotent && !matches!(self.pids[s], Pid::Ready(..)) {
@@ -710,6 +728,7 @@ impl NativeProducer {
             lane.in_flight -= 1;
         }
         lane.queue[i].st = St::Done;
+        lane.settle_rewind();
         let now = crate::clock::now_ns();
         while lane.queue.front().is_some_and(|q| q.st == St::Done) {
             let Some(q) = lane.queue.pop_front() else {
@@ -943,14 +962,14 @@ impl NativeProducer {
             }
             match outcome {
                 Outcome::Delivered => self.delivered(s as usize, p as usize, id),
-                Outcome::Retry => self.lane_failed(s as usize, p as usize, id, now),
+                Outcome::Retry => self.lane_failed(s as usize, p as usize, id),
                 Outcome::RetryAfterMetadata => {
                     self.metadata_wanted = true;
-                    self.lane_failed(s as usize, p as usize, id, now);
+                    self.lane_failed(s as usize, p as usize, id);
                 }
                 Outcome::NewProducer => {
                     self.new_producer(s as usize);
-                    self.lane_failed(s as usize, p as usize, id, now);
+                    self.lane_failed(s as usize, p as usize, id);
                 }
                 Outcome::Reject => self.rejected(s as usize, p as usize, id, code),
             }
@@ -959,7 +978,7 @@ impl NativeProducer {
 
     /// A batch of lane (s, p) failed retriably: the lane stops, and resends
     /// from its front once nothing of it is in flight.
-    fn lane_failed(&mut self, s: usize, p: usize, id: u64, now: u64) {
+    fn lane_failed(&mut self, s: usize, p: usize, id: u64) {
         self.snap.retries += 1;
         let lane = &mut self.lanes[s][p];
         if let Some(i) = lane.find(id) {
@@ -969,10 +988,7 @@ impl NativeProducer {
             }
         }
         lane.rewinding = true;
-        if lane.in_flight == 0 {
-            lane.rewinding = false;
-            lane.resume_at = now + 100_000_000;
-        }
+        lane.settle_rewind();
     }
 
     /// The shard's producer id is gone: a new one is asked for, and its
@@ -995,6 +1011,7 @@ impl NativeProducer {
         if q.st == St::Flight {
             lane.in_flight -= 1;
         }
+        lane.settle_rewind();
         self.snap.dropped_rejected += u64::from(q.batch.records);
         tracing::error!(
             partition = p,
@@ -1016,9 +1033,8 @@ impl NativeProducer {
     }
 
     fn produce_failed(&mut self, picked: &[(u32, u32, u64)]) {
-        let now = mono_ns();
         for &(s, p, id) in picked {
-            self.lane_failed(s as usize, p as usize, id, now);
+            self.lane_failed(s as usize, p as usize, id);
         }
     }
 
