@@ -235,6 +235,7 @@ pub struct NativeProducer {
     errors_window: (u64, u64),
     last_warn: u64,
     journal: Journal,
+    journal_dir: std::path::PathBuf,
     breaker: Breaker,
     /// Records in the journal not yet delivered.
     journaled_records: u64,
@@ -317,6 +318,7 @@ impl NativeProducer {
         };
         Ok(NativeProducer {
             journal,
+            journal_dir: cfg.journal.dir.clone(),
             breaker,
             journaled_records: recovered_records,
             replaying: 0,
@@ -379,12 +381,36 @@ impl NativeProducer {
             }
         }
         if self.leaders.is_empty() {
-            return Err(NativeError::NoMetadata(
-                limit,
-                format!("{:?}", self.bootstrap),
-            ));
+            // The count an earlier run saw, beside the journal: enough to
+            // encode, and what is encoded waits in the journal for a broker.
+            let Some(n) = self.saved_partitions() else {
+                return Err(NativeError::NoMetadata(
+                    limit,
+                    format!("{:?}", self.bootstrap),
+                ));
+            };
+            tracing::warn!(
+                topic = %self.topic,
+                partitions = n,
+                "Kafka broker not reachable at start: encoding for the partition count saved by an earlier run; batches go to the spill journal until a broker answers"
+            );
+            self.leaders = vec![-1; n as usize];
+            self.publish_knobs();
         }
         Ok(())
+    }
+
+    /// Where the topic's partition count is kept between runs.
+    fn partitions_file(&self) -> std::path::PathBuf {
+        self.journal_dir.join("partitions")
+    }
+
+    /// The partition count an earlier run saved for this topic.
+    fn saved_partitions(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.partitions_file()).ok()?;
+        let (topic, n) = text.trim().rsplit_once(' ')?;
+        let n: u32 = n.parse().ok()?;
+        (topic == self.topic && n > 0).then_some(n)
     }
 
     fn next_correlation(&mut self) -> i32 {
@@ -928,6 +954,12 @@ impl NativeProducer {
         }
         if leaders.iter().any(|&l| l < 0) {
             self.metadata_wanted = true;
+        }
+        if leaders.len() != self.leaders.len() {
+            let saved = format!("{} {}\n", self.topic, leaders.len());
+            if let Err(e) = std::fs::write(self.partitions_file(), saved) {
+                tracing::warn!(error = %e, "cannot save the topic's partition count beside the journal (a start without the broker will not be possible)");
+            }
         }
         self.leaders = leaders;
         self.publish_knobs();
