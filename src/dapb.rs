@@ -130,6 +130,7 @@ impl Params {
 
 /// Why a buffer was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Release {
     /// U(t) > U_th (eq. 6).
     Urgent,
@@ -139,6 +140,23 @@ pub enum Release {
     Timeout,
     /// Shutdown, or the breaker opening: everything goes.
     Drain,
+}
+
+impl Release {
+    /// Its code (the order of [`Metrics::by_reason`]).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// From [`Release::code`]; an unknown code reads as `Drain`.
+    pub fn from_code(c: u8) -> Release {
+        match c {
+            0 => Release::Urgent,
+            1 => Release::Full,
+            2 => Release::Timeout,
+            _ => Release::Drain,
+        }
+    }
 }
 
 /// The release rule for one buffer: `bytes` held in `n` messages, `urgent` of

@@ -252,8 +252,16 @@ pub fn kafka_text(k: &KafkaSnapshot) -> String {
             l[0], l[1], l[2], l[3], l[4]
         )
     };
+    let (from, rtt) = if k.native {
+        (
+            "first receive in the batch -> acknowledged",
+            "produce request -> response",
+        )
+    } else {
+        ("ring -> delivery report", "librdkafka + broker")
+    };
     t.push_str(&format!(
-        "    added latency (ring -> delivery report): normal {}; urgent {}\n    of which delivery round trip (librdkafka + broker) {}\n    batcher CPU {:.0} ns per message\n",
+        "    added latency ({from}): normal {}; urgent {}\n    of which delivery round trip ({rtt}) {}\n    output core CPU {:.0} ns per message\n",
         lat(&k.latency_normal_us),
         lat(&k.latency_urgent_us),
         lat(&k.rtt_us),

@@ -556,6 +556,10 @@ pub struct ProducedBatch {
     pub first_recv_ns: u64,
     /// It holds an urgent record.
     pub urgent: bool,
+    /// Why the shard closed it (DAPB's release reason, as its code).
+    pub release: u8,
+    /// B(t) of its class when it closed, bytes.
+    pub capacity: u32,
     /// The encoded batch (RecordBatch v2, CRC set, no producer id yet).
     pub bytes: Vec<u8>,
 }

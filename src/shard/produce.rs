@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::dapb::{self, Class, KnobFeed, ShardKnobs};
+use crate::dapb::{self, Class, KnobFeed, Release, ShardKnobs};
 use crate::handoff::{
     BatchTx, ProducedBatch, RecordMeta, RingFull, FLAG_AUTHENTICATED, FLAG_URGENT,
 };
@@ -200,7 +200,7 @@ impl BatchProducer {
         if let Some(o) = &b.open[p] {
             let add = BatchWriter::bound(key, payload, headers);
             if o.w.len() + add > MAX_BATCH_BYTES {
-                b.close(p);
+                b.close(p, Release::Full, &self.knobs.params);
             }
         }
         if b.open[p].is_none() {
@@ -234,8 +234,8 @@ impl BatchProducer {
             u64::from(o.urgent),
             0,
         );
-        if due.is_some() {
-            b.close(p);
+        if let Some(why) = due {
+            b.close(p, why, &params);
         }
         Ok(())
     }
@@ -259,7 +259,7 @@ impl BatchProducer {
                 .is_some_and(|o| now_ns.saturating_sub(o.opened_ns) >= t_ns);
             if due {
                 // close() removes p from `opened` (swap_remove): same i again.
-                b.close(p);
+                b.close(p, Release::Timeout, &self.knobs.params);
             } else {
                 i += 1;
             }
@@ -287,7 +287,7 @@ impl BatchProducer {
     /// Closes every open batch (stop, or the partition count moved).
     pub fn close_all(&mut self) {
         while let Some(&p) = self.b.opened.last() {
-            self.b.close(p as usize);
+            self.b.close(p as usize, Release::Drain, &self.knobs.params);
         }
     }
 
@@ -303,7 +303,7 @@ impl BatchProducer {
 }
 
 impl Batches {
-    fn close(&mut self, p: usize) {
+    fn close(&mut self, p: usize, why: Release, params: &crate::dapb::Params) {
         if let Some(i) = self.opened.iter().position(|&q| q as usize == p) {
             self.opened.swap_remove(i);
         }
@@ -326,6 +326,8 @@ impl Batches {
             payload_bytes: o.payload,
             first_recv_ns: o.first_ns,
             urgent: o.urgent > 0,
+            release: why.code(),
+            capacity: params.buffer_bytes(o.class).min(u64::from(u32::MAX)) as u32,
             bytes,
         });
     }

@@ -313,6 +313,7 @@ impl NativeProducer {
         };
         let snap = KafkaSnapshot {
             recovered: recovered_records,
+            native: true,
             breaker,
             ..KafkaSnapshot::default()
         };
@@ -511,6 +512,12 @@ impl NativeProducer {
                 got += 1;
                 self.snap.accepted += u64::from(b.records);
                 self.snap.accepted_bytes += b.payload_bytes;
+                self.snap.dapb.on_release(
+                    crate::dapb::Release::from_code(b.release),
+                    u64::from(b.records),
+                    b.payload_bytes,
+                    u64::from(b.capacity),
+                );
                 let lanes = &mut self.lanes[s];
                 let p = b.partition as usize;
                 if lanes.len() <= p {
@@ -1433,6 +1440,8 @@ fn replayed(
         payload_bytes: 0,
         first_recv_ns: meta.recv_ts_ns,
         urgent: meta.flags & crate::handoff::FLAG_URGENT != 0,
+        release: crate::dapb::Release::Drain.code(),
+        capacity: 0,
         bytes: bytes.to_vec(),
     };
     (s, p, batch)
