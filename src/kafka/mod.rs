@@ -277,6 +277,18 @@ impl ProducerContext for Ctx {
     }
 }
 
+/// P50, P99, P99.9, max and count of a latency histogram (the snapshot's
+/// `[u64; 5]` form).
+pub(crate) fn summary(h: &Histogram<u64>) -> [u64; 5] {
+    [
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+        h.len(),
+    ]
+}
+
 /// Monotonic clock, ns.
 pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -494,18 +506,8 @@ impl Batcher {
             ))));
         }
 
-        let mut classes = HashMap::new();
-        let raw = |s: &String| {
-            let mut id = [0u8; 16];
-            id[..s.len()].copy_from_slice(s.as_bytes());
-            id
-        };
-        for d in &cfg.urgent_devices {
-            classes.entry(raw(d)).or_insert((false, false)).0 = true;
-        }
-        for d in &cfg.latency_devices {
-            classes.entry(raw(d)).or_insert((false, false)).1 = true;
-        }
+        let classes =
+            crate::shard::produce::device_classes(&cfg.urgent_devices, &cfg.latency_devices);
         let high_water = u64::from(cfg.queue_high_water);
         let cond = Conditions::default();
         let mut snap = KafkaSnapshot {
@@ -999,15 +1001,7 @@ impl Batcher {
 
     /// The counters now.
     pub fn snapshot(&mut self) -> KafkaSnapshot {
-        let q = |h: &Histogram<u64>| {
-            [
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.max(),
-                h.len(),
-            ]
-        };
+        let q = summary;
         self.snap.in_flight = self.direct_in_flight + self.returned.len() as u64;
         self.snap.journaled = self.journal.outstanding();
         self.snap.broker_up = self.last_stats.up;

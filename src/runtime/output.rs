@@ -178,19 +178,24 @@ impl OutputJob {
         core_affinity::set_for_current(core_affinity::CoreId { id: self.cpu });
         let _ = up.send(Ok(()));
         let k = crate::kafka::run(b, out_rx, &kstats, self.tick, &self.abandon)?;
+        Ok(self.kafka_end(k))
+    }
+}
+
+impl OutputJob {
+    /// The end of a Kafka output (either client): its records as the sink's.
+    fn kafka_end(&self, k: KafkaSnapshot) -> OutputEnd {
         let sink = SinkSnapshot {
             records: k.accepted,
             payload_bytes: k.accepted_bytes,
         };
         self.stats.publish(sink);
-        Ok(OutputEnd {
+        OutputEnd {
             sink,
             kafka: Some(k),
-        })
+        }
     }
-}
 
-impl OutputJob {
     /// The native Kafka client: this thread alone, pinned; it learns the
     /// topic's partitions (and the shards' producer ids) before saying it is
     /// up, so the shards can encode from their first record.
@@ -221,15 +226,7 @@ impl OutputJob {
         let _ = up.send(Ok(()));
         let flush = Duration::from_millis(self.kcfg.shutdown_flush_ms);
         let k = crate::kafka::native::run(p, &kstats, self.tick, &self.abandon, flush)?;
-        let sink = SinkSnapshot {
-            records: k.accepted,
-            payload_bytes: k.accepted_bytes,
-        };
-        self.stats.publish(sink);
-        Ok(OutputEnd {
-            sink,
-            kafka: Some(k),
-        })
+        Ok(self.kafka_end(k))
     }
 }
 

@@ -147,12 +147,6 @@ fn output_ends(cfg: &Config, n: usize) -> Result<(OutputEnds, Vec<ShardOut>), Ru
             params: Params::compute(&k.dapb, &Conditions::default()),
             partitions: 0,
         }));
-        let raw = |s: &String| {
-            let mut id = [0u8; 16];
-            let n = s.len().min(16);
-            id[..n].copy_from_slice(&s.as_bytes()[..n]);
-            id
-        };
         let settings = ProduceSettings {
             gateway: k
                 .gateway_id
@@ -162,8 +156,8 @@ fn output_ends(cfg: &Config, n: usize) -> Result<(OutputEnds, Vec<ShardOut>), Ru
             compression: Compression::from_name(&k.compression).unwrap_or(Compression::Lz4),
             zstd_level: k.zstd_level,
             default_class: Class::from_name(&k.default_class),
-            urgent_devices: k.urgent_devices.iter().map(raw).collect(),
-            latency_devices: k.latency_devices.iter().map(raw).collect(),
+            urgent_devices: k.urgent_devices.clone(),
+            latency_devices: k.latency_devices.clone(),
         };
         let mut rxs = Vec::with_capacity(n);
         let mut outs = Vec::with_capacity(n);

@@ -39,10 +39,10 @@ pub struct ProduceSettings {
     pub zstd_level: i32,
     /// Class of devices not listed below.
     pub default_class: Class,
-    /// Urgent devices (raw 16-byte ids).
-    pub urgent_devices: Vec<[u8; 16]>,
-    /// Latency-class devices (raw 16-byte ids).
-    pub latency_devices: Vec<[u8; 16]>,
+    /// Urgent devices (`output.kafka.urgent_devices`).
+    pub urgent_devices: Vec<String>,
+    /// Latency-class devices (`output.kafka.latency_devices`).
+    pub latency_devices: Vec<String>,
 }
 
 /// A shard's batch counters (published with its snapshot).
@@ -70,6 +70,25 @@ struct Open {
     urgent: u32,
     payload: u64,
     class: Class,
+}
+
+/// The configured device classes by raw id: (urgent, latency class). Both
+/// Kafka clients look devices up in it.
+pub fn device_classes(urgent: &[String], latency: &[String]) -> HashMap<[u8; 16], (bool, bool)> {
+    let raw = |s: &String| {
+        let mut id = [0u8; 16];
+        let n = s.len().min(16);
+        id[..n].copy_from_slice(&s.as_bytes()[..n]);
+        id
+    };
+    let mut classes = HashMap::new();
+    for d in urgent {
+        classes.entry(raw(d)).or_insert((false, false)).0 = true;
+    }
+    for d in latency {
+        classes.entry(raw(d)).or_insert((false, false)).1 = true;
+    }
+    classes
 }
 
 /// One shard's open batches and its end of the batch hand-off.
@@ -111,13 +130,7 @@ impl BatchProducer {
         feed: Arc<KnobFeed>,
         settings: ProduceSettings,
     ) -> Result<BatchProducer, crate::wire::kafka::CodecError> {
-        let mut classes = HashMap::new();
-        for d in &settings.urgent_devices {
-            classes.entry(*d).or_insert((false, false)).0 = true;
-        }
-        for d in &settings.latency_devices {
-            classes.entry(*d).or_insert((false, false)).1 = true;
-        }
+        let classes = device_classes(&settings.urgent_devices, &settings.latency_devices);
         let knobs = feed.read();
         Ok(BatchProducer {
             b: Batches {
@@ -289,16 +302,6 @@ impl BatchProducer {
         while let Some(&p) = self.b.opened.last() {
             self.b.close(p as usize, Release::Drain, &self.knobs.params);
         }
-    }
-
-    /// Records in open batches (not yet with the output core).
-    pub fn open_records(&self) -> u64 {
-        self.b
-            .open
-            .iter()
-            .flatten()
-            .map(|o| u64::from(o.w.count()))
-            .sum()
     }
 }
 

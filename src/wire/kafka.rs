@@ -75,18 +75,6 @@ impl Compression {
             Compression::Zstd => "zstd",
         }
     }
-
-    /// Reads the codec from a batch's attributes.
-    pub fn from_attributes(attributes: i16) -> Option<Compression> {
-        Some(match attributes & 7 {
-            0 => Compression::None,
-            1 => Compression::Gzip,
-            2 => Compression::Snappy,
-            3 => Compression::Lz4,
-            4 => Compression::Zstd,
-            _ => return None,
-        })
-    }
 }
 
 /// The Java client's murmur2 (Kafka `Utils.murmur2`), seed 0x9747b28c.
@@ -499,11 +487,6 @@ impl Codec {
             zstd,
             snappy: snap::raw::Encoder::new(),
         })
-    }
-
-    /// The codec.
-    pub fn kind(&self) -> Compression {
-        self.kind
     }
 
     /// Replaces `buf[from..]` by its compressed form.

@@ -214,6 +214,8 @@ pub struct NativeProducer {
     addrs: HashMap<i32, SocketAddr>,
     /// Leader node per partition (-1: none).
     leaders: Vec<i32>,
+    /// The distinct leaders of `leaders` (kept with it).
+    leader_nodes: Vec<i32>,
     metadata_wanted: bool,
     metadata_in_flight: bool,
     metadata_at: u64,
@@ -339,6 +341,7 @@ impl NativeProducer {
             brokers: Vec::new(),
             addrs: HashMap::new(),
             leaders: Vec::new(),
+            leader_nodes: Vec::new(),
             metadata_wanted: true,
             metadata_in_flight: false,
             metadata_at: 0,
@@ -624,13 +627,8 @@ impl NativeProducer {
             return;
         }
         let now = mono_ns();
-        let nodes: Vec<i32> = {
-            let mut n: Vec<i32> = self.leaders.iter().copied().filter(|&l| l >= 0).collect();
-            n.sort_unstable();
-            n.dedup();
-            n
-        };
-        for node in nodes {
+        for k in 0..self.leader_nodes.len() {
+            let node = self.leader_nodes[k];
             let Some(b) = self.broker(node) else {
                 continue;
             };
@@ -763,7 +761,11 @@ impl NativeProducer {
         lane.queue[i].st = St::Done;
         lane.settle_rewind();
         let now = crate::clock::now_ns();
-        while lane.queue.front().is_some_and(|q| q.st == St::Done) {
+        loop {
+            let lane = &mut self.lanes[s][p];
+            if !lane.queue.front().is_some_and(|q| q.st == St::Done) {
+                break;
+            }
             let Some(q) = lane.queue.pop_front() else {
                 break;
             };
@@ -775,15 +777,21 @@ impl NativeProducer {
                 &mut self.hist_normal
             };
             let _ = h.record(added);
-            match q.token {
-                Some(t) => {
-                    self.journal.ack(t);
-                    self.replaying -= 1;
-                    self.journaled_records -= u64::from(q.batch.records);
-                }
-                None if !q.copy => self.rings[s].give_back(q.batch.bytes),
-                None => {}
+            self.retire(s, q);
+        }
+    }
+
+    /// A batch leaves its lane for good (delivered or refused): a replayed
+    /// one is acknowledged in the journal, a shard's buffer goes back.
+    fn retire(&mut self, s: usize, q: Queued) {
+        match q.token {
+            Some(t) => {
+                self.journal.ack(t);
+                self.replaying -= 1;
+                self.journaled_records -= u64::from(q.batch.records);
             }
+            None if !q.copy => self.rings[s].give_back(q.batch.bytes),
+            None => {}
         }
     }
 
@@ -968,6 +976,10 @@ impl NativeProducer {
                 tracing::warn!(error = %e, "cannot save the topic's partition count beside the journal (a start without the broker will not be possible)");
             }
         }
+        let mut nodes: Vec<i32> = leaders.iter().copied().filter(|&l| l >= 0).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        self.leader_nodes = nodes;
         self.leaders = leaders;
         self.publish_knobs();
     }
@@ -1060,15 +1072,7 @@ impl NativeProducer {
         );
         // Later batches of this producer have a sequence gap now.
         self.new_producer(s);
-        match q.token {
-            Some(t) => {
-                self.journal.ack(t);
-                self.replaying -= 1;
-                self.journaled_records -= u64::from(q.batch.records);
-            }
-            None if !q.copy => self.rings[s].give_back(q.batch.bytes),
-            None => {}
-        }
+        self.retire(s, q);
     }
 
     fn produce_failed(&mut self, picked: &[(u32, u32, u64)]) {
@@ -1281,15 +1285,7 @@ impl NativeProducer {
 
     /// The counters now.
     pub fn snapshot(&mut self) -> KafkaSnapshot {
-        let q = |h: &Histogram<u64>| {
-            [
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.max(),
-                h.len(),
-            ]
-        };
+        let q = super::summary;
         self.snap.in_flight = self.held();
         self.snap.journaled = self.journaled_records;
         self.snap.journal = self.journal.stats();

@@ -145,8 +145,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Appends a request frame's size placeholder and header v1; [`finish_frame`]
-/// writes the size.
+/// Appends a request frame's 4-byte size field (zero until
+/// [`finish_frame`] fills it) and header v1.
 pub fn start_frame(out: &mut Vec<u8>, api_key: i16, version: i16, correlation: i32, client: &str) {
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(&api_key.to_be_bytes());

@@ -33,7 +33,7 @@ fn user_data(slot: usize, gen: u32, op: Op) -> u64 {
 }
 
 /// Decodes a completion's user data.
-pub fn decode(ud: u64) -> (usize, u32, Option<Op>) {
+fn decode(ud: u64) -> (usize, u32, Option<Op>) {
     let op = match ud & 0xff {
         1 => Some(Op::Connect),
         2 => Some(Op::Send),
@@ -51,7 +51,7 @@ const RECV_CHUNK: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct Frame {
     /// Request header and body up to the first borrowed range, and the small
-    /// pieces between ranges (`pieces` index into it).
+    /// pieces between ranges (`Part::Head` ranges index into it).
     pub head: Vec<u8>,
     /// (offset in head, len) or a borrowed range, in send order.
     pub parts: Vec<Part>,
@@ -106,11 +106,6 @@ impl Conn {
     /// True while the kernel may still touch this slot's memory.
     pub fn busy(&self) -> bool {
         self.connect_busy || self.send_busy || self.recv_busy
-    }
-
-    /// Frames queued or being sent.
-    pub fn unsent(&self) -> usize {
-        self.queue.len() + usize::from(self.sending.is_some())
     }
 }
 
