@@ -513,6 +513,12 @@ fn kafka_families(w: &mut W, k: &KafkaSnapshot) {
         k.request_timeouts as f64,
     );
     w.one(
+        "klais_kafka_auth_failures_total",
+        "counter",
+        "Broker connections refused by TLS or SASL (native client).",
+        k.auth_failures as f64,
+    );
+    w.one(
         "klais_kafka_bad_responses_total",
         "counter",
         "Broker responses that could not be decoded (native client).",

@@ -76,6 +76,9 @@ pub struct Kafka {
     /// The spill journal.
     #[serde(default)]
     pub journal: Journal,
+    /// TLS and SASL to the brokers (native client).
+    #[serde(default)]
+    pub security: Security,
     /// Any other librdkafka producer property, passed through as is (for example
     /// `"socket.keepalive.enable" = "true"`). Keys klais sets itself are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -152,6 +155,153 @@ pub struct Journal {
     pub fsync_interval_ms: u64,
 }
 
+/// `[output.kafka.security]`: TLS and SASL on the native client's broker
+/// connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// `"plaintext"`, `"ssl"` (TLS), `"sasl_plaintext"` or `"sasl_ssl"` (SASL
+    /// inside TLS). Anything but plaintext needs `client = "native"`: this
+    /// build's librdkafka has neither OpenSSL nor SASL.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// PEM file of the CA certificates a broker's certificate must chain to.
+    /// Omitted: the system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for brokers that ask for one (with
+    /// `key_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Name a broker's certificate must carry. Omitted: the host of the broker
+    /// address klais connects to (a DNS name or an IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// `"SCRAM-SHA-512"`, `"SCRAM-SHA-256"` or `"PLAIN"` (PLAIN sends the
+    /// password as is: only inside TLS).
+    #[serde(default = "default_mechanism")]
+    pub sasl_mechanism: String,
+    /// SASL user name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sasl_username: String,
+    /// File holding the SASL password (its first line). Kept out of the
+    /// configuration so the configuration can be read by more than root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_password_file: Option<PathBuf>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            protocol: default_protocol(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+            sasl_mechanism: default_mechanism(),
+            sasl_username: String::new(),
+            sasl_password_file: None,
+        }
+    }
+}
+
+impl Security {
+    /// TLS on the connections.
+    pub fn tls(&self) -> bool {
+        self.protocol == "ssl" || self.protocol == "sasl_ssl"
+    }
+    /// SASL on the connections.
+    pub fn sasl(&self) -> bool {
+        self.protocol.starts_with("sasl_")
+    }
+
+    fn check(&self, native: bool, errs: &mut Vec<ConfigError>) {
+        let k = "output.kafka.security";
+        if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&self.protocol.as_str()) {
+            errs.push(invalid(
+                &format!("{k}.protocol"),
+                format!("{:?} is not a security protocol", self.protocol),
+                "use \"plaintext\", \"ssl\", \"sasl_plaintext\" or \"sasl_ssl\"",
+            ));
+            return;
+        }
+        if self.protocol != "plaintext" && !native {
+            errs.push(invalid(
+                &format!("{k}.protocol"),
+                format!(
+                    "{:?} needs the native client: this build's librdkafka has no TLS or SASL",
+                    self.protocol
+                ),
+                "set output.kafka.client = \"native\"",
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            errs.push(invalid(
+                &format!("{k}.cert_file, {k}.key_file"),
+                "a client certificate needs both its chain and its key".into(),
+                "set both or neither",
+            ));
+        }
+        if !self.tls()
+            && (self.ca_file.is_some() || self.cert_file.is_some() || self.server_name.is_some())
+        {
+            errs.push(invalid(
+                &format!("{k}.protocol"),
+                format!(
+                    "TLS files or a server name are set but protocol = {:?} does not use TLS",
+                    self.protocol
+                ),
+                "use protocol = \"ssl\" or \"sasl_ssl\", or remove them",
+            ));
+        }
+        if !["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"].contains(&self.sasl_mechanism.as_str()) {
+            errs.push(invalid(
+                &format!("{k}.sasl_mechanism"),
+                format!(
+                    "{:?} is not a mechanism the native client speaks",
+                    self.sasl_mechanism
+                ),
+                "use \"SCRAM-SHA-512\", \"SCRAM-SHA-256\" or \"PLAIN\" (GSSAPI and OAUTHBEARER are not supported)",
+            ));
+        }
+        if self.sasl() {
+            if self.sasl_username.is_empty() {
+                errs.push(invalid(
+                    &format!("{k}.sasl_username"),
+                    format!("protocol = {:?} needs a user name", self.protocol),
+                    "set sasl_username",
+                ));
+            }
+            if self.sasl_password_file.is_none() {
+                errs.push(invalid(
+                    &format!("{k}.sasl_password_file"),
+                    format!("protocol = {:?} needs a password", self.protocol),
+                    "set sasl_password_file to a file (mode 0600) holding the password",
+                ));
+            }
+            if self.sasl_mechanism == "PLAIN" && !self.tls() {
+                errs.push(invalid(
+                    &format!("{k}.sasl_mechanism"),
+                    "PLAIN without TLS sends the password in clear".into(),
+                    "use protocol = \"sasl_ssl\", or a SCRAM mechanism",
+                ));
+            }
+        } else if !self.sasl_username.is_empty() || self.sasl_password_file.is_some() {
+            errs.push(invalid(
+                &format!("{k}.protocol"),
+                format!(
+                    "SASL credentials are set but protocol = {:?} does not use SASL",
+                    self.protocol
+                ),
+                "use protocol = \"sasl_ssl\" or \"sasl_plaintext\", or remove them",
+            ));
+        }
+    }
+}
+
 /// librdkafka properties klais sets itself (from the keys above or the DAPB).
 pub const OWNED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
     ("bootstrap.servers", "output.kafka.brokers"),
@@ -189,12 +339,24 @@ pub const OWNED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
         "partitioner",
         "fixed: murmur2_random (Java client compatible)",
     ),
+    ("security.protocol", "output.kafka.security (native client)"),
+    ("sasl.mechanism", "output.kafka.security (native client)"),
+    ("sasl.mechanisms", "output.kafka.security (native client)"),
+    ("sasl.username", "output.kafka.security (native client)"),
+    ("sasl.password", "output.kafka.security (native client)"),
+    ("ssl.ca.location", "output.kafka.security (native client)"),
     (
         "statistics.interval.ms",
         "fixed: klais reads broker health from it",
     ),
 ];
 
+fn default_protocol() -> String {
+    "plaintext".into()
+}
+fn default_mechanism() -> String {
+    "SCRAM-SHA-512".into()
+}
 fn default_brokers() -> String {
     "127.0.0.1:9092".into()
 }
@@ -300,6 +462,7 @@ impl Default for Kafka {
             default_class: default_class(),
             dapb: Dapb::default(),
             journal: Journal::default(),
+            security: Security::default(),
             librdkafka: BTreeMap::new(),
         }
     }
@@ -339,6 +502,7 @@ impl Kafka {
     pub fn validate(&self, errs: &mut Vec<ConfigError>) {
         self.check_producer(errs);
         self.check_batching_and_journal(errs);
+        self.security.check(self.client == "native", errs);
         for key in self.librdkafka.keys() {
             if let Some((_, owner)) = OWNED_LIBRDKAFKA_KEYS.iter().find(|(k, _)| k == key) {
                 errs.push(invalid(

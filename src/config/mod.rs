@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod kafka;
 pub mod rate;
-pub use kafka::{Dapb, Journal, Kafka, OWNED_LIBRDKAFKA_KEYS};
+pub use kafka::{Dapb, Journal, Kafka, Security, OWNED_LIBRDKAFKA_KEYS};
 
 use crate::handoff::RECORD_HEADER_LEN;
 use crate::wire::{HEADER_LEN, MAX_DATAGRAM};
@@ -1234,6 +1234,43 @@ mod tests {
             assert!(all.contains(key), "missing {key} in:\n{all}");
         }
         assert!(e.iter().all(|m| m.contains("fix:")), "{all}");
+    }
+
+    #[test]
+    fn kafka_security_settings_are_checked_with_keys_and_fixes() {
+        // librdkafka here has no TLS or SASL.
+        let e = errors("[output.kafka.security]\nprotocol = \"ssl\"\n").join("\n");
+        assert!(e.contains("output.kafka.security.protocol"), "{e}");
+        assert!(e.contains("client = \"native\""), "{e}");
+        // SASL needs a user and a password file; PLAIN needs TLS.
+        let e = errors(
+            "[output.kafka]\nclient = \"native\"\n[output.kafka.security]\n\
+             protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\n",
+        )
+        .join("\n");
+        for key in ["sasl_username", "sasl_password_file", "sasl_mechanism"] {
+            assert!(
+                e.contains(&format!("output.kafka.security.{key}")),
+                "{key}: {e}"
+            );
+        }
+        // Half a client certificate, an unknown mechanism.
+        let e = errors(
+            "[output.kafka]\nclient = \"native\"\n[output.kafka.security]\n\
+             protocol = \"ssl\"\ncert_file = \"/a\"\nsasl_mechanism = \"GSSAPI\"\n",
+        )
+        .join("\n");
+        assert!(
+            e.contains("cert_file, output.kafka.security.key_file"),
+            "{e}"
+        );
+        assert!(e.contains("GSSAPI"), "{e}");
+        // A complete SCRAM-over-TLS section is accepted.
+        let ok = "[output.kafka]\nclient = \"native\"\n[output.kafka.security]\n\
+                  protocol = \"sasl_ssl\"\nca_file = \"/etc/ca.pem\"\n\
+                  sasl_username = \"klais\"\nsasl_password_file = \"/etc/pw\"\n";
+        let cfg = Config::from_toml(ok, "x").unwrap();
+        assert!(cfg.output.kafka.security.tls() && cfg.output.kafka.security.sasl());
     }
 
     #[test]

@@ -155,6 +155,9 @@ pub struct KafkaSnapshot {
     /// Connections closed because the broker did not answer in time (native
     /// client).
     pub request_timeouts: u64,
+    /// Connections refused by TLS (certificate, handshake) or SASL
+    /// (mechanism, credentials) (native client).
+    pub auth_failures: u64,
     /// The native client made these figures (latency is then measured from
     /// a batch's first receive to its acknowledgement).
     pub native: bool,

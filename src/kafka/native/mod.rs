@@ -41,6 +41,7 @@
 //! **Not yet on this path**: TLS and SASL.
 
 pub mod proto;
+pub mod secure;
 pub mod uring;
 
 use std::collections::{HashMap, VecDeque};
@@ -80,6 +81,9 @@ pub enum NativeError {
     /// The spill journal could not be opened.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// TLS or SASL settings that cannot be used.
+    #[error(transparent)]
+    Security(#[from] secure::SecurityError),
 }
 
 /// Where a batch of a lane is.
@@ -174,6 +178,10 @@ enum Pending {
     Metadata(i16),
     /// Shard, version asked.
     InitPid(usize, i16),
+    /// SaslHandshake v1.
+    SaslHandshake,
+    /// SaslAuthenticate, version asked.
+    SaslAuth(i16),
     /// (shard, partition, batch id) of every batch in the request, sent at
     /// (ns).
     Produce(Vec<(u32, u32, u64)>, u64),
@@ -196,6 +204,10 @@ struct Broker {
     produce_in_flight: usize,
     /// Not before this (ns): reconnect backoff.
     retry_at: u64,
+    /// SaslAuthenticate version (0 or 1) the broker takes.
+    sasl_version: i16,
+    /// The SASL exchange under way on this connection.
+    sasl: Option<secure::Exchange>,
     up: bool,
 }
 
@@ -209,6 +221,10 @@ pub struct NativeProducer {
     max_in_flight: usize,
     idempotent: bool,
     bootstrap: Vec<SocketAddr>,
+    /// Host name of every broker address (TLS checks the certificate
+    /// against it).
+    names: HashMap<SocketAddr, String>,
+    security: secure::Security,
     io: Uring,
     brokers: Vec<Broker>,
     addrs: HashMap<i32, SocketAddr>,
@@ -275,7 +291,9 @@ impl NativeProducer {
         rings: Vec<BatchRx>,
         feed: Arc<KnobFeed>,
     ) -> Result<NativeProducer, NativeError> {
+        let security = secure::Security::load(&cfg.security)?;
         let mut bootstrap = Vec::new();
+        let mut names = HashMap::new();
         for b in cfg
             .brokers
             .split(',')
@@ -283,7 +301,11 @@ impl NativeProducer {
             .filter(|b| !b.is_empty())
         {
             if let Ok(a) = b.to_socket_addrs() {
-                bootstrap.extend(a);
+                let host = host_of(b);
+                for addr in a {
+                    names.insert(addr, host.clone());
+                    bootstrap.push(addr);
+                }
             }
         }
         if bootstrap.is_empty() {
@@ -337,6 +359,8 @@ impl NativeProducer {
             max_in_flight: cfg.max_in_flight.clamp(1, 5) as usize,
             idempotent: cfg.idempotence,
             bootstrap,
+            names,
+            security,
             io: Uring::new(1024)?,
             brokers: Vec::new(),
             addrs: HashMap::new(),
@@ -434,8 +458,9 @@ impl NativeProducer {
                 return None;
             }
             let addr = self.addr_of(node)?;
-            let slot = self.io.connect(addr).ok()?;
+            let slot = self.open(addr)?;
             let b = &mut self.brokers[i];
+            b.sasl = None;
             b.slot = Some(slot);
             b.produce_version = 0;
             b.up = false;
@@ -443,8 +468,10 @@ impl NativeProducer {
             return Some(i);
         }
         let addr = self.addr_of(node)?;
-        let slot = self.io.connect(addr).ok()?;
+        let slot = self.open(addr)?;
         self.brokers.push(Broker {
+            sasl_version: 0,
+            sasl: None,
             node,
             slot: Some(slot),
             produce_version: 0,
@@ -458,6 +485,23 @@ impl NativeProducer {
         let i = self.brokers.len() - 1;
         self.send_api_versions(i);
         Some(i)
+    }
+
+    /// A connection to `addr`, with TLS when configured.
+    fn open(&mut self, addr: SocketAddr) -> Option<usize> {
+        let host = self
+            .names
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| addr.ip().to_string());
+        let tls = match self.security.tls_client(&host) {
+            Ok(t) => t,
+            Err(e) => {
+                self.warn(&format!("broker {addr}: {e}"));
+                return None;
+            }
+        };
+        self.io.connect(addr, tls).ok()
     }
 
     fn addr_of(&self, node: i32) -> Option<SocketAddr> {
@@ -899,7 +943,75 @@ impl NativeProducer {
                 } else {
                     1
                 };
-                br.up = true;
+                br.sasl_version = max(proto::SASL_AUTHENTICATE).min(1);
+                if let Some(creds) = &self.security.sasl {
+                    if max(proto::SASL_HANDSHAKE) < 1 || br.sasl_version < 0 {
+                        self.sasl_failed(
+                            b,
+                            "it does not speak SaslHandshake v1 and SaslAuthenticate (Kafka 1.0 or later does)",
+                        );
+                        return Ok(());
+                    }
+                    let mech = creds.mechanism.clone();
+                    self.send_control(b, Pending::SaslHandshake, |o, c, id| {
+                        proto::sasl_handshake(o, c, id, &mech)
+                    });
+                } else {
+                    br.up = true;
+                }
+            }
+            Pending::SaslHandshake => {
+                let (err, offered) = proto::decode_sasl_handshake(body)?;
+                let Some(creds) = self.security.sasl.clone() else {
+                    return Ok(());
+                };
+                if err != 0 {
+                    self.sasl_failed(
+                        b,
+                        &format!(
+                            "it does not enable {} (it offers {offered:?}; set output.kafka.security.sasl_mechanism to one of them)",
+                            creds.mechanism
+                        ),
+                    );
+                    return Ok(());
+                }
+                match secure::Exchange::start(&creds) {
+                    Ok((x, first)) => {
+                        self.brokers[b].sasl = Some(x);
+                        self.send_sasl(b, &first);
+                    }
+                    Err(e) => self.sasl_failed(b, &e),
+                }
+            }
+            Pending::SaslAuth(v) => {
+                let r = proto::decode_sasl_authenticate(body, v)?;
+                if r.error != 0 {
+                    let user = self.security.sasl.as_ref().map_or("", |c| c.user.as_str());
+                    self.sasl_failed(
+                        b,
+                        &format!(
+                            "authentication as {user:?} refused (error {}: {})",
+                            r.error,
+                            r.message.as_deref().unwrap_or("no message")
+                        ),
+                    );
+                    return Ok(());
+                }
+                let Some(x) = self.brokers[b].sasl.as_mut() else {
+                    return Ok(());
+                };
+                let was_finished = x.finished();
+                match x.step(if was_finished { None } else { Some(&r.auth) }) {
+                    Ok(Some(next)) => self.send_sasl(b, &next),
+                    Ok(None) => {
+                        let br = &mut self.brokers[b];
+                        br.sasl = None;
+                        br.up = true;
+                    }
+                    Err(e) => {
+                        self.sasl_failed(b, &format!("the broker's answer fails the check: {e}"))
+                    }
+                }
             }
             Pending::Metadata(v) => {
                 self.metadata_in_flight = false;
@@ -942,6 +1054,7 @@ impl NativeProducer {
             let addr = format!("{}:{}", br.host, br.port);
             if let Some(a) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
                 self.addrs.insert(br.id, a);
+                self.names.insert(a, br.host.clone());
             }
         }
         let Some((_, err, parts)) = m.topics.iter().find(|t| t.0 == self.topic) else {
@@ -1089,7 +1202,46 @@ impl NativeProducer {
         self.close_broker(b, 100_000_000);
     }
 
+    /// Sends the next SASL message.
+    fn send_sasl(&mut self, b: usize, msg: &[u8]) {
+        let v = self.brokers[b].sasl_version;
+        self.send_control(b, Pending::SaslAuth(v), |o, c, id| {
+            proto::sasl_authenticate(o, v, c, id, msg)
+        });
+    }
+
+    /// The SASL exchange failed: said at once (not rate-limited: an operator
+    /// must see it), counted, and tried again after 5 s.
+    fn sasl_failed(&mut self, b: usize, why: &str) {
+        self.snap.auth_failures += 1;
+        tracing::error!(
+            "Kafka (native): broker node {}: SASL {}: {why}; batches wait (journaled once the breaker opens); retrying in 5 s",
+            self.brokers[b].node,
+            self.security
+                .sasl
+                .as_ref()
+                .map_or("", |c| c.mechanism.as_str()),
+        );
+        self.close_broker(b, 5_000_000_000);
+    }
+
     fn broker_failed(&mut self, b: usize, what: &str, res: i32) {
+        let reason = self.brokers[b]
+            .slot
+            .and_then(|s| self.io.conns[s].error.take());
+        if let Some(reason) = reason {
+            // TLS: a certificate or handshake problem, said at once.
+            self.snap.auth_failures += 1;
+            tracing::error!(
+                "Kafka (native): broker node {} ({}): {reason}; batches wait (journaled once the breaker opens); retrying in 5 s",
+                self.brokers[b].node,
+                self.brokers[b]
+                    .slot
+                    .map_or_else(|| "-".to_string(), |s| self.io.conns[s].addr.to_string()),
+            );
+            self.close_broker(b, 5_000_000_000);
+            return;
+        }
         let err = std::io::Error::from_raw_os_error(-res.min(0));
         self.warn(&format!(
             "broker node {} ({}): {what} failed: {}",
@@ -1122,7 +1274,7 @@ impl NativeProducer {
                 Pending::Produce(picked, _) => self.produce_failed(&picked),
                 Pending::Metadata(_) => self.metadata_in_flight = false,
                 Pending::InitPid(s, _) => self.pids[s] = Pid::None,
-                Pending::ApiVersions => {}
+                Pending::ApiVersions | Pending::SaslHandshake | Pending::SaslAuth(_) => {}
             }
         }
         self.metadata_wanted = true;
@@ -1396,6 +1548,14 @@ pub fn run(
 }
 
 /// The journal entry's header for batch `b` of shard `s`.
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
+}
+
 fn batch_meta(s: usize, b: &ProducedBatch) -> RecordMeta {
     let mut raw_id = [0u8; 16];
     raw_id[0..4].copy_from_slice(&b.partition.to_le_bytes());

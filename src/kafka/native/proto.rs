@@ -18,6 +18,10 @@ pub const METADATA: i16 = 3;
 pub const API_VERSIONS: i16 = 18;
 /// InitProducerId.
 pub const INIT_PRODUCER_ID: i16 = 22;
+/// SaslHandshake.
+pub const SASL_HANDSHAKE: i16 = 17;
+/// SaslAuthenticate.
+pub const SASL_AUTHENTICATE: i16 = 36;
 
 /// Produce versions this client can speak (v9 is the first flexible one).
 pub const PRODUCE_VERSIONS: (i16, i16) = (3, 8);
@@ -190,6 +194,83 @@ pub fn decode_api_versions(body: &[u8]) -> Result<(i16, ApiVersionList), DecodeE
     // v0 has nothing more; a broker answering UNSUPPORTED_VERSION may use a
     // later layout: ignore what follows.
     Ok((err, v))
+}
+
+/// SaslHandshake v1 request: the mechanism; the exchange then goes in
+/// SaslAuthenticate requests (v0 would send raw SASL tokens instead).
+pub fn sasl_handshake(out: &mut Vec<u8>, correlation: i32, client: &str, mechanism: &str) {
+    let start = out.len();
+    start_frame(out, SASL_HANDSHAKE, 1, correlation, client);
+    put_str(out, mechanism);
+    finish_frame(out, start, 0);
+}
+
+/// SaslHandshake v1 response: error code and the broker's enabled
+/// mechanisms.
+pub fn decode_sasl_handshake(body: &[u8]) -> Result<(i16, Vec<String>), DecodeError> {
+    let mut r = Reader::new(body);
+    let err = r.i16()?;
+    let n = r.count(2)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(r.str()?.to_string());
+    }
+    r.end()?;
+    Ok((err, v))
+}
+
+/// SaslAuthenticate v0 or v1 request (not flexible): one SASL message.
+pub fn sasl_authenticate(
+    out: &mut Vec<u8>,
+    version: i16,
+    correlation: i32,
+    client: &str,
+    auth: &[u8],
+) {
+    let start = out.len();
+    start_frame(out, SASL_AUTHENTICATE, version, correlation, client);
+    out.extend_from_slice(&(auth.len() as i32).to_be_bytes());
+    out.extend_from_slice(auth);
+    finish_frame(out, start, 0);
+}
+
+/// What a SaslAuthenticate response says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslAuth {
+    /// Error code (0: none; 58: SASL_AUTHENTICATION_FAILED).
+    pub error: i16,
+    /// The broker's message, if any.
+    pub message: Option<String>,
+    /// The server's SASL message.
+    pub auth: Vec<u8>,
+}
+
+/// SaslAuthenticate v0 or v1 response.
+pub fn decode_sasl_authenticate(body: &[u8], version: i16) -> Result<SaslAuth, DecodeError> {
+    let mut r = Reader::new(body);
+    let error = r.i16()?;
+    let message = r.nullable_str()?.map(str::to_string);
+    let at = r.at;
+    let n = r.i32()?;
+    let auth = if n == -1 {
+        Vec::new()
+    } else if n < 0 {
+        return Err(DecodeError::BadLength {
+            at,
+            len: i64::from(n),
+        });
+    } else {
+        r.take(n as usize)?.to_vec()
+    };
+    if version >= 1 {
+        let _session_lifetime_ms = r.i64()?;
+    }
+    r.end()?;
+    Ok(SaslAuth {
+        error,
+        message,
+        auth,
+    })
 }
 
 /// Metadata versions this client can speak (v9 is the first flexible one).

@@ -8,9 +8,15 @@
 //! outstanding operations complete with an error, and only then is the slot
 //! reused (with a new generation, so a late completion cannot be mistaken for
 //! the new connection's).
+//!
+//! A connection with TLS keeps the same interface: its frames go through
+//! rustls into one ciphertext buffer that is sent whole, received
+//! ciphertext is decrypted into `rbuf`, and the connect is reported only once
+//! the handshake is done (a TLS failure is reported as a failed connect or
+//! receive, with the reason in [`Conn::error`]).
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
@@ -66,6 +72,21 @@ pub enum Part {
     Borrowed(*const u8, usize),
 }
 
+/// A TLS connection's state: rustls and the ciphertext buffers the kernel
+/// reads and writes.
+struct Tls {
+    conn: rustls::ClientConnection,
+    /// Ciphertext to send; `out[out_off..]` not yet sent. Not touched while a
+    /// send is outstanding.
+    out: Vec<u8>,
+    out_off: usize,
+    /// Ciphertext received (fixed size: not moved while a receive is
+    /// outstanding).
+    inb: Vec<u8>,
+    /// The handshake finished and was reported.
+    up: bool,
+}
+
 /// A connection slot.
 pub struct Conn {
     /// The socket (None once closed).
@@ -90,6 +111,9 @@ pub struct Conn {
     pub rbuf: Vec<u8>,
     /// Filled length of `rbuf`.
     pub rlen: usize,
+    tls: Option<Box<Tls>>,
+    /// Why the connection failed, when the errno does not say (TLS).
+    pub error: Option<String>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -155,9 +179,13 @@ impl Uring {
         Ok(())
     }
 
-    /// Opens a connection to `addr`: a new slot (or an idle closed one), a
-    /// connect submitted. Returns the slot.
-    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<usize> {
+    /// Opens a connection to `addr` (TLS when `tls` is given): a new slot (or
+    /// an idle closed one), a connect submitted. Returns the slot.
+    pub fn connect(
+        &mut self,
+        addr: SocketAddr,
+        tls: Option<rustls::ClientConnection>,
+    ) -> io::Result<usize> {
         let sock = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -187,6 +215,8 @@ impl Uring {
                     sending: None,
                     rbuf: Vec::new(),
                     rlen: 0,
+                    tls: None,
+                    error: None,
                 });
                 self.conns.len() - 1
             }
@@ -201,6 +231,16 @@ impl Uring {
         c.sending = None;
         c.rbuf.resize(RECV_CHUNK, 0);
         c.rlen = 0;
+        c.error = None;
+        c.tls = tls.map(|conn| {
+            Box::new(Tls {
+                conn,
+                out: Vec::new(),
+                out_off: 0,
+                inb: vec![0; RECV_CHUNK],
+                up: false,
+            })
+        });
         let fd = sock.as_raw_fd();
         c.sock = Some(sock);
         c.connect_busy = true;
@@ -226,6 +266,7 @@ impl Uring {
         if !c.busy() {
             c.sock = None;
             c.sending = None;
+            c.tls = None;
         }
     }
 
@@ -247,6 +288,9 @@ impl Uring {
         let c = &mut self.conns[slot];
         if !c.connected || c.closing || c.send_busy {
             return Ok(());
+        }
+        if c.tls.is_some() {
+            return self.start_send_tls(slot);
         }
         if c.sending.is_none() {
             let Some(frame) = c.queue.pop_front() else {
@@ -284,10 +328,60 @@ impl Uring {
         self.push(&sqe)
     }
 
+    /// TLS: frames (once the handshake is done) into rustls, what rustls
+    /// made of them (and of its own handshake) into one send.
+    fn start_send_tls(&mut self, slot: usize) -> io::Result<()> {
+        let c = &mut self.conns[slot];
+        let Some(t) = c.tls.as_mut() else {
+            return Ok(());
+        };
+        if t.out_off >= t.out.len() {
+            t.out.clear();
+            t.out_off = 0;
+            if !t.conn.is_handshaking() {
+                while let Some(frame) = c.queue.pop_front() {
+                    for p in &frame.parts {
+                        let bytes: &[u8] = match *p {
+                            Part::Head(off, len) => &frame.head[off..off + len],
+                            // SAFETY: a borrowed range is a batch held in its
+                            // lane until acknowledged (see `Part`).
+                            Part::Borrowed(ptr, len) => unsafe {
+                                std::slice::from_raw_parts(ptr, len)
+                            },
+                        };
+                        t.conn.writer().write_all(bytes)?;
+                    }
+                }
+            }
+            while t.conn.wants_write() {
+                t.conn.write_tls(&mut t.out)?;
+            }
+        }
+        if t.out_off >= t.out.len() {
+            return Ok(());
+        }
+        let fd = c.sock.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+        let rest = &t.out[t.out_off..];
+        let sqe = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(slot, c.gen, Op::Send));
+        c.send_busy = true;
+        self.push(&sqe)
+    }
+
     fn start_recv(&mut self, slot: usize) -> io::Result<()> {
         let c = &mut self.conns[slot];
         if !c.connected || c.closing || c.recv_busy {
             return Ok(());
+        }
+        if let Some(t) = c.tls.as_mut() {
+            let fd = c.sock.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+            let sqe = opcode::Recv::new(types::Fd(fd), t.inb.as_mut_ptr(), t.inb.len() as u32)
+                .build()
+                .user_data(user_data(slot, c.gen, Op::Recv));
+            c.recv_busy = true;
+            return self.push(&sqe);
         }
         if c.rbuf.len() - c.rlen < RECV_CHUNK / 4 {
             let n = c.rbuf.len() + RECV_CHUNK;
@@ -335,21 +429,34 @@ impl Uring {
         if c.gen != gen {
             return;
         }
+        let mut report = Some(res);
         match op {
             Op::Connect => {
                 c.connect_busy = false;
                 c.connected = res == 0 && !c.closing;
+                if c.connected && c.tls.is_some() {
+                    // Reported when the handshake is done.
+                    report = None;
+                }
             }
             Op::Send => {
                 c.send_busy = false;
-                // A whole frame written: the next one may go.
-                if res > 0 && !c.closing && advance(c, res as usize) {
+                if let Some(t) = c.tls.as_mut() {
+                    if res > 0 {
+                        t.out_off += res as usize;
+                    }
+                } else if res > 0 && !c.closing && advance(c, res as usize) {
+                    // A whole frame written: the next one may go.
                     c.sending = None;
                 }
             }
             Op::Recv => {
                 c.recv_busy = false;
-                if res > 0 {
+                if c.tls.is_some() {
+                    if res > 0 && !c.closing {
+                        report = tls_received(c, res as usize, slot, &mut self.done);
+                    }
+                } else if res > 0 {
                     c.rlen += res as usize;
                 }
             }
@@ -357,8 +464,77 @@ impl Uring {
         if c.closing && !c.busy() {
             c.sock = None;
             c.sending = None;
+            c.tls = None;
         }
-        self.done.push((slot, op, res));
+        if let Some(res) = report {
+            self.done.push((slot, op, res));
+        }
+    }
+}
+
+/// Feeds `n` received bytes of ciphertext to rustls and moves the plaintext
+/// into `rbuf`. Reports a finished handshake as the connect; returns what to
+/// report for the receive: the plaintext bytes, 0 at the peer's close, an
+/// error (reason in `error`), or nothing when no plaintext came.
+fn tls_received(
+    c: &mut Conn,
+    n: usize,
+    slot: usize,
+    done: &mut Vec<(usize, Op, i32)>,
+) -> Option<i32> {
+    let Some(t) = c.tls.as_mut() else {
+        return Some(n as i32);
+    };
+    let mut data = &t.inb[..n];
+    let mut plain = 0usize;
+    let mut eof = false;
+    while !data.is_empty() {
+        if let Err(e) = t.conn.read_tls(&mut data) {
+            c.error = Some(format!("TLS: {e}"));
+            return Some(-libc::EPROTO);
+        }
+        if let Err(e) = t.conn.process_new_packets() {
+            // Tell the broker why (an alert) before the connection goes.
+            let mut alert = Vec::new();
+            let _ = t.conn.write_tls(&mut alert);
+            if let Some(s) = &c.sock {
+                let _ = std::io::Write::write(&mut &*s, &alert);
+            }
+            c.error = Some(format!("TLS: {e}"));
+            return Some(-libc::EPROTO);
+        }
+        loop {
+            if c.rbuf.len() - c.rlen < RECV_CHUNK / 4 {
+                let len = c.rbuf.len() + RECV_CHUNK;
+                c.rbuf.resize(len, 0);
+            }
+            match t.conn.reader().read(&mut c.rbuf[c.rlen..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(k) => {
+                    c.rlen += k;
+                    plain += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    c.error = Some(format!("TLS: {e}"));
+                    return Some(-libc::EPROTO);
+                }
+            }
+        }
+    }
+    if !t.up && !t.conn.is_handshaking() {
+        t.up = true;
+        done.push((slot, Op::Connect, 0));
+    }
+    if plain > 0 {
+        Some(plain as i32)
+    } else if eof {
+        Some(0)
+    } else {
+        None
     }
 }
 
