@@ -21,6 +21,7 @@ PACKAGES=(
   libhwloc-dev      # hwloc2: CPU / NUMA topology discovery for `klais cores`
   fonts-dejavu-core # axis labels and legends in the PNG plots of `klais simulate` and `klais bench`
   python3 python3-venv  # the Python asyncio + aiokafka baseline of `klais bench compare` (scripts/baselines.sh)
+  stunnel4 openssl  # the broker tier's TLS listener (a terminator in front of tansu) and its throwaway CA
 )
 
 log=$(mktemp /tmp/klais-setup.XXXXXX.log)

@@ -334,6 +334,17 @@ mod broker {
 /// The records of `topic` as Python's aiokafka reads them
 /// (tests/fixtures/read_topic.py, in the venv `scripts/baselines.sh` makes).
 fn read_back_python(brokers: &str, topic: &str, expect: u64) -> Vec<Consumed> {
+    read_back_python_with(brokers, topic, expect, None)
+}
+
+/// [`read_back_python`] through a secured listener (`security`: aiokafka's
+/// settings, see tests/fixtures/read_topic.py).
+fn read_back_python_with(
+    brokers: &str,
+    topic: &str,
+    expect: u64,
+    security: Option<&serde_json::Value>,
+) -> Vec<Consumed> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let py = Command::new(root.join("scripts/baselines.sh"))
         .output()
@@ -347,6 +358,7 @@ fn read_back_python(brokers: &str, topic: &str, expect: u64) -> Vec<Consumed> {
     let out = Command::new(py)
         .arg(root.join("tests/fixtures/read_topic.py"))
         .args([brokers, topic, &expect.to_string(), "3"])
+        .args(security.map(ToString::to_string))
         .stderr(Stdio::inherit())
         .output()
         .expect("the Python reader runs");
@@ -712,6 +724,193 @@ mod native {
                 assert_eq!(seen, (0..300).collect::<Vec<u32>>(), "{id}: nothing lost");
             }
             assert_eq!(dups, 0, "no duplicates (idempotent producer)");
+        }
+    }
+
+    /// TLS and SASL on the native client, against tansu behind stunnel4
+    /// (tests/common/secured.rs), read back by aiokafka through the same
+    /// listener.
+    mod secured {
+        use super::*;
+        use common::secured::{Secured, USER};
+        use std::sync::atomic::Ordering;
+
+        fn secure_cfg(
+            brokers: &str,
+            topic: &str,
+            journal: &Path,
+            sec: klais::config::Security,
+        ) -> Config {
+            let mut c = native_cfg(brokers, topic, journal, "lz4");
+            c.output.kafka.security = sec;
+            c
+        }
+
+        /// The error a start that must fail gives.
+        fn start_err(c: &Config, why: &str) -> String {
+            match klais::runtime::start(c) {
+                Ok(_) => panic!("{why}"),
+                Err(e) => e.to_string(),
+            }
+        }
+
+        /// `m` devices × `per` messages through klais; stops; checks the
+        /// accounting; returns the count.
+        fn deliver(c: &Config, m: usize, per: u32) -> u64 {
+            let running = klais::runtime::start(c).unwrap();
+            send(running.local_addr(), &devices(m), 0, per, 20_000);
+            let n = m as u64 * u64::from(per);
+            wait_for("delivery", Duration::from_secs(60), || {
+                running.kafka_snapshot().unwrap().delivered >= n
+            });
+            let s = running.stop().unwrap();
+            let k = s.kafka.unwrap();
+            assert_eq!(s.shards.accepted, n);
+            assert_eq!(
+                (k.delivered, k.dropped(), k.auth_failures),
+                (n, 0, 0),
+                "{k:?}"
+            );
+            assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+            n
+        }
+
+        /// Exactly `m` × `per` records, in order per device, read by aiokafka
+        /// with `security`.
+        fn python_exactly_once(
+            brokers: &str,
+            topic: &str,
+            m: usize,
+            per: u32,
+            security: &serde_json::Value,
+        ) {
+            let n = m as u64 * u64::from(per);
+            let recs = read_back_python_with(brokers, topic, n, Some(security));
+            assert_eq!(recs.len() as u64, n, "{topic}: exactly N, no duplicates");
+            let per_dev = check_records(&recs, 3);
+            assert_eq!(per_dev.len(), m);
+            for (id, seqs) in per_dev {
+                assert_eq!(seqs, (0..per).collect::<Vec<u32>>(), "{topic}, {id}");
+            }
+        }
+
+        mod broker {
+            use super::*;
+
+            #[test]
+            #[ignore = "broker"]
+            fn sasl_inside_tls_with_each_mechanism_delivers_exactly_once() {
+                let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                let sb = Secured::start(true, false);
+                let pw = sb.write("password", &format!("{}\n", USER.1));
+                for mech in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
+                    let topic = format!("t-sasl-{}", mech.to_lowercase());
+                    sb.broker.create_topic(&topic, 3);
+                    let dir = tempfile::tempdir().unwrap();
+                    let sec = klais::config::Security {
+                        protocol: "sasl_ssl".into(),
+                        ca_file: Some(sb.file("ca.pem")),
+                        sasl_mechanism: mech.into(),
+                        sasl_username: USER.0.into(),
+                        sasl_password_file: Some(pw.clone()),
+                        ..Default::default()
+                    };
+                    deliver(&secure_cfg(&sb.brokers(), &topic, dir.path(), sec), 30, 100);
+                    let py = serde_json::json!({
+                        "security_protocol": "SASL_SSL",
+                        "sasl_mechanism": mech,
+                        "sasl_plain_username": USER.0,
+                        "sasl_plain_password": USER.1,
+                        "cafile": sb.file("ca.pem"),
+                    });
+                    python_exactly_once(&sb.brokers(), &topic, 30, 100, &py);
+                }
+                let refused = sb.gate.as_ref().unwrap().refused.load(Ordering::Relaxed);
+                assert_eq!(refused, 0, "no exchange refused");
+            }
+
+            #[test]
+            #[ignore = "broker"]
+            fn a_wrong_password_or_an_untrusted_broker_fails_loudly_at_start() {
+                let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                let sb = Secured::start(true, false);
+                sb.broker.create_topic("t-refused", 3);
+                let base = klais::config::Security {
+                    protocol: "sasl_ssl".into(),
+                    ca_file: Some(sb.file("ca.pem")),
+                    sasl_username: USER.0.into(),
+                    sasl_password_file: Some(sb.write("wrong", "wrong\n")),
+                    ..Default::default()
+                };
+                for mech in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
+                    let sec = klais::config::Security {
+                        sasl_mechanism: mech.into(),
+                        ..base.clone()
+                    };
+                    let dir = tempfile::tempdir().unwrap();
+                    let e = start_err(
+                        &secure_cfg(&sb.brokers(), "t-refused", dir.path(), sec),
+                        "a wrong password cannot start",
+                    );
+                    println!("{mech}, wrong password: {e}");
+                    assert!(
+                        e.contains("SASL") && e.contains("refused") && e.contains("\"klais\""),
+                        "{mech}: {e}"
+                    );
+                }
+                let refused = sb.gate.as_ref().unwrap().refused.load(Ordering::Relaxed);
+                assert!(refused >= 3, "the broker refused every wrong password");
+                // A broker whose certificate does not chain to the CA given.
+                let sec = klais::config::Security {
+                    ca_file: Some(sb.file("other-ca.pem")),
+                    ..base
+                };
+                let dir = tempfile::tempdir().unwrap();
+                let e = start_err(
+                    &secure_cfg(&sb.brokers(), "t-refused", dir.path(), sec),
+                    "an untrusted broker cannot start",
+                );
+                println!("untrusted broker: {e}");
+                assert!(e.contains("TLS") && e.contains("certificate"), "{e}");
+            }
+
+            #[test]
+            #[ignore = "broker"]
+            fn tls_with_a_client_certificate_delivers_and_without_one_is_refused() {
+                let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                let sb = Secured::start(false, true);
+                sb.broker.create_topic("t-mtls", 3);
+                let dir = tempfile::tempdir().unwrap();
+                let without = klais::config::Security {
+                    protocol: "ssl".into(),
+                    ca_file: Some(sb.file("ca.pem")),
+                    ..Default::default()
+                };
+                let e = start_err(
+                    &secure_cfg(&sb.brokers(), "t-mtls", dir.path(), without.clone()),
+                    "no client certificate, no start",
+                );
+                println!("no client certificate: {e}");
+                assert!(e.contains("refused"), "{e}");
+                let with = klais::config::Security {
+                    cert_file: Some(sb.file("client.pem")),
+                    key_file: Some(sb.file("client.key")),
+                    ..without
+                };
+                let dir = tempfile::tempdir().unwrap();
+                deliver(
+                    &secure_cfg(&sb.brokers(), "t-mtls", dir.path(), with),
+                    30,
+                    100,
+                );
+                let py = serde_json::json!({
+                    "security_protocol": "SSL",
+                    "cafile": sb.file("ca.pem"),
+                    "certfile": sb.file("client.pem"),
+                    "keyfile": sb.file("client.key"),
+                });
+                python_exactly_once(&sb.brokers(), "t-mtls", 30, 100, &py);
+            }
         }
     }
 }

@@ -15,6 +15,8 @@
 use std::process::Command;
 
 pub mod broker;
+pub mod sasl_gate;
+pub mod secured;
 pub mod skip;
 
 pub use skip::skip;

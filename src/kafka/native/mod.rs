@@ -76,8 +76,8 @@ pub enum NativeError {
     #[error("output.kafka.brokers {0:?}: no address resolves (host:port[,host:port…])")]
     NoBroker(String),
     /// The topic's metadata could not be had in time.
-    #[error("the native Kafka client needs the topic's partitions at start and got none within {0:?} from {1} (is the broker up and the topic created? or set output.kafka.client = \"librdkafka\")")]
-    NoMetadata(Duration, String),
+    #[error("the native Kafka client needs the topic's partitions at start and got none within {0:?} from {1}: {2}")]
+    NoMetadata(Duration, String, String),
     /// The spill journal could not be opened.
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -225,6 +225,8 @@ pub struct NativeProducer {
     /// against it).
     names: HashMap<SocketAddr, String>,
     security: secure::Security,
+    /// The last TLS or SASL refusal (for the start's error).
+    refused: Option<String>,
     io: Uring,
     brokers: Vec<Broker>,
     addrs: HashMap<i32, SocketAddr>,
@@ -361,6 +363,7 @@ impl NativeProducer {
             bootstrap,
             names,
             security,
+            refused: None,
             io: Uring::new(1024)?,
             brokers: Vec::new(),
             addrs: HashMap::new(),
@@ -415,6 +418,9 @@ impl NativeProducer {
                 return Err(NativeError::NoMetadata(
                     limit,
                     format!("{:?}", self.bootstrap),
+                    self.refused.as_ref().map_or_else(String::new, |r| {
+                        format!("; the broker refused the connection: {r}")
+                    }),
                 ));
             };
             tracing::warn!(
@@ -1214,6 +1220,7 @@ impl NativeProducer {
     /// must see it), counted, and tried again after 5 s.
     fn sasl_failed(&mut self, b: usize, why: &str) {
         self.snap.auth_failures += 1;
+        self.refused = Some(format!("SASL: {why}"));
         tracing::error!(
             "Kafka (native): broker node {}: SASL {}: {why}; batches wait (journaled once the breaker opens); retrying in 5 s",
             self.brokers[b].node,
@@ -1232,6 +1239,7 @@ impl NativeProducer {
         if let Some(reason) = reason {
             // TLS: a certificate or handshake problem, said at once.
             self.snap.auth_failures += 1;
+            self.refused = Some(reason.clone());
             tracing::error!(
                 "Kafka (native): broker node {} ({}): {reason}; batches wait (journaled once the breaker opens); retrying in 5 s",
                 self.brokers[b].node,
