@@ -831,6 +831,63 @@ mod native {
 
             #[test]
             #[ignore = "broker"]
+            fn a_cut_sasl_tls_connection_reconnects_and_loses_nothing() {
+                let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                let sb = Secured::start_opts(true, false, true);
+                sb.broker.create_topic("t-sasl-cut", 3);
+                let dir = tempfile::tempdir().unwrap();
+                let sec = klais::config::Security {
+                    protocol: "sasl_ssl".into(),
+                    ca_file: Some(sb.file("ca.pem")),
+                    sasl_username: USER.0.into(),
+                    sasl_password_file: Some(sb.write("password", USER.1)),
+                    ..Default::default()
+                };
+                let running = klais::runtime::start(&secure_cfg(
+                    &sb.brokers(),
+                    "t-sasl-cut",
+                    dir.path(),
+                    sec,
+                ))
+                .unwrap();
+                let to = running.local_addr();
+                let devs = devices(100);
+                let sender = std::thread::spawn(move || send(to, &devs, 0, 300, 10_000));
+                wait_for("first deliveries", Duration::from_secs(30), || {
+                    running.kafka_snapshot().unwrap().delivered > 3_000
+                });
+                let relay = sb.relay.as_ref().unwrap();
+                relay.cut();
+                std::thread::sleep(Duration::from_millis(1500));
+                relay.restore();
+                sender.join().unwrap();
+                let n = 100 * 300;
+                wait_for("accepted = delivered", Duration::from_secs(120), || {
+                    let k = running.kafka_snapshot().unwrap();
+                    k.accepted == n && k.delivered == n && k.journaled == 0
+                });
+                let s = running.stop().unwrap();
+                let k = s.kafka.unwrap();
+                println!("{k:?}");
+                assert_eq!(s.shards.accepted, n);
+                assert_eq!(
+                    (k.delivered, k.dropped(), k.auth_failures),
+                    (n, 0, 0),
+                    "{k:?}"
+                );
+                assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+                let py = serde_json::json!({
+                    "security_protocol": "SASL_SSL",
+                    "sasl_mechanism": "SCRAM-SHA-512",
+                    "sasl_plain_username": USER.0,
+                    "sasl_plain_password": USER.1,
+                    "cafile": sb.file("ca.pem"),
+                });
+                python_exactly_once(&sb.brokers(), "t-sasl-cut", 100, 300, &py);
+            }
+
+            #[test]
+            #[ignore = "broker"]
             fn a_wrong_password_or_an_untrusted_broker_fails_loudly_at_start() {
                 let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
                 let sb = Secured::start(true, false);

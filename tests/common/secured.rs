@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::broker::{free_port, Broker};
+use super::broker::{free_port, Broker, Relay};
 use super::sasl_gate::Gate;
 
 /// The user the SASL front knows, and its password.
@@ -25,6 +25,8 @@ pub struct Secured {
     pub tls_port: u16,
     /// The SASL front, when there is one.
     pub gate: Option<Gate>,
+    /// The relay clients connect through, when asked for.
+    pub relay: Option<Relay>,
     stunnel: Child,
     dir: tempfile::TempDir,
 }
@@ -106,6 +108,12 @@ impl Secured {
     /// in front (asking for a client certificate from the test CA when
     /// `client_cert`).
     pub fn start(sasl: bool, client_cert: bool) -> Secured {
+        Secured::start_opts(sasl, client_cert, false)
+    }
+
+    /// [`Secured::start`], with a [`Relay`] in front of stunnel when `relay`
+    /// (clients connect to the relay; a test can cut it).
+    pub fn start_opts(sasl: bool, client_cert: bool, relay: bool) -> Secured {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         make_ca(d, "ca");
@@ -113,6 +121,7 @@ impl Secured {
         make_cert(d, "ca", "server", "DNS:localhost,IP:127.0.0.1");
         make_cert(d, "ca", "client", "DNS:klais-client");
         let tls_port = free_port();
+        let stunnel_port = if relay { free_port() } else { tls_port };
         let broker = Broker::start(Some(tls_port));
         let gate = sasl.then(|| Gate::start(broker.port, &[USER]));
         let behind = gate.as_ref().map_or(broker.port, |g| g.port);
@@ -125,7 +134,7 @@ impl Secured {
         std::fs::write(
             &conf,
             format!(
-                "foreground = yes\npid =\ndebug = 4\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{}\ncert = {}\nkey = {}\n{verify}",
+                "foreground = yes\npid =\ndebug = 4\n[kafka]\naccept = 127.0.0.1:{stunnel_port}\nconnect = 127.0.0.1:{}\ncert = {}\nkey = {}\n{verify}",
                 behind,
                 d.join("server.pem").display(),
                 d.join("server.key").display(),
@@ -143,7 +152,7 @@ impl Secured {
             .spawn()
             .expect("start stunnel");
         let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", stunnel_port)).is_err() {
             assert!(
                 t.elapsed() < Duration::from_secs(20),
                 "stunnel did not listen: {}",
@@ -151,10 +160,12 @@ impl Secured {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        let relay = relay.then(|| Relay::start_on(tls_port, stunnel_port));
         Secured {
             broker,
             tls_port,
             gate,
+            relay,
             stunnel,
             dir,
         }
