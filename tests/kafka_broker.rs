@@ -334,12 +334,14 @@ mod broker {
 /// The records of `topic` as Python's aiokafka reads them
 /// (tests/fixtures/read_topic.py, in the venv `scripts/baselines.sh` makes).
 fn read_back_python(brokers: &str, topic: &str, expect: u64) -> Vec<Consumed> {
-    read_back_python_with(brokers, topic, expect, None)
+    read_back_python_with("aiokafka", brokers, topic, expect, None)
 }
 
-/// [`read_back_python`] through a secured listener (`security`: aiokafka's
-/// settings, see tests/fixtures/read_topic.py).
+/// The records of `topic` as a Python client reads them: `client` is
+/// "aiokafka" or "confluent" (confluent-kafka, librdkafka 2.12 with zstd, TLS
+/// and SASL); `security`: aiokafka's names, see tests/fixtures/read_topic.py.
 fn read_back_python_with(
+    client: &str,
     brokers: &str,
     topic: &str,
     expect: u64,
@@ -357,12 +359,16 @@ fn read_back_python_with(
     let py = String::from_utf8_lossy(&py.stdout).trim().to_string();
     let out = Command::new(py)
         .arg(root.join("tests/fixtures/read_topic.py"))
+        .args(["--client", client])
         .args([brokers, topic, &expect.to_string(), "3"])
         .args(security.map(ToString::to_string))
         .stderr(Stdio::inherit())
         .output()
         .expect("the Python reader runs");
-    assert!(out.status.success(), "read_topic.py failed");
+    assert!(
+        out.status.success(),
+        "read_topic.py --client {client} failed"
+    );
     let hex = |v: &serde_json::Value| -> Vec<u8> {
         let s = v.as_str().unwrap();
         (0..s.len())
@@ -391,7 +397,7 @@ fn read_back_python_with(
         .collect();
     assert!(
         recs.len() as u64 >= expect,
-        "Python read {} of {expect} records back",
+        "Python ({client}) read {} of {expect} records back",
         recs.len()
     );
     recs
@@ -399,8 +405,8 @@ fn read_back_python_with(
 
 /// The native client (`output.kafka.client = "native"`): the shards encode
 /// the batches; the same checks as the librdkafka path, read back by
-/// librdkafka's consumer and by Python's aiokafka (the only one of the two
-/// built with zstd here).
+/// librdkafka's consumer (klais's build, no zstd) and by Python's aiokafka and
+/// confluent-kafka (its wheel's librdkafka 2.12 has zstd, TLS and SASL).
 mod native {
     use super::*;
 
@@ -437,7 +443,13 @@ mod native {
         );
         let (l, r) = k.reconcile();
         assert_eq!(l, r, "{k:?}");
-        let mut readers = vec![("aiokafka", read_back_python(&broker.brokers(), &topic, n))];
+        let mut readers = vec![
+            ("aiokafka", read_back_python(&broker.brokers(), &topic, n)),
+            (
+                "confluent-kafka",
+                read_back_python_with("confluent", &broker.brokers(), &topic, n, None),
+            ),
+        ];
         if codec != "zstd" {
             readers.push(("librdkafka", read_back(&broker.brokers(), &topic, n)));
         }
@@ -465,7 +477,7 @@ mod native {
 
         #[test]
         #[ignore = "broker"]
-        fn every_codec_is_read_back_exactly_by_aiokafka_and_librdkafka() {
+        fn every_codec_is_read_back_exactly_by_aiokafka_confluent_kafka_and_librdkafka() {
             let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
             for codec in ["lz4", "zstd", "snappy", "gzip", "none"] {
                 round_trip(codec);
@@ -785,12 +797,22 @@ mod native {
             security: &serde_json::Value,
         ) {
             let n = m as u64 * u64::from(per);
-            let recs = read_back_python_with(brokers, topic, n, Some(security));
-            assert_eq!(recs.len() as u64, n, "{topic}: exactly N, no duplicates");
-            let per_dev = check_records(&recs, 3);
-            assert_eq!(per_dev.len(), m);
-            for (id, seqs) in per_dev {
-                assert_eq!(seqs, (0..per).collect::<Vec<u32>>(), "{topic}, {id}");
+            for client in ["aiokafka", "confluent"] {
+                let recs = read_back_python_with(client, brokers, topic, n, Some(security));
+                assert_eq!(
+                    recs.len() as u64,
+                    n,
+                    "{topic}, {client}: exactly N, no duplicates"
+                );
+                let per_dev = check_records(&recs, 3);
+                assert_eq!(per_dev.len(), m);
+                for (id, seqs) in per_dev {
+                    assert_eq!(
+                        seqs,
+                        (0..per).collect::<Vec<u32>>(),
+                        "{topic}, {client}, {id}"
+                    );
+                }
             }
         }
 
