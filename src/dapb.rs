@@ -319,9 +319,15 @@ mod tests {
     }
 }
 
+/// [`ShardKnobs::partitions`] when no broker has ever given the count: the
+/// shards encode every record into one batch per shard, which the output
+/// core journals and later splits by partition.
+pub const UNPARTITIONED: u32 = u32::MAX;
+
 /// What a shard needs to close its Kafka batches (native client): the DAPB
 /// parameters of this tick and the topic's partition count (0: not known
-/// yet, nothing can be encoded).
+/// yet, nothing can be encoded; [`UNPARTITIONED`]: not known, encode for a
+/// later split).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardKnobs {
     /// B(t), T(t), U_th.

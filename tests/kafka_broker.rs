@@ -682,6 +682,69 @@ mod native {
 
         #[test]
         #[ignore = "broker"]
+        fn a_first_start_ever_without_a_broker_journals_unpartitioned_and_splits_when_it_comes() {
+            let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+            let relay_port = free_port();
+            let broker = Broker::start(Some(relay_port));
+            broker.create_topic("t-native-first", 3);
+            let dir = tempfile::tempdir().unwrap();
+            let brokers = format!("127.0.0.1:{relay_port}");
+            // Nothing listens on the relay's port yet: no broker, and no
+            // partition count saved in the (new) journal directory.
+            let c = native_cfg(&brokers, "t-native-first", dir.path(), "snappy");
+            let running = klais::runtime::start(&c).unwrap();
+            let devs = devices(40);
+            send(running.local_addr(), &devs, 0, 100, 20_000);
+            wait_for("the first 4,000 journaled", Duration::from_secs(30), || {
+                let k = running.kafka_snapshot().unwrap();
+                k.accepted >= 4_000 && k.journaled >= 4_000
+            });
+            let during = running.kafka_snapshot().unwrap();
+            let relay = Relay::start_on(relay_port, broker.port);
+            wait_for(
+                "the journal split and delivered",
+                Duration::from_secs(60),
+                || {
+                    let k = running.kafka_snapshot().unwrap();
+                    k.delivered >= 4_000 && k.journaled == 0
+                },
+            );
+            // Now the shards know the count: the next records go straight.
+            send(running.local_addr(), &devs, 100, 100, 20_000);
+            wait_for("all delivered", Duration::from_secs(60), || {
+                running.kafka_snapshot().unwrap().delivered >= 8_000
+            });
+            let s = running.stop().unwrap();
+            let k = s.kafka.unwrap();
+            println!("while no broker: {during:?}\nat the end: {k:?}");
+            assert_eq!(during.delivered, 0, "{during:?}");
+            assert_eq!(s.shards.accepted, 8_000);
+            assert_eq!(
+                (k.accepted, k.delivered, k.journaled, k.dropped()),
+                (8_000, 8_000, 0, 0),
+                "{k:?}"
+            );
+            assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+            assert_eq!(journal_files(dir.path()), 0, "journal empty afterwards");
+            assert!(
+                dir.path().join("partitions").exists(),
+                "the count is saved for the next start"
+            );
+            for client in ["aiokafka", "confluent"] {
+                let recs = read_back_python_with(client, &brokers, "t-native-first", 8_000, None);
+                assert_eq!(recs.len(), 8_000, "{client}: exactly N, no duplicates");
+                // Every record in its murmur2 partition, each device in order.
+                let per = check_records(&recs, 3);
+                assert_eq!(per.len(), 40);
+                for (id, seqs) in &per {
+                    assert_eq!(seqs, &(0..200).collect::<Vec<u32>>(), "{client}, {id}");
+                }
+            }
+            drop(relay);
+        }
+
+        #[test]
+        #[ignore = "broker"]
         fn a_cut_connection_loses_nothing_duplicates_nothing_and_keeps_order() {
             let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
             let relay_port = free_port();

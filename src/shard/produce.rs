@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::dapb::{self, Class, KnobFeed, Release, ShardKnobs};
+use crate::dapb::{self, Class, KnobFeed, Release, ShardKnobs, UNPARTITIONED};
 use crate::handoff::{
     BatchTx, ProducedBatch, RecordMeta, RingFull, FLAG_AUTHENTICATED, FLAG_URGENT,
 };
@@ -112,6 +112,17 @@ struct Batches {
     opened: Vec<u32>,
     codec: Codec,
     stats: ProduceStats,
+    /// Encoding for a later split (the count was never known): one batch.
+    unpartitioned: bool,
+}
+
+/// Open-batch slots for a partition count.
+fn slots(partitions: u32) -> usize {
+    if partitions == UNPARTITIONED {
+        1
+    } else {
+        partitions as usize
+    }
 }
 
 impl std::fmt::Debug for BatchProducer {
@@ -135,7 +146,8 @@ impl BatchProducer {
         Ok(BatchProducer {
             b: Batches {
                 codec: Codec::new(settings.compression, settings.zstd_level)?,
-                open: (0..knobs.partitions).map(|_| None).collect(),
+                open: (0..slots(knobs.partitions)).map(|_| None).collect(),
+                unpartitioned: knobs.partitions == UNPARTITIONED,
                 opened: Vec::new(),
                 tx,
                 stats: ProduceStats::default(),
@@ -170,7 +182,11 @@ impl BatchProducer {
         }
         let len = meta.raw_id.iter().position(|&b| b == 0).unwrap_or(16);
         let key = &meta.raw_id[..len];
-        let p = partition_for(key, parts) as usize;
+        let p = if parts == UNPARTITIONED {
+            0
+        } else {
+            partition_for(key, parts) as usize
+        };
         let (urgent, latency) = if self.classes.is_empty() {
             (false, false)
         } else {
@@ -292,7 +308,8 @@ impl BatchProducer {
             // Batches encoded for the old count are still right for it:
             // send them, then route by the new count.
             self.close_all();
-            self.b.open = (0..k.partitions).map(|_| None).collect();
+            self.b.open = (0..slots(k.partitions)).map(|_| None).collect();
+            self.b.unpartitioned = k.partitions == UNPARTITIONED;
         }
         self.knobs = k;
     }
@@ -324,7 +341,11 @@ impl Batches {
         self.stats.records += u64::from(records);
         self.stats.batch_bytes += bytes.len() as u64;
         self.tx.push(ProducedBatch {
-            partition: p as u32,
+            partition: if self.unpartitioned {
+                UNPARTITIONED
+            } else {
+                p as u32
+            },
             records,
             payload_bytes: o.payload,
             first_recv_ns: o.first_ns,

@@ -84,6 +84,9 @@ pub enum NativeError {
     /// TLS or SASL settings that cannot be used.
     #[error(transparent)]
     Security(#[from] secure::SecurityError),
+    /// The codec for re-split batches could not be made.
+    #[error(transparent)]
+    Codec(#[from] kwire::CodecError),
 }
 
 /// Where a batch of a lane is.
@@ -227,6 +230,14 @@ pub struct NativeProducer {
     security: secure::Security,
     /// The last TLS or SASL refusal (for the start's error).
     refused: Option<String>,
+    /// No partition count was ever known: the shards encode unpartitioned
+    /// batches until metadata comes.
+    unpartitioned: bool,
+    /// Journal entries split into several lane batches: token → parts not
+    /// yet delivered (the entry is acknowledged with its last part).
+    splits: HashMap<u64, u32>,
+    /// Re-encodes split batches (the configured codec).
+    codec: kwire::Codec,
     io: Uring,
     brokers: Vec<Broker>,
     addrs: HashMap<i32, SocketAddr>,
@@ -364,6 +375,12 @@ impl NativeProducer {
             names,
             security,
             refused: None,
+            unpartitioned: false,
+            splits: HashMap::new(),
+            codec: kwire::Codec::new(
+                kwire::Compression::from_name(&cfg.compression).unwrap_or(kwire::Compression::Lz4),
+                cfg.zstd_level,
+            )?,
             io: Uring::new(1024)?,
             brokers: Vec::new(),
             addrs: HashMap::new(),
@@ -411,17 +428,29 @@ impl NativeProducer {
                 return Ok(());
             }
         }
+        if let Some(r) = &self.refused {
+            // A broker is there and refuses us: a setting to fix, not an
+            // outage to ride out.
+            return Err(NativeError::NoMetadata(
+                limit,
+                format!("{:?}", self.bootstrap),
+                format!("the broker refused the connection: {r} (check [output.kafka.security])"),
+            ));
+        }
         if self.leaders.is_empty() {
             // The count an earlier run saw, beside the journal: enough to
             // encode, and what is encoded waits in the journal for a broker.
             let Some(n) = self.saved_partitions() else {
-                return Err(NativeError::NoMetadata(
-                    limit,
-                    format!("{:?}", self.bootstrap),
-                    self.refused.as_ref().map_or_else(String::new, |r| {
-                        format!("; the broker refused the connection: {r}")
-                    }),
-                ));
+                // Never known: the shards encode one batch each, the journal
+                // keeps them, and they are split by partition once a broker
+                // gives the count.
+                tracing::warn!(
+                    topic = %self.topic,
+                    "Kafka broker not reachable at the first start (no partition count saved): batches go to the spill journal unpartitioned and are split by partition once a broker answers"
+                );
+                self.unpartitioned = true;
+                self.publish_knobs();
+                return Ok(());
             };
             tracing::warn!(
                 topic = %self.topic,
@@ -557,6 +586,7 @@ impl NativeProducer {
 
     fn take_batches(&mut self) -> usize {
         let mut got = 0;
+        let mut unpartitioned = Vec::new();
         for (s, rx) in self.rings.iter_mut().enumerate() {
             for _ in 0..256 {
                 let Some(mut b) = rx.pop() else {
@@ -571,6 +601,10 @@ impl NativeProducer {
                     b.payload_bytes,
                     u64::from(b.capacity),
                 );
+                if b.partition == crate::dapb::UNPARTITIONED {
+                    unpartitioned.push((s, b));
+                    continue;
+                }
                 let lanes = &mut self.lanes[s];
                 let p = b.partition as usize;
                 if lanes.len() <= p {
@@ -607,7 +641,112 @@ impl NativeProducer {
                 lane.queue.push_back(Queued::direct(lane.next_id, b, false));
             }
         }
+        for (s, b) in unpartitioned {
+            self.take_unpartitioned(s, b);
+        }
         got
+    }
+
+    /// A batch a shard encoded before any partition count was known: into
+    /// the journal behind the others like it (the breaker opens if it was
+    /// not), or — the count known and nothing journaled ahead of it — split
+    /// by partition into the lanes at once. The shard's buffer goes back.
+    fn take_unpartitioned(&mut self, s: usize, mut b: ProducedBatch) {
+        let bytes = std::mem::take(&mut b.bytes);
+        if self.leaders.is_empty() || self.breaker == Breaker::Open {
+            if self.breaker == Breaker::Closed {
+                self.breaker = Breaker::Open;
+                self.snap.breaker_opens += 1;
+                tracing::warn!(
+                    "circuit breaker open (no partition count yet): record batches go to the spill journal"
+                );
+            }
+            b.bytes = bytes;
+            spill(
+                &mut self.journal,
+                &mut self.snap,
+                &mut self.journaled_records,
+                &mut self.last_full_log,
+                s,
+                &b,
+            );
+            self.rings[s].give_back(b.bytes);
+            return;
+        }
+        match self.split_batch(&bytes, &b) {
+            Ok(parts) => {
+                for (p, part) in parts {
+                    let lane = self.lane_mut(s, p);
+                    lane.next_id += 1;
+                    let id = lane.next_id;
+                    lane.queue.push_back(Queued::direct(id, part, true));
+                }
+            }
+            Err(e) => {
+                self.snap.journal_lost += u64::from(b.records);
+                tracing::error!(records = b.records, error = %e, "an unpartitioned batch could not be split: its records are LOST (counted journal_lost)");
+            }
+        }
+        self.rings[s].give_back(bytes);
+    }
+
+    /// The lane of shard `s` for partition `p` (made if new).
+    fn lane_mut(&mut self, s: usize, p: usize) -> &mut Lane {
+        let lanes = &mut self.lanes[s];
+        if lanes.len() <= p {
+            lanes.resize_with(p + 1, Lane::default);
+        }
+        &mut lanes[p]
+    }
+
+    /// Splits an unpartitioned batch by the murmur2 partition of each key
+    /// into one batch per partition, records in their order, encoded with
+    /// the configured codec. Per-record work on the output core, done only
+    /// for batches encoded before the first partition count was known.
+    fn split_batch(
+        &mut self,
+        bytes: &[u8],
+        like: &ProducedBatch,
+    ) -> Result<Vec<(usize, ProducedBatch)>, kwire::BatchDecodeError> {
+        let records = kwire::decode_batch(bytes)?;
+        let n = self.leaders.len().max(1) as u32;
+        let mut writers: Vec<(usize, kwire::BatchWriter, u64)> = Vec::new();
+        for r in &records {
+            let p = kwire::partition_for(&r.key, n) as usize;
+            let i = match writers.iter().position(|w| w.0 == p) {
+                Some(i) => i,
+                None => {
+                    writers.push((p, kwire::BatchWriter::new(Vec::new()), 0));
+                    writers.len() - 1
+                }
+            };
+            let headers: Vec<(&[u8], &[u8])> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .collect();
+            writers[i].1.push(r.ts_ms, &r.key, &r.value, &headers);
+            writers[i].2 += r.value.len() as u64;
+        }
+        let mut out = Vec::with_capacity(writers.len());
+        for (p, w, payload) in writers {
+            let records = w.count();
+            let (bytes, _) = w.finish(&mut self.codec);
+            out.push((
+                p,
+                ProducedBatch {
+                    partition: p as u32,
+                    records,
+                    payload_bytes: payload,
+                    first_recv_ns: like.first_recv_ns,
+                    urgent: like.urgent,
+                    release: crate::dapb::Release::Drain.code(),
+                    capacity: 0,
+                    bytes,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     /// Metadata, producer ids and reconnections when due; a broker that
@@ -836,9 +975,17 @@ impl NativeProducer {
     fn retire(&mut self, s: usize, q: Queued) {
         match q.token {
             Some(t) => {
-                self.journal.ack(t);
                 self.replaying -= 1;
                 self.journaled_records -= u64::from(q.batch.records);
+                // A split entry is acknowledged with its last part.
+                if let Some(left) = self.splits.get_mut(&t) {
+                    *left -= 1;
+                    if *left > 0 {
+                        return;
+                    }
+                    self.splits.remove(&t);
+                }
+                self.journal.ack(t);
             }
             None if !q.copy => self.rings[s].give_back(q.batch.bytes),
             None => {}
@@ -1299,9 +1446,14 @@ impl NativeProducer {
     /// Publishes the DAPB parameters and the partition count to the shards.
     fn publish_knobs(&mut self) {
         self.params = Params::compute(&self.dapb_cfg, &self.cond);
+        let partitions = if self.leaders.is_empty() && self.unpartitioned {
+            crate::dapb::UNPARTITIONED
+        } else {
+            self.leaders.len() as u32
+        };
         self.feed.publish(ShardKnobs {
             params: self.params,
-            partitions: self.leaders.len() as u32,
+            partitions,
         });
     }
 
@@ -1396,13 +1548,18 @@ impl NativeProducer {
         }
         self.journal_lanes();
         let held = self.held();
-        if up && held == 0 {
+        if up && held == 0 && !self.leaders.is_empty() {
             let shards = self.lanes.len().max(1);
             let parts = self.leaders.len().max(1);
             while self.replaying < 64 {
                 let Some((token, meta, bytes)) = self.journal.next_record() else {
                     break;
                 };
+                if meta.raw_id[0..4] == crate::dapb::UNPARTITIONED.to_le_bytes() {
+                    let bytes = bytes.to_vec();
+                    self.replay_split(token, &meta, &bytes, shards);
+                    continue;
+                }
                 let (s, p, batch) = replayed(&meta, bytes, shards, parts);
                 self.snap.replayed += u64::from(batch.records);
                 let lanes = &mut self.lanes[s];
@@ -1440,6 +1597,55 @@ impl NativeProducer {
                 replayed = self.snap.replayed,
                 "circuit breaker closed: journal delivered"
             );
+        }
+    }
+
+    /// A journal entry encoded before the partition count was known: split
+    /// by partition into the lanes, acknowledged once every part is
+    /// delivered (a crash in between delivers the delivered parts again).
+    fn replay_split(&mut self, token: u64, meta: &RecordMeta, bytes: &[u8], shards: usize) {
+        let s = usize::from(meta.shard) % shards;
+        let like = ProducedBatch {
+            partition: 0,
+            records: meta.sequence,
+            payload_bytes: 0,
+            first_recv_ns: meta.recv_ts_ns,
+            urgent: meta.flags & crate::handoff::FLAG_URGENT != 0,
+            release: crate::dapb::Release::Drain.code(),
+            capacity: 0,
+            bytes: Vec::new(),
+        };
+        let parts = match self.split_batch(bytes, &like) {
+            Ok(parts) if !parts.is_empty() => parts,
+            Ok(_) => {
+                self.journal.ack(token);
+                return;
+            }
+            Err(e) => {
+                self.snap.journal_lost += u64::from(meta.sequence);
+                self.journaled_records = self
+                    .journaled_records
+                    .saturating_sub(u64::from(meta.sequence));
+                tracing::error!(records = meta.sequence, error = %e, "a journaled unpartitioned batch could not be split: its records are LOST (counted journal_lost)");
+                self.journal.ack(token);
+                return;
+            }
+        };
+        self.splits.insert(token, parts.len() as u32);
+        for (p, batch) in parts {
+            self.snap.replayed += u64::from(batch.records);
+            let lane = self.lane_mut(s, p);
+            lane.next_id += 1;
+            let id = lane.next_id;
+            lane.queue.push_back(Queued {
+                id,
+                st: St::Wait,
+                batch,
+                stamped: None,
+                token: Some(token),
+                copy: true,
+            });
+            self.replaying += 1;
         }
     }
 
