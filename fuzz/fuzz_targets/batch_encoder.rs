@@ -2,14 +2,17 @@
 //! records and codecs: the batch must carry a valid CRC-32C (also after
 //! `stamp`), its length and count fields must agree with what was written,
 //! and decompressing its records section must give back exactly the
-//! uncompressed encoding of the same records.
+//! uncompressed encoding of the same records; `decode_batch` (the output
+//! core's re-split of unpartitioned batches) must read back every record as
+//! written, and refuse the batch with one byte flipped, never panic.
 
 #![no_main]
 
 use std::io::Read;
 
 use klais::wire::kafka::{
-    producer_fields, record_count, stamp, BatchWriter, Codec, Compression, BATCH_HEADER_LEN,
+    decode_batch, producer_fields, record_count, stamp, BatchWriter, Codec, Compression,
+    BATCH_HEADER_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -63,6 +66,15 @@ fuzz_target!(|data: &[u8]| {
         }
         Compression::Zstd => out = zstd::decode_all(body).unwrap(),
     }
+    let back = decode_batch(&b).expect("a batch klais wrote decodes");
+    assert_eq!(back.len(), records.len());
+    for (i, (r, (k, v))) in back.iter().zip(&records).enumerate() {
+        assert_eq!((r.ts_ms, &r.key[..], &r.value[..]), (i as i64 * 7 - 3, *k, *v));
+        assert_eq!(r.headers, vec![(b"h".to_vec(), k.to_vec())]);
+    }
+    let at = usize::from(pick) % b.len();
+    b[at] ^= 0x5a;
+    let _ = decode_batch(&b);
     if records.is_empty() {
         return;
     }
