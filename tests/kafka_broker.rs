@@ -31,6 +31,8 @@ fn cfg(brokers: &str, topic: &str, journal: &Path) -> Config {
     // Tests run in parallel: each klais serves its metrics on its own port.
     c.admin.listen = "127.0.0.1:0".parse().unwrap();
     c.output.sink = SinkKind::Kafka;
+    // The librdkafka path; `native_cfg` switches to the native client.
+    c.output.kafka.client = "librdkafka".into();
     c.output.kafka.brokers = brokers.into();
     c.output.kafka.topic = topic.into();
     c.output.kafka.gateway_id = Some("gw-test".into());
@@ -233,102 +235,120 @@ mod broker {
     #[test]
     #[ignore = "broker"]
     fn sigterm_with_the_broker_down_journals_everything_and_the_next_start_delivers_it() {
-        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        common::broker::require();
-        let port = free_port();
-        let udp = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("klais.toml");
-        let journal = dir.path().join("journal");
-        std::fs::write(
+        sigterm_without_a_broker_then_deliver("librdkafka");
+    }
+}
+
+/// `klais run` (the binary, configuration from a file) with `client`: a first
+/// start ever with nothing on the broker port, traffic, SIGTERM — everything
+/// accepted is in the journal (a record per entry for librdkafka, whole
+/// batches for native); the broker comes up and the next start delivers it
+/// exactly once, in order, and empties the journal.
+fn sigterm_without_a_broker_then_deliver(client: &str) {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    common::broker::require();
+    let port = free_port();
+    let udp = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("klais.toml");
+    let journal = dir.path().join("journal");
+    std::fs::write(
             &conf,
             format!(
                 "[ingest]\nlisten = \"127.0.0.1:{udp}\"\n[output]\nsink = \"kafka\"\n\
-             [output.kafka]\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"t-sigterm\"\n\
+             [output.kafka]\nclient = \"{client}\"\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"t-sigterm\"\n\
              gateway_id = \"gw-test\"\nshutdown_flush_ms = 1000\n\
              [output.kafka.journal]\ndir = \"{}\"\nsegment_bytes = 1048576\n",
                 journal.display()
             ),
         )
         .unwrap();
-        let start = || {
-            Command::new(env!("CARGO_BIN_EXE_klais"))
-                .args(["run", "--config", conf.to_str().unwrap()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        };
-        let listening = |udp: u16| {
-            // klais binds the UDP port when it is up.
-            UdpSocket::bind(("127.0.0.1", udp)).is_err()
-        };
-        // 1. Nothing listens on the broker port.
-        let klais = start();
-        wait_for("klais up", Duration::from_secs(30), || listening(udp));
-        let devs = devices(50);
-        let to: SocketAddr = format!("127.0.0.1:{udp}").parse().unwrap();
-        send(to, &devs, 0, 200, 20_000);
-        std::thread::sleep(Duration::from_millis(500));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(klais.id() as i32, libc::SIGTERM) };
-        let out = klais.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "klais exit: {err}");
-        let accepted: u64 = err
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("accepted"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no accepted line in: {err}"));
-        assert_eq!(accepted, 50 * 200, "{err}");
-        let held = klais::kafka::journal::read_all(&journal).unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_klais"))
+            .args(["run", "--config", conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let listening = |udp: u16| {
+        // klais binds the UDP port when it is up.
+        UdpSocket::bind(("127.0.0.1", udp)).is_err()
+    };
+    // 1. Nothing listens on the broker port.
+    let klais = start();
+    wait_for("klais up", Duration::from_secs(30), || listening(udp));
+    let devs = devices(50);
+    let to: SocketAddr = format!("127.0.0.1:{udp}").parse().unwrap();
+    send(to, &devs, 0, 200, 20_000);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(klais.id() as i32, libc::SIGTERM) };
+    let out = klais.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "klais exit: {err}");
+    let accepted: u64 = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("accepted"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no accepted line in: {err}"));
+    assert_eq!(accepted, 50 * 200, "{err}");
+    let held: u64 = klais::kafka::journal::read_all(&journal)
+        .unwrap()
+        .iter()
+        .map(|(m, _)| {
+            if m.flags & klais::kafka::native::FLAG_BATCH != 0 {
+                u64::from(m.sequence)
+            } else {
+                1
+            }
+        })
+        .sum();
+    assert_eq!(
+        held, accepted,
+        "everything accepted is in the journal: {err}"
+    );
+    // 2. The broker comes up on that port; the next start delivers the journal.
+    let broker = Broker::start_at(port);
+    broker.create_topic("t-sigterm", 3);
+    let klais = start();
+    let brokers = broker.brokers();
+    let mut recs = Vec::new();
+    let t = Instant::now();
+    while (recs.len() as u64) < accepted && t.elapsed() < Duration::from_secs(90) {
+        recs.clear();
+        for_each(
+            &brokers,
+            "t-sigterm",
+            Some(accepted),
+            Duration::from_secs(2),
+            |m| recs.push(m),
+        )
+        .unwrap();
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(klais.id() as i32, libc::SIGTERM) };
+    let out = klais.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = read_back(&brokers, "t-sigterm", accepted);
+    assert_eq!(recs.len() as u64, accepted, "delivered exactly once");
+    for (id, seqs) in check_records(&recs, 3) {
         assert_eq!(
-            held.len() as u64,
-            accepted,
-            "everything accepted is in the journal: {err}"
-        );
-        // 2. The broker comes up on that port; the next start delivers the journal.
-        let broker = Broker::start_at(port);
-        broker.create_topic("t-sigterm", 3);
-        let klais = start();
-        let brokers = broker.brokers();
-        let mut recs = Vec::new();
-        let t = Instant::now();
-        while (recs.len() as u64) < accepted && t.elapsed() < Duration::from_secs(90) {
-            recs.clear();
-            for_each(
-                &brokers,
-                "t-sigterm",
-                Some(accepted),
-                Duration::from_secs(2),
-                |m| recs.push(m),
-            )
-            .unwrap();
-        }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(klais.id() as i32, libc::SIGTERM) };
-        let out = klais.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let recs = read_back(&brokers, "t-sigterm", accepted);
-        assert_eq!(recs.len() as u64, accepted, "delivered exactly once");
-        for (id, seqs) in check_records(&recs, 3) {
-            assert_eq!(
-                seqs,
-                (0..200).collect::<Vec<u32>>(),
-                "{id}: order and completeness"
-            );
-        }
-        assert!(
-            klais::kafka::journal::read_all(&journal)
-                .unwrap()
-                .is_empty(),
-            "journal empty after delivery"
+            seqs,
+            (0..200).collect::<Vec<u32>>(),
+            "{id}: order and completeness"
         );
     }
+    assert!(
+        klais::kafka::journal::read_all(&journal)
+            .unwrap()
+            .is_empty(),
+        "journal empty after delivery"
+    );
 }
 
 /// The records of `topic` as Python's aiokafka reads them
@@ -741,6 +761,12 @@ mod native {
                 }
             }
             drop(relay);
+        }
+
+        #[test]
+        #[ignore = "broker"]
+        fn sigterm_with_the_broker_down_journals_everything_and_the_next_start_delivers_it() {
+            sigterm_without_a_broker_then_deliver("native");
         }
 
         #[test]

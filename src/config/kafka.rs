@@ -40,9 +40,9 @@ pub struct Kafka {
     /// zstd level, 1–19 (native client).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
-    /// `"librdkafka"`: one librdkafka producer on the output core, which
-    /// batches (DAPB) and produces message by message. `"native"`: the shards
-    /// encode Kafka record batches and the output core only sends them
+    /// `"native"` (default): the shards encode Kafka record batches and the
+    /// output core only sends them. `"librdkafka"`: one librdkafka producer on
+    /// the output core, which batches (DAPB) and produces message by message
     /// (docs/kafka.md).
     #[serde(default = "default_client")]
     pub client: String,
@@ -376,7 +376,7 @@ fn default_zstd_level() -> i32 {
     3
 }
 fn default_client() -> String {
-    "librdkafka".into()
+    "native".into()
 }
 fn default_compression() -> String {
     "lz4".into()

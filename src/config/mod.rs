@@ -1239,7 +1239,10 @@ mod tests {
     #[test]
     fn kafka_security_settings_are_checked_with_keys_and_fixes() {
         // librdkafka here has no TLS or SASL.
-        let e = errors("[output.kafka.security]\nprotocol = \"ssl\"\n").join("\n");
+        let e = errors(
+            "[output.kafka]\nclient = \"librdkafka\"\n[output.kafka.security]\nprotocol = \"ssl\"\n",
+        )
+        .join("\n");
         assert!(e.contains("output.kafka.security.protocol"), "{e}");
         assert!(e.contains("client = \"native\""), "{e}");
         // SASL needs a user and a password file; PLAIN needs TLS.
