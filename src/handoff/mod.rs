@@ -364,6 +364,44 @@ impl SeqEvent {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_doorbell_writes_its_eventfd_only_for_a_parked_output_core() {
+        let bell = std::sync::Arc::new(super::Doorbell::new().unwrap());
+        let readable = |b: &super::Doorbell| {
+            let mut buf = [0u8; 8];
+            // SAFETY: 8 bytes into a live buffer from a non-blocking fd.
+            unsafe { libc::read(b.fd(), buf.as_mut_ptr().cast(), 8) == 8 }
+        };
+        let (mut tx, mut rx) = super::batch_ring(4, 64);
+        tx.ring_on_push(bell.clone());
+        let batch = |tx: &mut super::BatchTx| super::ProducedBatch {
+            partition: 0,
+            records: 1,
+            payload_bytes: 1,
+            first_recv_ns: 0,
+            urgent: false,
+            release: 0,
+            capacity: 0,
+            bytes: tx.take_buffer().unwrap(),
+        };
+        // Awake: a push rings nothing (no system call).
+        let b = batch(&mut tx);
+        tx.push(b);
+        assert!(!readable(&bell));
+        assert!(rx.has_batch());
+        rx.pop().unwrap();
+        assert!(!rx.has_batch());
+        // Parked: the push wakes it, once.
+        bell.park();
+        let b = batch(&mut tx);
+        tx.push(b);
+        assert!(readable(&bell));
+        let b = batch(&mut tx);
+        tx.push(b);
+        assert!(!readable(&bell), "one wake-up per sleep");
+        bell.unpark();
+    }
+
     use super::*;
     use proptest::prelude::*;
 
@@ -574,6 +612,70 @@ pub struct BatchTx {
     back: Consumer<Vec<u8>>,
     /// Free buffers on this side.
     free: Vec<Vec<u8>>,
+    /// Rung after a push, for an output core that sleeps.
+    bell: Option<std::sync::Arc<Doorbell>>,
+}
+
+/// Wakes a sleeping output core when a shard hands it a batch: the output
+/// core marks itself parked before it sleeps and waits on an eventfd (in its
+/// io_uring); a shard that has pushed a batch writes the eventfd only if it
+/// sees the mark — one fence and one load per batch (never per record), a
+/// system call only once per sleep. Without it an idle output core would
+/// have to poll the rings, which at 10,000 msg/s cost it ~10 µs per message.
+#[derive(Debug)]
+pub struct Doorbell {
+    parked: std::sync::atomic::AtomicBool,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Doorbell {
+    /// A doorbell (an eventfd, non-blocking).
+    pub fn new() -> std::io::Result<Doorbell> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: eventfd returns a new descriptor we own, or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Doorbell {
+            parked: std::sync::atomic::AtomicBool::new(false),
+            // SAFETY: fd is a fresh descriptor nobody else owns.
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The eventfd the output core reads (8 bytes) to wait for a ring.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd as _;
+        self.fd.as_raw_fd()
+    }
+
+    /// Output core: about to sleep. Afterwards it must look at the rings
+    /// once more (a batch pushed before the mark was seen is found there).
+    pub fn park(&self) {
+        use std::sync::atomic::{fence, Ordering};
+        self.parked.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Output core: awake (or not sleeping after all).
+    pub fn unpark(&self) {
+        self.parked
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Shard, after pushing a batch: wakes the output core if it sleeps.
+    #[inline]
+    pub fn ring(&self) {
+        use std::sync::atomic::{fence, Ordering};
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::Relaxed) {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to our eventfd. A
+            // full counter (EAGAIN) already means "wake up".
+            let _ = unsafe { libc::write(self.fd(), one.as_ptr().cast(), 8) };
+        }
+    }
 }
 
 /// The output core's end of a batch hand-off.
@@ -596,6 +698,7 @@ pub fn batch_ring(buffers: usize, buffer_bytes: usize) -> (BatchTx, BatchRx) {
             free: (0..buffers)
                 .map(|_| Vec::with_capacity(buffer_bytes))
                 .collect(),
+            bell: None,
         },
         BatchRx { rx, back: back_tx },
     )
@@ -619,6 +722,11 @@ impl BatchTx {
         self.free.push(buf);
     }
 
+    /// Rings `bell` after every push (the output core may sleep).
+    pub fn ring_on_push(&mut self, bell: std::sync::Arc<Doorbell>) {
+        self.bell = Some(bell);
+    }
+
     /// Hands a finished batch to the output core (visible at once).
     #[inline]
     pub fn push(&mut self, batch: ProducedBatch) {
@@ -628,6 +736,9 @@ impl BatchTx {
         if let Err(rtrb::PushError::Full(b)) = self.out.push(batch) {
             self.free.push(b.bytes);
             debug_assert!(false, "batch ring over-full: a buffer not from the pool");
+        }
+        if let Some(bell) = &self.bell {
+            bell.ring();
         }
     }
 }
@@ -645,6 +756,12 @@ impl BatchRx {
         buf.clear();
         // Room for every buffer of the pool: cannot fail for one from it.
         let _ = self.back.push(buf);
+    }
+
+    /// A batch is waiting.
+    #[inline]
+    pub fn has_batch(&self) -> bool {
+        !self.rx.is_empty()
     }
 
     /// True when the shard dropped its end and every batch was taken.

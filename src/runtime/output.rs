@@ -132,7 +132,7 @@ impl OutputJob {
     ) -> Result<OutputEnd, RunError> {
         let out_rx = match ends {
             OutputEnds::Records(rx) => rx,
-            OutputEnds::Batches(rx, feed) => return self.run_native(rx, feed, up),
+            OutputEnds::Batches(rx, feed, bell) => return self.run_native(rx, feed, bell, up),
         };
         let Some(kstats) = self.kstats.clone() else {
             let target = self.target.ok_or(RunError::Core {
@@ -203,6 +203,7 @@ impl OutputJob {
         self,
         rx: Vec<crate::handoff::BatchRx>,
         feed: Arc<crate::dapb::KnobFeed>,
+        bell: Arc<crate::handoff::Doorbell>,
         up: &std::sync::mpsc::Sender<Result<(), RunError>>,
     ) -> Result<OutputEnd, RunError> {
         let fail = |e: RunError| {
@@ -220,7 +221,8 @@ impl OutputJob {
         }
         let kstats = self.kstats.clone().unwrap_or_default();
         let mut p = crate::kafka::native::NativeProducer::new(&self.kcfg, rx, feed)
-            .map_err(|e| fail(crate::kafka::OutputError::from(e).into()))?;
+            .map_err(|e| fail(crate::kafka::OutputError::from(e).into()))?
+            .with_doorbell(bell);
         p.start(Duration::from_secs(5))
             .map_err(|e| fail(crate::kafka::OutputError::from(e).into()))?;
         let _ = up.send(Ok(()));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::{Backend, Config, SinkKind};
 use crate::dapb::{Class, Conditions, KnobFeed, Params, ShardKnobs};
-use crate::handoff::{batch_ring, record_ring, BatchRx, RecordRx, RecordTx};
+use crate::handoff::{batch_ring, record_ring, BatchRx, Doorbell, RecordRx, RecordTx};
 use crate::ingest::udp;
 use crate::model::classifier::ClassifierFile;
 use crate::shard::produce::{BatchProducer, ProduceSettings};
@@ -130,7 +130,7 @@ pub(super) enum OutputEnds {
     Records(Vec<RecordRx>),
     /// Batch hand-offs and the knobs the output core publishes to the
     /// shards (the native Kafka client).
-    Batches(Vec<BatchRx>, Arc<KnobFeed>),
+    Batches(Vec<BatchRx>, Arc<KnobFeed>, Arc<Doorbell>),
 }
 
 /// Batch buffers per shard (native client): open batches (one per
@@ -159,10 +159,15 @@ fn output_ends(cfg: &Config, n: usize) -> Result<(OutputEnds, Vec<ShardOut>), Ru
             urgent_devices: k.urgent_devices.clone(),
             latency_devices: k.latency_devices.clone(),
         };
+        let bell = Arc::new(Doorbell::new().map_err(|e| RunError::Core {
+            role: "output",
+            reason: format!("eventfd for the output core's doorbell: {e}"),
+        })?);
         let mut rxs = Vec::with_capacity(n);
         let mut outs = Vec::with_capacity(n);
         for _ in 0..n {
-            let (tx, rx) = batch_ring(BATCH_BUFFERS, 64 << 10);
+            let (mut tx, rx) = batch_ring(BATCH_BUFFERS, 64 << 10);
+            tx.ring_on_push(bell.clone());
             let p = BatchProducer::new(tx, feed.clone(), settings.clone()).map_err(|e| {
                 RunError::Core {
                     role: "shard",
@@ -172,7 +177,7 @@ fn output_ends(cfg: &Config, n: usize) -> Result<(OutputEnds, Vec<ShardOut>), Ru
             rxs.push(rx);
             outs.push(ShardOut::Batches(Box::new(p)));
         }
-        return Ok((OutputEnds::Batches(rxs, feed), outs));
+        return Ok((OutputEnds::Batches(rxs, feed, bell), outs));
     }
     let max_payload = cfg.protocol.max_payload_bytes;
     let mut out_rx = Vec::with_capacity(n);

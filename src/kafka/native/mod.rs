@@ -89,6 +89,11 @@ pub enum NativeError {
     Codec(#[from] kwire::CodecError),
 }
 
+/// The longest an idle output core with a doorbell sleeps: its timers
+/// (metadata refresh, reconnect backoff, request timeouts, the journal's
+/// fsync interval, the stats tick) need no finer steps.
+const IDLE_WAIT_NS: u64 = 10_000_000;
+
 /// Where a batch of a lane is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum St {
@@ -238,6 +243,9 @@ pub struct NativeProducer {
     splits: HashMap<u64, u32>,
     /// Re-encodes split batches (the configured codec).
     codec: kwire::Codec,
+    /// Rung by the shards when they hand over a batch: lets the output core
+    /// sleep while idle instead of polling the rings.
+    bell: Option<Arc<crate::handoff::Doorbell>>,
     io: Uring,
     brokers: Vec<Broker>,
     addrs: HashMap<i32, SocketAddr>,
@@ -376,6 +384,7 @@ impl NativeProducer {
             security,
             refused: None,
             unpartitioned: false,
+            bell: None,
             splits: HashMap::new(),
             codec: kwire::Codec::new(
                 kwire::Compression::from_name(&cfg.compression).unwrap_or(kwire::Compression::Lz4),
@@ -572,15 +581,50 @@ impl NativeProducer {
         self.send_control(b, Pending::ApiVersions, proto::api_versions);
     }
 
+    /// Sleeps on `bell` when idle (the shards ring it when they hand over a
+    /// batch) instead of polling the rings.
+    pub fn with_doorbell(mut self, bell: Arc<crate::handoff::Doorbell>) -> NativeProducer {
+        self.bell = Some(bell);
+        self
+    }
+
     /// One round: batches from the rings into lanes, requests out, responses
-    /// in. Returns the batches taken.
+    /// in; with nothing taken, waits up to `wait_ns` for a completion — or,
+    /// with a doorbell, up to `idle_ns` for a completion or a shard's batch.
+    /// Returns the batches taken.
     pub fn step(&mut self, wait_ns: u64) -> Result<usize, NativeError> {
         let got = self.take_batches();
         self.maintain();
         self.breaker_step();
         self.journal.poll();
         self.fill_requests();
-        self.step_io(if got > 0 { 0 } else { wait_ns })?;
+        if got > 0 {
+            self.step_io(0)?;
+            return Ok(got);
+        }
+        let Some(bell) = self.bell.clone() else {
+            self.step_io(wait_ns)?;
+            return Ok(got);
+        };
+        // Park, then look at the rings once more: a batch pushed before a
+        // shard could see the mark is found here; one pushed after rings.
+        bell.park();
+        let wait = if self.rings.iter().any(crate::handoff::BatchRx::has_batch) {
+            0
+        } else {
+            self.io.arm_wake(bell.fd())?;
+            IDLE_WAIT_NS
+        };
+        let r = self.step_io(wait);
+        bell.unpark();
+        if wait > 0 {
+            // Consume the wake-up (the eventfd counter) if it came.
+            let mut buf = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live buffer from our
+            // non-blocking eventfd.
+            let _ = unsafe { libc::read(bell.fd(), buf.as_mut_ptr().cast(), 8) };
+        }
+        r?;
         Ok(got)
     }
 
@@ -1008,6 +1052,7 @@ impl NativeProducer {
                 Op::Send => {}
                 Op::Recv if res <= 0 => self.broker_failed(b, "receive", res),
                 Op::Recv => self.read_responses(b),
+                Op::Wake => {}
             }
         }
         self.io.done = done;

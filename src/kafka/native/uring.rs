@@ -31,6 +31,8 @@ pub enum Op {
     Send = 2,
     /// A receive finished (bytes read, 0 at end of stream, or an error).
     Recv = 3,
+    /// The doorbell's eventfd was read: a shard handed over a batch.
+    Wake = 4,
 }
 
 /// Encodes (slot, generation, op) as a completion's user data.
@@ -44,6 +46,7 @@ fn decode(ud: u64) -> (usize, u32, Option<Op>) {
         1 => Some(Op::Connect),
         2 => Some(Op::Send),
         3 => Some(Op::Recv),
+        4 => Some(Op::Wake),
         _ => None,
     };
     (((ud >> 8) & 0xff_ffff) as usize, (ud >> 32) as u32, op)
@@ -142,6 +145,10 @@ pub struct Uring {
     pub done: Vec<(usize, Op, i32)>,
     /// Reused: the completions of one reap.
     cqes: Vec<(u64, i32)>,
+    /// The doorbell read: its 8-byte buffer (the kernel writes it while the
+    /// read is outstanding; boxed so it never moves) and whether it is armed.
+    wake_buf: Box<[u8; 8]>,
+    wake_armed: bool,
 }
 
 impl std::fmt::Debug for Uring {
@@ -160,6 +167,8 @@ impl Uring {
             conns: Vec::new(),
             done: Vec::new(),
             cqes: Vec::new(),
+            wake_buf: Box::new([0; 8]),
+            wake_armed: false,
         })
     }
 
@@ -249,6 +258,19 @@ impl Uring {
             .user_data(user_data(slot, c.gen, Op::Connect));
         self.push(&sqe)?;
         Ok(slot)
+    }
+
+    /// Keeps a read of the doorbell's eventfd `fd` posted, so that a wait in
+    /// [`Uring::reap`] ends when a shard rings.
+    pub fn arm_wake(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        if self.wake_armed {
+            return Ok(());
+        }
+        let sqe = opcode::Read::new(types::Fd(fd), self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(Op::Wake as u64);
+        self.wake_armed = true;
+        self.push(&sqe)
     }
 
     /// Closes a connection: no new operations; outstanding ones are ended by
@@ -422,6 +444,10 @@ impl Uring {
     }
 
     fn complete(&mut self, ud: u64, res: i32) {
+        if ud == Op::Wake as u64 {
+            self.wake_armed = false;
+            return;
+        }
         let (slot, gen, op) = decode(ud);
         let (Some(op), Some(c)) = (op, self.conns.get_mut(slot)) else {
             return;
@@ -450,6 +476,8 @@ impl Uring {
                     c.sending = None;
                 }
             }
+            // Handled above (no connection).
+            Op::Wake => report = None,
             Op::Recv => {
                 c.recv_busy = false;
                 if c.tls.is_some() {
