@@ -113,6 +113,22 @@ fn check_records(recs: &[Consumed], partitions: i32) -> HashMap<String, Vec<u32>
     per
 }
 
+/// Exactly `m` devices × `per` records (sequences 0..per each), every one
+/// passing [`check_records`], in order per device, none twice.
+fn assert_exactly_once(recs: &[Consumed], what: &str, m: usize, per: u32) {
+    let n = m as u64 * u64::from(per);
+    assert_eq!(recs.len() as u64, n, "{what}: exactly N, no duplicates");
+    let per_dev = check_records(recs, 3);
+    assert_eq!(per_dev.len(), m, "{what}: every device");
+    for (id, seqs) in per_dev {
+        assert_eq!(
+            seqs,
+            (0..per).collect::<Vec<u32>>(),
+            "{what}, {id}: order, nothing lost"
+        );
+    }
+}
+
 fn devices(m: usize) -> Vec<String> {
     (0..m).map(|i| format!("sensor-{i:04}")).collect()
 }
@@ -144,16 +160,7 @@ mod broker {
         let (l, r) = k.reconcile();
         assert_eq!(l, r, "{k:?}");
         let recs = read_back(&broker.brokers(), "t-roundtrip", n);
-        assert_eq!(recs.len() as u64, n, "exactly N, no duplicates");
-        let per = check_records(&recs, 3);
-        assert_eq!(per.len(), 40);
-        for (id, seqs) in per {
-            assert_eq!(
-                seqs,
-                (0..250).collect::<Vec<u32>>(),
-                "{id}: order and completeness"
-            );
-        }
+        assert_exactly_once(&recs, "t-roundtrip", 40, 250);
     }
 
     #[test]
@@ -335,14 +342,7 @@ fn sigterm_without_a_broker_then_deliver(client: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     let recs = read_back(&brokers, "t-sigterm", accepted);
-    assert_eq!(recs.len() as u64, accepted, "delivered exactly once");
-    for (id, seqs) in check_records(&recs, 3) {
-        assert_eq!(
-            seqs,
-            (0..200).collect::<Vec<u32>>(),
-            "{id}: order and completeness"
-        );
-    }
+    assert_exactly_once(&recs, client, 50, 200);
     assert!(
         klais::kafka::journal::read_all(&journal)
             .unwrap()
@@ -474,20 +474,7 @@ mod native {
             readers.push(("librdkafka", read_back(&broker.brokers(), &topic, n)));
         }
         for (reader, recs) in readers {
-            assert_eq!(
-                recs.len() as u64,
-                n,
-                "{codec}, {reader}: exactly N, no duplicates"
-            );
-            let per = check_records(&recs, 3);
-            assert_eq!(per.len(), 40);
-            for (id, seqs) in per {
-                assert_eq!(
-                    seqs,
-                    (0..250).collect::<Vec<u32>>(),
-                    "{codec}, {reader}, {id}: order and completeness"
-                );
-            }
+            assert_exactly_once(&recs, &format!("{codec}, {reader}"), 40, 250);
         }
     }
 
@@ -542,33 +529,14 @@ mod native {
             assert_eq!(s.shards.accepted, n);
             assert_eq!((k.delivered, k.dropped()), (n, 0), "{k:?}");
             assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
-            let recs = read_back(&broker.brokers(), "t-native-hang", n);
-            assert_eq!(recs.len() as u64, n, "exactly N: no duplicates");
-            let per = check_records(&recs, 3);
-            for (id, seqs) in &per {
-                assert_eq!(
-                    seqs,
-                    &(0..300).collect::<Vec<u32>>(),
-                    "{id}: order, nothing lost"
-                );
-            }
+            exactly_once(&broker.brokers(), "t-native-hang", 100, 300);
         }
 
         /// Every record of `topic` read back once, in order, from `m`
         /// devices with `per` sequences each.
         fn exactly_once(brokers: &str, topic: &str, m: usize, per: u32) {
-            let n = m as u64 * u64::from(per);
-            let recs = read_back(brokers, topic, n);
-            assert_eq!(recs.len() as u64, n, "exactly N: no duplicates");
-            let per_dev = check_records(&recs, 3);
-            assert_eq!(per_dev.len(), m);
-            for (id, seqs) in &per_dev {
-                assert_eq!(
-                    seqs,
-                    &(0..per).collect::<Vec<u32>>(),
-                    "{id}: order, nothing lost"
-                );
-            }
+            let recs = read_back(brokers, topic, m as u64 * u64::from(per));
+            assert_exactly_once(&recs, topic, m, per);
         }
 
         fn journal_files(dir: &Path) -> usize {
@@ -689,15 +657,7 @@ mod native {
             assert_eq!(journal_files(dir.path()), 0, "journal empty afterwards");
             // zstd: only the Python reader decodes it here.
             let recs = read_back_python(&brokers, "t-native-stop", 12_500);
-            assert_eq!(recs.len(), 12_500, "exactly N: no duplicates");
-            let per = check_records(&recs, 3);
-            for (id, seqs) in &per {
-                assert_eq!(
-                    seqs,
-                    &(0..250).collect::<Vec<u32>>(),
-                    "{id}: order, nothing lost"
-                );
-            }
+            assert_exactly_once(&recs, "t-native-stop", 50, 250);
         }
 
         #[test]
@@ -752,13 +712,8 @@ mod native {
             );
             for client in ["aiokafka", "confluent"] {
                 let recs = read_back_python_with(client, &brokers, "t-native-first", 8_000, None);
-                assert_eq!(recs.len(), 8_000, "{client}: exactly N, no duplicates");
                 // Every record in its murmur2 partition, each device in order.
-                let per = check_records(&recs, 3);
-                assert_eq!(per.len(), 40);
-                for (id, seqs) in &per {
-                    assert_eq!(seqs, &(0..200).collect::<Vec<u32>>(), "{client}, {id}");
-                }
+                assert_exactly_once(&recs, client, 40, 200);
             }
             drop(relay);
         }
@@ -888,20 +843,7 @@ mod native {
             let n = m as u64 * u64::from(per);
             for client in ["aiokafka", "confluent"] {
                 let recs = read_back_python_with(client, brokers, topic, n, Some(security));
-                assert_eq!(
-                    recs.len() as u64,
-                    n,
-                    "{topic}, {client}: exactly N, no duplicates"
-                );
-                let per_dev = check_records(&recs, 3);
-                assert_eq!(per_dev.len(), m);
-                for (id, seqs) in per_dev {
-                    assert_eq!(
-                        seqs,
-                        (0..per).collect::<Vec<u32>>(),
-                        "{topic}, {client}, {id}"
-                    );
-                }
+                assert_exactly_once(&recs, &format!("{topic}, {client}"), m, per);
             }
         }
 

@@ -84,6 +84,18 @@ pub struct JournalConfig {
     pub fsync: Fsync,
 }
 
+impl JournalConfig {
+    /// From `[output.kafka.journal]`.
+    pub fn from_config(j: &crate::config::Journal) -> JournalConfig {
+        JournalConfig {
+            dir: j.dir.clone(),
+            segment_bytes: j.segment_bytes,
+            budget_bytes: j.budget_bytes,
+            fsync: Fsync::from_config(&j.fsync, j.fsync_interval_ms),
+        }
+    }
+}
+
 /// Why the journal cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

@@ -59,7 +59,7 @@ use crate::config::Kafka as KafkaConfig;
 use crate::handoff::{RecordMeta, RecordRx};
 use crate::telemetry::Published;
 use dapb::{Class, Conditions, Metrics, Params, Release};
-use journal::{Fsync, Journal, JournalConfig, JournalError, JournalStats};
+use journal::{Journal, JournalConfig, JournalError, JournalStats};
 
 /// Opaque bit: the message came from the journal (low bits: its token).
 const FROM_JOURNAL: usize = 1 << 63;
@@ -486,12 +486,7 @@ impl Batcher {
         }
         // The journal first: if it cannot open, nothing below needs undoing.
         journal::claim(&cfg.journal.dir, "librdkafka")?;
-        let journal = Journal::open(JournalConfig {
-            dir: cfg.journal.dir.clone(),
-            segment_bytes: cfg.journal.segment_bytes,
-            budget_bytes: cfg.journal.budget_bytes,
-            fsync: Fsync::from_config(&cfg.journal.fsync, cfg.journal.fsync_interval_ms),
-        })?;
+        let journal = Journal::open(JournalConfig::from_config(&cfg.journal))?;
         let topic = std::ffi::CString::new(cfg.topic.as_str())
             .map_err(|e| OutputError::Producer(KafkaError::from(e)))?;
         // SAFETY: a valid client and NUL-terminated name; NULL conf = defaults.

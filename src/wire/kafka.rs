@@ -124,6 +124,15 @@ fn varint_len(v: i64) -> usize {
     (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+/// Writes `b`'s length (varint) and `b` at `out[at..]`; returns the bytes
+/// written.
+#[inline]
+fn put_bytes_at(out: &mut [u8], at: usize, b: &[u8]) -> usize {
+    let n = put_varint_at(out, at, b.len() as i64);
+    out[at + n..at + n + b.len()].copy_from_slice(b);
+    n + b.len()
+}
+
 /// Writes `v` as a zigzag varint at `out[at..]`; returns its length.
 #[inline]
 fn put_varint_at(out: &mut [u8], at: usize, v: i64) -> usize {
@@ -266,20 +275,12 @@ impl BatchWriter {
         w += put_varint_at(out, w, 0); // attributes (one zero byte)
         w += put_varint_at(out, w, ts_delta);
         w += put_varint_at(out, w, i64::from(self.count));
-        w += put_varint_at(out, w, key.len() as i64);
-        out[w..w + key.len()].copy_from_slice(key);
-        w += key.len();
-        w += put_varint_at(out, w, value.len() as i64);
-        out[w..w + value.len()].copy_from_slice(value);
-        w += value.len();
+        w += put_bytes_at(out, w, key);
+        w += put_bytes_at(out, w, value);
         w += put_varint_at(out, w, headers.len() as i64);
         for (k, v) in headers {
-            w += put_varint_at(out, w, k.len() as i64);
-            out[w..w + k.len()].copy_from_slice(k);
-            w += k.len();
-            w += put_varint_at(out, w, v.len() as i64);
-            out[w..w + v.len()].copy_from_slice(v);
-            w += v.len();
+            w += put_bytes_at(out, w, k);
+            w += put_bytes_at(out, w, v);
         }
         let body = w - 2;
         let len_bytes = varint_len(body as i64);

@@ -58,7 +58,7 @@ use crate::wire::kafka as kwire;
 use proto::{Outcome, PartitionResult};
 use uring::{Frame, Op, Part, Uring};
 
-use super::journal::{self, Fsync, Journal, JournalConfig, JournalError};
+use super::journal::{self, Journal, JournalConfig, JournalError};
 use super::{mono_ns, thread_cpu_ns, Breaker, KafkaSnapshot, OutputError};
 use crate::handoff::RecordMeta;
 
@@ -340,12 +340,7 @@ impl NativeProducer {
         let recovered_records = journal::read_all(&cfg.journal.dir)
             .map(|v| v.iter().map(|(m, _)| u64::from(m.sequence)).sum())
             .unwrap_or(0);
-        let journal = Journal::open(JournalConfig {
-            dir: cfg.journal.dir.clone(),
-            segment_bytes: cfg.journal.segment_bytes,
-            budget_bytes: cfg.journal.budget_bytes,
-            fsync: Fsync::from_config(&cfg.journal.fsync, cfg.journal.fsync_interval_ms),
-        })?;
+        let journal = Journal::open(JournalConfig::from_config(&cfg.journal))?;
         let breaker = if journal.outstanding() > 0 {
             tracing::info!(
                 batches = journal.outstanding(),
@@ -615,15 +610,10 @@ impl NativeProducer {
             self.io.arm_wake(bell.fd())?;
             IDLE_WAIT_NS
         };
+        // A wake-up is consumed by the posted read itself (it stays posted
+        // until a shard rings).
         let r = self.step_io(wait);
         bell.unpark();
-        if wait > 0 {
-            // Consume the wake-up (the eventfd counter) if it came.
-            let mut buf = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into a live buffer from our
-            // non-blocking eventfd.
-            let _ = unsafe { libc::read(bell.fd(), buf.as_mut_ptr().cast(), 8) };
-        }
         r?;
         Ok(got)
     }
@@ -1607,18 +1597,14 @@ impl NativeProducer {
                 }
                 let (s, p, batch) = replayed(&meta, bytes, shards, parts);
                 self.snap.replayed += u64::from(batch.records);
-                let lanes = &mut self.lanes[s];
-                if lanes.len() <= p {
-                    lanes.resize_with(p + 1, Lane::default);
-                }
-                let lane = &mut lanes[p];
-                lane.next_id += 1;
                 // Stamped in this run by this shard's producer: it keeps
                 // its sequence (the broker may have it already: then it
                 // answers duplicate, and that is a delivery).
                 let stamped = kwire::producer_fields(&batch.bytes)
                     .map(|(id, epoch, _)| (id, epoch))
                     .filter(|&(id, epoch)| self.pids[s] == Pid::Ready(id, epoch));
+                let lane = self.lane_mut(s, p);
+                lane.next_id += 1;
                 lane.queue.push_back(Queued {
                     id: lane.next_id,
                     st: St::Wait,

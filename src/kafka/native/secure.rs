@@ -12,7 +12,6 @@
 //! SaslAuthenticate requests after ApiVersions; a connection is up only once
 //! the broker accepted the exchange.
 
-use std::io::Write as _;
 use std::sync::Arc;
 
 use rsasl::prelude::{Mechname, SASLClient, SASLConfig, Session, State};
@@ -238,7 +237,6 @@ impl Exchange {
             .session
             .step(input, &mut out)
             .map_err(|e| format!("SASL: {e}"))?;
-        let _ = out.flush();
         self.finished = state.is_finished();
         Ok(match state {
             State::Running => Some(out),
