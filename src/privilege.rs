@@ -284,16 +284,27 @@ pub fn drop_all_threads(keep: &[u32]) -> Result<Vec<String>, PrivilegeError> {
     };
     // Threads may start while this runs (librdkafka's broker threads): they
     // inherit from a thread that already dropped, or the next round gets them.
-    for _round in 0..5 {
-        // A thread that blocks the signal cannot answer (it must have been
-        // created by a thread that had already dropped: see the output core).
-        let others: Vec<i32> = threads_of("self")
+    for _round in 0..20 {
+        let holding: Vec<(i32, bool)> = threads_of("self")
             .into_iter()
-            .filter(|(t, c)| *t as i32 != tid && holds_more(c) && !blocks(*t, sig))
-            .map(|(t, _)| t as i32)
+            .filter(|(t, c)| *t as i32 != tid && holds_more(c))
+            .map(|(t, _)| (t as i32, blocks(t, sig)))
+            .collect();
+        let others: Vec<i32> = holding
+            .iter()
+            .filter(|(_, blocked)| !blocked)
+            .map(|&(t, _)| t)
             .collect();
         if others.is_empty() {
-            break;
+            if holding.is_empty() {
+                break;
+            }
+            // Only threads that block the signal still hold more: threads
+            // still starting (glibc runs a new thread with every signal
+            // blocked until it is set up, and one started before the drop
+            // inherited everything). The next round reaches them.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
         }
         ANSWERED.store(0, Ordering::Release);
         FAILED.store(0, Ordering::Release);
