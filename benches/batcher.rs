@@ -155,6 +155,8 @@ struct NativeRound {
     out_cpu_ns: f64,
     batches: u64,
     batch_bytes: u64,
+    requests: u64,
+    sends: u64,
 }
 
 fn native_round(brokers: &str, n: u64, codec: Compression, class: Class) -> NativeRound {
@@ -226,7 +228,10 @@ fn native_round(brokers: &str, n: u64, codec: Compression, class: Class) -> Nati
     }
     let (t, cpu) = (t0.elapsed(), thread_cpu_ns() - c0);
     let (encode, st) = shard.join().unwrap();
+    let snap = p.snapshot();
     NativeRound {
+        requests: snap.produce_requests,
+        sends: snap.sends,
         encode_ns: encode as f64 / n as f64,
         acked_rate: n as f64 / t.as_secs_f64(),
         out_cpu_ns: cpu as f64 / n as f64,
@@ -252,12 +257,14 @@ fn native_median(
 
 fn print_native(what: &str, r: &NativeRound) {
     println!(
-        "  {what:<28} shard encode {:>6.1} ns/msg   acknowledged {:>10.0} msg/s   output core CPU {:>6.1} ns/msg   {} batches, {:.0} B each",
+        "  {what:<28} shard encode {:>6.1} ns/msg   acknowledged {:>10.0} msg/s   output core CPU {:>6.1} ns/msg   {} batches, {:.0} B each, {:.2} per request, {:.2} requests per send",
         r.encode_ns,
         r.acked_rate,
         r.out_cpu_ns,
         r.batches,
-        r.batch_bytes as f64 / r.batches.max(1) as f64
+        r.batch_bytes as f64 / r.batches.max(1) as f64,
+        r.batches as f64 / r.requests.max(1) as f64,
+        r.requests as f64 / r.sends.max(1) as f64,
     );
 }
 
@@ -297,6 +304,7 @@ fn native_json(r: &NativeRound) -> serde_json::Value {
         "acknowledged_msg_per_s": r.acked_rate, "output_cpu_ns_per_msg": r.out_cpu_ns,
         "shard_encode_ns_per_msg": r.encode_ns, "batches": r.batches,
         "mean_batch_bytes": r.batch_bytes as f64 / r.batches.max(1) as f64,
+        "produce_requests": r.requests, "sends": r.sends,
     })
 }
 

@@ -158,6 +158,12 @@ pub struct KafkaSnapshot {
     /// Connections refused by TLS (certificate, handshake) or SASL
     /// (mechanism, credentials) (native client).
     pub auth_failures: u64,
+    /// Produce requests sent (native client): batches per request is what
+    /// the output core's cost per message follows.
+    pub produce_requests: u64,
+    /// The send system calls that carried them and every other request
+    /// (native client).
+    pub sends: u64,
     /// The native client made these figures (latency is then measured from
     /// a batch's first receive to its acknowledgement).
     pub native: bool,

@@ -88,7 +88,53 @@ struct Tls {
     inb: Vec<u8>,
     /// The handshake finished and was reported.
     up: bool,
+    /// Frames encrypted into `out` and not yet all sent.
+    frames_in_out: u64,
 }
+
+/// The frames one `sendmsg` carries (every frame queued when it started, up
+/// to [`MAX_IOV`] pieces): several requests in one system call. Its vectors
+/// are kept and reused.
+struct Sending {
+    frames: Vec<Frame>,
+    /// What is left to send.
+    iov: Vec<libc::iovec>,
+    /// Boxed: the kernel reads it while the send is outstanding.
+    hdr: Box<libc::msghdr>,
+}
+
+impl Sending {
+    fn new() -> Sending {
+        Sending {
+            frames: Vec::new(),
+            iov: Vec::new(),
+            // SAFETY: msghdr is plain data; zeroed is its empty value.
+            hdr: Box::new(unsafe { std::mem::zeroed() }),
+        }
+    }
+
+    fn active(&self) -> bool {
+        !self.frames.is_empty()
+    }
+
+    /// Ends the send: its frames go to `spare` for reuse.
+    fn finish(&mut self, spare: &mut Vec<Frame>) {
+        self.iov.clear();
+        for mut f in self.frames.drain(..) {
+            if spare.len() < SPARE_FRAMES {
+                f.head.clear();
+                f.parts.clear();
+                spare.push(f);
+            }
+        }
+    }
+}
+
+/// Iovecs in one `sendmsg` at most (the kernel's IOV_MAX).
+const MAX_IOV: usize = 1024;
+
+/// Sent frames kept for reuse.
+const SPARE_FRAMES: usize = 64;
 
 /// A connection slot.
 pub struct Conn {
@@ -106,10 +152,16 @@ pub struct Conn {
     connect_busy: bool,
     send_busy: bool,
     recv_busy: bool,
-    /// Frames waiting to be sent, in order.
-    pub queue: VecDeque<Frame>,
-    /// The frame being sent, its iovecs and how far it got.
-    sending: Option<(Frame, Vec<libc::iovec>, Box<libc::msghdr>)>,
+    /// Frames waiting to be sent, in order ([`Uring::enqueue`]).
+    queue: VecDeque<Frame>,
+    /// Frames enqueued since the connect.
+    queued: u64,
+    /// How many of them the kernel has taken whole: frame `n` (from
+    /// [`Uring::enqueue`]) is written once `written >= n`, and only then may
+    /// what it borrows be reused.
+    pub written: u64,
+    /// The frames of the send under way, their iovecs and how far it got.
+    sending: Sending,
     /// Bytes read and not yet parsed: `rbuf[..rlen]`.
     pub rbuf: Vec<u8>,
     /// Filled length of `rbuf`.
@@ -149,6 +201,10 @@ pub struct Uring {
     /// read is outstanding; boxed so it never moves) and whether it is armed.
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
+    /// Sent frames, emptied, for [`Uring::frame`] to hand out again.
+    spare: Vec<Frame>,
+    /// Sends submitted (plaintext and TLS).
+    pub sends: u64,
 }
 
 impl std::fmt::Debug for Uring {
@@ -169,6 +225,8 @@ impl Uring {
             cqes: Vec::new(),
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
+            spare: Vec::new(),
+            sends: 0,
         })
     }
 
@@ -221,7 +279,9 @@ impl Uring {
                     send_busy: false,
                     recv_busy: false,
                     queue: VecDeque::new(),
-                    sending: None,
+                    queued: 0,
+                    written: 0,
+                    sending: Sending::new(),
                     rbuf: Vec::new(),
                     rlen: 0,
                     tls: None,
@@ -237,7 +297,9 @@ impl Uring {
         c.connected = false;
         c.closing = false;
         c.queue.clear();
-        c.sending = None;
+        c.queued = 0;
+        c.written = 0;
+        c.sending.finish(&mut self.spare);
         c.rbuf.resize(RECV_CHUNK, 0);
         c.rlen = 0;
         c.error = None;
@@ -248,6 +310,7 @@ impl Uring {
                 out_off: 0,
                 inb: vec![0; RECV_CHUNK],
                 up: false,
+                frames_in_out: 0,
             })
         });
         let fd = sock.as_raw_fd();
@@ -258,6 +321,20 @@ impl Uring {
             .user_data(user_data(slot, c.gen, Op::Connect));
         self.push(&sqe)?;
         Ok(slot)
+    }
+
+    /// Queues `frame` on connection `slot`; returns its number (see
+    /// [`Conn::written`]).
+    pub fn enqueue(&mut self, slot: usize, frame: Frame) -> u64 {
+        let c = &mut self.conns[slot];
+        c.queue.push_back(frame);
+        c.queued += 1;
+        c.queued
+    }
+
+    /// An empty frame to fill (a sent one reused when there is one).
+    pub fn frame(&mut self) -> Frame {
+        self.spare.pop().unwrap_or_default()
     }
 
     /// Keeps a read of the doorbell's eventfd `fd` posted, so that a wait in
@@ -287,7 +364,7 @@ impl Uring {
         }
         if !c.busy() {
             c.sock = None;
-            c.sending = None;
+            c.sending.finish(&mut self.spare);
             c.tls = None;
         }
     }
@@ -314,39 +391,44 @@ impl Uring {
         if c.tls.is_some() {
             return self.start_send_tls(slot);
         }
-        if c.sending.is_none() {
-            let Some(frame) = c.queue.pop_front() else {
+        if !c.sending.active() {
+            // Every queued frame that fits, in order, in one sendmsg.
+            while let Some(frame) = c.queue.front() {
+                let out = &mut c.sending;
+                if out.active() && out.iov.len() + frame.parts.len() > MAX_IOV {
+                    break;
+                }
+                for p in &frame.parts {
+                    out.iov.push(match *p {
+                        Part::Head(off, len) => libc::iovec {
+                            iov_base: frame.head[off..].as_ptr() as *mut libc::c_void,
+                            iov_len: len,
+                        },
+                        Part::Borrowed(ptr, len) => libc::iovec {
+                            iov_base: ptr as *mut libc::c_void,
+                            iov_len: len,
+                        },
+                    });
+                }
+                // The frame's head does not move with it (a heap buffer).
+                if let Some(f) = c.queue.pop_front() {
+                    out.frames.push(f);
+                }
+            }
+            if !c.sending.active() {
                 return Ok(());
-            };
-            let iov: Vec<libc::iovec> = frame
-                .parts
-                .iter()
-                .map(|p| match *p {
-                    Part::Head(off, len) => libc::iovec {
-                        iov_base: frame.head[off..].as_ptr() as *mut libc::c_void,
-                        iov_len: len,
-                    },
-                    Part::Borrowed(ptr, len) => libc::iovec {
-                        iov_base: ptr as *mut libc::c_void,
-                        iov_len: len,
-                    },
-                })
-                .collect();
-            // SAFETY: msghdr is plain data; zeroed is its empty value.
-            let hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-            c.sending = Some((frame, iov, Box::new(hdr)));
+            }
         }
-        let Some((_, iov, hdr)) = c.sending.as_mut() else {
-            return Ok(());
-        };
-        hdr.msg_iov = iov.as_mut_ptr();
-        hdr.msg_iovlen = iov.len();
+        let out = &mut c.sending;
+        out.hdr.msg_iov = out.iov.as_mut_ptr();
+        out.hdr.msg_iovlen = out.iov.len();
         let fd = c.sock.as_ref().map_or(-1, AsRawFd::as_raw_fd);
-        let sqe = opcode::SendMsg::new(types::Fd(fd), &**hdr)
+        let sqe = opcode::SendMsg::new(types::Fd(fd), &*out.hdr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
             .user_data(user_data(slot, c.gen, Op::Send));
         c.send_busy = true;
+        self.sends += 1;
         self.push(&sqe)
     }
 
@@ -362,6 +444,7 @@ impl Uring {
             t.out_off = 0;
             if !t.conn.is_handshaking() {
                 while let Some(frame) = c.queue.pop_front() {
+                    t.frames_in_out += 1;
                     for p in &frame.parts {
                         let bytes: &[u8] = match *p {
                             Part::Head(off, len) => &frame.head[off..off + len],
@@ -389,6 +472,7 @@ impl Uring {
             .build()
             .user_data(user_data(slot, c.gen, Op::Send));
         c.send_busy = true;
+        self.sends += 1;
         self.push(&sqe)
     }
 
@@ -470,10 +554,14 @@ impl Uring {
                 if let Some(t) = c.tls.as_mut() {
                     if res > 0 {
                         t.out_off += res as usize;
+                        if t.out_off >= t.out.len() {
+                            c.written += std::mem::take(&mut t.frames_in_out);
+                        }
                     }
                 } else if res > 0 && !c.closing && advance(c, res as usize) {
-                    // A whole frame written: the next one may go.
-                    c.sending = None;
+                    // Every frame of the send written: the next may go.
+                    c.written += c.sending.frames.len() as u64;
+                    c.sending.finish(&mut self.spare);
                 }
             }
             // Handled above (no connection).
@@ -491,7 +579,7 @@ impl Uring {
         }
         if c.closing && !c.busy() {
             c.sock = None;
-            c.sending = None;
+            c.sending.finish(&mut self.spare);
             c.tls = None;
         }
         if let Some(res) = report {
@@ -569,9 +657,7 @@ fn tls_received(
 /// Moves a partly sent frame's vectors past `n` bytes; true when nothing is
 /// left.
 fn advance(c: &mut Conn, mut n: usize) -> bool {
-    let Some((_, iov, _)) = c.sending.as_mut() else {
-        return true;
-    };
+    let iov = &mut c.sending.iov;
     let mut i = 0;
     while i < iov.len() && n >= iov[i].iov_len {
         n -= iov[i].iov_len;
