@@ -296,7 +296,7 @@ const CANCEL: u64 = 2;
 /// datagram is processed (the whole wake-up's at once). Each buffer is large
 /// enough that no UDP datagram is truncated, so over-size payloads are seen
 /// and counted, not cut.
-struct BufRing {
+pub struct BufRing {
     /// `COUNT` entries, page-aligned (the kernel's requirement).
     ring: std::ptr::NonNull<io_uring::types::BufRingEntry>,
     bufs: Box<[u8]>,
@@ -307,12 +307,13 @@ struct BufRing {
 
 impl BufRing {
     /// Buffers (a power of two).
-    const COUNT: usize = 64;
-    const SIZE: usize = MAX_DATAGRAM + 64;
+    pub const COUNT: usize = 64;
+    /// Bytes per buffer: the largest UDP datagram, and some.
+    pub const SIZE: usize = MAX_DATAGRAM + 64;
     /// The buffer group id.
-    const GROUP: u16 = 0;
+    pub const GROUP: u16 = 0;
     /// No buffer (an empty datagram).
-    const NONE: u16 = u16::MAX;
+    pub const NONE: u16 = u16::MAX;
 
     fn layout() -> std::alloc::Layout {
         let bytes = Self::COUNT * std::mem::size_of::<io_uring::types::BufRingEntry>();
@@ -320,7 +321,8 @@ impl BufRing {
         std::alloc::Layout::from_size_align(bytes, 4096).expect("buffer ring layout")
     }
 
-    fn new() -> io::Result<BufRing> {
+    /// Every buffer in the ring, not yet registered.
+    pub fn new() -> io::Result<BufRing> {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
         let ring = std::ptr::NonNull::new(ptr.cast())
@@ -341,7 +343,7 @@ impl BufRing {
     /// # Safety
     /// `self` must outlive `ring`'s use of it (the kernel writes the buffers
     /// and reads the entries until the ring is closed).
-    unsafe fn register(&mut self, ring: &io_uring::IoUring) -> io::Result<()> {
+    pub unsafe fn register(&mut self, ring: &io_uring::IoUring) -> io::Result<()> {
         self.publish();
         // SAFETY: the caller keeps the memory alive; COUNT entries.
         unsafe {
@@ -355,7 +357,7 @@ impl BufRing {
     }
 
     /// Datagram `len` bytes long in buffer `bid`.
-    fn get(&self, bid: u16, len: usize) -> &[u8] {
+    pub fn get(&self, bid: u16, len: usize) -> &[u8] {
         if bid == Self::NONE {
             return &[];
         }
@@ -365,7 +367,7 @@ impl BufRing {
 
     /// Puts buffer `bid` back at the tail (seen by the kernel once
     /// published).
-    fn recycle(&mut self, bid: u16) {
+    pub fn recycle(&mut self, bid: u16) {
         if bid == Self::NONE {
             return;
         }
@@ -381,7 +383,7 @@ impl BufRing {
     }
 
     /// Publishes the tail: the recycled buffers are the kernel's again.
-    fn publish(&self) {
+    pub fn publish(&self) {
         // SAFETY: the tail field overlays the first entry's reserved field
         // (the kernel's layout); it is an aligned u16 the kernel only reads.
         unsafe {
@@ -402,12 +404,12 @@ impl Drop for BufRing {
 /// Datagrams that arrive within this many microseconds of the shard's wait
 /// are taken in one wake-up (up to half the buffers; more wake it at once): a shard at a low rate wakes per batch of datagrams, not per
 /// datagram.
-const COALESCE_US: u32 = 500;
+pub const COALESCE_US: u32 = 500;
 
 /// The receive ring: single issuer with deferred task work (Linux 6.1+),
 /// so an arriving datagram does not wake the shard before a wait's count or
 /// time is reached; a plain ring on older kernels.
-fn coalescing_ring(entries: u32) -> io::Result<io_uring::IoUring> {
+pub fn coalescing_ring(entries: u32) -> io::Result<io_uring::IoUring> {
     io_uring::IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
