@@ -22,7 +22,7 @@ use crate::dapb::{self, Class, KnobFeed, Release, ShardKnobs, UNPARTITIONED};
 use crate::handoff::{
     BatchTx, ProducedBatch, RecordMeta, RingFull, FLAG_AUTHENTICATED, FLAG_URGENT,
 };
-use crate::wire::kafka::{partition_for, BatchWriter, Codec, Compression};
+use crate::wire::kafka::{BatchWriter, Codec, Compression, FastMod};
 
 /// The largest batch a shard writes (uncompressed bytes): under the broker's
 /// default `message.max.bytes` (1,048,588) with room for the request.
@@ -96,6 +96,8 @@ pub struct BatchProducer {
     feed: Arc<KnobFeed>,
     seen: u64,
     knobs: ShardKnobs,
+    /// `% knobs.partitions` without a division.
+    pmod: FastMod,
     settings: ProduceSettings,
     classes: HashMap<[u8; 16], (bool, bool)>,
     /// The clock at the last flush (no clock read per record).
@@ -154,6 +156,7 @@ impl BatchProducer {
             },
             seen: feed.version(),
             now_ns: crate::clock::now_ns(),
+            pmod: FastMod::new(knobs.partitions),
             knobs,
             feed,
             settings,
@@ -185,7 +188,7 @@ impl BatchProducer {
         let p = if parts == UNPARTITIONED {
             0
         } else {
-            partition_for(key, parts) as usize
+            self.pmod.partition(key) as usize
         };
         let (urgent, latency) = if self.classes.is_empty() {
             (false, false)
@@ -310,6 +313,7 @@ impl BatchProducer {
             self.close_all();
             self.b.open = (0..slots(k.partitions)).map(|_| None).collect();
             self.b.unpartitioned = k.partitions == UNPARTITIONED;
+            self.pmod = FastMod::new(k.partitions);
         }
         self.knobs = k;
     }
