@@ -159,9 +159,12 @@ fn multishot_ring() -> (BufRing, io_uring::IoUring) {
 
 /// This thread's CPU time, ns.
 fn thread_cpu_ns() -> u64 {
-    // SAFETY: clock_gettime fills the zeroed timespec.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    // SAFETY: a zeroed timespec is valid; clock_gettime fills it.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        ts
+    };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
