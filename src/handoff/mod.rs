@@ -750,10 +750,11 @@ impl BatchRx {
         self.rx.pop().ok()
     }
 
-    /// Gives an emptied buffer back to the shard.
+    /// Gives a sent batch's buffer back to the shard.
     #[inline]
-    pub fn give_back(&mut self, mut buf: Vec<u8>) {
-        buf.clear();
+    pub fn give_back(&mut self, buf: Vec<u8>) {
+        // Not cleared: the shard's batch writer overwrites it, and writes
+        // into bytes it already has without zeroing them again.
         // Room for every buffer of the pool: cannot fail for one from it.
         let _ = self.back.push(buf);
     }

@@ -210,19 +210,26 @@ pub fn get_varint(buf: &[u8], at: &mut usize) -> Option<i64> {
 /// room for the header.
 #[derive(Debug)]
 pub struct BatchWriter {
+    /// `buf[..end]` is the batch so far; `buf[end..]` bytes written before
+    /// (a reused buffer's) that are overwritten, so a record is written
+    /// without zeroing its room first.
     buf: Vec<u8>,
+    end: usize,
     count: u32,
     base_ts: i64,
     max_ts: i64,
 }
 
 impl BatchWriter {
-    /// A writer over `buf` (cleared; its capacity is kept).
+    /// A writer over `buf` (what it holds is overwritten; its capacity is
+    /// kept).
     pub fn new(mut buf: Vec<u8>) -> BatchWriter {
-        buf.clear();
-        buf.resize(BATCH_HEADER_LEN, 0);
+        if buf.len() < BATCH_HEADER_LEN {
+            buf.resize(BATCH_HEADER_LEN, 0);
+        }
         BatchWriter {
             buf,
+            end: BATCH_HEADER_LEN,
             count: 0,
             base_ts: 0,
             max_ts: 0,
@@ -236,7 +243,7 @@ impl BatchWriter {
 
     /// Bytes so far (header included, uncompressed).
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.end
     }
 
     /// True before the first record.
@@ -302,9 +309,11 @@ impl BatchWriter {
         self.max_ts = self.max_ts.max(ts_ms);
         let ts_delta = ts_ms - self.base_ts;
         let bound = Self::bound(key, value, headers);
-        let at = self.buf.len();
-        self.buf.resize(at + bound, 0);
-        let out = &mut self.buf[at..];
+        let at = self.end;
+        if self.buf.len() < at + bound {
+            self.buf.resize(at + bound, 0);
+        }
+        let out = &mut self.buf[at..at + bound];
         let mut w = 2;
         w += put_varint_at(out, w, 0); // attributes (one zero byte)
         w += put_varint_at(out, w, ts_delta);
@@ -323,7 +332,7 @@ impl BatchWriter {
             out.copy_within(2..w, len_bytes);
         }
         put_varint_at(out, 0, body as i64);
-        self.buf.truncate(at + len_bytes + body);
+        self.end = at + len_bytes + body;
         self.count += 1;
     }
 
@@ -332,6 +341,7 @@ impl BatchWriter {
     /// batch's bytes, and false when the codec failed and the records went
     /// uncompressed (valid, never lost).
     pub fn finish(mut self, codec: &mut Codec) -> (Vec<u8>, bool) {
+        self.buf.truncate(self.end);
         let mut kind = codec.kind;
         let mut ok = true;
         if kind != Compression::None
