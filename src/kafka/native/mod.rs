@@ -866,51 +866,11 @@ impl NativeProducer {
                 continue;
             };
             while self.brokers[b].up && self.brokers[b].produce_in_flight < self.max_in_flight {
-                if self.brokers[b].produce_in_flight > 0 && !self.worth_sending(node, now) {
-                    break;
-                }
                 if !self.build_request(b, node, now) {
                     break;
                 }
             }
         }
-    }
-
-    /// Whether a Produce request to leader `node`, which already has one in
-    /// flight, should go now rather than when an answer comes: when it
-    /// would be full (a batch ready for every partition `node` leads), when
-    /// a partition has more than one batch waiting (a backlog: the next
-    /// request is needed anyway), or when a ready batch is urgent. Otherwise the
-    /// ready batches wait for the answer (at most one round trip) and go
-    /// out together: fewer, fuller requests, which is what the output
-    /// core's and the broker's cost is per (a send and a response each).
-    fn worth_sending(&self, node: i32, now: u64) -> bool {
-        let mut led = 0;
-        let mut ready = 0;
-        for p in 0..self.leaders.len() {
-            if self.leaders[p] != node {
-                continue;
-            }
-            led += 1;
-            let mut any = false;
-            for s in 0..self.lanes.len() {
-                let Some(i) = self.lane_ready(s, p, now) else {
-                    continue;
-                };
-                let lane = &self.lanes[s][p];
-                // Urgent, a second batch behind it, or a second shard's
-                // batch for the same partition (one per request).
-                if any
-                    || lane.queue[i].batch.urgent
-                    || lane.queue.get(i + 1).is_some_and(|q| q.st == St::Wait)
-                {
-                    return true;
-                }
-                any = true;
-            }
-            ready += usize::from(any);
-        }
-        ready > 0 && ready == led
     }
 
     /// One Produce request to broker `b` (leader `node`): one ready batch per
