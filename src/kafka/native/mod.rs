@@ -38,7 +38,12 @@
 //! [`FLAG_BATCH`]: `sequence` = records, `shard` = shard, `raw_id[0..4]` =
 //! partition, `recv_ts_ns` = the first record's receive time.
 //!
-//! **Not yet on this path**: TLS and SASL.
+//! **Security**: TLS (rustls, inside [`uring`]'s connections) and SASL PLAIN
+//! and SCRAM ([`secure`]), from `[output.kafka.security]`.
+//!
+//! **acks = 0**: no response comes; a batch is delivered once the kernel has
+//! taken its whole request ([`uring::Conn::written`]), not before, since the
+//! request borrows the batch's buffer until then.
 
 pub mod proto;
 pub mod secure;
