@@ -102,7 +102,10 @@ fn multishot_drain(
     unsafe { ring.submission().push(&recv).unwrap() };
     let ts = io_uring::types::Timespec::new().nsec(1_000_000);
     let (min_wait, want) = if coalesce {
-        (klais::ingest::udp::COALESCE_US, BufRing::COUNT / 2)
+        (
+            klais::config::Ingest::default().coalesce_us,
+            BufRing::COUNT / 2,
+        )
     } else {
         (0, 1)
     };

@@ -454,6 +454,11 @@ pub struct Ingest {
     /// warns if it still gets less.
     #[serde(default = "default_recv_buffer_bytes")]
     pub recv_buffer_bytes: usize,
+    /// UDP backend: a shard waits up to this many microseconds for 32
+    /// datagrams before it wakes for what has come (0: it wakes for the
+    /// first). 0 to 1000.
+    #[serde(default = "default_coalesce_us")]
+    pub coalesce_us: u32,
     /// Shards: pinned cores each owning one receive queue (an AF_XDP socket on
     /// NIC queue i, or one SO_REUSEPORT UDP socket) and the devices whose
     /// hash falls to it. 1 to 64.
@@ -590,6 +595,10 @@ fn default_backend() -> Backend {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7700))
 }
+fn default_coalesce_us() -> u32 {
+    500
+}
+
 fn default_recv_buffer_bytes() -> usize {
     32 << 20
 }
@@ -618,6 +627,7 @@ impl Default for Ingest {
             backend: default_backend(),
             listen: default_listen(),
             recv_buffer_bytes: default_recv_buffer_bytes(),
+            coalesce_us: default_coalesce_us(),
             shards: default_shards(),
             af_xdp: AfXdp::default(),
         }
@@ -872,6 +882,16 @@ impl Config {
                     self.ingest.recv_buffer_bytes
                 ),
                 "use at least 65536 (the default is 33554432)",
+            ));
+        }
+        if self.ingest.coalesce_us > 1000 {
+            errs.push(invalid(
+                "ingest.coalesce_us",
+                format!(
+                    "{} us is longer than a shard's whole wait (1000 us)",
+                    self.ingest.coalesce_us
+                ),
+                "use 0 to 1000 (the default is 500; 0 wakes the shard for every datagram)",
             ));
         }
         let p = &self.protocol;
@@ -1287,6 +1307,15 @@ mod tests {
         let e = errors("[ingest]\nlisten = \"127.0.0.1:0\"\nrecv_buffer_bytes = 1024\n").join("\n");
         assert!(e.contains("ingest.listen"), "{e}");
         assert!(e.contains("ingest.recv_buffer_bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_coalescing_wait_past_the_whole_wait_is_refused_with_the_fix() {
+        let e = errors("[ingest]\ncoalesce_us = 1001\n").join("\n");
+        assert!(e.contains("ingest.coalesce_us"), "{e}");
+        assert!(e.contains("use 0 to 1000"), "{e}");
+        let cfg = Config::from_toml("[ingest]\ncoalesce_us = 0\n", "x").unwrap();
+        assert_eq!(cfg.ingest.coalesce_us, 0);
     }
 
     #[test]

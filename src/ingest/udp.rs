@@ -101,7 +101,8 @@ fn force_recv_buffer(socket: &Socket, bytes: usize) {
 /// is set, then reads what the socket already holds (for at most 200 ms, so a
 /// sender that never pauses cannot hold up shutdown) and returns. Waits for
 /// completions at most 1 ms at a time, which bounds the added latency of a
-/// lone message and keeps the mesh and the stop flag served when idle.
+/// lone message and keeps the mesh and the stop flag served when idle; within
+/// that, for 32 datagrams or `coalesce_us` (then for the first).
 ///
 /// One multishot receive takes every datagram into a ring of provided
 /// buffers ([`BufRing`]): one poll entry on the socket. (64 single receives
@@ -118,13 +119,14 @@ pub async fn receive_loop(
     stop: &AtomicBool,
     published: &Published<ShardSnapshot>,
     tick: Duration,
+    coalesce_us: u32,
 ) -> io::Result<()> {
     // Declared before the ring: the ring (and the receive still in flight)
     // is dropped first.
     let mut bufs = BufRing::new()?;
     let mut ring = coalescing_ring(4 * BufRing::COUNT as u32)?;
     let coalesce_us = if ring.params().is_feature_min_timeout() {
-        COALESCE_US
+        coalesce_us.min(1000)
     } else {
         0
     };
@@ -400,11 +402,6 @@ impl Drop for BufRing {
         unsafe { std::alloc::dealloc(self.ring.as_ptr().cast(), Self::layout()) };
     }
 }
-
-/// Datagrams that arrive within this many microseconds of the shard's wait
-/// are taken in one wake-up (up to half the buffers; more wake it at once): a shard at a low rate wakes per batch of datagrams, not per
-/// datagram.
-pub const COALESCE_US: u32 = 500;
 
 /// The receive ring: single issuer with deferred task work (Linux 6.1+),
 /// so an arriving datagram does not wake the shard before a wait's count or

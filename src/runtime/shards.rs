@@ -47,6 +47,8 @@ pub(super) struct ShardEnv {
     pub stop: Arc<AtomicBool>,
     pub tick: Duration,
     pub models: ShardModels,
+    /// `ingest.coalesce_us`.
+    pub coalesce_us: u32,
 }
 
 impl ShardEnv {
@@ -74,6 +76,7 @@ impl ShardEnv {
             stop,
             tick,
             models,
+            coalesce_us: cfg.ingest.coalesce_us,
         }
     }
 }
@@ -140,7 +143,7 @@ async fn run_shard(
                 return Err(std::io::Error::other("no socket"));
             };
             let _ = ready.send(Ok(id));
-            udp::receive_loop(socket, &mut shard, stop, stats, tick).await?;
+            udp::receive_loop(socket, &mut shard, stop, stats, tick, env.coalesce_us).await?;
         }
         Backend::AfXdp => receive_af_xdp(&mut shard, id, &env, stats, ready).await?,
     }
