@@ -125,11 +125,10 @@ pub async fn receive_loop(
     // is dropped first.
     let mut bufs = BufRing::new()?;
     let mut ring = coalescing_ring(4 * BufRing::COUNT as u32)?;
-    let coalesce_us = if ring.params().is_feature_min_timeout() {
-        coalesce_us.min(1000)
-    } else {
-        0
-    };
+    let min_timeout = ring.params().is_feature_min_timeout();
+    let coalesce_us = coalesce_us.min(1000);
+    // The last wait brought nothing (see `wait_plan`).
+    let mut quiet = true;
     // SAFETY: the ring memory and the buffers live in `bufs`, which
     // outlives `ring` (declared first, dropped last).
     unsafe { bufs.register(&ring) }.map_err(|e| {
@@ -158,14 +157,11 @@ pub async fn receive_loop(
     let mut stopping: Option<Instant> = None;
     let mut errors = 0u64;
     loop {
+        let (want, wait_ns, min_wait) = wait_plan(min_timeout, coalesce_us, quiet);
+        let ts = io_uring::types::Timespec::new().nsec(wait_ns);
         let args = io_uring::types::SubmitArgs::new()
-            .timespec(&wait)
-            .min_wait_usec(coalesce_us);
-        let want = if coalesce_us > 0 {
-            BufRing::COUNT / 2
-        } else {
-            1
-        };
+            .timespec(&ts)
+            .min_wait_usec(min_wait);
         match ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
             Err(e)
@@ -195,6 +191,7 @@ pub async fn receive_loop(
             }
             rearm |= !io_uring::cqueue::more(c.flags());
         }
+        quiet = done.is_empty();
         let now = now_ns();
         hashes.clear();
         hashes.extend(
@@ -287,6 +284,24 @@ pub async fn receive_loop(
     shard.pump();
     drop(ring);
     Ok(())
+}
+
+/// How a shard waits for datagrams: (completions wanted, timeout in ns,
+/// the kernel's min-wait in µs). With the kernel's min-wait (Linux 6.12+)
+/// one wait does it: up to 1 ms for 32 datagrams, returning for fewer once
+/// `coalesce_us` has passed. Without it (Debian 12's 6.1) the same is done in
+/// two kinds of wait: a shard whose last wait brought nothing (`quiet`) waits
+/// up to 1 ms for the first datagram, and one that just received waits up to
+/// `coalesce_us` for 32. `coalesce_us` 0: every wait is for the first.
+fn wait_plan(min_timeout: bool, coalesce_us: u32, quiet: bool) -> (usize, u32, u32) {
+    const MS: u32 = 1_000_000;
+    let batch = BufRing::COUNT / 2;
+    match (coalesce_us, min_timeout) {
+        (0, _) => (1, MS, 0),
+        (c, true) => (batch, MS, c),
+        (_, false) if quiet => (1, MS, 0),
+        (c, false) => (batch, c * 1000, 0),
+    }
 }
 
 /// user_data of the multishot receive and of its cancel.
@@ -443,3 +458,24 @@ pub fn socket_drops(fd: std::os::fd::RawFd) -> Option<u64> {
 }
 
 pub use crate::clock::now_ns;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_waits_for_a_handful_with_or_without_the_kernels_min_wait() {
+        // With the kernel's min-wait: always one wait for 32, at most 1 ms,
+        // returning for fewer after coalesce_us.
+        assert_eq!(wait_plan(true, 500, true), (32, 1_000_000, 500));
+        assert_eq!(wait_plan(true, 500, false), (32, 1_000_000, 500));
+        // Without it: quiet, up to 1 ms for the first; busy, up to
+        // coalesce_us for 32.
+        assert_eq!(wait_plan(false, 500, true), (1, 1_000_000, 0));
+        assert_eq!(wait_plan(false, 500, false), (32, 500_000, 0));
+        // 0: every wait is for the first datagram.
+        for (min, quiet) in [(true, true), (true, false), (false, true), (false, false)] {
+            assert_eq!(wait_plan(min, 0, quiet), (1, 1_000_000, 0));
+        }
+    }
+}
