@@ -110,7 +110,7 @@ fn multishot_drain(
         (0, 1)
     };
     let mut got = 0u64;
-    let mut bids = Vec::with_capacity(BufRing::COUNT);
+    let mut done = Vec::with_capacity(BufRing::COUNT);
     let mut live = true;
     while got < n || live {
         if got >= n {
@@ -122,22 +122,12 @@ fn multishot_drain(
             .timespec(&ts)
             .min_wait_usec(min_wait);
         let _ = ring.submitter().submit_with_args(want, &args);
-        let mut rearm = false;
-        bids.clear();
-        for c in ring.completion() {
-            if c.user_data() != 1 {
-                continue;
-            }
-            if let Some(b) = io_uring::cqueue::buffer_select(c.flags()) {
-                black_box(bufs.get(b, c.result().max(0) as usize));
-                bids.push(b);
-                got += 1;
-            }
-            rearm |= !io_uring::cqueue::more(c.flags());
-        }
-        for &b in &bids {
+        let (rearm, _) = bufs.take(ring, 1, &mut done);
+        for &(b, len) in &done {
+            black_box(bufs.get(b, len));
             bufs.recycle(b);
         }
+        got += done.len() as u64;
         bufs.publish();
         if rearm {
             live = false;

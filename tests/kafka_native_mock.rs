@@ -131,6 +131,14 @@ impl Rig {
         }
     }
 
+    /// Nothing dropped, the accounting identity holds, and the topic reads
+    /// back exactly the `n` records.
+    fn assert_exactly_delivered(&self, s: &KafkaSnapshot, n: u32) {
+        assert_eq!(s.dropped(), 0, "{s:?}");
+        assert_eq!(s.reconcile().0, s.reconcile().1, "{s:?}");
+        self.read_back(n);
+    }
+
     /// The topic read back: every device's sequences in order, each once.
     fn read_back(&self, expect: u32) {
         let mut per: Vec<Vec<u32>> = vec![Vec::new(); DEVICES as usize];
@@ -174,9 +182,7 @@ fn retriable_produce_errors_are_retried_in_order_without_duplicates() {
     r.push(4000);
     let s = r.until("delivery", |s| s.delivered == 4000);
     assert!(s.retries > 0, "the errors were seen and retried: {s:?}");
-    assert_eq!(s.dropped(), 0, "{s:?}");
-    assert_eq!(s.reconcile().0, s.reconcile().1, "{s:?}");
-    r.read_back(4000);
+    r.assert_exactly_delivered(&s, 4000);
 }
 
 #[test]
@@ -194,9 +200,7 @@ fn with_acks_0_every_batch_is_delivered_once_written_and_read_back_intact() {
     r.push(4000);
     let s = r.until("delivery", |s| s.delivered == 4000);
     assert!(s.produce_requests > 0 && s.sends > 0, "{s:?}");
-    assert_eq!(s.dropped(), 0, "{s:?}");
-    assert_eq!(s.reconcile().0, s.reconcile().1, "{s:?}");
-    r.read_back(4000);
+    r.assert_exactly_delivered(&s, 4000);
 }
 
 #[test]
@@ -247,7 +251,5 @@ fn with_the_broker_down_batches_go_to_the_journal_and_replay_in_order_after() {
         s.delivered == 4000 && s.journaled == 0
     });
     println!("down: {down:?}\nafter: {s:?}");
-    assert_eq!(s.dropped(), 0, "{s:?}");
-    assert_eq!(s.reconcile().0, s.reconcile().1, "{s:?}");
-    r.read_back(4000);
+    r.assert_exactly_delivered(&s, 4000);
 }

@@ -171,26 +171,8 @@ pub async fn receive_loop(
                 ) => {}
             Err(e) => return Err(e),
         }
-        let mut rearm = false;
-        done.clear();
-        for c in ring.completion() {
-            if c.user_data() != RECV {
-                continue;
-            }
-            match io_uring::cqueue::buffer_select(c.flags()) {
-                Some(bid) if c.result() >= 0 => done.push((bid, c.result() as usize)),
-                Some(bid) => {
-                    errors += 1;
-                    bufs.recycle(bid);
-                }
-                // An empty datagram takes no buffer.
-                None if c.result() == 0 => done.push((BufRing::NONE, 0)),
-                // Out of buffers (ENOBUFS) or an error: the receive ended.
-                None if c.result() != -libc::ENOBUFS => errors += 1,
-                None => {}
-            }
-            rearm |= !io_uring::cqueue::more(c.flags());
-        }
+        let (rearm, failed) = bufs.take(&mut ring, RECV, &mut done);
+        errors += failed;
         quiet = done.is_empty();
         let now = now_ns();
         hashes.clear();
@@ -248,18 +230,9 @@ pub async fn receive_loop(
         let args = io_uring::types::SubmitArgs::new().timespec(&wait);
         let _ = ring.submitter().submit_with_args(1, &args);
         let now = now_ns();
-        done.clear();
-        for c in ring.completion() {
-            if c.user_data() != RECV {
-                continue;
-            }
-            match io_uring::cqueue::buffer_select(c.flags()) {
-                Some(bid) => done.push((bid, c.result().max(0) as usize)),
-                None if c.result() == 0 => done.push((BufRing::NONE, 0)),
-                None => {}
-            }
-            ended |= !io_uring::cqueue::more(c.flags());
-        }
+        let (last, failed) = bufs.take(&mut ring, RECV, &mut done);
+        ended |= last;
+        errors += failed;
         for &(bid, len) in &done {
             let _ = shard.on_datagram(bufs.get(bid, len), now);
             bufs.recycle(bid);
@@ -371,6 +344,41 @@ impl BufRing {
                 0,
             )
         }
+    }
+
+    /// Takes the completions of receive `user_data` waiting in `ring`: each
+    /// datagram as (buffer id, length) into `done` (an empty one takes no
+    /// buffer: [`BufRing::NONE`]); a failed completion's buffer comes back
+    /// at once. Returns whether the receive ended (it must be submitted
+    /// again; out of buffers ends it too) and how many completions failed.
+    pub fn take(
+        &mut self,
+        ring: &mut io_uring::IoUring,
+        user_data: u64,
+        done: &mut Vec<(u16, usize)>,
+    ) -> (bool, u64) {
+        done.clear();
+        let (mut ended, mut failed) = (false, 0);
+        for c in ring.completion() {
+            if c.user_data() != user_data {
+                continue;
+            }
+            match io_uring::cqueue::buffer_select(c.flags()) {
+                Some(bid) if c.result() >= 0 => done.push((bid, c.result() as usize)),
+                Some(bid) => {
+                    failed += 1;
+                    self.recycle(bid);
+                }
+                None if c.result() == 0 => done.push((Self::NONE, 0)),
+                // Out of buffers is not a failure: the receive just ended.
+                None if c.result() != -libc::ENOBUFS && c.result() != -libc::ECANCELED => {
+                    failed += 1
+                }
+                None => {}
+            }
+            ended |= !io_uring::cqueue::more(c.flags());
+        }
+        (ended, failed)
     }
 
     /// Datagram `len` bytes long in buffer `bid`.

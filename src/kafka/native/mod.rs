@@ -61,7 +61,7 @@ use crate::dapb::{Conditions, KnobFeed, Params, ShardKnobs};
 use crate::handoff::{BatchRx, ProducedBatch};
 use crate::wire::kafka as kwire;
 use proto::{Outcome, PartitionResult};
-use uring::{Frame, Op, Part, Uring};
+use uring::{Op, Part, Uring};
 
 use super::journal::{self, Journal, JournalConfig, JournalError};
 use super::{mono_ns, thread_cpu_ns, Breaker, KafkaSnapshot, OutputError};
@@ -569,22 +569,17 @@ impl NativeProducer {
         pending: Pending,
         encode: impl FnOnce(&mut Vec<u8>, i32, &str),
     ) {
-        let corr = self.next_correlation();
-        let mut head = Vec::with_capacity(64);
-        encode(&mut head, corr, &self.client_id);
-        let len = head.len();
-        let br = &mut self.brokers[b];
-        let Some(slot) = br.slot else {
+        let Some(slot) = self.brokers[b].slot else {
             return;
         };
-        self.io.enqueue(
-            slot,
-            Frame {
-                head,
-                parts: vec![Part::Head(0, len)],
-            },
-        );
-        br.pending.push_back((corr, mono_ns(), pending));
+        let corr = self.next_correlation();
+        let mut frame = self.io.frame();
+        encode(&mut frame.head, corr, &self.client_id);
+        frame.parts.push(Part::Head(0, frame.head.len()));
+        self.io.enqueue(slot, frame);
+        self.brokers[b]
+            .pending
+            .push_back((corr, mono_ns(), pending));
     }
 
     fn send_api_versions(&mut self, b: usize) {
