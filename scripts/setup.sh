@@ -22,6 +22,9 @@ PACKAGES=(
   fonts-dejavu-core # axis labels and legends in the PNG plots of `klais simulate` and `klais bench`
   python3 python3-venv  # the Python asyncio + aiokafka baseline of `klais bench compare` (scripts/baselines.sh)
   stunnel4 openssl  # the broker tier's TLS listener (a terminator in front of tansu) and its throwaway CA
+  libssl-dev        # librdkafka's TLS (rdkafka feature ssl: Debian's OpenSSL)
+  libsasl2-dev libsasl2-modules-gssapi-mit  # librdkafka's SASL GSSAPI (Cyrus SASL; PLAIN/SCRAM/OAUTHBEARER are built in)
+  libcurl4-openssl-dev  # librdkafka's OAUTHBEARER OIDC token fetch (rdkafka feature curl)
 )
 
 log=$(mktemp /tmp/klais-setup.XXXXXX.log)

@@ -425,8 +425,8 @@ fn read_back_python_with(
 
 /// The native client (`output.kafka.client = "native"`): the shards encode
 /// the batches; the same checks as the librdkafka path, read back by
-/// librdkafka's consumer (klais's build, no zstd) and by Python's aiokafka and
-/// confluent-kafka (its wheel's librdkafka 2.12 has zstd, TLS and SASL).
+/// librdkafka's consumer (klais's build) and by Python's aiokafka and
+/// confluent-kafka (its wheel's own librdkafka 2.12).
 mod native {
     use super::*;
 
@@ -437,16 +437,16 @@ mod native {
         c
     }
 
-    /// N messages from M devices through the native client with `codec`:
-    /// exactly N back, identical, in order, in the murmur2 partition.
-    fn round_trip(codec: &str) {
+    /// N messages from M devices through `client` with `codec`: exactly N
+    /// back, identical, in order, in the murmur2 partition.
+    fn round_trip(client: &str, codec: &str) {
         let broker = Broker::start(None);
-        let topic = format!("t-native-{codec}");
+        let topic = format!("t-{client}-{codec}");
         broker.create_topic(&topic, 3);
         let dir = tempfile::tempdir().unwrap();
-        let running =
-            klais::runtime::start(&native_cfg(&broker.brokers(), &topic, dir.path(), codec))
-                .unwrap();
+        let mut c = native_cfg(&broker.brokers(), &topic, dir.path(), codec);
+        c.output.kafka.client = client.into();
+        let running = klais::runtime::start(&c).unwrap();
         let devs = devices(40);
         send(running.local_addr(), &devs, 0, 250, 20_000);
         let n = 40 * 250;
@@ -463,18 +463,16 @@ mod native {
         );
         let (l, r) = k.reconcile();
         assert_eq!(l, r, "{k:?}");
-        let mut readers = vec![
+        let readers = [
             ("aiokafka", read_back_python(&broker.brokers(), &topic, n)),
             (
                 "confluent-kafka",
                 read_back_python_with("confluent", &broker.brokers(), &topic, n, None),
             ),
+            ("librdkafka", read_back(&broker.brokers(), &topic, n)),
         ];
-        if codec != "zstd" {
-            readers.push(("librdkafka", read_back(&broker.brokers(), &topic, n)));
-        }
         for (reader, recs) in readers {
-            assert_exactly_once(&recs, &format!("{codec}, {reader}"), 40, 250);
+            assert_exactly_once(&recs, &format!("{client}, {codec}, {reader}"), 40, 250);
         }
     }
 
@@ -487,7 +485,11 @@ mod native {
         fn every_codec_is_read_back_exactly_by_aiokafka_confluent_kafka_and_librdkafka() {
             let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
             for codec in ["lz4", "zstd", "snappy", "gzip", "none"] {
-                round_trip(codec);
+                round_trip("native", codec);
+            }
+            // librdkafka's producer, built with zstd.
+            for codec in ["zstd", "lz4"] {
+                round_trip("librdkafka", codec);
             }
         }
 
@@ -655,8 +657,7 @@ mod native {
             );
             assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
             assert_eq!(journal_files(dir.path()), 0, "journal empty afterwards");
-            // zstd: only the Python reader decodes it here.
-            let recs = read_back_python(&brokers, "t-native-stop", 12_500);
+            let recs = read_back(&brokers, "t-native-stop", 12_500);
             assert_exactly_once(&recs, "t-native-stop", 50, 250);
         }
 
@@ -783,21 +784,26 @@ mod native {
         }
     }
 
-    /// TLS and SASL on the native client, against tansu behind stunnel4
-    /// (tests/common/secured.rs), read back by aiokafka through the same
-    /// listener.
+    /// TLS and SASL on both clients (the native one's rustls and rsasl,
+    /// librdkafka's OpenSSL and SASL), against tansu behind stunnel4
+    /// (tests/common/secured.rs), read back by aiokafka and confluent-kafka
+    /// through the same listener.
     mod secured {
         use super::*;
         use common::secured::{Secured, USER};
         use std::sync::atomic::Ordering;
+
+        const CLIENTS: [&str; 2] = ["native", "librdkafka"];
 
         fn secure_cfg(
             brokers: &str,
             topic: &str,
             journal: &Path,
             sec: klais::config::Security,
+            client: &str,
         ) -> Config {
             let mut c = native_cfg(brokers, topic, journal, "lz4");
+            c.output.kafka.client = client.into();
             c.output.kafka.security = sec;
             c
         }
@@ -805,7 +811,7 @@ mod native {
         /// The error a start that must fail gives.
         fn start_err(c: &Config, why: &str) -> String {
             match klais::runtime::start(c) {
-                Ok(_) => panic!("{why}"),
+                Ok(_) => panic!("{why} ({})", c.output.kafka.client),
                 Err(e) => e.to_string(),
             }
         }
@@ -825,7 +831,8 @@ mod native {
             assert_eq!(
                 (k.delivered, k.dropped(), k.auth_failures),
                 (n, 0, 0),
-                "{k:?}"
+                "{}: {k:?}",
+                c.output.kafka.client
             );
             assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
             n
@@ -856,8 +863,11 @@ mod native {
                 let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
                 let sb = Secured::start(true, false);
                 let pw = sb.write("password", &format!("{}\n", USER.1));
-                for mech in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
-                    let topic = format!("t-sasl-{}", mech.to_lowercase());
+                for (client, mech) in CLIENTS
+                    .iter()
+                    .flat_map(|c| ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"].map(move |m| (*c, m)))
+                {
+                    let topic = format!("t-sasl-{client}-{}", mech.to_lowercase());
                     sb.broker.create_topic(&topic, 3);
                     let dir = tempfile::tempdir().unwrap();
                     let sec = klais::config::Security {
@@ -868,7 +878,8 @@ mod native {
                         sasl_password_file: Some(pw.clone()),
                         ..Default::default()
                     };
-                    deliver(&secure_cfg(&sb.brokers(), &topic, dir.path(), sec), 30, 100);
+                    let c = secure_cfg(&sb.brokers(), &topic, dir.path(), sec, client);
+                    deliver(&c, 30, 100);
                     let py = serde_json::json!({
                         "security_protocol": "SASL_SSL",
                         "sasl_mechanism": mech,
@@ -886,62 +897,66 @@ mod native {
             #[ignore = "broker"]
             fn a_cut_sasl_tls_connection_reconnects_and_loses_nothing() {
                 let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-                let sb = Secured::start_opts(true, false, true);
-                sb.broker.create_topic("t-sasl-cut", 3);
-                let dir = tempfile::tempdir().unwrap();
-                let sec = klais::config::Security {
-                    protocol: "sasl_ssl".into(),
-                    ca_file: Some(sb.file("ca.pem")),
-                    sasl_username: USER.0.into(),
-                    sasl_password_file: Some(sb.write("password", USER.1)),
-                    ..Default::default()
-                };
-                let running = klais::runtime::start(&secure_cfg(
-                    &sb.brokers(),
-                    "t-sasl-cut",
-                    dir.path(),
-                    sec,
-                ))
-                .unwrap();
-                let to = running.local_addr();
-                let devs = devices(100);
-                let sender = std::thread::spawn(move || send(to, &devs, 0, 300, 10_000));
-                wait_for("first deliveries", Duration::from_secs(30), || {
-                    running.kafka_snapshot().unwrap().delivered > 3_000
-                });
-                let relay = sb.relay.as_ref().unwrap();
-                relay.cut();
-                std::thread::sleep(Duration::from_millis(1500));
-                relay.restore();
-                sender.join().unwrap();
-                let n = 100 * 300;
-                wait_for("accepted = delivered", Duration::from_secs(120), || {
-                    let k = running.kafka_snapshot().unwrap();
-                    k.accepted == n && k.delivered == n && k.journaled == 0
-                });
-                let s = running.stop().unwrap();
-                let k = s.kafka.unwrap();
-                println!("{k:?}");
-                assert_eq!(s.shards.accepted, n);
-                assert_eq!(
-                    (k.delivered, k.dropped(), k.auth_failures),
-                    (n, 0, 0),
-                    "{k:?}"
-                );
-                assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
-                let py = serde_json::json!({
-                    "security_protocol": "SASL_SSL",
-                    "sasl_mechanism": "SCRAM-SHA-512",
-                    "sasl_plain_username": USER.0,
-                    "sasl_plain_password": USER.1,
-                    "cafile": sb.file("ca.pem"),
-                });
-                python_exactly_once(&sb.brokers(), "t-sasl-cut", 100, 300, &py);
+                for client in CLIENTS {
+                    let sb = Secured::start_opts(true, false, true);
+                    let topic = format!("t-sasl-cut-{client}");
+                    sb.broker.create_topic(&topic, 3);
+                    let dir = tempfile::tempdir().unwrap();
+                    let sec = klais::config::Security {
+                        protocol: "sasl_ssl".into(),
+                        ca_file: Some(sb.file("ca.pem")),
+                        sasl_username: USER.0.into(),
+                        sasl_password_file: Some(sb.write("password", USER.1)),
+                        ..Default::default()
+                    };
+                    let running = klais::runtime::start(&secure_cfg(
+                        &sb.brokers(),
+                        &topic,
+                        dir.path(),
+                        sec,
+                        client,
+                    ))
+                    .unwrap();
+                    let to = running.local_addr();
+                    let devs = devices(100);
+                    let sender = std::thread::spawn(move || send(to, &devs, 0, 300, 10_000));
+                    wait_for("first deliveries", Duration::from_secs(30), || {
+                        running.kafka_snapshot().unwrap().delivered > 3_000
+                    });
+                    let relay = sb.relay.as_ref().unwrap();
+                    relay.cut();
+                    std::thread::sleep(Duration::from_millis(1500));
+                    relay.restore();
+                    sender.join().unwrap();
+                    let n = 100 * 300;
+                    wait_for("accepted = delivered", Duration::from_secs(120), || {
+                        let k = running.kafka_snapshot().unwrap();
+                        k.accepted == n && k.delivered == n && k.journaled == 0
+                    });
+                    let s = running.stop().unwrap();
+                    let k = s.kafka.unwrap();
+                    println!("{client}: {k:?}");
+                    assert_eq!(s.shards.accepted, n);
+                    assert_eq!(
+                        (k.delivered, k.dropped(), k.auth_failures),
+                        (n, 0, 0),
+                        "{client}: {k:?}"
+                    );
+                    assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+                    let py = serde_json::json!({
+                        "security_protocol": "SASL_SSL",
+                        "sasl_mechanism": "SCRAM-SHA-512",
+                        "sasl_plain_username": USER.0,
+                        "sasl_plain_password": USER.1,
+                        "cafile": sb.file("ca.pem"),
+                    });
+                    python_exactly_once(&sb.brokers(), &topic, 100, 300, &py);
+                }
             }
 
             #[test]
             #[ignore = "broker"]
-            fn a_wrong_password_or_an_untrusted_broker_fails_loudly_at_start() {
+            fn a_wrong_password_an_untrusted_or_expired_broker_certificate_fail_loudly_at_start() {
                 let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
                 let sb = Secured::start(true, false);
                 sb.broker.create_topic("t-refused", 3);
@@ -952,36 +967,66 @@ mod native {
                     sasl_password_file: Some(sb.write("wrong", "wrong\n")),
                     ..Default::default()
                 };
-                for mech in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
+                for client in CLIENTS {
+                    for mech in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
+                        let sec = klais::config::Security {
+                            sasl_mechanism: mech.into(),
+                            ..base.clone()
+                        };
+                        let dir = tempfile::tempdir().unwrap();
+                        let e = start_err(
+                            &secure_cfg(&sb.brokers(), "t-refused", dir.path(), sec, client),
+                            "a wrong password cannot start",
+                        );
+                        println!("{client}, {mech}, wrong password: {e}");
+                        assert!(
+                            e.contains("SASL")
+                                && e.contains("refused")
+                                && e.contains("\"klais\"")
+                                && e.contains("output.kafka.security"),
+                            "{client}, {mech}: {e}"
+                        );
+                    }
+                    // A broker whose certificate does not chain to the CA given.
                     let sec = klais::config::Security {
-                        sasl_mechanism: mech.into(),
+                        ca_file: Some(sb.file("other-ca.pem")),
                         ..base.clone()
                     };
                     let dir = tempfile::tempdir().unwrap();
                     let e = start_err(
-                        &secure_cfg(&sb.brokers(), "t-refused", dir.path(), sec),
-                        "a wrong password cannot start",
+                        &secure_cfg(&sb.brokers(), "t-refused", dir.path(), sec, client),
+                        "an untrusted broker cannot start",
                     );
-                    println!("{mech}, wrong password: {e}");
+                    println!("{client}, untrusted broker: {e}");
                     assert!(
-                        e.contains("SASL") && e.contains("refused") && e.contains("\"klais\""),
-                        "{mech}: {e}"
+                        e.contains("TLS")
+                            && e.contains("certificate")
+                            && e.contains("output.kafka.security"),
+                        "{client}: {e}"
                     );
                 }
                 let refused = sb.gate.as_ref().unwrap().refused.load(Ordering::Relaxed);
-                assert!(refused >= 3, "the broker refused every wrong password");
-                // A broker whose certificate does not chain to the CA given.
-                let sec = klais::config::Security {
-                    ca_file: Some(sb.file("other-ca.pem")),
-                    ..base
-                };
-                let dir = tempfile::tempdir().unwrap();
-                let e = start_err(
-                    &secure_cfg(&sb.brokers(), "t-refused", dir.path(), sec),
-                    "an untrusted broker cannot start",
-                );
-                println!("untrusted broker: {e}");
-                assert!(e.contains("TLS") && e.contains("certificate"), "{e}");
+                assert!(refused >= 6, "the broker refused every wrong password");
+                // A broker whose certificate expired yesterday.
+                let sb = Secured::start_expired();
+                sb.broker.create_topic("t-expired", 3);
+                for client in CLIENTS {
+                    let sec = klais::config::Security {
+                        ca_file: Some(sb.file("ca.pem")),
+                        sasl_password_file: Some(sb.write("password", USER.1)),
+                        ..base.clone()
+                    };
+                    let dir = tempfile::tempdir().unwrap();
+                    let e = start_err(
+                        &secure_cfg(&sb.brokers(), "t-expired", dir.path(), sec, client),
+                        "an expired broker certificate cannot start",
+                    );
+                    println!("{client}, expired broker certificate: {e}");
+                    assert!(
+                        e.contains("expired") && e.contains("output.kafka.security"),
+                        "{client}: {e}"
+                    );
+                }
             }
 
             #[test]
@@ -989,37 +1034,52 @@ mod native {
             fn tls_with_a_client_certificate_delivers_and_without_one_is_refused() {
                 let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
                 let sb = Secured::start(false, true);
-                sb.broker.create_topic("t-mtls", 3);
-                let dir = tempfile::tempdir().unwrap();
-                let without = klais::config::Security {
-                    protocol: "ssl".into(),
-                    ca_file: Some(sb.file("ca.pem")),
-                    ..Default::default()
-                };
-                let e = start_err(
-                    &secure_cfg(&sb.brokers(), "t-mtls", dir.path(), without.clone()),
-                    "no client certificate, no start",
-                );
-                println!("no client certificate: {e}");
-                assert!(e.contains("refused"), "{e}");
-                let with = klais::config::Security {
-                    cert_file: Some(sb.file("client.pem")),
-                    key_file: Some(sb.file("client.key")),
-                    ..without
-                };
-                let dir = tempfile::tempdir().unwrap();
-                deliver(
-                    &secure_cfg(&sb.brokers(), "t-mtls", dir.path(), with),
-                    30,
-                    100,
-                );
-                let py = serde_json::json!({
-                    "security_protocol": "SSL",
-                    "cafile": sb.file("ca.pem"),
-                    "certfile": sb.file("client.pem"),
-                    "keyfile": sb.file("client.key"),
-                });
-                python_exactly_once(&sb.brokers(), "t-mtls", 30, 100, &py);
+                for client in CLIENTS {
+                    let topic = format!("t-mtls-{client}");
+                    sb.broker.create_topic(&topic, 3);
+                    let dir = tempfile::tempdir().unwrap();
+                    let without = klais::config::Security {
+                        protocol: "ssl".into(),
+                        ca_file: Some(sb.file("ca.pem")),
+                        ..Default::default()
+                    };
+                    let e = start_err(
+                        &secure_cfg(&sb.brokers(), &topic, dir.path(), without.clone(), client),
+                        "no client certificate, no start",
+                    );
+                    println!("{client}, no client certificate: {e}");
+                    assert!(e.contains("refused"), "{client}: {e}");
+                    let with = klais::config::Security {
+                        cert_file: Some(sb.file("client.pem")),
+                        key_file: Some(sb.file("client.key")),
+                        ..without
+                    };
+                    let dir = tempfile::tempdir().unwrap();
+                    deliver(
+                        &secure_cfg(&sb.brokers(), &topic, dir.path(), with.clone(), client),
+                        30,
+                        100,
+                    );
+                    let py = serde_json::json!({
+                        "security_protocol": "SSL",
+                        "cafile": sb.file("ca.pem"),
+                        "certfile": sb.file("client.pem"),
+                        "keyfile": sb.file("client.key"),
+                    });
+                    python_exactly_once(&sb.brokers(), &topic, 30, 100, &py);
+                    // klais's own reader (`klais kafka consume`), through TLS too.
+                    let mut recs = Vec::new();
+                    klais::kafka::consume::for_each_with(
+                        &sb.brokers(),
+                        &with,
+                        &topic,
+                        Some(3000),
+                        Duration::from_secs(10),
+                        |m| recs.push(m),
+                    )
+                    .unwrap();
+                    assert_exactly_once(&recs, &format!("{topic}, klais kafka consume"), 30, 100);
+                }
             }
         }
     }

@@ -187,7 +187,14 @@ fn reconcile(
             k.dropped(),
             args.topic
         );
-        match consume_report(brokers, &args.topic, Some(k.delivered), 3, 5.0) {
+        match consume_report(
+            brokers,
+            &Default::default(),
+            &args.topic,
+            Some(k.delivered),
+            3,
+            5.0,
+        ) {
             Some((n, 0)) if n == k.delivered => {}
             _ => consistent = false,
         }

@@ -22,7 +22,8 @@ pub(super) enum KafkaCmd {
         /// Topic. Default: output.kafka.topic of --config.
         #[arg(long)]
         topic: Option<String>,
-        /// Configuration file to take brokers and topic from.
+        /// Configuration file to take brokers, topic and
+        /// [output.kafka.security] (TLS, SASL) from.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Stop after this many records.
@@ -54,7 +55,8 @@ pub(super) fn run(cmd: KafkaCmd) -> ExitCode {
             };
             let brokers = brokers.unwrap_or(cfg.output.kafka.brokers);
             let topic = topic.unwrap_or(cfg.output.kafka.topic);
-            match consume_report(&brokers, &topic, count, show, idle) {
+            let sec = &cfg.output.kafka.security;
+            match consume_report(&brokers, sec, &topic, count, show, idle) {
                 Some(_) => ExitCode::SUCCESS,
                 None => ExitCode::from(1),
             }
@@ -67,6 +69,7 @@ pub(super) fn run(cmd: KafkaCmd) -> ExitCode {
 /// order), or None after printing the error.
 pub(super) fn consume_report(
     brokers: &str,
+    sec: &klais::config::Security,
     topic: &str,
     count: Option<u64>,
     show: usize,
@@ -77,8 +80,9 @@ pub(super) fn consume_report(
     let mut out_of_order = 0u64;
     let mut devices = 0u64;
     let started = Instant::now();
-    let r = klais::kafka::consume::for_each(
+    let r = klais::kafka::consume::for_each_with(
         brokers,
+        sec,
         topic,
         count,
         Duration::from_secs_f64(idle),

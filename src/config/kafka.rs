@@ -29,15 +29,14 @@ pub struct Kafka {
     /// Idempotent producer: retries never duplicate or reorder per partition.
     #[serde(default = "default_true")]
     pub idempotence: bool,
-    /// `"lz4"`, `"snappy"`, `"gzip"`, `"none"`, or `"zstd"` (native client
-    /// only: this build's librdkafka has no zstd).
+    /// `"lz4"`, `"zstd"`, `"snappy"`, `"gzip"` or `"none"` (both clients).
     #[serde(default = "default_compression")]
     pub compression: String,
     /// How long the native client waits for a broker's answer before it
     /// closes the connection and sends again on a new one, ms.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// zstd level, 1–19 (native client).
+    /// zstd level, 1–19 (librdkafka: 1–12).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
     /// `"native"` (default): the shards encode Kafka record batches and the
@@ -155,14 +154,14 @@ pub struct Journal {
     pub fsync_interval_ms: u64,
 }
 
-/// `[output.kafka.security]`: TLS and SASL on the native client's broker
-/// connections.
+/// `[output.kafka.security]`: TLS and SASL on the broker connections, for
+/// either client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Security {
     /// `"plaintext"`, `"ssl"` (TLS), `"sasl_plaintext"` or `"sasl_ssl"` (SASL
-    /// inside TLS). Anything but plaintext needs `client = "native"`: this
-    /// build's librdkafka has neither OpenSSL nor SASL.
+    /// inside TLS). The native client's TLS is rustls; librdkafka's is
+    /// Debian's OpenSSL.
     #[serde(default = "default_protocol")]
     pub protocol: String,
     /// PEM file of the CA certificates a broker's certificate must chain to.
@@ -177,7 +176,8 @@ pub struct Security {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// Name a broker's certificate must carry. Omitted: the host of the broker
-    /// address klais connects to (a DNS name or an IP address).
+    /// address klais connects to (a DNS name or an IP address). Native client
+    /// only: librdkafka always checks the broker's own host name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     /// `"SCRAM-SHA-512"`, `"SCRAM-SHA-256"` or `"PLAIN"` (PLAIN sends the
@@ -228,14 +228,12 @@ impl Security {
             ));
             return;
         }
-        if self.protocol != "plaintext" && !native {
+        if self.server_name.is_some() && !native {
             errs.push(invalid(
-                &format!("{k}.protocol"),
-                format!(
-                    "{:?} needs the native client: this build's librdkafka has no TLS or SASL",
-                    self.protocol
-                ),
-                "set output.kafka.client = \"native\"",
+                &format!("{k}.server_name"),
+                "librdkafka checks the name each broker advertises and cannot be given another"
+                    .into(),
+                "remove server_name (make the brokers' certificates name their advertised hosts), or set output.kafka.client = \"native\"",
             ));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
@@ -261,10 +259,10 @@ impl Security {
             errs.push(invalid(
                 &format!("{k}.sasl_mechanism"),
                 format!(
-                    "{:?} is not a mechanism the native client speaks",
+                    "{:?} is not a mechanism klais supports",
                     self.sasl_mechanism
                 ),
-                "use \"SCRAM-SHA-512\", \"SCRAM-SHA-256\" or \"PLAIN\" (GSSAPI and OAUTHBEARER are not supported)",
+                "use \"SCRAM-SHA-512\", \"SCRAM-SHA-256\" or \"PLAIN\"",
             ));
         }
         if self.sasl() {
@@ -311,6 +309,7 @@ pub const OWNED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
     ("enable.idempotence", "output.kafka.idempotence"),
     ("compression.type", "output.kafka.compression"),
     ("compression.codec", "output.kafka.compression"),
+    ("compression.level", "output.kafka.zstd_level"),
     (
         "max.in.flight.requests.per.connection",
         "output.kafka.max_in_flight",
@@ -339,12 +338,28 @@ pub const OWNED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
         "partitioner",
         "fixed: murmur2_random (Java client compatible)",
     ),
-    ("security.protocol", "output.kafka.security (native client)"),
-    ("sasl.mechanism", "output.kafka.security (native client)"),
-    ("sasl.mechanisms", "output.kafka.security (native client)"),
-    ("sasl.username", "output.kafka.security (native client)"),
-    ("sasl.password", "output.kafka.security (native client)"),
-    ("ssl.ca.location", "output.kafka.security (native client)"),
+    ("security.protocol", "output.kafka.security.protocol"),
+    ("sasl.mechanism", "output.kafka.security.sasl_mechanism"),
+    ("sasl.mechanisms", "output.kafka.security.sasl_mechanism"),
+    ("sasl.username", "output.kafka.security.sasl_username"),
+    ("sasl.password", "output.kafka.security.sasl_password_file"),
+    ("ssl.ca.location", "output.kafka.security.ca_file"),
+    ("ssl.ca.pem", "output.kafka.security.ca_file"),
+    (
+        "ssl.certificate.location",
+        "output.kafka.security.cert_file",
+    ),
+    ("ssl.certificate.pem", "output.kafka.security.cert_file"),
+    ("ssl.key.location", "output.kafka.security.key_file"),
+    ("ssl.key.pem", "output.kafka.security.key_file"),
+    (
+        "ssl.endpoint.identification.algorithm",
+        "fixed: https (the broker's certificate must name it)",
+    ),
+    (
+        "enable.ssl.certificate.verification",
+        "fixed: true (set output.kafka.security.ca_file instead)",
+    ),
     (
         "statistics.interval.ms",
         "fixed: klais reads broker health from it",
@@ -555,13 +570,7 @@ impl Kafka {
                 "use \"native\" or \"librdkafka\"",
             ));
         }
-        if self.compression == "zstd" && !native {
-            errs.push(invalid(
-                "output.kafka.compression",
-                "zstd is not in this build's librdkafka".into(),
-                "set client = \"native\", or use \"lz4\", \"snappy\", \"gzip\" or \"none\"",
-            ));
-        } else if !["lz4", "snappy", "gzip", "none", "zstd"].contains(&self.compression.as_str()) {
+        if !["lz4", "snappy", "gzip", "none", "zstd"].contains(&self.compression.as_str()) {
             errs.push(invalid(
                 "output.kafka.compression",
                 format!("{:?} is not supported by this build", self.compression),
@@ -580,6 +589,15 @@ impl Kafka {
                 "output.kafka.zstd_level",
                 format!("{} is out of range", self.zstd_level),
                 "use 1 (fast) to 19 (small); 3 is zstd's default",
+            ));
+        } else if !native && self.compression == "zstd" && self.zstd_level > 12 {
+            errs.push(invalid(
+                "output.kafka.zstd_level",
+                format!(
+                    "{} is above librdkafka's highest level (12)",
+                    self.zstd_level
+                ),
+                "use 1 to 12 with client = \"librdkafka\" (or the native client for up to 19)",
             ));
         }
         if self.max_in_flight == 0 || (self.idempotence && self.max_in_flight > 5) {

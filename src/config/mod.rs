@@ -1258,13 +1258,23 @@ mod tests {
 
     #[test]
     fn kafka_security_settings_are_checked_with_keys_and_fixes() {
-        // librdkafka here has no TLS or SASL.
+        // librdkafka cannot check a name other than the broker's own.
         let e = errors(
-            "[output.kafka]\nclient = \"librdkafka\"\n[output.kafka.security]\nprotocol = \"ssl\"\n",
+            "[output.kafka]\nclient = \"librdkafka\"\n[output.kafka.security]\n\
+             protocol = \"ssl\"\nserver_name = \"kafka.example.net\"\n",
         )
         .join("\n");
-        assert!(e.contains("output.kafka.security.protocol"), "{e}");
+        assert!(e.contains("output.kafka.security.server_name"), "{e}");
         assert!(e.contains("client = \"native\""), "{e}");
+        // Both clients take TLS, SASL and zstd.
+        for client in ["native", "librdkafka"] {
+            let ok = format!(
+                "[output.kafka]\nclient = \"{client}\"\ncompression = \"zstd\"\n\
+                 [output.kafka.security]\nprotocol = \"sasl_ssl\"\n\
+                 sasl_username = \"klais\"\nsasl_password_file = \"/etc/pw\"\n"
+            );
+            Config::from_toml(&ok, "x").unwrap();
+        }
         // SASL needs a user and a password file; PLAIN needs TLS.
         let e = errors(
             "[output.kafka]\nclient = \"native\"\n[output.kafka.security]\n\

@@ -11,6 +11,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::config::Security;
+
 /// One record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumed {
@@ -40,7 +42,16 @@ impl Consumed {
 
 /// Partitions of `topic` (waits up to `timeout` for metadata).
 pub fn partitions(brokers: &str, topic: &str, timeout: Duration) -> Result<i32, KafkaError> {
-    let c: BaseConsumer = base(brokers).create()?;
+    partitions_with(brokers, &Security::default(), topic, timeout)
+}
+
+fn partitions_with(
+    brokers: &str,
+    sec: &Security,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, KafkaError> {
+    let c: BaseConsumer = secured(brokers, sec)?.create()?;
     let md = c.fetch_metadata(Some(topic), timeout)?;
     Ok(md
         .topics()
@@ -62,6 +73,14 @@ pub fn base(brokers: &str) -> ClientConfig {
     c
 }
 
+/// [`base`] with `[output.kafka.security]`'s TLS and SASL (the files
+/// checked as the producer checks them).
+fn secured(brokers: &str, sec: &Security) -> Result<ClientConfig, KafkaError> {
+    let mut c = base(brokers);
+    super::security_config(sec, &mut c).map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+    Ok(c)
+}
+
 /// Calls `each` for every record of `topic` from the beginning, until `stop`
 /// records were read (if given) or nothing arrived for `idle`. Returns the count.
 pub fn for_each(
@@ -69,10 +88,22 @@ pub fn for_each(
     topic: &str,
     stop: Option<u64>,
     idle: Duration,
+    each: impl FnMut(Consumed),
+) -> Result<u64, KafkaError> {
+    for_each_with(brokers, &Security::default(), topic, stop, idle, each)
+}
+
+/// [`for_each`] through `sec` (TLS, SASL).
+pub fn for_each_with(
+    brokers: &str,
+    sec: &Security,
+    topic: &str,
+    stop: Option<u64>,
+    idle: Duration,
     mut each: impl FnMut(Consumed),
 ) -> Result<u64, KafkaError> {
-    let n = partitions(brokers, topic, Duration::from_secs(10))?;
-    let c: BaseConsumer = base(brokers).create()?;
+    let n = partitions_with(brokers, sec, topic, Duration::from_secs(10))?;
+    let c: BaseConsumer = secured(brokers, sec)?.create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;

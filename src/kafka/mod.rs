@@ -79,6 +79,10 @@ pub enum OutputError {
     /// The native client could not start or run.
     #[error(transparent)]
     Native(#[from] native::NativeError),
+    /// `[output.kafka.security]` names a file that cannot be used, or the
+    /// broker refused klais's credentials or certificate at start.
+    #[error(transparent)]
+    Security(#[from] native::secure::SecurityError),
 }
 
 /// State of the circuit breaker.
@@ -223,14 +227,43 @@ struct Ctx {
     /// The idempotent producer has its producer id (statistics say so).
     pid_assigned: AtomicBool,
     stats: Mutex<BrokerStats>,
+    /// TLS handshakes and SASL exchanges that failed, and the last reason.
+    auth_failures: AtomicU64,
+    last_auth_failure: Mutex<Option<(RDKafkaErrorCode, String)>>,
+}
+
+/// A TLS or SASL refusal: librdkafka's authentication and SSL errors, and a
+/// transport failure that OpenSSL explains (a TLS 1.3 server's alert, such
+/// as "certificate required", arrives after the handshake, as a failed read).
+fn is_refusal(code: RDKafkaErrorCode, reason: &str) -> bool {
+    match code {
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL => true,
+        RDKafkaErrorCode::BrokerTransportFailure => {
+            reason.contains("SSL routines") || reason.contains("SSL alert")
+        }
+        _ => false,
+    }
 }
 
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+        let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
             if !self.all_down.swap(true, Ordering::Relaxed) {
                 tracing::warn!("Kafka: all brokers down ({reason}); spilling to the journal");
             }
+        } else if let Some(c) = code.filter(|&c| is_refusal(c, reason)) {
+            // Logged once per reason change: a refused credential retries
+            // every reconnect backoff.
+            let n = self.auth_failures.fetch_add(1, Ordering::Relaxed);
+            let mut last = self
+                .last_auth_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if n == 0 || last.as_ref().map(|(_, r)| r.as_str()) != Some(reason) {
+                tracing::error!("Kafka: {error}: {reason} (check [output.kafka.security])");
+            }
+            *last = Some((c, reason.to_string()));
         } else {
             tracing::warn!("Kafka: {error}: {reason}");
         }
@@ -365,11 +398,50 @@ fn key_of(meta: &RecordMeta) -> &[u8] {
     &meta.raw_id[..len]
 }
 
+/// librdkafka's TLS and SASL properties for `[output.kafka.security]` (the
+/// password read from its file, which must be private). The producer and
+/// `klais kafka consume` both use it.
+pub fn security_config(
+    sec: &crate::config::Security,
+    c: &mut ClientConfig,
+) -> Result<(), native::secure::SecurityError> {
+    c.set("security.protocol", &sec.protocol);
+    if sec.tls() {
+        // The broker's certificate must chain to the CA and name the host
+        // klais connected to (librdkafka's default; set so no pass-through
+        // property can turn it off).
+        c.set("ssl.endpoint.identification.algorithm", "https")
+            .set("enable.ssl.certificate.verification", "true");
+        if let Some(ca) = &sec.ca_file {
+            c.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        if let (Some(cert), Some(key)) = (&sec.cert_file, &sec.key_file) {
+            native::secure::check_private("key_file", key)?;
+            c.set("ssl.certificate.location", cert.to_string_lossy())
+                .set("ssl.key.location", key.to_string_lossy());
+        }
+    }
+    if sec.sasl() {
+        let password = native::secure::read_password(sec)?;
+        c.set("sasl.mechanisms", &sec.sasl_mechanism)
+            .set("sasl.username", &sec.sasl_username)
+            .set("sasl.password", password);
+    }
+    Ok(())
+}
+
 /// The producer's librdkafka configuration for `cfg`.
-pub fn client_config(cfg: &KafkaConfig, gateway: &str) -> ClientConfig {
+pub fn client_config(
+    cfg: &KafkaConfig,
+    gateway: &str,
+) -> Result<ClientConfig, native::secure::SecurityError> {
     let mut c = ClientConfig::new();
     for (k, v) in &cfg.librdkafka {
         c.set(k, v);
+    }
+    security_config(&cfg.security, &mut c)?;
+    if cfg.compression == "zstd" {
+        c.set("compression.level", cfg.zstd_level.to_string());
     }
     let batch = cfg.dapb.b_max_bytes.max(1_000_000);
     c.set("bootstrap.servers", &cfg.brokers)
@@ -392,7 +464,7 @@ pub fn client_config(cfg: &KafkaConfig, gateway: &str) -> ClientConfig {
         .set("message.timeout.ms", "0")
         .set("partitioner", "murmur2_random")
         .set("statistics.interval.ms", "250");
-    c
+    Ok(c)
 }
 
 /// The batching core.
@@ -447,8 +519,10 @@ impl Batcher {
             all_down: AtomicBool::new(false),
             pid_assigned: AtomicBool::new(false),
             stats: Mutex::new(BrokerStats::default()),
+            auth_failures: AtomicU64::new(0),
+            last_auth_failure: Mutex::new(None),
         };
-        let producer: BaseProducer<Ctx> = client_config(cfg, &gateway)
+        let producer: BaseProducer<Ctx> = client_config(cfg, &gateway)?
             .create_with_context(ctx)
             .map_err(OutputError::Producer)?;
         // Connect now (up to 3 s): the first messages then do not wait for it,
@@ -485,10 +559,40 @@ impl Batcher {
                     "the broker does not have the topic (create it, or let the broker create topics on demand); messages wait in librdkafka and the journal"
                 ),
             },
-            Err(e) => tracing::warn!(
-                brokers = %cfg.brokers,
-                "Kafka broker not reachable at start ({e}); accepted messages will wait in the spill journal"
-            ),
+            Err(e) => {
+                // A broker that refuses klais's credentials or certificate is
+                // a configuration error, not an outage: stop here and say
+                // which key. librdkafka reports it through the error
+                // callback, served by poll.
+                for _ in 0..10 {
+                    producer.poll(Duration::from_millis(20));
+                }
+                let refused = producer
+                    .context()
+                    .last_auth_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some((code, reason)) = refused {
+                    let sec = &cfg.security;
+                    let sasl = (code == RDKafkaErrorCode::Authentication)
+                        .then_some((sec.sasl_mechanism.as_str(), sec.sasl_username.as_str()));
+                    // OpenSSL's reason does not say why it did not verify:
+                    // one handshake with rustls does.
+                    let why = if reason.contains("verify failed") {
+                        let first = cfg.brokers.split(',').next().unwrap_or("").trim();
+                        native::secure::diagnose_tls(sec, first)
+                            .map_or(reason.clone(), |d| format!("{reason}; checked again: {d}"))
+                    } else {
+                        reason
+                    };
+                    return Err(native::secure::refusal(&why, sasl).into());
+                }
+                tracing::warn!(
+                    brokers = %cfg.brokers,
+                    "Kafka broker not reachable at start ({e}); accepted messages will wait in the spill journal"
+                )
+            }
         }
         // The journal first: if it cannot open, nothing below needs undoing.
         journal::claim(&cfg.journal.dir, "librdkafka")?;
@@ -1018,6 +1122,11 @@ impl Batcher {
         self.snap.journal = self.journal.stats();
         self.snap.journal_lost = self.snap.journal.lost;
         self.snap.breaker = self.breaker;
+        self.snap.auth_failures = self
+            .producer
+            .context()
+            .auth_failures
+            .load(Ordering::Relaxed);
         self.snap
     }
 
@@ -1224,7 +1333,7 @@ mod tests {
         cfg.validate(&mut errs);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].to_string().contains("linger.ms"));
-        let c = client_config(&cfg, "gw");
+        let c = client_config(&cfg, "gw").unwrap();
         assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
         assert_eq!(c.get("partitioner"), Some("murmur2_random"));
     }

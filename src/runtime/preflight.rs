@@ -40,6 +40,10 @@ pub enum PreflightError {
         "model.window: {0}; fix: point it at a file `klais model train` wrote (models/window.json)"
     )]
     Window(ModelError),
+    /// `[output.kafka.security]`: a file it names cannot be used (the message
+    /// names the key and the fix).
+    #[error("{0}")]
+    KafkaSecurity(#[from] crate::kafka::native::secure::SecurityError),
     /// `cores.map`: the file, or this machine's topology, cannot be read.
     #[error("cores.map: {0}")]
     CoreMapRead(String),
@@ -69,6 +73,7 @@ impl PreflightError {
             PreflightError::Classifier(_) => "model.classifier",
             PreflightError::DropClasses(_) => "model.drop_classes",
             PreflightError::Window(_) => "model.window",
+            PreflightError::KafkaSecurity(_) => "output.kafka.security",
             PreflightError::CoreMapRead(_)
             | PreflightError::CoreMapMisfit { .. }
             | PreflightError::WithCoreMap { .. } => "cores.map",
@@ -152,6 +157,15 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Vec<PreflightError>> {
         ok(crate::model::load_window(&cfg.model.window)
             .map(|w| loaded.window = Some(Arc::new(w)))
             .map_err(PreflightError::Window));
+    }
+    if cfg.output.sink == crate::config::SinkKind::Kafka {
+        // The CA, client certificate, key and password, read as either
+        // client reads them (private files only).
+        ok(
+            crate::kafka::native::secure::Security::load(&cfg.output.kafka.security)
+                .map(drop)
+                .map_err(PreflightError::KafkaSecurity),
+        );
     }
     if let Some(p) = &cfg.cores.map {
         ok(check_core_map(cfg, p).map(|m| loaded.core_map = Some(m)));

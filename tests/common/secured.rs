@@ -63,8 +63,9 @@ fn make_ca(dir: &Path, name: &str) {
     ]));
 }
 
-/// A certificate `name.pem` / `name.key` signed by CA `ca`, for `san`.
-fn make_cert(dir: &Path, ca: &str, name: &str, san: &str) {
+/// A certificate `name.pem` / `name.key` signed by CA `ca`, for `san`, valid
+/// for `days` (-1: expired yesterday).
+fn make_cert(dir: &Path, ca: &str, name: &str, san: &str, days: i32) {
     run(Command::new("openssl").current_dir(dir).args([
         "req",
         "-newkey",
@@ -95,7 +96,7 @@ fn make_cert(dir: &Path, ca: &str, name: &str, san: &str) {
         &format!("{ca}.key"),
         "-CAcreateserial",
         "-days",
-        "2",
+        &days.to_string(),
         "-extfile",
         &format!("{name}.ext"),
         "-out",
@@ -114,12 +115,23 @@ impl Secured {
     /// [`Secured::start`], with a [`Relay`] in front of stunnel when `relay`
     /// (clients connect to the relay; a test can cut it).
     pub fn start_opts(sasl: bool, client_cert: bool, relay: bool) -> Secured {
+        Secured::start_full(sasl, client_cert, relay, false)
+    }
+
+    /// [`Secured::start`] (SASL), serving a broker certificate that expired
+    /// yesterday.
+    pub fn start_expired() -> Secured {
+        Secured::start_full(true, false, false, true)
+    }
+
+    fn start_full(sasl: bool, client_cert: bool, relay: bool, expired: bool) -> Secured {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         make_ca(d, "ca");
         make_ca(d, "other-ca");
-        make_cert(d, "ca", "server", "DNS:localhost,IP:127.0.0.1");
-        make_cert(d, "ca", "client", "DNS:klais-client");
+        let days = if expired { -1 } else { 2 };
+        make_cert(d, "ca", "server", "DNS:localhost,IP:127.0.0.1", days);
+        make_cert(d, "ca", "client", "DNS:klais-client", 2);
         let tls_port = free_port();
         let stunnel_port = if relay { free_port() } else { tls_port };
         let broker = Broker::start(Some(tls_port));
@@ -182,10 +194,13 @@ impl Secured {
         self.dir.path().join(name)
     }
 
-    /// Writes `text` to a file in the test's directory; returns its path.
+    /// Writes `text` to a private (0600) file in the test's directory, as a
+    /// password file must be; returns its path.
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p
     }
 }

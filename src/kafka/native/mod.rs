@@ -244,8 +244,9 @@ pub struct NativeProducer {
     /// against it).
     names: HashMap<SocketAddr, String>,
     security: secure::Security,
-    /// The last TLS or SASL refusal (for the start's error).
-    refused: Option<String>,
+    /// The last TLS or SASL refusal (for the start's error): the reason,
+    /// and whether SASL (not TLS) refused.
+    refused: Option<(String, bool)>,
     /// No partition count was ever known: the shards encode unpartitioned
     /// batches until metadata comes.
     unpartitioned: bool,
@@ -443,14 +444,16 @@ impl NativeProducer {
                 return Ok(());
             }
         }
-        if let Some(r) = &self.refused {
+        if let Some((r, sasl)) = &self.refused {
             // A broker is there and refuses us: a setting to fix, not an
             // outage to ride out.
-            return Err(NativeError::NoMetadata(
-                limit,
-                format!("{:?}", self.bootstrap),
-                format!("the broker refused the connection: {r} (check [output.kafka.security])"),
-            ));
+            let who = self
+                .security
+                .sasl
+                .as_ref()
+                .filter(|_| *sasl)
+                .map(|c| (c.mechanism.as_str(), c.user.as_str()));
+            return Err(secure::refusal(r, who).into());
         }
         if self.leaders.is_empty() {
             // The count an earlier run saw, beside the journal: enough to
@@ -1424,7 +1427,7 @@ impl NativeProducer {
     /// must see it), counted, and tried again after 5 s.
     fn sasl_failed(&mut self, b: usize, why: &str) {
         self.snap.auth_failures += 1;
-        self.refused = Some(format!("SASL: {why}"));
+        self.refused = Some((why.to_string(), true));
         tracing::error!(
             "Kafka (native): broker node {}: SASL {}: {why}; batches wait (journaled once the breaker opens); retrying in 5 s",
             self.brokers[b].node,
@@ -1443,7 +1446,7 @@ impl NativeProducer {
         if let Some(reason) = reason {
             // TLS: a certificate or handshake problem, said at once.
             self.snap.auth_failures += 1;
-            self.refused = Some(reason.clone());
+            self.refused = Some((reason.clone(), false));
             tracing::error!(
                 "Kafka (native): broker node {} ({}): {reason}; batches wait (journaled once the breaker opens); retrying in 5 s",
                 self.brokers[b].node,

@@ -12,6 +12,7 @@
 //! SaslAuthenticate requests after ApiVersions; a connection is up only once
 //! the broker accepted the exchange.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rsasl::prelude::{Mechname, SASLClient, SASLConfig, Session, State};
@@ -74,28 +75,7 @@ impl Security {
             out.tls = Some(Arc::new(tls_config(cfg)?));
         }
         if cfg.sasl() {
-            let Some(path) = &cfg.sasl_password_file else {
-                return Err(err(
-                    "sasl_password_file",
-                    "not set (SASL needs a password)".into(),
-                ));
-            };
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                err(
-                    "sasl_password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let password = text.lines().next().unwrap_or("").to_string();
-            if password.is_empty() {
-                return Err(err(
-                    "sasl_password_file",
-                    format!(
-                        "{} is empty (its first line is the password)",
-                        path.display()
-                    ),
-                ));
-            }
+            let password = read_password(cfg)?;
             out.sasl = Some(Sasl {
                 mechanism: cfg.sasl_mechanism.clone(),
                 user: cfg.sasl_username.clone(),
@@ -176,6 +156,7 @@ fn tls_config(cfg: &SecurityConfig) -> Result<rustls::ClientConfig, SecurityErro
                     format!("{} holds no PEM certificate", cert.display()),
                 ));
             }
+            check_private("key_file", key)?;
             let k = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 err(
                     "key_file",
@@ -187,6 +168,125 @@ fn tls_config(cfg: &SecurityConfig) -> Result<rustls::ClientConfig, SecurityErro
                 .map_err(|e| err("key_file", format!("does not fit cert_file: {e}")))
         }
         _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// A secret file: readable by its owner only (like the admin token and the
+/// device keys), or the error names the key, the mode and the fix.
+pub fn check_private(key: &'static str, path: &Path) -> Result<(), SecurityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(
+            key,
+            format!(
+                "{} is readable by group or others (mode {mode:o}); fix: chmod 600 {}",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The SASL password: the first line of `sasl_password_file`, which must be
+/// private. Never logged.
+pub fn read_password(cfg: &SecurityConfig) -> Result<String, SecurityError> {
+    let Some(path) = &cfg.sasl_password_file else {
+        return Err(err(
+            "sasl_password_file",
+            "not set (SASL needs a password)".into(),
+        ));
+    };
+    check_private("sasl_password_file", path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            "sasl_password_file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let password = text.lines().next().unwrap_or("").to_string();
+    if password.is_empty() {
+        return Err(err(
+            "sasl_password_file",
+            format!(
+                "{} is empty (its first line is the password)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(password)
+}
+
+/// Why the broker at `addr` ("host:port") fails TLS verification, as rustls
+/// says it (expired, unknown issuer, wrong name...): librdkafka's OpenSSL
+/// only says "certificate verify failed". One handshake, 3 s at most; None
+/// when it succeeds or the broker cannot be reached.
+pub fn diagnose_tls(cfg: &SecurityConfig, addr: &str) -> Option<String> {
+    use std::io::Write as _;
+    use std::net::ToSocketAddrs as _;
+    let sec = Security::load(cfg).ok()?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut conn = sec.tls_client(host).ok()??;
+    let to = addr.to_socket_addrs().ok()?.next()?;
+    let mut tcp =
+        std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(3)).ok()?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .ok()?;
+    tcp.set_write_timeout(Some(std::time::Duration::from_secs(3)))
+        .ok()?;
+    let r = conn.complete_io(&mut tcp);
+    let _ = tcp.flush();
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+/// A broker's refusal of klais's credentials or certificate at start, from
+/// either client's reason text, as an error that names the key and the fix.
+/// `sasl`: the SASL exchange failed (mechanism and user), else TLS did.
+pub fn refusal(reason: &str, sasl: Option<(&str, &str)>) -> SecurityError {
+    if let Some((mech, user)) = sasl {
+        return err(
+            "sasl_password_file",
+            format!(
+                "the broker refused SASL {mech} for user {user:?} ({reason}); fix: check sasl_username, the password in sasl_password_file, and that the broker enables {mech}"
+            ),
+        );
+    }
+    let r = reason.to_ascii_lowercase();
+    if r.contains("expired") {
+        err(
+            "ca_file",
+            format!("the broker's TLS certificate has expired ({reason}); fix: renew the broker's certificate (klais accepts no expired certificate)"),
+        )
+    } else if r.contains("notvalidforname") || r.contains("hostname mismatch") {
+        err(
+            "server_name",
+            format!("the broker's TLS certificate does not name the host klais connects to ({reason}); fix: connect by a name the certificate carries (native client: or set server_name)"),
+        )
+    } else if r.contains("verify failed")
+        || r.contains("unknownissuer")
+        || r.contains("invalid peer certificate")
+    {
+        err(
+            "ca_file",
+            format!("the broker's TLS certificate is not trusted ({reason}); fix: set ca_file to the CA that signed the broker's certificate"),
+        )
+    } else if r.contains("alert") || r.contains("certificate required") {
+        err(
+            "cert_file",
+            format!("the broker refused the TLS handshake ({reason}); fix: set cert_file and key_file to a valid client certificate signed by a CA the broker trusts"),
+        )
+    } else {
+        err(
+            "protocol",
+            format!("TLS with the broker failed ({reason}); fix: check that the broker's listener speaks TLS, as protocol says"),
+        )
     }
 }
 
@@ -254,6 +354,7 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn creds(mechanism: &str) -> Sasl {
         Sasl {
@@ -305,6 +406,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         let cfg = SecurityConfig {
             protocol: "sasl_plaintext".into(),
             sasl_username: "alice".into(),
@@ -313,5 +415,25 @@ mod tests {
         };
         let e = Security::load(&cfg).unwrap_err();
         assert_eq!(e.key, "sasl_password_file");
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "pencil\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let cfg = SecurityConfig {
+            protocol: "sasl_plaintext".into(),
+            sasl_username: "alice".into(),
+            sasl_password_file: Some(p.clone()),
+            ..SecurityConfig::default()
+        };
+        let e = Security::load(&cfg).unwrap_err();
+        assert_eq!(e.key, "sasl_password_file");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password(&cfg).unwrap(), "pencil");
     }
 }
