@@ -25,6 +25,7 @@ PACKAGES=(
   libssl-dev        # librdkafka's TLS (rdkafka feature ssl: Debian's OpenSSL)
   libsasl2-dev libsasl2-modules-gssapi-mit  # librdkafka's SASL GSSAPI (Cyrus SASL; PLAIN/SCRAM/OAUTHBEARER are built in)
   libcurl4-openssl-dev  # librdkafka's OAUTHBEARER OIDC token fetch (rdkafka feature curl)
+  prometheus        # promtool and a real Prometheus scraping klais in tests/observe.rs
 )
 
 log=$(mktemp /tmp/klais-setup.XXXXXX.log)

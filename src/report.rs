@@ -246,7 +246,7 @@ pub fn kafka_text(k: &KafkaSnapshot) -> String {
             k.dapb.by_reason
         ));
     }
-    let lat = |l: &[u64; 5]| {
+    let lat = |l: &[u64; 6]| {
         format!(
             "P50 {} P99 {} P99.9 {} max {} us (n={})",
             l[0], l[1], l[2], l[3], l[4]

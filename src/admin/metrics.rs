@@ -1,15 +1,22 @@
 //! `/metrics` in the Prometheus text format (0.0.4), rendered per scrape
 //! from the snapshots the cores publish per tick.
 //!
-//! Written by hand rather than through a metrics registry: every value here
-//! already exists as a plain counter in a published snapshot (STYLE.md: no
-//! metrics in tight loops), so a registry would only copy them once more.
-//! Label sets are bounded: `shard` (≤ the shard count), `reason` (the fixed
-//! reject reasons), `verdict`/`class`/`event` (fixed lists), `quantile`. No
-//! label carries a device id. The names are listed in docs/operating.md, "Metrics", and
-//! used by `klais top` and `grafana/klais.json`.
+//! The families are built per scrape as the `prometheus` crate's (TiKV's)
+//! plain model and written by its `TextEncoder`: names, label escaping,
+//! summaries and number formats are the crate's, not klais's. No metric
+//! object lives between scrapes: every value already exists as a plain
+//! counter in a published snapshot (STYLE.md: no metrics in tight loops), so
+//! registered atomics would only copy them once more. Label sets are bounded:
+//! `shard` (≤ the shard count), `reason` (the fixed reject reasons),
+//! `verdict`/`class`/`event` (fixed lists), `quantile`. No label carries a
+//! device id. The names are listed in docs/operating.md, "Metrics", checked
+//! by `promtool check metrics` and a real Prometheus scrape in the tests, and
+//! used by `klais top` and `grafana/klais.json` (whose every query is checked
+//! against them).
 
-use std::fmt::Write;
+use prometheus::proto::{
+    Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary,
+};
 
 use super::{OperatorState, Sources, WRITE_RESULTS};
 use crate::kafka::KafkaSnapshot;
@@ -17,36 +24,55 @@ use crate::shard::ShardSnapshot;
 use crate::sink::SinkSnapshot;
 use crate::wire::Reject;
 
+/// The families of one scrape, in order.
 struct W {
-    out: String,
+    families: Vec<MetricFamily>,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).to_string());
+            l.set_value((*v).to_string());
+            l
+        })
+        .collect()
 }
 
 impl W {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_string());
+        f.set_help(help.to_string());
+        f.set_field_type(match kind {
+            "counter" => MetricType::COUNTER,
+            "gauge" => MetricType::GAUGE,
+            "summary" => MetricType::SUMMARY,
+            other => unreachable!("metric kind {other}"),
+        });
+        self.families.push(f);
     }
-    fn v(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{v}\"");
+    /// A sample of the family just begun (`name` must be its name).
+    fn v(&mut self, name: &str, pairs: &[(&str, &str)], value: f64) {
+        let f = self.families.last_mut().expect("a family first");
+        debug_assert_eq!(f.name(), name, "a sample of another family");
+        let mut m = Metric::default();
+        m.set_label(labels(pairs));
+        match f.get_field_type() {
+            MetricType::COUNTER => {
+                let mut c = Counter::default();
+                c.set_value(value);
+                m.set_counter(c);
             }
-            self.out.push('}');
+            _ => {
+                let mut g = Gauge::default();
+                g.set_value(value);
+                m.set_gauge(g);
+            }
         }
-        if value.is_finite() && value == value.trunc() && value.abs() < 1e15 {
-            let _ = writeln!(self.out, " {}", value as i64);
-        } else if value.is_nan() {
-            self.out.push_str(" NaN\n");
-        } else if value.is_infinite() {
-            self.out
-                .push_str(if value > 0.0 { " +Inf\n" } else { " -Inf\n" });
-        } else {
-            let _ = writeln!(self.out, " {value}");
-        }
+        f.mut_metric().push(m);
     }
     /// One family with one sample per shard.
     fn per_shard(&mut self, name: &str, kind: &str, help: &str, vals: &[f64]) {
@@ -58,6 +84,14 @@ impl W {
     fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
         self.family(name, kind, help);
         self.v(name, &[], value);
+    }
+    /// The text exposition; a family with no sample (no shard yet) is left
+    /// out, as the format has no empty family.
+    fn text(mut self) -> String {
+        self.families.retain(|f| !f.get_metric().is_empty());
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.families)
+            .unwrap_or_else(|e| format!("# klais: metrics encoding failed: {e}\n"))
     }
 }
 
@@ -173,7 +207,7 @@ const SHARD_FAMILIES: [ShardFamily; 16] = [
 /// data flows (cores, shards, control, operator, output, kernel).
 pub fn render(src: &Sources) -> String {
     let mut w = W {
-        out: String::with_capacity(16 * 1024),
+        families: Vec::with_capacity(128),
     };
 
     w.family("klais_build_info", "gauge", "klais version.");
@@ -234,7 +268,7 @@ pub fn render(src: &Sources) -> String {
     if let Some(maps) = &src.kernel {
         kernel_families(&mut w, maps);
     }
-    w.out
+    w.text()
 }
 
 /// Per-shard families ([`ShardSnapshot`]), and the Dam's rate from the
@@ -740,12 +774,27 @@ fn kernel_families(w: &mut W, maps: &crate::xdp::KernelMaps) {
 
 /// A summary from `[p50, p99, p99.9, max, count]` in µs (the batcher's
 /// HdrHistogram, cumulative since start).
-fn summary(w: &mut W, name: &str, help: &str, series: &[(&str, &str, &[u64; 5])]) {
+fn summary(w: &mut W, name: &str, help: &str, series: &[(&str, &str, &[u64; 6])]) {
     w.family(name, "summary", help);
+    let f = w.families.last_mut().expect("just begun");
     for (k, v, q) in series {
-        for (quantile, val) in [("0.5", q[0]), ("0.99", q[1]), ("0.999", q[2]), ("1", q[3])] {
-            w.v(name, &[(k, v), ("quantile", quantile)], val as f64 / 1e6);
-        }
-        w.v(&format!("{name}_count"), &[(k, v)], q[4] as f64);
+        let mut sm = Summary::default();
+        sm.set_quantile(
+            [(0.5, q[0]), (0.99, q[1]), (0.999, q[2]), (1.0, q[3])]
+                .iter()
+                .map(|&(quantile, us)| {
+                    let mut x = Quantile::default();
+                    x.set_quantile(quantile);
+                    x.set_value(us as f64 / 1e6);
+                    x
+                })
+                .collect(),
+        );
+        sm.set_sample_count(q[4]);
+        sm.set_sample_sum(q[5] as f64 / 1e6);
+        let mut m = Metric::default();
+        m.set_label(labels(&[(k, v)]));
+        m.set_summary(sm);
+        f.mut_metric().push(m);
     }
 }

@@ -135,14 +135,15 @@ pub struct KafkaSnapshot {
     pub conditions: Conditions,
     /// DAPB metrics (§5).
     pub dapb: Metrics,
-    /// Added latency (ring → delivery report), µs: P50, P99, P99.9, max, count;
+    /// Added latency (ring → delivery report), µs: P50, P99, P99.9, max, count,
+    /// sum;
     /// normal class.
-    pub latency_normal_us: [u64; 5],
+    pub latency_normal_us: [u64; 6],
     /// The same for urgent messages.
-    pub latency_urgent_us: [u64; 5],
+    pub latency_urgent_us: [u64; 6],
     /// Delivery round trip (handed to librdkafka → delivery report), µs, all
     /// direct messages: the broker's and librdkafka's share of the above.
-    pub rtt_us: [u64; 5],
+    pub rtt_us: [u64; 6],
     /// Batcher thread CPU time, ns.
     pub cpu_ns: u64,
     /// Journal counters.
@@ -319,15 +320,17 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// P50, P99, P99.9, max and count of a latency histogram (the snapshot's
-/// `[u64; 5]` form).
-pub(crate) fn summary(h: &Histogram<u64>) -> [u64; 5] {
+/// P50, P99, P99.9, max, count and sum of a latency histogram (the
+/// snapshot's `[u64; 6]` form; the sum at the histogram's resolution, three
+/// significant digits per value, as the mean times the count).
+pub(crate) fn summary(h: &Histogram<u64>) -> [u64; 6] {
     [
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
         h.max(),
         h.len(),
+        (h.mean() * h.len() as f64).round() as u64,
     ]
 }
 
