@@ -174,6 +174,95 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// `promtool check metrics` on `text`: no error, no lint complaint.
+fn promtool_check(promtool: &str, text: &str) {
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Prometheus scraping `target` every second, its data in `dir`; its API
+/// address.
+fn start_prometheus(
+    prometheus: &str,
+    dir: &std::path::Path,
+    target: SocketAddr,
+) -> (Killed, SocketAddr) {
+    let prom: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pcfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &pcfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: klais\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(prometheus)
+        .arg(format!("--config.file={}", pcfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    (Killed(child), prom)
+}
+
+/// Every query of the dashboard parses in Prometheus at `prom` and names only
+/// metrics it scraped.
+fn check_dashboard(prom: SocketAddr) {
+    let (_, names) = get(prom, "/api/v1/label/__name__/values");
+    let names: serde_json::Value = serde_json::from_str(&names).unwrap();
+    let known: BTreeSet<String> = names["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 40, "{} queries found", queries.len());
+    let mut missing = BTreeSet::new();
+    for q in &queries {
+        let r = query(prom, q);
+        assert_eq!(r["status"], "success", "{q}: {r}");
+        for n in names_in(q) {
+            if !known.contains(&n) {
+                missing.insert(n);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard names metrics klais does not serve: {missing:?}"
+    );
+    println!(
+        "{} dashboard queries checked against {} metric names",
+        queries.len(),
+        known.len()
+    );
+}
+
 /// Root and broker tiers together, as root.
 mod root_broker {
     use super::*;
@@ -277,52 +366,10 @@ mod root_broker {
         });
 
         // promtool, on the exposition as served.
-        let text = metrics();
-        let mut check = Command::new(&promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        check
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = check.wait_with_output().unwrap();
-        assert!(
-            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-            "promtool check metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        promtool_check(&promtool, &metrics());
 
         // A real Prometheus scraping klais every second.
-        let prom: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let pcfg = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &pcfg,
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: klais\n    static_configs:\n      - targets: [\"{admin}\"]\n"
-            ),
-        )
-        .unwrap();
-        let _prom = Killed(
-            Command::new(&prometheus)
-                .arg(format!("--config.file={}", pcfg.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("tsdb").display()
-                ))
-                .arg(format!("--web.listen-address={prom}"))
-                .arg("--log.level=warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let (_prom, prom) = start_prometheus(&prometheus, dir.path(), admin);
         wait_until("Prometheus's first scrape", Duration::from_secs(60), || {
             TcpStream::connect(prom).is_ok()
                 && query(prom, "up{job=\"klais\"}")["data"]["result"][0]["value"][1] == "1"
@@ -349,35 +396,7 @@ mod root_broker {
         }
 
         // Every dashboard query parses in Prometheus and names existing metrics.
-        let (_, names) = get(prom, "/api/v1/label/__name__/values");
-        let names: serde_json::Value = serde_json::from_str(&names).unwrap();
-        let known: BTreeSet<String> = names["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_str().unwrap().to_string())
-            .collect();
-        let queries = dashboard_queries();
-        assert!(queries.len() >= 40, "{} queries found", queries.len());
-        let mut missing = BTreeSet::new();
-        for q in &queries {
-            let r = query(prom, q);
-            assert_eq!(r["status"], "success", "{q}: {r}");
-            for n in names_in(q) {
-                if !known.contains(&n) {
-                    missing.insert(n);
-                }
-            }
-        }
-        assert!(
-            missing.is_empty(),
-            "the dashboard names metrics klais does not serve: {missing:?}"
-        );
-        println!(
-            "{} dashboard queries checked against {} metric names",
-            queries.len(),
-            known.len()
-        );
+        check_dashboard(prom);
         drop(klais);
         drop(broker);
     }
