@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README): sets up the machine, then format check, clippy with
 # warnings as errors, every test tier (DESIGN.md §8), each benchmark run once in
-# test mode (it must run; its speed is measured by `cargo bench`), and bounded
-# fuzzing. Runs as root, so every tier runs here: KLAIS_NO_SKIP=1 turns any
-# skip (tests/common/skip.rs) into a failure.
+# test mode (it must run; its speed is measured by `cargo bench`), the Debian
+# package built, installed with dpkg -i, checked and purged
+# (scripts/package-check.sh), and bounded fuzzing. Runs as root, so every tier
+# runs here: KLAIS_NO_SKIP=1 turns any skip (tests/common/skip.rs) into a
+# failure.
 #
 # Tiers, visible in test names and `#[ignore = "..."]` (tests/common/mod.rs):
 #   plain        cargo test --all-targets           needs nothing
@@ -148,6 +150,10 @@ if ((total_failed)); then
   summary
   exit 1
 fi
+
+echo "== the Debian package (scripts/package.sh, then scripts/package-check.sh: dpkg -i, checks, purge)"
+deb=$(scripts/package.sh | grep '\.deb$' | tail -1) || fail "building the Debian package failed"
+scripts/package-check.sh "$deb" || fail "the Debian package check failed (above)"
 
 echo "== bounded fuzzing (scripts/fuzz.sh: every cargo-fuzz target, ${KLAIS_FUZZ_SECONDS:-60} s each)"
 scripts/fuzz.sh "${KLAIS_FUZZ_SECONDS:-60}"
