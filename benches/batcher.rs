@@ -2,7 +2,7 @@
 //!
 //! 1. Throughput: a shard ring pre-filled (untimed) with N records of 200-byte
 //!    payloads from 10,000 devices; the batcher (this thread) drains it through
-//!    DAPB into librdkafka (lz4, idempotent, acks=all). Reported: messages per
+//!    DAPB into librdkafka (lz4, then zstd; idempotent, acks=all). Reported: messages per
 //!    second *into librdkafka* (every record handed to the producer), messages
 //!    per second *acknowledged* (every delivery report back), and batcher CPU per
 //!    message. Median of the rounds.
@@ -82,6 +82,11 @@ struct Round {
 /// The batcher as the runtime runs it: librdkafka's threads made unpinned,
 /// then this thread pinned to the last CPU (the output core).
 fn batcher(brokers: &str, dir: &std::path::Path) -> Batcher {
+    batcher_with(brokers, dir, "lz4")
+}
+
+/// [`batcher`] with librdkafka compressing with `codec`.
+fn batcher_with(brokers: &str, dir: &std::path::Path, codec: &str) -> Batcher {
     // SAFETY: a zeroed cpu_set_t with every CPU set, for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -90,15 +95,17 @@ fn batcher(brokers: &str, dir: &std::path::Path) -> Batcher {
         }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
-    let b = Batcher::new(&config(brokers, dir)).unwrap();
+    let mut cfg = config(brokers, dir);
+    cfg.compression = codec.into();
+    let b = Batcher::new(&cfg).unwrap();
     let last = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
     core_affinity::set_for_current(core_affinity::CoreId { id: last });
     b
 }
 
-fn throughput_round(brokers: &str, n: u64) -> Round {
+fn throughput_round(brokers: &str, n: u64, codec: &str) -> Round {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = batcher(brokers, dir.path());
+    let mut b = batcher_with(brokers, dir.path(), codec);
     // Connection and producer id first, untimed.
     let (mut tx, rx) = record_ring(((n as usize) * (PAYLOAD + 48)).max(1 << 20), 2048).unwrap();
     let mut rings = vec![rx];
@@ -270,16 +277,21 @@ fn print_native(what: &str, r: &NativeRound) {
 
 /// Both clients, one after the other, against the same broker.
 fn clients_side_by_side(brokers: &str, n: u64, rounds: usize) -> serde_json::Value {
-    let mut lib: Vec<Round> = (0..rounds).map(|_| throughput_round(brokers, n)).collect();
-    lib.sort_by(|a, b| a.acked_rate.total_cmp(&b.acked_rate));
-    let l = &lib[lib.len() / 2];
-    println!(
-        "  {:<28} batcher CPU {:>6.1} ns/msg   acknowledged {:>10.0} msg/s",
-        "librdkafka, lz4", l.cpu_ns_per_msg, l.acked_rate
-    );
-    let mut out = serde_json::json!({
-        "librdkafka_lz4": {"acknowledged_msg_per_s": l.acked_rate, "output_cpu_ns_per_msg": l.cpu_ns_per_msg},
-    });
+    let mut out = serde_json::json!({});
+    for codec in ["lz4", "zstd"] {
+        let mut lib: Vec<Round> = (0..rounds)
+            .map(|_| throughput_round(brokers, n, codec))
+            .collect();
+        lib.sort_by(|a, b| a.acked_rate.total_cmp(&b.acked_rate));
+        let l = &lib[lib.len() / 2];
+        println!(
+            "  {:<28} batcher CPU {:>6.1} ns/msg   acknowledged {:>10.0} msg/s",
+            format!("librdkafka, {codec}"),
+            l.cpu_ns_per_msg,
+            l.acked_rate
+        );
+        out[format!("librdkafka_{codec}")] = serde_json::json!({"acknowledged_msg_per_s": l.acked_rate, "output_cpu_ns_per_msg": l.cpu_ns_per_msg});
+    }
     for codec in [
         Compression::None,
         Compression::Lz4,
@@ -421,7 +433,9 @@ fn main() {
         print_native("native, lz4, tansu null://", &r);
         return;
     }
-    let mut rs: Vec<Round> = (0..rounds).map(|_| throughput_round(&brokers, n)).collect();
+    let mut rs: Vec<Round> = (0..rounds)
+        .map(|_| throughput_round(&brokers, n, "lz4"))
+        .collect();
     rs.sort_by(|a, b| a.acked_rate.total_cmp(&b.acked_rate));
     let m = &rs[rs.len() / 2];
     println!(
