@@ -956,6 +956,82 @@ mod native {
 
             #[test]
             #[ignore = "broker"]
+            fn credentials_refused_later_open_the_breaker_journal_and_deliver_once_accepted() {
+                let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                for client in CLIENTS {
+                    let sb = Secured::start_opts(true, false, true);
+                    let topic = format!("t-revoked-{client}");
+                    sb.broker.create_topic(&topic, 3);
+                    let dir = tempfile::tempdir().unwrap();
+                    let sec = klais::config::Security {
+                        protocol: "sasl_ssl".into(),
+                        ca_file: Some(sb.file("ca.pem")),
+                        sasl_username: USER.0.into(),
+                        sasl_password_file: Some(sb.write("password", USER.1)),
+                        ..Default::default()
+                    };
+                    let running = klais::runtime::start(&secure_cfg(
+                        &sb.brokers(),
+                        &topic,
+                        dir.path(),
+                        sec,
+                        client,
+                    ))
+                    .unwrap();
+                    let to = running.local_addr();
+                    let devs = devices(100);
+                    let sender = std::thread::spawn(move || send(to, &devs, 0, 300, 10_000));
+                    wait_for("first deliveries", Duration::from_secs(30), || {
+                        running.kafka_snapshot().unwrap().delivered > 3_000
+                    });
+                    // The cluster stops accepting klais's password; the
+                    // connection drops and every reconnect is refused.
+                    let gate = sb.gate.as_ref().unwrap();
+                    gate.revoked.store(true, Ordering::Relaxed);
+                    let relay = sb.relay.as_ref().unwrap();
+                    relay.cut();
+                    std::thread::sleep(Duration::from_millis(300));
+                    relay.restore();
+                    wait_for(
+                        "refusals counted, the breaker open, records journaled",
+                        Duration::from_secs(60),
+                        || {
+                            let k = running.kafka_snapshot().unwrap();
+                            k.auth_failures > 0 && k.breaker_opens > 0 && k.journaled > 0
+                        },
+                    );
+                    sender.join().unwrap();
+                    let during = running.kafka_snapshot().unwrap();
+                    println!("{client}, refused: {during:?}");
+                    gate.revoked.store(false, Ordering::Relaxed);
+                    let n = 100 * 300;
+                    wait_for("accepted = delivered", Duration::from_secs(120), || {
+                        let k = running.kafka_snapshot().unwrap();
+                        k.accepted == n && k.delivered == n && k.journaled == 0
+                    });
+                    let s = running.stop().unwrap();
+                    let k = s.kafka.unwrap();
+                    assert_eq!(s.shards.accepted, n);
+                    assert_eq!((k.delivered, k.dropped()), (n, 0), "{client}: {k:?}");
+                    assert!(
+                        k.auth_failures > 0 && k.breaker_opens > 0,
+                        "{client}: {k:?}"
+                    );
+                    assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+                    assert!(gate.refused.load(Ordering::Relaxed) > 0);
+                    let py = serde_json::json!({
+                        "security_protocol": "SASL_SSL",
+                        "sasl_mechanism": "SCRAM-SHA-512",
+                        "sasl_plain_username": USER.0,
+                        "sasl_plain_password": USER.1,
+                        "cafile": sb.file("ca.pem"),
+                    });
+                    python_exactly_once(&sb.brokers(), &topic, 100, 300, &py);
+                }
+            }
+
+            #[test]
+            #[ignore = "broker"]
             fn a_wrong_password_an_untrusted_or_expired_broker_certificate_fail_loudly_at_start() {
                 let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
                 let sb = Secured::start(true, false);

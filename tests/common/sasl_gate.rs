@@ -40,7 +40,9 @@ impl Validation for Outcome {
     type Value = Option<String>;
 }
 
-struct Users(HashMap<String, String>);
+/// The users and their passwords; while `revoked` is set every exchange is
+/// refused (credentials withdrawn on a running cluster).
+struct Users(HashMap<String, String>, Arc<AtomicBool>);
 
 /// (stored key, server key) of `password`, as a broker stores them.
 macro_rules! scram_keys {
@@ -85,16 +87,17 @@ impl SessionCallback for Users {
     ) -> Result<(), ValidationError> {
         let mech = session_data.mechanism().mechanism.as_str();
         let user = context.get_ref::<AuthId>().map(str::to_string);
-        let ok = match (mech, &user) {
-            // PLAIN: the password given must be the user's.
-            ("PLAIN", Some(u)) => self
-                .0
-                .get(u)
-                .is_some_and(|pw| context.get_ref::<Password>() == Some(pw.as_bytes())),
-            // SCRAM: the mechanism checked the proof before asking.
-            (_, Some(_)) => true,
-            _ => false,
-        };
+        let ok = !self.1.load(Ordering::Relaxed)
+            && match (mech, &user) {
+                // PLAIN: the password given must be the user's.
+                ("PLAIN", Some(u)) => self
+                    .0
+                    .get(u)
+                    .is_some_and(|pw| context.get_ref::<Password>() == Some(pw.as_bytes())),
+                // SCRAM: the mechanism checked the proof before asking.
+                (_, Some(_)) => true,
+                _ => false,
+            };
         validate.with::<Outcome, _>(|| Ok(ok.then(|| user.unwrap_or_default())))?;
         Ok(())
     }
@@ -106,6 +109,9 @@ pub struct Gate {
     pub port: u16,
     /// Exchanges refused so far.
     pub refused: Arc<AtomicU64>,
+    /// Set: every exchange from now on is refused (a password changed on
+    /// the cluster while klais runs); cleared: accepted again.
+    pub revoked: Arc<AtomicBool>,
     quit: Arc<AtomicBool>,
 }
 
@@ -115,11 +121,13 @@ impl Gate {
         let port = free_port();
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         listener.set_nonblocking(true).unwrap();
+        let revoked = Arc::new(AtomicBool::new(false));
         let users = Users(
             users
                 .iter()
                 .map(|(u, p)| ((*u).to_string(), (*p).to_string()))
                 .collect(),
+            revoked.clone(),
         );
         let config = SASLConfig::builder()
             .with_defaults()
@@ -147,6 +155,7 @@ impl Gate {
         Gate {
             port,
             refused,
+            revoked,
             quit,
         }
     }
