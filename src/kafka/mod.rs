@@ -254,14 +254,16 @@ impl ClientContext for Ctx {
                 tracing::warn!("Kafka: all brokers down ({reason}); spilling to the journal");
             }
         } else if let Some(c) = code.filter(|&c| is_refusal(c, reason)) {
-            // Logged once per reason change: a refused credential retries
-            // every reconnect backoff.
+            // Logged when the reason changes (librdkafka's timing suffix,
+            // "(after N ms in state …)", aside): a refused credential is
+            // retried at every reconnect backoff.
             let n = self.auth_failures.fetch_add(1, Ordering::Relaxed);
             let mut last = self
                 .last_auth_failure
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if n == 0 || last.as_ref().map(|(_, r)| r.as_str()) != Some(reason) {
+            let gist = |r: &str| r.split(" (after ").next().unwrap_or(r).to_string();
+            if n == 0 || last.as_ref().map(|(_, r)| gist(r)) != Some(gist(reason)) {
                 tracing::error!("Kafka: {error}: {reason} (check [output.kafka.security])");
             }
             *last = Some((c, reason.to_string()));
