@@ -191,6 +191,20 @@ pub struct Security {
     /// configuration so the configuration can be read by more than root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_password_file: Option<PathBuf>,
+    /// `sasl_mechanism = "OAUTHBEARER"` (librdkafka): the OpenID Connect
+    /// token endpoint klais fetches its tokens from (client credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_token_endpoint: Option<String>,
+    /// OAUTHBEARER: the OAuth client id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub oauth_client_id: String,
+    /// OAUTHBEARER: file holding the client secret (its first line, mode
+    /// 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_client_secret_file: Option<PathBuf>,
+    /// OAUTHBEARER: the scope asked for. Omitted: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_scope: Option<String>,
 }
 
 impl Default for Security {
@@ -204,6 +218,10 @@ impl Default for Security {
             sasl_mechanism: default_mechanism(),
             sasl_username: String::new(),
             sasl_password_file: None,
+            oauth_token_endpoint: None,
+            oauth_client_id: String::new(),
+            oauth_client_secret_file: None,
+            oauth_scope: None,
         }
     }
 }
@@ -216,6 +234,10 @@ impl Security {
     /// SASL on the connections.
     pub fn sasl(&self) -> bool {
         self.protocol.starts_with("sasl_")
+    }
+    /// SASL with OAUTHBEARER tokens from an OIDC endpoint (librdkafka).
+    pub fn oauth(&self) -> bool {
+        self.sasl() && self.sasl_mechanism == "OAUTHBEARER"
     }
 
     fn check(&self, native: bool, errs: &mut Vec<ConfigError>) {
@@ -255,14 +277,27 @@ impl Security {
                 "use protocol = \"ssl\" or \"sasl_ssl\", or remove them",
             ));
         }
-        if !["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"].contains(&self.sasl_mechanism.as_str()) {
+        if !["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN", "OAUTHBEARER"]
+            .contains(&self.sasl_mechanism.as_str())
+        {
             errs.push(invalid(
                 &format!("{k}.sasl_mechanism"),
-                format!(
-                    "{:?} is not a mechanism klais supports",
-                    self.sasl_mechanism
-                ),
-                "use \"SCRAM-SHA-512\", \"SCRAM-SHA-256\" or \"PLAIN\"",
+                format!("{:?} is not a mechanism klais supports", self.sasl_mechanism),
+                "use \"SCRAM-SHA-512\", \"SCRAM-SHA-256\", \"PLAIN\" or \"OAUTHBEARER\" (librdkafka)",
+            ));
+        }
+        let oauth_keys = self.oauth_token_endpoint.is_some()
+            || !self.oauth_client_id.is_empty()
+            || self.oauth_client_secret_file.is_some()
+            || self.oauth_scope.is_some();
+        if self.oauth() {
+            self.check_oauth(native, errs);
+            return;
+        } else if oauth_keys {
+            errs.push(invalid(
+                &format!("{k}.sasl_mechanism"),
+                "oauth_* keys are set but the mechanism is not OAUTHBEARER".into(),
+                "set protocol = \"sasl_ssl\" and sasl_mechanism = \"OAUTHBEARER\", or remove them",
             ));
         }
         if self.sasl() {
@@ -295,6 +330,57 @@ impl Security {
                     self.protocol
                 ),
                 "use protocol = \"sasl_ssl\" or \"sasl_plaintext\", or remove them",
+            ));
+        }
+    }
+}
+
+impl Security {
+    /// OAUTHBEARER: librdkafka only, inside TLS, with an endpoint, a client
+    /// id and a secret file; no SASL user or password.
+    fn check_oauth(&self, native: bool, errs: &mut Vec<ConfigError>) {
+        let k = "output.kafka.security";
+        if native {
+            errs.push(invalid(
+                &format!("{k}.sasl_mechanism"),
+                "OAUTHBEARER is not spoken by the native client".into(),
+                "set output.kafka.client = \"librdkafka\", or use a SCRAM mechanism",
+            ));
+        }
+        if !self.tls() {
+            errs.push(invalid(
+                &format!("{k}.protocol"),
+                "OAUTHBEARER without TLS sends the token in clear".into(),
+                "use protocol = \"sasl_ssl\"",
+            ));
+        }
+        match &self.oauth_token_endpoint {
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {}
+            other => errs.push(invalid(
+                &format!("{k}.oauth_token_endpoint"),
+                format!("{other:?} is not a token endpoint URL"),
+                "set oauth_token_endpoint = \"https://idp.example.net/oauth2/token\"",
+            )),
+        }
+        if self.oauth_client_id.is_empty() {
+            errs.push(invalid(
+                &format!("{k}.oauth_client_id"),
+                "OAUTHBEARER needs a client id".into(),
+                "set oauth_client_id",
+            ));
+        }
+        if self.oauth_client_secret_file.is_none() {
+            errs.push(invalid(
+                &format!("{k}.oauth_client_secret_file"),
+                "OAUTHBEARER needs the client secret".into(),
+                "set oauth_client_secret_file to a file (mode 0600) holding it",
+            ));
+        }
+        if !self.sasl_username.is_empty() || self.sasl_password_file.is_some() {
+            errs.push(invalid(
+                &format!("{k}.sasl_username"),
+                "OAUTHBEARER takes a token, not a user and password".into(),
+                "remove sasl_username and sasl_password_file",
             ));
         }
     }
@@ -344,6 +430,26 @@ pub const OWNED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
     ("sasl.username", "output.kafka.security.sasl_username"),
     ("sasl.password", "output.kafka.security.sasl_password_file"),
     ("ssl.ca.location", "output.kafka.security.ca_file"),
+    (
+        "sasl.oauthbearer.method",
+        "output.kafka.security.sasl_mechanism",
+    ),
+    (
+        "sasl.oauthbearer.client.id",
+        "output.kafka.security.oauth_client_id",
+    ),
+    (
+        "sasl.oauthbearer.client.secret",
+        "output.kafka.security.oauth_client_secret_file",
+    ),
+    (
+        "sasl.oauthbearer.token.endpoint.url",
+        "output.kafka.security.oauth_token_endpoint",
+    ),
+    (
+        "sasl.oauthbearer.scope",
+        "output.kafka.security.oauth_scope",
+    ),
     ("ssl.ca.pem", "output.kafka.security.ca_file"),
     (
         "ssl.certificate.location",

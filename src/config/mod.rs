@@ -1298,6 +1298,44 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("GSSAPI"), "{e}");
+        // OAUTHBEARER: librdkafka only, inside TLS, with its endpoint, client
+        // and secret; its keys are refused with another mechanism.
+        let oauth = "[output.kafka.security]\nprotocol = \"sasl_ssl\"\n\
+                     sasl_mechanism = \"OAUTHBEARER\"\n\
+                     oauth_token_endpoint = \"https://idp.example.net/token\"\n\
+                     oauth_client_id = \"klais\"\noauth_client_secret_file = \"/etc/s\"\n";
+        let e = errors(&format!("[output.kafka]\nclient = \"native\"\n{oauth}")).join("\n");
+        assert!(
+            e.contains("output.kafka.security.sasl_mechanism") && e.contains("librdkafka"),
+            "{e}"
+        );
+        Config::from_toml(
+            &format!("[output.kafka]\nclient = \"librdkafka\"\n{oauth}"),
+            "x",
+        )
+        .unwrap();
+        let e = errors(
+            "[output.kafka]\nclient = \"librdkafka\"\n[output.kafka.security]\n\
+             protocol = \"sasl_plaintext\"\nsasl_mechanism = \"OAUTHBEARER\"\n",
+        )
+        .join("\n");
+        for key in [
+            "protocol",
+            "oauth_token_endpoint",
+            "oauth_client_id",
+            "oauth_client_secret_file",
+        ] {
+            assert!(
+                e.contains(&format!("output.kafka.security.{key}")),
+                "{key}: {e}"
+            );
+        }
+        let e = errors(
+            "[output.kafka.security]\nprotocol = \"sasl_ssl\"\nsasl_username = \"u\"\n\
+             sasl_password_file = \"/p\"\noauth_client_id = \"klais\"\n",
+        )
+        .join("\n");
+        assert!(e.contains("oauth_* keys are set"), "{e}");
         // A complete SCRAM-over-TLS section is accepted.
         let ok = "[output.kafka]\nclient = \"native\"\n[output.kafka.security]\n\
                   protocol = \"sasl_ssl\"\nca_file = \"/etc/ca.pem\"\n\

@@ -426,7 +426,25 @@ pub fn security_config(
                 .set("ssl.key.location", key.to_string_lossy());
         }
     }
-    if sec.sasl() {
+    if sec.oauth() {
+        // OpenID Connect client credentials: librdkafka fetches and renews
+        // the token itself (libcurl), on the thread that polls it.
+        let secret = native::secure::read_secret(
+            "oauth_client_secret_file",
+            sec.oauth_client_secret_file.as_deref(),
+        )?;
+        c.set("sasl.mechanisms", "OAUTHBEARER")
+            .set("sasl.oauthbearer.method", "oidc")
+            .set("sasl.oauthbearer.client.id", &sec.oauth_client_id)
+            .set("sasl.oauthbearer.client.secret", secret)
+            .set(
+                "sasl.oauthbearer.token.endpoint.url",
+                sec.oauth_token_endpoint.as_deref().unwrap_or(""),
+            );
+        if let Some(scope) = &sec.oauth_scope {
+            c.set("sasl.oauthbearer.scope", scope);
+        }
+    } else if sec.sasl() {
         let password = native::secure::read_password(sec)?;
         c.set("sasl.mechanisms", &sec.sasl_mechanism)
             .set("sasl.username", &sec.sasl_username)
@@ -580,8 +598,13 @@ impl Batcher {
                     .clone();
                 if let Some((code, reason)) = refused {
                     let sec = &cfg.security;
+                    let who = if sec.oauth() {
+                        sec.oauth_client_id.as_str()
+                    } else {
+                        sec.sasl_username.as_str()
+                    };
                     let sasl = (code == RDKafkaErrorCode::Authentication)
-                        .then_some((sec.sasl_mechanism.as_str(), sec.sasl_username.as_str()));
+                        .then_some((sec.sasl_mechanism.as_str(), who));
                     // OpenSSL's reason does not say why it did not verify:
                     // one handshake with rustls does.
                     let why = if reason.contains("verify failed") {

@@ -15,6 +15,7 @@
 use std::process::Command;
 
 pub mod broker;
+pub mod oidc;
 pub mod sasl_gate;
 pub mod secured;
 pub mod skip;

@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rsasl::callback::{Context, Request, SessionCallback, SessionData};
+use rsasl::mechanisms::oauthbearer::properties::{OAuthBearerError, OAuthBearerValidate};
 use rsasl::mechanisms::scram::properties::ScramStoredPassword;
 use rsasl::mechanisms::scram::tools;
 use rsasl::prelude::{Mechname, SASLConfig, SASLServer, SessionError, State, Validation};
-use rsasl::property::{AuthId, Password};
+use rsasl::property::{AuthId, OAuthBearerToken, Password};
 use rsasl::validate::{Validate, ValidationError};
 use sha2::{Digest, Sha256, Sha512};
 
@@ -40,9 +41,56 @@ impl Validation for Outcome {
     type Value = Option<String>;
 }
 
-/// The users and their passwords; while `revoked` is set every exchange is
-/// refused (credentials withdrawn on a running cluster).
-struct Users(HashMap<String, String>, Arc<AtomicBool>);
+/// The users and their passwords, and the one OAUTHBEARER token accepted
+/// ([`oauth_token`]); while `revoked` is set every exchange is refused
+/// (credentials withdrawn on a running cluster).
+struct Users(HashMap<String, String>, Arc<AtomicBool>, String);
+
+/// The JWT the test token endpoint issues and the gate accepts: subject
+/// `klais-client`, valid for an hour from the start of this test process,
+/// unsigned (librdkafka reads `sub` and `exp`; checking signatures is the
+/// broker's business, and this broker is the test).
+pub fn oauth_token() -> String {
+    static NOW: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let now = *NOW.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    });
+    let part = |j: &str| b64(j.as_bytes(), true);
+    format!(
+        "{}.{}.{}",
+        part(r#"{"alg":"none","typ":"JWT"}"#),
+        part(&format!(
+            r#"{{"sub":"klais-client","iat":{now},"exp":{}}}"#,
+            now + 3600
+        )),
+        part("test")
+    )
+}
+
+/// Base64 (RFC 4648), URL-safe without padding when `url`.
+pub fn b64(data: &[u8], url: bool) -> String {
+    let abc: &[u8; 64] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(abc[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+        if !url {
+            out.push_str(&"=".repeat(3 - c.len()));
+        }
+    }
+    out
+}
 
 /// (stored key, server key) of `password`, as a broker stores them.
 macro_rules! scram_keys {
@@ -54,6 +102,17 @@ macro_rules! scram_keys {
     }};
 }
 
+impl Users {
+    /// The client sent the token the endpoint issues (rsasl passes the
+    /// `auth` value as sent: "Bearer <token>").
+    fn token_ok(&self, context: &Context) -> bool {
+        context
+            .get_ref::<OAuthBearerToken>()
+            .map(|t| t.strip_prefix("Bearer ").unwrap_or(t))
+            == Some(self.2.as_str())
+    }
+}
+
 impl SessionCallback for Users {
     fn callback(
         &self,
@@ -62,6 +121,16 @@ impl SessionCallback for Users {
         request: &mut Request,
     ) -> Result<(), SessionError> {
         let mech = session_data.mechanism().mechanism.as_str();
+        if request.is::<OAuthBearerValidate>() {
+            let ok = !self.1.load(Ordering::Relaxed) && self.token_ok(context);
+            let answer = if ok {
+                Ok(())
+            } else {
+                Err(OAuthBearerError::new("invalid_token", None, None))
+            };
+            request.satisfy::<OAuthBearerValidate>(&answer)?;
+            return Ok(());
+        }
         if !mech.starts_with("SCRAM-") {
             return Ok(());
         }
@@ -94,11 +163,14 @@ impl SessionCallback for Users {
                     .0
                     .get(u)
                     .is_some_and(|pw| context.get_ref::<Password>() == Some(pw.as_bytes())),
+                // OAUTHBEARER: the token, as the callback checked it.
+                ("OAUTHBEARER", _) => self.token_ok(context),
                 // SCRAM: the mechanism checked the proof before asking.
                 (_, Some(_)) => true,
                 _ => false,
             };
-        validate.with::<Outcome, _>(|| Ok(ok.then(|| user.unwrap_or_default())))?;
+        validate
+            .with::<Outcome, _>(|| Ok(ok.then(|| user.unwrap_or_else(|| "oauth".to_string()))))?;
         Ok(())
     }
 }
@@ -128,6 +200,7 @@ impl Gate {
                 .map(|(u, p)| ((*u).to_string(), (*p).to_string()))
                 .collect(),
             revoked.clone(),
+            oauth_token(),
         );
         let config = SASLConfig::builder()
             .with_defaults()
@@ -219,7 +292,7 @@ fn serve(
             17 => {
                 let n = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
                 let mech = std::str::from_utf8(&body[2..2 + n]).unwrap_or("");
-                let offered = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+                let offered = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
                 let mut out = Vec::new();
                 let started = Mechname::parse(mech.as_bytes())
                     .ok()

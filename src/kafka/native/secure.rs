@@ -74,7 +74,14 @@ impl Security {
         if cfg.tls() {
             out.tls = Some(Arc::new(tls_config(cfg)?));
         }
-        if cfg.sasl() {
+        if cfg.oauth() {
+            // librdkafka's (the configuration check refuses it natively):
+            // the secret file checked as the password's would be.
+            read_secret(
+                "oauth_client_secret_file",
+                cfg.oauth_client_secret_file.as_deref(),
+            )?;
+        } else if cfg.sasl() {
             let password = read_password(cfg)?;
             out.sasl = Some(Sasl {
                 mechanism: cfg.sasl_mechanism.clone(),
@@ -194,30 +201,25 @@ pub fn check_private(key: &'static str, path: &Path) -> Result<(), SecurityError
 /// The SASL password: the first line of `sasl_password_file`, which must be
 /// private. Never logged.
 pub fn read_password(cfg: &SecurityConfig) -> Result<String, SecurityError> {
-    let Some(path) = &cfg.sasl_password_file else {
-        return Err(err(
-            "sasl_password_file",
-            "not set (SASL needs a password)".into(),
-        ));
+    read_secret("sasl_password_file", cfg.sasl_password_file.as_deref())
+}
+
+/// A secret: the first line of the private file `key` names. Never logged.
+pub fn read_secret(key: &'static str, path: Option<&Path>) -> Result<String, SecurityError> {
+    let Some(path) = path else {
+        return Err(err(key, "not set (the mechanism needs it)".into()));
     };
-    check_private("sasl_password_file", path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        err(
-            "sasl_password_file",
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
-    let password = text.lines().next().unwrap_or("").to_string();
-    if password.is_empty() {
+    check_private(key, path)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
+    let secret = text.lines().next().unwrap_or("").to_string();
+    if secret.is_empty() {
         return Err(err(
-            "sasl_password_file",
-            format!(
-                "{} is empty (its first line is the password)",
-                path.display()
-            ),
+            key,
+            format!("{} is empty (its first line is the secret)", path.display()),
         ));
     }
-    Ok(password)
+    Ok(secret)
 }
 
 /// Why the broker at `addr` ("host:port") fails TLS verification, as rustls
@@ -250,6 +252,14 @@ pub fn diagnose_tls(cfg: &SecurityConfig, addr: &str) -> Option<String> {
 /// either client's reason text, as an error that names the key and the fix.
 /// `sasl`: the SASL exchange failed (mechanism and user), else TLS did.
 pub fn refusal(reason: &str, sasl: Option<(&str, &str)>) -> SecurityError {
+    if let Some(("OAUTHBEARER", client)) = sasl {
+        return err(
+            "oauth_client_secret_file",
+            format!(
+                "the token endpoint or the broker refused OAUTHBEARER for client {client:?} ({reason}); fix: check oauth_token_endpoint, oauth_client_id, the secret in oauth_client_secret_file, and that the broker accepts the endpoint's tokens"
+            ),
+        );
+    }
     if let Some((mech, user)) = sasl {
         return err(
             "sasl_password_file",
