@@ -26,6 +26,7 @@ PACKAGES=(
   libsasl2-dev libsasl2-modules-gssapi-mit  # librdkafka's SASL GSSAPI (Cyrus SASL; PLAIN/SCRAM/OAUTHBEARER are built in)
   libcurl4-openssl-dev  # librdkafka's OAUTHBEARER OIDC token fetch (rdkafka feature curl)
   prometheus        # promtool and a real Prometheus scraping klais in tests/observe.rs
+  adduser systemd   # the Debian package: its postinst (adduser), systemd-analyze verify in scripts/package-check.sh
 )
 
 log=$(mktemp /tmp/klais-setup.XXXXXX.log)

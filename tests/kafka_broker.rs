@@ -854,6 +854,83 @@ mod native {
             }
         }
 
+        /// How Python's clients log in through the secured listener with
+        /// `mech` as [`USER`].
+        fn py_sasl(sb: &Secured, mech: &str) -> serde_json::Value {
+            serde_json::json!({
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": mech,
+                "sasl_plain_username": USER.0,
+                "sasl_plain_password": USER.1,
+                "cafile": sb.file("ca.pem"),
+            })
+        }
+
+        /// klais (`client`) over SASL_SSL (SCRAM-SHA-512) through a relay
+        /// the test can cut, 100 devices × 300 messages being sent at
+        /// 10,000/s, past its first 3,000 deliveries.
+        struct UnderLoad {
+            sb: Secured,
+            topic: String,
+            running: klais::runtime::Running,
+            sender: std::thread::JoinHandle<()>,
+            _journal: tempfile::TempDir,
+        }
+
+        const UNDER_LOAD: u64 = 100 * 300;
+
+        fn under_load(client: &str, topic: &str) -> UnderLoad {
+            let sb = Secured::start_opts(true, false, true);
+            sb.broker.create_topic(topic, 3);
+            let dir = tempfile::tempdir().unwrap();
+            let sec = klais::config::Security {
+                protocol: "sasl_ssl".into(),
+                ca_file: Some(sb.file("ca.pem")),
+                sasl_username: USER.0.into(),
+                sasl_password_file: Some(sb.write("password", USER.1)),
+                ..Default::default()
+            };
+            let running =
+                klais::runtime::start(&secure_cfg(&sb.brokers(), topic, dir.path(), sec, client))
+                    .unwrap();
+            let to = running.local_addr();
+            let devs = devices(100);
+            let sender = std::thread::spawn(move || send(to, &devs, 0, 300, 10_000));
+            wait_for("first deliveries", Duration::from_secs(30), || {
+                running.kafka_snapshot().unwrap().delivered > 3_000
+            });
+            UnderLoad {
+                sb,
+                topic: topic.to_string(),
+                running,
+                sender,
+                _journal: dir,
+            }
+        }
+
+        impl UnderLoad {
+            /// The sender done, everything delivered and nothing journaled,
+            /// klais stopped, its accounting exact and the topic read back
+            /// exactly once by Python; the final snapshot.
+            fn finish(self) -> klais::kafka::KafkaSnapshot {
+                self.sender.join().unwrap();
+                let n = UNDER_LOAD;
+                wait_for("accepted = delivered", Duration::from_secs(120), || {
+                    let k = self.running.kafka_snapshot().unwrap();
+                    k.accepted == n && k.delivered == n && k.journaled == 0
+                });
+                let s = self.running.stop().unwrap();
+                let k = s.kafka.unwrap();
+                println!("{k:?}");
+                assert_eq!(s.shards.accepted, n);
+                assert_eq!((k.delivered, k.dropped()), (n, 0), "{k:?}");
+                assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
+                let py = py_sasl(&self.sb, "SCRAM-SHA-512");
+                python_exactly_once(&self.sb.brokers(), &self.topic, 100, 300, &py);
+                k
+            }
+        }
+
         mod broker {
             use super::*;
 
@@ -880,14 +957,7 @@ mod native {
                     };
                     let c = secure_cfg(&sb.brokers(), &topic, dir.path(), sec, client);
                     deliver(&c, 30, 100);
-                    let py = serde_json::json!({
-                        "security_protocol": "SASL_SSL",
-                        "sasl_mechanism": mech,
-                        "sasl_plain_username": USER.0,
-                        "sasl_plain_password": USER.1,
-                        "cafile": sb.file("ca.pem"),
-                    });
-                    python_exactly_once(&sb.brokers(), &topic, 30, 100, &py);
+                    python_exactly_once(&sb.brokers(), &topic, 30, 100, &py_sasl(&sb, mech));
                 }
                 let refused = sb.gate.as_ref().unwrap().refused.load(Ordering::Relaxed);
                 assert_eq!(refused, 0, "no exchange refused");
@@ -898,59 +968,13 @@ mod native {
             fn a_cut_sasl_tls_connection_reconnects_and_loses_nothing() {
                 let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
                 for client in CLIENTS {
-                    let sb = Secured::start_opts(true, false, true);
-                    let topic = format!("t-sasl-cut-{client}");
-                    sb.broker.create_topic(&topic, 3);
-                    let dir = tempfile::tempdir().unwrap();
-                    let sec = klais::config::Security {
-                        protocol: "sasl_ssl".into(),
-                        ca_file: Some(sb.file("ca.pem")),
-                        sasl_username: USER.0.into(),
-                        sasl_password_file: Some(sb.write("password", USER.1)),
-                        ..Default::default()
-                    };
-                    let running = klais::runtime::start(&secure_cfg(
-                        &sb.brokers(),
-                        &topic,
-                        dir.path(),
-                        sec,
-                        client,
-                    ))
-                    .unwrap();
-                    let to = running.local_addr();
-                    let devs = devices(100);
-                    let sender = std::thread::spawn(move || send(to, &devs, 0, 300, 10_000));
-                    wait_for("first deliveries", Duration::from_secs(30), || {
-                        running.kafka_snapshot().unwrap().delivered > 3_000
-                    });
-                    let relay = sb.relay.as_ref().unwrap();
+                    let u = under_load(client, &format!("t-sasl-cut-{client}"));
+                    let relay = u.sb.relay.as_ref().unwrap();
                     relay.cut();
                     std::thread::sleep(Duration::from_millis(1500));
                     relay.restore();
-                    sender.join().unwrap();
-                    let n = 100 * 300;
-                    wait_for("accepted = delivered", Duration::from_secs(120), || {
-                        let k = running.kafka_snapshot().unwrap();
-                        k.accepted == n && k.delivered == n && k.journaled == 0
-                    });
-                    let s = running.stop().unwrap();
-                    let k = s.kafka.unwrap();
-                    println!("{client}: {k:?}");
-                    assert_eq!(s.shards.accepted, n);
-                    assert_eq!(
-                        (k.delivered, k.dropped(), k.auth_failures),
-                        (n, 0, 0),
-                        "{client}: {k:?}"
-                    );
-                    assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
-                    let py = serde_json::json!({
-                        "security_protocol": "SASL_SSL",
-                        "sasl_mechanism": "SCRAM-SHA-512",
-                        "sasl_plain_username": USER.0,
-                        "sasl_plain_password": USER.1,
-                        "cafile": sb.file("ca.pem"),
-                    });
-                    python_exactly_once(&sb.brokers(), &topic, 100, 300, &py);
+                    let k = u.finish();
+                    assert_eq!(k.auth_failures, 0, "{client}: {k:?}");
                 }
             }
 
@@ -1044,36 +1068,12 @@ mod native {
             fn credentials_refused_later_open_the_breaker_journal_and_deliver_once_accepted() {
                 let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
                 for client in CLIENTS {
-                    let sb = Secured::start_opts(true, false, true);
-                    let topic = format!("t-revoked-{client}");
-                    sb.broker.create_topic(&topic, 3);
-                    let dir = tempfile::tempdir().unwrap();
-                    let sec = klais::config::Security {
-                        protocol: "sasl_ssl".into(),
-                        ca_file: Some(sb.file("ca.pem")),
-                        sasl_username: USER.0.into(),
-                        sasl_password_file: Some(sb.write("password", USER.1)),
-                        ..Default::default()
-                    };
-                    let running = klais::runtime::start(&secure_cfg(
-                        &sb.brokers(),
-                        &topic,
-                        dir.path(),
-                        sec,
-                        client,
-                    ))
-                    .unwrap();
-                    let to = running.local_addr();
-                    let devs = devices(100);
-                    let sender = std::thread::spawn(move || send(to, &devs, 0, 300, 10_000));
-                    wait_for("first deliveries", Duration::from_secs(30), || {
-                        running.kafka_snapshot().unwrap().delivered > 3_000
-                    });
+                    let u = under_load(client, &format!("t-revoked-{client}"));
                     // The cluster stops accepting klais's password; the
                     // connection drops and every reconnect is refused.
-                    let gate = sb.gate.as_ref().unwrap();
+                    let gate = u.sb.gate.as_ref().unwrap();
                     gate.revoked.store(true, Ordering::Relaxed);
-                    let relay = sb.relay.as_ref().unwrap();
+                    let relay = u.sb.relay.as_ref().unwrap();
                     relay.cut();
                     std::thread::sleep(Duration::from_millis(300));
                     relay.restore();
@@ -1081,37 +1081,22 @@ mod native {
                         "refusals counted, the breaker open, records journaled",
                         Duration::from_secs(60),
                         || {
-                            let k = running.kafka_snapshot().unwrap();
+                            let k = u.running.kafka_snapshot().unwrap();
                             k.auth_failures > 0 && k.breaker_opens > 0 && k.journaled > 0
                         },
                     );
-                    sender.join().unwrap();
-                    let during = running.kafka_snapshot().unwrap();
-                    println!("{client}, refused: {during:?}");
+                    println!(
+                        "{client}, refused: {:?}",
+                        u.running.kafka_snapshot().unwrap()
+                    );
                     gate.revoked.store(false, Ordering::Relaxed);
-                    let n = 100 * 300;
-                    wait_for("accepted = delivered", Duration::from_secs(120), || {
-                        let k = running.kafka_snapshot().unwrap();
-                        k.accepted == n && k.delivered == n && k.journaled == 0
-                    });
-                    let s = running.stop().unwrap();
-                    let k = s.kafka.unwrap();
-                    assert_eq!(s.shards.accepted, n);
-                    assert_eq!((k.delivered, k.dropped()), (n, 0), "{client}: {k:?}");
+                    let refused = gate.refused.clone();
+                    let k = u.finish();
                     assert!(
                         k.auth_failures > 0 && k.breaker_opens > 0,
                         "{client}: {k:?}"
                     );
-                    assert_eq!(k.reconcile().0, k.reconcile().1, "{k:?}");
-                    assert!(gate.refused.load(Ordering::Relaxed) > 0);
-                    let py = serde_json::json!({
-                        "security_protocol": "SASL_SSL",
-                        "sasl_mechanism": "SCRAM-SHA-512",
-                        "sasl_plain_username": USER.0,
-                        "sasl_plain_password": USER.1,
-                        "cafile": sb.file("ca.pem"),
-                    });
-                    python_exactly_once(&sb.brokers(), &topic, 100, 300, &py);
+                    assert!(refused.load(Ordering::Relaxed) > 0);
                 }
             }
 

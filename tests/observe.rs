@@ -11,7 +11,7 @@
 //! Debian's `prometheus` package installed (scripts/setup.sh).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::broker::{free_port, Broker};
-use common::{enter, topology, v1, ADDR_A, ADDR_B};
+use common::{enter, http, secret_file, topology, v1, ADDR_A, ADDR_B};
 
 /// A program from Debian's `prometheus` package, or a failure that says how
 /// to get it.
@@ -32,42 +32,9 @@ fn prometheus_tool(name: &str) -> String {
     path
 }
 
-/// GET `path` from `addr`: (status line, body).
-fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let resp = String::from_utf8_lossy(&resp).to_string();
-    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (head.lines().next().unwrap_or("").to_string(), body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (len, rest) = body.split_once("\r\n").expect("a chunk size");
-        let n = usize::from_str_radix(len.trim(), 16).expect("a hex chunk size");
-        if n == 0 {
-            return out;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
+/// GET `path` from `addr`: (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, None, "")
 }
 
 /// Percent-encoding for a query string value.
@@ -282,12 +249,7 @@ mod root_broker {
         broker.create_topic("klais-telemetry", 3);
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let token = dir.path().join("token");
-        std::fs::write(&token, "tok\n").unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        let token = secret_file(dir.path(), "token", "tok\n");
         let cfg = dir.path().join("klais.toml");
         // The Dam on (the control core runs with it) at a rate no device
         // here reaches; an admin token, to set an operator ceiling.
@@ -328,17 +290,14 @@ mod root_broker {
 
         // An operator ceiling far above the traffic (its gauge has a sample
         // only while one is set).
-        let mut s = TcpStream::connect(admin).unwrap();
-        let body = r#"{"pps": 1000000000}"#;
-        write!(
-            s,
-            "PUT /admin/ceiling HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer tok\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let (st, resp) = http(
+            admin,
+            "PUT",
+            "/admin/ceiling",
+            Some("tok"),
+            r#"{"pps": 1000000000}"#,
+        );
+        assert_eq!(st, 200, "{resp}");
 
         // Devices in namespace B: good datagrams and some the filter drops.
         let ns_b = t.b.clone();
@@ -358,7 +317,7 @@ mod root_broker {
         .unwrap();
         let metrics = || {
             let (st, body) = get(admin, "/metrics");
-            assert!(st.contains("200"), "{st}");
+            assert_eq!(st, 200, "{body}");
             body
         };
         wait_until("delivery", Duration::from_secs(30), || {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::sasl_gate::{b64, oauth_token};
+use base64::Engine as _;
+
+use super::sasl_gate::oauth_token;
 
 /// The endpoint; stops on drop.
 pub struct TokenEndpoint {
@@ -31,7 +33,7 @@ impl TokenEndpoint {
         let url = format!("http://{}/token", listener.local_addr().unwrap());
         let want = format!(
             "Basic {}",
-            b64(format!("{client_id}:{secret}").as_bytes(), false)
+            base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"))
         );
         let (issued, refused, quit) = (
             Arc::new(AtomicU64::new(0)),

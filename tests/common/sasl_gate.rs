@@ -58,7 +58,8 @@ pub fn oauth_token() -> String {
             .unwrap()
             .as_secs()
     });
-    let part = |j: &str| b64(j.as_bytes(), true);
+    use base64::Engine as _;
+    let part = |j: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(j);
     format!(
         "{}.{}.{}",
         part(r#"{"alg":"none","typ":"JWT"}"#),
@@ -68,28 +69,6 @@ pub fn oauth_token() -> String {
         )),
         part("test")
     )
-}
-
-/// Base64 (RFC 4648), URL-safe without padding when `url`.
-pub fn b64(data: &[u8], url: bool) -> String {
-    let abc: &[u8; 64] = if url {
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    } else {
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    };
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..=c.len() {
-            out.push(abc[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-        if !url {
-            out.push_str(&"=".repeat(3 - c.len()));
-        }
-    }
-    out
 }
 
 /// (stored key, server key) of `password`, as a broker stores them.

@@ -197,11 +197,7 @@ impl Secured {
     /// Writes `text` to a private (0600) file in the test's directory, as a
     /// password file must be; returns its path.
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        p
+        super::secret_file(self.dir.path(), name, text)
     }
 }
 

@@ -411,18 +411,23 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
-    #[test]
-    fn empty_password_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pw");
-        std::fs::write(&p, "\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let cfg = SecurityConfig {
+    /// SCRAM as alice with a password file holding `text` at `mode`.
+    fn with_password_file(dir: &Path, text: &str, mode: u32) -> SecurityConfig {
+        let p = dir.join("pw");
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        SecurityConfig {
             protocol: "sasl_plaintext".into(),
             sasl_username: "alice".into(),
             sasl_password_file: Some(p),
             ..SecurityConfig::default()
-        };
+        }
+    }
+
+    #[test]
+    fn empty_password_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = with_password_file(dir.path(), "\n", 0o600);
         let e = Security::load(&cfg).unwrap_err();
         assert_eq!(e.key, "sasl_password_file");
         assert!(e.to_string().contains("empty"), "{e}");
@@ -431,15 +436,8 @@ mod tests {
     #[test]
     fn a_password_file_others_can_read_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pw");
-        std::fs::write(&p, "pencil\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let cfg = SecurityConfig {
-            protocol: "sasl_plaintext".into(),
-            sasl_username: "alice".into(),
-            sasl_password_file: Some(p.clone()),
-            ..SecurityConfig::default()
-        };
+        let cfg = with_password_file(dir.path(), "pencil\n", 0o640);
+        let p = cfg.sasl_password_file.clone().unwrap();
         let e = Security::load(&cfg).unwrap_err();
         assert_eq!(e.key, "sasl_password_file");
         assert!(e.to_string().contains("chmod 600"), "{e}");
